@@ -1,0 +1,179 @@
+//! The node service's errors and their one mapping to gRPC status codes.
+//!
+//! Messages keep upstream's wording where operators and e2e suites grep them (§14 of the reference);
+//! codes are more precise than upstream's blanket `Unknown`, which kubelet shows either way.
+
+use std::io;
+use std::path::PathBuf;
+
+use tonic::{Code, Status};
+
+use crate::atomic_writer::{PayloadError, WriteError};
+use crate::class::ClassError;
+use crate::external::LookupError;
+use crate::provider::{ErrorKind, ProviderError};
+
+/// Why `NodePublishVolume` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A request field is missing or malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The volume has no `secretProviderClass` attribute.
+    #[error("secretProviderClass is not set")]
+    ClassNotSet,
+    /// The class could not be resolved.
+    #[error(transparent)]
+    Class(#[from] ClassError),
+    /// The class names no provider.
+    #[error("provider not set in {namespace}/{name}")]
+    ProviderNotSet {
+        /// Namespace.
+        namespace: String,
+        /// Class name.
+        name: String,
+    },
+    /// The class has no parameters.
+    #[error("parameters not set in {namespace}/{name}")]
+    ParametersNotSet {
+        /// Namespace.
+        namespace: String,
+        /// Class name.
+        name: String,
+    },
+    /// kubelet did not ask for a read-only volume.
+    #[error("Readonly is not true in request")]
+    NotReadonly,
+    /// The target could not be inspected or created.
+    #[error("failed to check if target path {path} is mount point, err: {source}")]
+    EnsureMountPoint {
+        /// Target path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The tmpfs could not be mounted.
+    #[error("failed to mount tmpfs at {path}, err: {source}")]
+    Mount {
+        /// Target path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The provider socket could not be found.
+    #[error("failed to mount secrets store objects for pod {pod}, err: error connecting to provider \"{provider}\": {source}")]
+    ProviderLookup {
+        /// `<namespace>/<name>` of the pod.
+        pod: String,
+        /// Provider name.
+        provider: String,
+        /// Cause.
+        #[source]
+        source: LookupError,
+    },
+    /// The provider failed.
+    #[error("failed to mount secrets store objects for pod {pod}, err: {source}")]
+    Provider {
+        /// `<namespace>/<name>` of the pod.
+        pod: String,
+        /// Cause (names the object, never holds a value).
+        #[source]
+        source: ProviderError,
+    },
+    /// The provider returned files the driver refuses to write.
+    #[error("failed to mount secrets store objects for pod {pod}, err: {source}")]
+    Payload {
+        /// `<namespace>/<name>` of the pod.
+        pod: String,
+        /// Which path and why.
+        #[source]
+        source: PayloadError,
+    },
+    /// Writing the files failed.
+    #[error("failed to mount secrets store objects for pod {pod}, err: {source}")]
+    FileWrite {
+        /// `<namespace>/<name>` of the pod.
+        pod: String,
+        /// Cause.
+        #[source]
+        source: WriteError,
+    },
+    /// Another operation on the same target is in progress (CSI: `ABORTED`).
+    #[error("an operation on target path {0} is already in progress")]
+    Busy(PathBuf),
+}
+
+impl PublishError {
+    /// The `error_type` label of `node_publish_error_total`: bounded, stable, upstream's names.
+    pub fn label(&self) -> String {
+        match self {
+            Self::InvalidArgument(_) | Self::NotReadonly | Self::Busy(_) => "FailedToMount".into(),
+            Self::ClassNotSet | Self::Class(_) | Self::ProviderNotSet { .. } | Self::ParametersNotSet { .. } => {
+                "SecretProviderClassNotFound".into()
+            }
+            Self::EnsureMountPoint { .. } => "FailedToEnsureMountPoint".into(),
+            Self::Mount { .. } => "FailedToMount".into(),
+            Self::ProviderLookup { .. } => "FailedToLookupProviderGRPCClient".into(),
+            Self::Provider { source, .. } => source.code.clone(),
+            Self::Payload { .. } | Self::FileWrite { .. } => "FileWriteError".into(),
+        }
+    }
+
+    /// The gRPC status kubelet receives.
+    pub fn to_status(&self) -> Status {
+        let code = match self {
+            Self::InvalidArgument(_) | Self::NotReadonly | Self::ClassNotSet => Code::InvalidArgument,
+            Self::ProviderNotSet { .. } | Self::ParametersNotSet { .. } => Code::FailedPrecondition,
+            Self::Class(ClassError::NotFound { .. }) => Code::NotFound,
+            Self::Class(ClassError::Unavailable { .. }) => Code::Unavailable,
+            Self::EnsureMountPoint { .. } | Self::Mount { .. } | Self::FileWrite { .. } => Code::Internal,
+            Self::ProviderLookup { .. } => Code::FailedPrecondition,
+            Self::Provider { source, .. } => match source.kind {
+                ErrorKind::InvalidArgument => Code::InvalidArgument,
+                ErrorKind::NotFound => Code::NotFound,
+                ErrorKind::PermissionDenied => Code::PermissionDenied,
+                ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+                ErrorKind::Unavailable => Code::Unavailable,
+                ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+                ErrorKind::Internal => Code::Internal,
+            },
+            Self::Payload { .. } => Code::InvalidArgument,
+            Self::Busy(_) => Code::Aborted,
+        };
+        Status::new(code, self.to_string())
+    }
+}
+
+/// Why `NodeUnpublishVolume` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpublishError {
+    /// A request field is missing.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Unmounting or removing the target failed.
+    #[error("failed to clean and unmount target path {path}, err: {source}")]
+    Cleanup {
+        /// Target path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Another operation on the same target is in progress.
+    #[error("an operation on target path {0} is already in progress")]
+    Busy(PathBuf),
+}
+
+impl UnpublishError {
+    /// The gRPC status kubelet receives.
+    pub fn to_status(&self) -> Status {
+        let code = match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::Cleanup { .. } => Code::Internal,
+            Self::Busy(_) => Code::Aborted,
+        };
+        Status::new(code, self.to_string())
+    }
+}

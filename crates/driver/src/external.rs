@@ -1,0 +1,248 @@
+//! The client for external providers: the upstream v1alpha1 protocol over `<dir>/<provider>.sock`.
+//!
+//! Matches the upstream driver (§4.3–4.4): the socket is searched in `--additional-provider-volume-paths`
+//! first, then `--provider-volume`; the name must match `^[a-zA-Z0-9_-]{0,30}$`; HTTP/2 `:authority` is
+//! `localhost`; responses are capped at `--max-call-recv-msg-size`; `UNAVAILABLE` is retried 3 times
+//! (1 s backoff × 1.1, at most 10 s) within the caller's deadline; one client per provider per process.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use csi_proto::provider::{self as pb, csi_driver_provider_client::CsiDriverProviderClient};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::provider::{ErrorKind, File, MountRequest, MountResponse, Provider, ProviderError};
+use crate::redact::Secret;
+
+const RETRY_ATTEMPTS: u32 = 3;
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const BACKOFF_MULTIPLIER: f64 = 1.1;
+const LARGE_RESPONSE: usize = 1 << 20;
+
+/// Why no client could be made for a provider name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// The name is not a valid socket basename.
+    #[error("invalid provider")]
+    Invalid,
+    /// No socket in any provider directory.
+    #[error("provider not found: provider \"{0}\"")]
+    NotFound(String),
+}
+
+/// True for names upstream accepts: `^[a-zA-Z0-9_-]{0,30}$`.
+pub fn valid_provider_name(name: &str) -> bool {
+    name.len() <= 30 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Finds and caches clients for external providers.
+pub struct ExternalProviders {
+    dirs: Vec<PathBuf>,
+    max_recv: usize,
+    clients: RwLock<HashMap<String, ExternalProvider>>,
+}
+
+impl ExternalProviders {
+    /// `additional` dirs are searched before `provider_volume`, as upstream.
+    pub fn new(additional: Vec<PathBuf>, provider_volume: PathBuf, max_recv: usize) -> Self {
+        let mut dirs = additional;
+        dirs.push(provider_volume);
+        Self { dirs, max_recv, clients: RwLock::new(HashMap::new()) }
+    }
+
+    /// Returns the client for `name`, creating it on first use.
+    pub fn lookup(&self, name: &str) -> Result<ExternalProvider, LookupError> {
+        if !valid_provider_name(name) {
+            return Err(LookupError::Invalid);
+        }
+        if let Some(c) = self.clients.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Ok(c.clone());
+        }
+        let socket = self
+            .dirs
+            .iter()
+            .map(|d| d.join(format!("{name}.sock")))
+            .find(|p| p.exists())
+            .ok_or_else(|| LookupError::NotFound(name.to_string()))?;
+        let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        let client = clients.entry(name.to_string()).or_insert_with(|| ExternalProvider::new(name, &socket, self.max_recv));
+        Ok(client.clone())
+    }
+}
+
+/// One external provider.
+#[derive(Clone)]
+pub struct ExternalProvider {
+    name: String,
+    client: CsiDriverProviderClient<Channel>,
+}
+
+impl ExternalProvider {
+    /// A lazily connecting client for the socket at `path`.
+    pub fn new(name: &str, path: &Path, max_recv: usize) -> Self {
+        let path: Arc<Path> = Arc::from(path);
+        // The URI only sets `:authority`; the connector ignores it and dials the socket.
+        let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(&*path).await?)) }
+        }));
+        let client = CsiDriverProviderClient::new(channel).max_decoding_message_size(max_recv);
+        Self { name: name.to_string(), client }
+    }
+
+    /// `Version` RPC, for health checks.
+    pub async fn version(&self) -> Result<pb::VersionResponse, tonic::Status> {
+        let mut c = self.client.clone();
+        c.version(pb::VersionRequest { version: "v1alpha1".into() }).await.map(|r| r.into_inner())
+    }
+}
+
+fn to_wire(req: &MountRequest) -> pb::MountRequest {
+    pb::MountRequest {
+        // serde_json on a BTreeMap sorts keys, as Go's encoding/json does for maps.
+        attributes: serde_json::to_string(&req.attributes).unwrap_or_else(|_| "{}".into()),
+        secrets: match &req.secrets {
+            Some(s) => serde_json::to_string(s.expose()).unwrap_or_else(|_| "{}".into()),
+            None => "null".into(),
+        },
+        target_path: req.target_path.to_string_lossy().into_owned(),
+        permission: req.permission.to_string(),
+        current_object_version: req
+            .current_object_versions
+            .iter()
+            .map(|(id, version)| pb::ObjectVersion { id: id.clone(), version: version.clone() })
+            .collect(),
+    }
+}
+
+fn kind_of(code: Code) -> ErrorKind {
+    match code {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => ErrorKind::InvalidArgument,
+        Code::NotFound => ErrorKind::NotFound,
+        Code::PermissionDenied | Code::Unauthenticated => ErrorKind::PermissionDenied,
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        Code::Unavailable | Code::Aborted => ErrorKind::Unavailable,
+        Code::DeadlineExceeded | Code::Cancelled => ErrorKind::DeadlineExceeded,
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// Turns a provider's response into files and versions (upstream §4.4).
+fn from_wire(provider: &str, resp: pb::MountResponse) -> Result<MountResponse, ProviderError> {
+    if let Some(code) = resp.error.as_ref().map(|e| e.code.as_str()).filter(|c| !c.is_empty()) {
+        return Err(ProviderError::new(
+            ErrorKind::Internal,
+            code,
+            format!("mount request failed with provider error code {code}"),
+        ));
+    }
+    // An empty repeated field is indistinguishable from an absent one on the wire; upstream (Go) sees
+    // both as nil and fails, so do we.
+    if resp.object_version.is_empty() {
+        return Err(ProviderError::new(ErrorKind::Internal, "GRPCProviderError", "missing object versions"));
+    }
+    let size: usize = resp.files.iter().map(|f| f.contents.len()).sum();
+    if size > LARGE_RESPONSE {
+        tracing::warn!(provider, bytes = size, "provider response is larger than 1 MiB; secret sync may fail");
+    }
+    let files = resp
+        .files
+        .into_iter()
+        .map(|f| {
+            let mode = u32::try_from(f.mode).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
+                ProviderError::new(ErrorKind::Internal, "GRPCProviderError", format!("file {:?} has invalid mode {}", f.path, f.mode))
+            })?;
+            Ok(File { path: f.path, mode, contents: Secret::new(f.contents) })
+        })
+        .collect::<Result<Vec<_>, ProviderError>>()?;
+    let object_versions = resp.object_version.into_iter().map(|v| (v.id, v.version)).collect();
+    Ok(MountResponse { files, object_versions })
+}
+
+#[async_trait]
+impl Provider for ExternalProvider {
+    async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
+        let wire = to_wire(&request);
+        let mut backoff = INITIAL_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let mut client = self.client.clone();
+            match client.mount(wire.clone()).await {
+                Ok(resp) => return from_wire(&self.name, resp.into_inner()),
+                Err(status) if status.code() == Code::Unavailable && attempt < RETRY_ATTEMPTS => {
+                    tracing::debug!(provider = %self.name, attempt, error = %status.message(), "provider unavailable, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.mul_f64(BACKOFF_MULTIPLIER).min(MAX_BACKOFF);
+                    attempt += 1;
+                }
+                Err(status) => {
+                    if status.code() == Code::ResourceExhausted && status.message().contains("message length too large") {
+                        tracing::warn!(provider = %self.name, "provider response exceeds --max-call-recv-msg-size; raise it");
+                    }
+                    let kind = kind_of(status.code());
+                    return Err(ProviderError::new(kind, "GRPCProviderError", status.message().to_string()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn provider_names_follow_upstreams_pattern() {
+        assert!(valid_provider_name("azure"));
+        assert!(valid_provider_name("e2e-provider_1"));
+        assert!(!valid_provider_name("../azure"));
+        assert!(!valid_provider_name("a.b"));
+        assert!(!valid_provider_name(&"a".repeat(31)));
+    }
+
+    #[tokio::test]
+    async fn sockets_in_additional_dirs_win_and_missing_ones_say_so() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::write(b.path().join("p.sock"), "").unwrap();
+        let providers = ExternalProviders::new(vec![a.path().into()], b.path().into(), 4 << 20);
+        assert!(providers.lookup("p").is_ok());
+        assert_eq!(providers.lookup("q").err().unwrap().to_string(), "provider not found: provider \"q\"");
+        assert_eq!(providers.lookup("a/b").err().unwrap(), LookupError::Invalid);
+    }
+
+    #[test]
+    fn wire_request_matches_upstream() {
+        let req = MountRequest {
+            attributes: BTreeMap::from([("b".into(), "2".into()), ("a".into(), "1".into())]),
+            secrets: None,
+            target_path: "/t".into(),
+            permission: 0o644,
+            current_object_versions: BTreeMap::new(),
+        };
+        let w = to_wire(&req);
+        assert_eq!(w.attributes, r#"{"a":"1","b":"2"}"#);
+        assert_eq!(w.secrets, "null");
+        assert_eq!(w.permission, "420");
+        assert!(w.current_object_version.is_empty());
+    }
+
+    #[test]
+    fn response_errors_follow_upstream() {
+        let err = from_wire("p", pb::MountResponse { error: Some(pb::Error { code: "ProviderBinaryNotFound".into() }), ..Default::default() })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "mount request failed with provider error code ProviderBinaryNotFound");
+        assert_eq!(err.code, "ProviderBinaryNotFound");
+        let err = from_wire("p", pb::MountResponse::default()).unwrap_err();
+        assert_eq!(err.to_string(), "missing object versions");
+    }
+}

@@ -1,0 +1,123 @@
+//! The tmpfs that holds a volume's files, behind a small [`Mounter`] seam.
+//!
+//! Mounting needs `CAP_SYS_ADMIN` (root in the DaemonSet; `unshare -rm` for tests as a normal user).
+//! Every call here blocks; the node service runs them on `spawn_blocking`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+/// What the mount table says about a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPoint {
+    /// Filesystem type, e.g. `tmpfs`.
+    pub fs_type: String,
+}
+
+/// Mounts and unmounts volume filesystems.
+pub trait Mounter: Send + Sync + 'static {
+    /// Mounts a fresh tmpfs at `target` (which exists).
+    fn mount(&self, target: &Path) -> io::Result<()>;
+    /// Unmounts `target`.
+    fn unmount(&self, target: &Path) -> io::Result<()>;
+    /// Returns the mount at exactly `target`, if any.
+    fn mount_point(&self, target: &Path) -> io::Result<Option<MountPoint>>;
+}
+
+/// The real thing: a per-volume tmpfs, so secrets never touch the node's disk.
+#[derive(Debug, Default, Clone)]
+pub struct TmpfsMounter;
+
+impl Mounter for TmpfsMounter {
+    fn mount(&self, target: &Path) -> io::Result<()> {
+        // Upstream mounts with no options at all (mode 1777, setuid/devices allowed). Files here are
+        // never devices or setuid programs, so nosuid+nodev cost nothing; mode 0755 keeps the root of
+        // the volume traversable by non-root containers without making it world-writable.
+        nix::mount::mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        )
+        .map_err(io::Error::from)
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        match nix::mount::umount2(target, MntFlags::empty()) {
+            Ok(()) => Ok(()),
+            // A process still holds the volume open: detach it so the pod can terminate; the kernel
+            // frees the tmpfs when the last user goes away.
+            Err(nix::errno::Errno::EBUSY) => nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(io::Error::from),
+            Err(e) => Err(io::Error::from(e)),
+        }
+    }
+
+    fn mount_point(&self, target: &Path) -> io::Result<Option<MountPoint>> {
+        let table = fs::read_to_string("/proc/self/mountinfo")?;
+        let wanted = fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
+        Ok(find_mount(&table, &wanted))
+    }
+}
+
+/// Finds the last (top-most) mount at `target` in a `/proc/self/mountinfo` table.
+pub fn find_mount(mountinfo: &str, target: &Path) -> Option<MountPoint> {
+    parse_mountinfo(mountinfo).into_iter().filter(|(p, _)| p == target).map(|(_, m)| m).next_back()
+}
+
+/// Parses `/proc/self/mountinfo` into (mount point, info) pairs.
+pub fn parse_mountinfo(mountinfo: &str) -> Vec<(PathBuf, MountPoint)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let mount_point = unescape(fields.get(4)?);
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fs_type = fields.get(sep + 1)?.to_string();
+            Some((PathBuf::from(mount_point), MountPoint { fs_type }))
+        })
+        .collect()
+}
+
+/// The kernel escapes space, tab, newline and backslash in mount points as `\ooo` octal.
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+98 22 0:50 / /var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/secrets/mount rw,nosuid,nodev - tmpfs tmpfs rw,mode=755
+99 22 0:51 / /mnt/with\\040space rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn finds_a_tmpfs_by_exact_mount_point() {
+        let p = Path::new("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/secrets/mount");
+        assert_eq!(find_mount(TABLE, p), Some(MountPoint { fs_type: "tmpfs".into() }));
+        assert_eq!(find_mount(TABLE, Path::new("/var/lib/kubelet")), None);
+    }
+
+    #[test]
+    fn unescapes_octal_mount_points() {
+        assert!(find_mount(TABLE, Path::new("/mnt/with space")).is_some());
+    }
+}

@@ -1,0 +1,116 @@
+//! The provider interface: what the node service asks of a secrets provider, in plain Rust types.
+//!
+//! Two adapters implement [`Provider`]: the in-process Azure Key Vault provider (wired by the binary)
+//! and [`crate::external::ExternalProvider`], which speaks the upstream v1alpha1 protocol over a Unix
+//! socket so that any upstream provider keeps working.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::redact::{Secret, sanitized_map};
+
+/// Everything a provider needs for one mount.
+#[derive(Clone)]
+pub struct MountRequest {
+    /// SecretProviderClass parameters overlaid with the volume context (and the service-account tokens).
+    pub attributes: BTreeMap<String, String>,
+    /// Node-publish secrets (`nodePublishSecretRef` contents, and tokens on Kubernetes ≥ 1.35).
+    /// `None` when kubelet sent none: the v1alpha1 wire form is then the JSON `null`, as upstream.
+    pub secrets: Option<Secret<BTreeMap<String, String>>>,
+    /// Where the files will be written. Providers must not write there themselves.
+    pub target_path: PathBuf,
+    /// Default file mode (0o644).
+    pub permission: u32,
+    /// Versions of the objects currently mounted (`id` → version); empty on a first mount.
+    pub current_object_versions: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for MountRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MountRequest")
+            .field("attributes", &sanitized_map(&self.attributes))
+            .field("secrets", &self.secrets.as_ref().map(|s| s.expose().len()))
+            .field("target_path", &self.target_path)
+            .field("permission", &format_args!("{:o}", self.permission))
+            .field("current_object_versions", &self.current_object_versions)
+            .finish()
+    }
+}
+
+/// One file of a mount: a relative path, a mode and the contents (secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct File {
+    /// Path relative to the volume root, validated by the atomic writer.
+    pub path: String,
+    /// Permission bits (e.g. 0o644).
+    pub mode: u32,
+    /// File contents.
+    pub contents: Secret<Vec<u8>>,
+}
+
+impl fmt::Debug for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("File")
+            .field("path", &self.path)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("len", &self.contents.expose().len())
+            .finish()
+    }
+}
+
+/// A provider's answer.
+#[derive(Clone, Debug, Default)]
+pub struct MountResponse {
+    /// Files to write. Empty means a legacy provider wrote the files itself (upstream §4.4, deprecated).
+    pub files: Vec<File>,
+    /// Object id (`secret/db-password`) → version. Duplicate ids collapse, as upstream.
+    pub object_versions: BTreeMap<String, String>,
+}
+
+/// The broad class of a provider failure: decides the gRPC status code kubelet sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The class or request is wrong; retrying will not help.
+    InvalidArgument,
+    /// An object does not exist.
+    NotFound,
+    /// The identity may not read an object.
+    PermissionDenied,
+    /// Throttled; retry later.
+    ResourceExhausted,
+    /// The backend or the provider is unreachable.
+    Unavailable,
+    /// The deadline passed.
+    DeadlineExceeded,
+    /// Anything else.
+    Internal,
+}
+
+/// A provider failure. `message` names the object and the cause and never holds a secret value.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    /// Status class.
+    pub kind: ErrorKind,
+    /// Stable, bounded label for the `error_type` metric (e.g. `GRPCProviderError`, or a provider's code).
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ProviderError {
+    /// Builds an error.
+    pub fn new(kind: ErrorKind, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { kind, code: code.into(), message: message.into() }
+    }
+}
+
+/// A secrets provider.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Fetches the objects described by the request and returns them as files.
+    async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError>;
+}

@@ -1,0 +1,171 @@
+//! Parses a CSI `NodePublishVolumeRequest` once, at the edge, into typed parameters.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use csi_proto::csi::NodePublishVolumeRequest;
+
+use crate::error::PublishError;
+use crate::redact::{Secret, TOKENS_KEY};
+
+/// Volume-context key naming the SecretProviderClass (user attribute, case-sensitive).
+pub const CLASS_KEY: &str = "secretProviderClass";
+/// Volume-context key of the (test-only) provider override; `mock_provider` is csi-sanity's.
+pub const PROVIDER_NAME_KEY: &str = "providerName";
+/// Pod name attribute sent by kubelet (`podInfoOnMount`).
+pub const POD_NAME_KEY: &str = "csi.storage.k8s.io/pod.name";
+/// Pod namespace attribute.
+pub const POD_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pod.namespace";
+/// Pod UID attribute.
+pub const POD_UID_KEY: &str = "csi.storage.k8s.io/pod.uid";
+/// Service account attribute.
+pub const SERVICE_ACCOUNT_KEY: &str = "csi.storage.k8s.io/serviceAccount.name";
+
+/// The pod a volume belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Pod name.
+    pub name: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Service account name.
+    pub service_account: String,
+}
+
+/// A validated publish request.
+#[derive(Clone, Debug)]
+pub struct PublishParams {
+    /// kubelet's volume id (`csi-<hash>`).
+    pub volume_id: String,
+    /// Absolute target path.
+    pub target_path: PathBuf,
+    /// `readonly` flag (must be true, checked after class resolution as upstream).
+    pub readonly: bool,
+    /// SecretProviderClass name (may be empty: reported after the mount-state checks, as upstream).
+    pub class_name: String,
+    /// `providerName` attribute, if any.
+    pub provider_name: Option<String>,
+    /// The pod.
+    pub pod: PodInfo,
+    /// The whole volume context; copied into provider attributes.
+    pub volume_context: BTreeMap<String, String>,
+    /// Node-publish secrets; `None` when kubelet sent none.
+    pub secrets: Option<Secret<BTreeMap<String, String>>>,
+    /// Service-account tokens JSON: from `secrets` first (Kubernetes ≥ 1.35), else the volume context.
+    pub tokens: Option<Secret<String>>,
+}
+
+impl PublishParams {
+    /// Validates the request with upstream's messages.
+    pub fn parse(req: NodePublishVolumeRequest) -> Result<Self, PublishError> {
+        if req.volume_capability.is_none() {
+            return Err(PublishError::InvalidArgument("Volume capability missing in request".into()));
+        }
+        if req.volume_id.is_empty() {
+            return Err(PublishError::InvalidArgument("Volume ID missing in request".into()));
+        }
+        if req.target_path.is_empty() {
+            return Err(PublishError::InvalidArgument("Target path missing in request".into()));
+        }
+        if req.volume_context.is_empty() {
+            return Err(PublishError::InvalidArgument("Volume attributes missing in request".into()));
+        }
+        let target_path = PathBuf::from(&req.target_path);
+        if !target_path.is_absolute() {
+            return Err(PublishError::InvalidArgument(format!("Target path {} is not absolute", req.target_path)));
+        }
+        let volume_context: BTreeMap<String, String> = req.volume_context.into_iter().collect();
+        let secrets: BTreeMap<String, String> = req.secrets.into_iter().collect();
+        let tokens = secrets
+            .get(TOKENS_KEY)
+            .or_else(|| volume_context.get(TOKENS_KEY))
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .map(Secret::new);
+        let get = |k: &str| volume_context.get(k).cloned().unwrap_or_default();
+        Ok(Self {
+            volume_id: req.volume_id,
+            target_path,
+            readonly: req.readonly,
+            class_name: get(CLASS_KEY),
+            provider_name: volume_context.get(PROVIDER_NAME_KEY).cloned(),
+            pod: PodInfo {
+                name: get(POD_NAME_KEY),
+                namespace: get(POD_NAMESPACE_KEY),
+                uid: get(POD_UID_KEY),
+                service_account: get(SERVICE_ACCOUNT_KEY),
+            },
+            secrets: if secrets.is_empty() { None } else { Some(Secret::new(secrets)) },
+            volume_context,
+            tokens,
+        })
+    }
+
+    /// Provider attributes: class parameters overlaid by the volume context (the volume context wins),
+    /// plus the tokens. Builds a new map: the class (possibly a shared cache entry) is never mutated.
+    pub fn attributes(&self, parameters: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut attrs = parameters.clone();
+        attrs.extend(self.volume_context.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(t) = &self.tokens {
+            attrs.insert(TOKENS_KEY.to_string(), t.expose().clone());
+        }
+        attrs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csi_proto::csi::VolumeCapability;
+
+    fn request() -> NodePublishVolumeRequest {
+        NodePublishVolumeRequest {
+            volume_id: "csi-1".into(),
+            target_path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount".into(),
+            volume_capability: Some(VolumeCapability::default()),
+            readonly: true,
+            volume_context: [(CLASS_KEY, "spc"), (POD_NAME_KEY, "web"), (POD_NAMESPACE_KEY, "ns"), ("keyvaultName", "from-volume")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn missing_fields_get_upstreams_messages() {
+        let mut r = request();
+        r.volume_capability = None;
+        assert_eq!(PublishParams::parse(r).unwrap_err().to_string(), "Volume capability missing in request");
+        let mut r = request();
+        r.volume_id.clear();
+        assert_eq!(PublishParams::parse(r).unwrap_err().to_string(), "Volume ID missing in request");
+        let mut r = request();
+        r.target_path.clear();
+        assert_eq!(PublishParams::parse(r).unwrap_err().to_string(), "Target path missing in request");
+        let mut r = request();
+        r.volume_context.clear();
+        assert_eq!(PublishParams::parse(r).unwrap_err().to_string(), "Volume attributes missing in request");
+    }
+
+    #[test]
+    fn volume_context_overrides_parameters_without_touching_them() {
+        let p = PublishParams::parse(request()).unwrap();
+        let params: BTreeMap<String, String> = [("keyvaultName".to_string(), "from-class".to_string())].into();
+        let attrs = p.attributes(&params);
+        assert_eq!(attrs["keyvaultName"], "from-volume");
+        assert_eq!(params["keyvaultName"], "from-class");
+    }
+
+    #[test]
+    fn tokens_come_from_secrets_before_the_volume_context() {
+        let mut r = request();
+        r.volume_context.insert(TOKENS_KEY.into(), "from-context".into());
+        r.secrets.insert(TOKENS_KEY.into(), "from-secrets".into());
+        let p = PublishParams::parse(r).unwrap();
+        assert_eq!(p.tokens.as_ref().unwrap().expose(), "from-secrets");
+        assert_eq!(p.attributes(&BTreeMap::new())[TOKENS_KEY], "from-secrets");
+    }
+}
