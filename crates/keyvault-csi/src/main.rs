@@ -1,1 +1,154 @@
-fn main() {}
+//! `keyvault-csi`: parses flags, builds the driver, serves until SIGTERM/SIGINT, drains.
+
+mod cli;
+mod http;
+mod logging;
+mod server;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use driver::class::{ClassError, ClassSource, DirClassSource, SecretProviderClassSpec};
+use driver::external::ExternalProviders;
+use driver::mounter::TmpfsMounter;
+use driver::{Config, Driver, Providers};
+use tokio::sync::watch;
+
+use cli::{Cli, NodeArgs};
+
+/// How long in-flight RPCs get to finish after SIGTERM before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One clear line, exit code 2 (clap's own rendering adds usage and hints over several lines).
+            let rendered = e.render().to_string();
+            eprintln!("{}", rendered.lines().next().unwrap_or("invalid arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    if cli.version {
+        println!("{}", version_json());
+        return ExitCode::SUCCESS;
+    }
+    logging::init(cli.verbosity, cli.log_format_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        None => runtime.block_on(run_node(cli.node)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn version_json() -> String {
+    serde_json::json!({
+        "BuildVersion": env!("CARGO_PKG_VERSION"),
+        "GitCommit": env!("KEYVAULT_CSI_GIT_COMMIT"),
+        "BuildDate": env!("KEYVAULT_CSI_BUILD_DATE"),
+    })
+    .to_string()
+}
+
+/// Used when neither a cluster nor `--class-dir` provides SecretProviderClasses.
+struct NoClassSource;
+
+#[async_trait::async_trait]
+impl ClassSource for NoClassSource {
+    async fn get(&self, namespace: &str, name: &str) -> Result<SecretProviderClassSpec, ClassError> {
+        Err(ClassError::Unavailable {
+            namespace: namespace.into(),
+            name: name.into(),
+            message: "no SecretProviderClass source is configured (pass --class-dir)".into(),
+        })
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT, shutting down"),
+    }
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    if args.enable_pprof {
+        tracing::warn!("--enable-pprof is accepted for compatibility but has no effect");
+    }
+    let config = Config {
+        driver_name: args.drivername.clone(),
+        node_id: args.nodeid.clone(),
+        vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
+        rotation_interval: args.enable_secret_rotation.then_some(args.rotation_poll_interval),
+    };
+    let classes: Arc<dyn ClassSource> = match &args.class_dir {
+        Some(dir) => Arc::new(DirClassSource::new(dir)),
+        None => Arc::new(NoClassSource),
+    };
+    let max_recv = args.max_call_recv_msg_size as usize;
+    let external = ExternalProviders::new(args.additional_provider_volume_paths.clone(), args.provider_volume.clone(), max_recv);
+    let driver = Arc::new(Driver::new(config, Arc::new(TmpfsMounter), classes, Providers::new(external)));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let health = http::Health::default();
+    let (http_addr, http_server) = http::bind(args.metrics_addr, health.clone(), stopped()).await?;
+    let csi_server = server::bind(&args.endpoint, driver, max_recv, stopped()).await?;
+    health.set_ready(true);
+    tracing::info!(
+        endpoint = %args.endpoint, metrics = %http_addr, driver = %args.drivername, node = %args.nodeid,
+        version = env!("CARGO_PKG_VERSION"), rotation = args.enable_secret_rotation,
+        rotation_poll_interval = ?args.rotation_poll_interval, "keyvault-csi node driver serving"
+    );
+
+    let csi = tokio::spawn(csi_server);
+    let http = tokio::spawn(http_server);
+    shutdown_signal().await;
+    health.set_ready(false);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let csi = csi.await.context("CSI server task")?;
+        let _ = http.await;
+        csi.context("CSI server")
+    })
+    .await;
+    if let cli::Endpoint::Unix(path) = &args.endpoint {
+        let _ = std::fs::remove_file(path);
+    }
+    match drained {
+        Ok(result) => {
+            result?;
+            tracing::info!("shut down cleanly");
+            Ok(())
+        }
+        Err(_) => anyhow::bail!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway"),
+    }
+}

@@ -1,0 +1,252 @@
+//! Command-line flags. Names and defaults follow the upstream driver (reference §7) so existing
+//! DaemonSet manifests and Helm values keep working; Go-style values (`--flag=true`, `2m`) are accepted.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Secrets Store CSI driver with the Azure Key Vault provider built in.
+#[derive(Debug, Parser)]
+#[command(name = "keyvault-csi", disable_version_flag = true, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Node driver flags (the default command).
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Print version information as JSON and exit.
+    #[arg(long, global = true)]
+    pub version: bool,
+    /// Log verbosity, as klog's `-v` (0: info; 2-4: debug; 5 and above: trace, with request dumps).
+    #[arg(short = 'v', long = "v", global = true, default_value_t = 0, value_name = "LEVEL")]
+    pub verbosity: u8,
+    /// Log in JSON instead of text.
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_value = "false",
+          default_missing_value = "true", value_parser = parse_go_bool, value_name = "BOOL")]
+    pub log_format_json: bool,
+    /// A subcommand; without one, the CSI node driver runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands besides the node driver.
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// Flags of the CSI node driver.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// CSI endpoint: `unix://<path>` or `tcp://<host:port>`.
+    #[arg(long, default_value = "unix://tmp/csi.sock", value_parser = parse_endpoint)]
+    pub endpoint: Endpoint,
+    /// CSI driver name.
+    #[arg(long, default_value = "secrets-store.csi.k8s.io")]
+    pub drivername: String,
+    /// Node id reported to kubelet (the chart passes the node name).
+    #[arg(long, default_value = "")]
+    pub nodeid: String,
+    /// Directory of external provider sockets.
+    #[arg(long, default_value = "/var/run/secrets-store-csi-providers")]
+    pub provider_volume: PathBuf,
+    /// Comma-separated directories searched for provider sockets before `--provider-volume`.
+    #[arg(long, default_value = "/etc/kubernetes/secrets-store-csi-providers", value_delimiter = ',')]
+    pub additional_provider_volume_paths: Vec<PathBuf>,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz (`:8095` = all interfaces).
+    #[arg(long, default_value = ":8095", value_parser = parse_listen_addr)]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Metrics backend; only Prometheus is supported.
+    #[arg(long, default_value = "Prometheus", value_parser = parse_metrics_backend)]
+    pub metrics_backend: String,
+    /// Re-fetch mounted contents every `--rotation-poll-interval`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = parse_go_bool, value_name = "BOOL")]
+    pub enable_secret_rotation: bool,
+    /// How often mounted contents are re-fetched when rotation is on.
+    #[arg(long, default_value = "2m", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub rotation_poll_interval: Duration,
+    /// Largest provider response accepted, in bytes.
+    #[arg(long, default_value_t = 4_194_304, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_call_recv_msg_size: u32,
+    /// Periodically call `Version` on external providers and log failures.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = parse_go_bool, value_name = "BOOL")]
+    pub provider_health_check: bool,
+    /// Interval of the provider health check.
+    #[arg(long, default_value = "2m", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub provider_health_check_interval: Duration,
+    /// Accepted for compatibility with upstream manifests; Go's pprof has no equivalent here.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = parse_go_bool, value_name = "BOOL")]
+    pub enable_pprof: bool,
+    /// Accepted for compatibility with upstream manifests.
+    #[arg(long, default_value_t = 6065)]
+    pub pprof_port: u16,
+    /// Serve SecretProviderClasses from the YAML manifests in this directory instead of the
+    /// Kubernetes API (running without a cluster, tests).
+    #[arg(long, value_name = "DIR")]
+    pub class_dir: Option<PathBuf>,
+}
+
+/// Where the CSI server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// `unix://tmp/csi.sock` → `/tmp/csi.sock` (upstream prepends `/`), `unix:///csi/csi.sock` → `/csi/csi.sock`.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let lower = s.to_ascii_lowercase();
+    if lower.starts_with("unix://") {
+        let rest = s[7..].trim_start_matches('/');
+        if rest.is_empty() {
+            return Err(format!("invalid endpoint {s:?}: empty socket path"));
+        }
+        Ok(Endpoint::Unix(PathBuf::from(format!("/{rest}"))))
+    } else if lower.starts_with("tcp://") {
+        let addr = &s[6..];
+        if addr.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+            return Err(format!("invalid endpoint {s:?}: expected tcp://host:port"));
+        }
+        Ok(Endpoint::Tcp(addr.to_string()))
+    } else {
+        Err(format!("invalid endpoint {s:?}: must start with unix:// or tcp://"))
+    }
+}
+
+/// Go-style listen address: `:8095` means every interface.
+pub fn parse_listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    full.parse().map_err(|_| format!("invalid address {s:?}: expected [host]:port"))
+}
+
+fn parse_metrics_backend(s: &str) -> Result<String, String> {
+    if s.eq_ignore_ascii_case("prometheus") {
+        Ok(s.to_string())
+    } else {
+        Err(format!("unsupported metrics backend {s:?}: only Prometheus is supported"))
+    }
+}
+
+/// Go's `strconv.ParseBool`.
+pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean {s:?}: use true or false")),
+    }
+}
+
+/// Go's `time.ParseDuration` for non-negative durations: `2m`, `1h30m`, `1.5s`, `300ms`, `0`.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: use a Go duration such as 30s, 2m or 1h30m");
+    let body = s.strip_prefix('+').unwrap_or(s);
+    if body.starts_with('-') {
+        return Err(format!("invalid duration {s:?}: must not be negative"));
+    }
+    if body == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if body.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    let mut rest = body;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_follow_upstream() {
+        assert_eq!(parse_endpoint("unix://tmp/csi.sock").unwrap(), Endpoint::Unix("/tmp/csi.sock".into()));
+        assert_eq!(parse_endpoint("unix:///csi/csi.sock").unwrap(), Endpoint::Unix("/csi/csi.sock".into()));
+        assert_eq!(parse_endpoint("UNIX:///csi/csi.sock").unwrap(), Endpoint::Unix("/csi/csi.sock".into()));
+        assert_eq!(parse_endpoint("tcp://127.0.0.1:10000").unwrap(), Endpoint::Tcp("127.0.0.1:10000".into()));
+        assert!(parse_endpoint("http://x").is_err());
+        assert!(parse_endpoint("unix://").is_err());
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_go_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_go_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_go_duration("300ms").unwrap(), Duration::from_millis(300));
+        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "2", "m", "2x", "-1s", "1m-2s"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn go_bools() {
+        assert!(parse_go_bool("True").unwrap());
+        assert!(!parse_go_bool("0").unwrap());
+        assert!(parse_go_bool("yes").is_err());
+    }
+
+    #[test]
+    fn defaults_match_upstream() {
+        let cli = Cli::try_parse_from(["keyvault-csi"]).unwrap();
+        assert_eq!(cli.node.endpoint, Endpoint::Unix("/tmp/csi.sock".into()));
+        assert_eq!(cli.node.drivername, "secrets-store.csi.k8s.io");
+        assert_eq!(cli.node.provider_volume, PathBuf::from("/var/run/secrets-store-csi-providers"));
+        assert_eq!(cli.node.additional_provider_volume_paths, vec![PathBuf::from("/etc/kubernetes/secrets-store-csi-providers")]);
+        assert_eq!(cli.node.metrics_addr.port(), 8095);
+        assert!(!cli.node.enable_secret_rotation);
+        assert_eq!(cli.node.rotation_poll_interval, Duration::from_secs(120));
+        assert_eq!(cli.node.max_call_recv_msg_size, 4_194_304);
+    }
+
+    #[test]
+    fn the_charts_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "keyvault-csi", "-v=5", "--log-format-json", "--endpoint=unix:///csi/csi.sock", "--nodeid=node-1",
+            "--provider-volume=/var/run/secrets-store-csi-providers",
+            "--additional-provider-volume-paths=/etc/kubernetes/secrets-store-csi-providers,/x",
+            "--enable-secret-rotation=true", "--rotation-poll-interval=30s", "--metrics-addr=:8095",
+            "--provider-health-check=false", "--provider-health-check-interval=2m", "--max-call-recv-msg-size=8388608",
+        ])
+        .unwrap();
+        assert_eq!(cli.verbosity, 5);
+        assert!(cli.log_format_json && cli.node.enable_secret_rotation);
+        assert_eq!(cli.node.additional_provider_volume_paths.len(), 2);
+        assert_eq!(cli.node.rotation_poll_interval, Duration::from_secs(30));
+        let bare = Cli::try_parse_from(["keyvault-csi", "--enable-secret-rotation", "--v=2"]).unwrap();
+        assert!(bare.node.enable_secret_rotation);
+        assert_eq!(bare.verbosity, 2);
+    }
+}

@@ -1,0 +1,48 @@
+//! Serves the CSI Identity and Node services on the `--endpoint` socket until shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use csi_proto::csi::{identity_server::IdentityServer, node_server::NodeServer};
+use driver::Driver;
+use driver::grpc::{IdentityService, NodeService};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+use crate::cli::Endpoint;
+
+/// The running CSI server; completes after shutdown once in-flight RPCs have finished.
+pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Binds the endpoint (removing a stale socket first) and returns the serving future.
+pub async fn bind(
+    endpoint: &Endpoint,
+    driver: Arc<Driver>,
+    max_recv: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Serving> {
+    let identity = IdentityServer::new(IdentityService::new(driver.clone())).max_decoding_message_size(max_recv);
+    let node = NodeServer::new(NodeService::new(driver)).max_decoding_message_size(max_recv);
+    let router = tonic::transport::Server::builder().add_service(identity).add_service(node);
+    match endpoint {
+        Endpoint::Unix(path) => {
+            match std::fs::remove_file(path) {
+                Ok(()) => tracing::info!(socket = %path.display(), "removed stale socket"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("--endpoint: cannot remove stale socket {}", path.display())),
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("--endpoint: cannot create {}", dir.display()))?;
+            }
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("--endpoint: cannot listen on {}", path.display()))?;
+            // Only root (kubelet, the registrar) talks to the socket.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            Ok(Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)))
+        }
+        Endpoint::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--endpoint: cannot listen on {addr}"))?;
+            Ok(Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)))
+        }
+    }
+}
