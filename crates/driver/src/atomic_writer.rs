@@ -159,11 +159,10 @@ pub fn write(target: &Path, files: &[File]) -> Result<WriteOutcome, WriteError> 
     validate_payload(files)?;
 
     let current = fs::read_link(target.join(DATA_DIR)).ok();
-    if let Some(gen_name) = &current {
-        if generation_matches(&target.join(gen_name), files) {
+    if let Some(gen_name) = &current
+        && generation_matches(&target.join(gen_name), files) {
             return Ok(WriteOutcome::Unchanged);
         }
-    }
 
     let gen_name = new_generation_name();
     let gen_dir = target.join(&gen_name);
@@ -178,11 +177,10 @@ pub fn write(target: &Path, files: &[File]) -> Result<WriteOutcome, WriteError> 
     // files in place) are removed, as upstream does.
     for name in &top_level {
         let p = target.join(name);
-        if let Ok(meta) = fs::symlink_metadata(&p) {
-            if !meta.file_type().is_symlink() {
+        if let Ok(meta) = fs::symlink_metadata(&p)
+            && !meta.file_type().is_symlink() {
                 remove_any(&p).map_err(io_err("remove stale entry", &p))?;
             }
-        }
     }
     for name in &top_level {
         let p = target.join(name);
@@ -208,15 +206,20 @@ fn first_component(p: &str) -> &str {
 
 fn new_generation_name() -> String {
     let now = chrono::Utc::now();
-    format!("..{}.{:09}{:06}", now.format("%Y_%m_%d_%H_%M_%S"), now.timestamp_subsec_nanos(), rand::random::<u32>() % 1_000_000)
+    format!(
+        "..{}.{:09}{:06}",
+        now.format("%Y_%m_%d_%H_%M_%S"),
+        now.timestamp_subsec_nanos(),
+        rand::random::<u32>() % 1_000_000
+    )
 }
 
 fn fill_generation(gen_dir: &Path, files: &[File]) -> Result<(), WriteError> {
     fs::set_permissions(gen_dir, fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", gen_dir))?;
     for f in files {
         let path = gen_dir.join(&f.path);
-        if let Some(parent) = path.parent() {
-            if parent != gen_dir {
+        if let Some(parent) = path.parent()
+            && parent != gen_dir {
                 fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
                 // Every directory between the generation and the file must be traversable.
                 let mut dir = parent;
@@ -225,7 +228,6 @@ fn fill_generation(gen_dir: &Path, files: &[File]) -> Result<(), WriteError> {
                     dir = dir.parent().unwrap_or(gen_dir);
                 }
             }
-        }
         let mut out = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -289,11 +291,10 @@ fn cleanup(target: &Path, top_level: &BTreeSet<&str>, live: &str, previous: Opti
         } else {
             !top_level.contains(name)
         };
-        if stale {
-            if let Err(e) = remove_any(&entry.path()) {
+        if stale
+            && let Err(e) = remove_any(&entry.path()) {
                 tracing::warn!(path = %entry.path().display(), error = %e, "failed to remove stale entry");
             }
-        }
     }
 }
 
@@ -355,7 +356,8 @@ mod tests {
     fn writes_files_modes_and_the_kubelet_layout() {
         let dir = tempfile::tempdir().unwrap();
         let t = dir.path();
-        let out = write(t, &[file("password", 0o600, "s3cret"), file("db/user", 0o440, "admin"), file("zero", 0, "z")]).unwrap();
+        let out = write(t, &[file("password", 0o600, "s3cret"), file("db/user", 0o440, "admin"), file("zero", 0, "z")])
+            .unwrap();
         assert_eq!(out, WriteOutcome::Written);
         assert_eq!(fs::read_to_string(t.join("password")).unwrap(), "s3cret");
         assert_eq!(fs::read_to_string(t.join("db/user")).unwrap(), "admin");

@@ -89,7 +89,9 @@ pub struct Metadata {
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ClassError {
     /// The class does not exist in the pod's namespace.
-    #[error("failed to get secretproviderclass {namespace}/{name}, error: SecretProviderClass.secrets-store.csi.x-k8s.io \"{name}\" not found")]
+    #[error(
+        "failed to get secretproviderclass {namespace}/{name}, error: SecretProviderClass.secrets-store.csi.x-k8s.io \"{name}\" not found"
+    )]
     NotFound {
         /// Pod namespace.
         namespace: String,
@@ -167,7 +169,10 @@ impl ClassSource for DirClassSource {
         let mut broken = Vec::new();
         for (path, parsed) in classes {
             match parsed {
-                Ok(spc) if spc.metadata.name == name && spc.metadata.namespace.as_deref().unwrap_or("default") == namespace => {
+                Ok(spc)
+                    if spc.metadata.name == name
+                        && spc.metadata.namespace.as_deref().unwrap_or("default") == namespace =>
+                {
                     return Ok(spc.spec);
                 }
                 Ok(_) => {}

@@ -63,7 +63,9 @@ pub enum PublishError {
         source: io::Error,
     },
     /// The provider socket could not be found.
-    #[error("failed to mount secrets store objects for pod {pod}, err: error connecting to provider \"{provider}\": {source}")]
+    #[error(
+        "failed to mount secrets store objects for pod {pod}, err: error connecting to provider \"{provider}\": {source}"
+    )]
     ProviderLookup {
         /// `<namespace>/<name>` of the pod.
         pod: String,

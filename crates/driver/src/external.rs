@@ -73,7 +73,8 @@ impl ExternalProviders {
             .find(|p| p.exists())
             .ok_or_else(|| LookupError::NotFound(name.to_string()))?;
         let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
-        let client = clients.entry(name.to_string()).or_insert_with(|| ExternalProvider::new(name, &socket, self.max_recv));
+        let client =
+            clients.entry(name.to_string()).or_insert_with(|| ExternalProvider::new(name, &socket, self.max_recv));
         Ok(client.clone())
     }
 }
@@ -90,10 +91,11 @@ impl ExternalProvider {
     pub fn new(name: &str, path: &Path, max_recv: usize) -> Self {
         let path: Arc<Path> = Arc::from(path);
         // The URI only sets `:authority`; the connector ignores it and dials the socket.
-        let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(&*path).await?)) }
-        }));
+        let channel =
+            Endpoint::from_static("http://localhost").connect_with_connector_lazy(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(&*path).await?)) }
+            }));
         let client = CsiDriverProviderClient::new(channel).max_decoding_message_size(max_recv);
         Self { name: name.to_string(), client }
     }
@@ -158,7 +160,11 @@ fn from_wire(provider: &str, resp: pb::MountResponse) -> Result<MountResponse, P
         .into_iter()
         .map(|f| {
             let mode = u32::try_from(f.mode).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
-                ProviderError::new(ErrorKind::Internal, "GRPCProviderError", format!("file {:?} has invalid mode {}", f.path, f.mode))
+                ProviderError::new(
+                    ErrorKind::Internal,
+                    "GRPCProviderError",
+                    format!("file {:?} has invalid mode {}", f.path, f.mode),
+                )
             })?;
             Ok(File { path: f.path, mode, contents: Secret::new(f.contents) })
         })
@@ -184,7 +190,8 @@ impl Provider for ExternalProvider {
                     attempt += 1;
                 }
                 Err(status) => {
-                    if status.code() == Code::ResourceExhausted && status.message().contains("message length too large") {
+                    if status.code() == Code::ResourceExhausted && status.message().contains("message length too large")
+                    {
                         tracing::warn!(provider = %self.name, "provider response exceeds --max-call-recv-msg-size; raise it");
                     }
                     let kind = kind_of(status.code());
@@ -238,8 +245,14 @@ mod tests {
 
     #[test]
     fn response_errors_follow_upstream() {
-        let err = from_wire("p", pb::MountResponse { error: Some(pb::Error { code: "ProviderBinaryNotFound".into() }), ..Default::default() })
-            .unwrap_err();
+        let err = from_wire(
+            "p",
+            pb::MountResponse {
+                error: Some(pb::Error { code: "ProviderBinaryNotFound".into() }),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "mount request failed with provider error code ProviderBinaryNotFound");
         assert_eq!(err.code, "ProviderBinaryNotFound");
         let err = from_wire("p", pb::MountResponse::default()).unwrap_err();

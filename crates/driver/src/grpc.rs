@@ -26,7 +26,10 @@ impl IdentityService {
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
-    async fn get_plugin_info(&self, _: Request<csi::GetPluginInfoRequest>) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
+    async fn get_plugin_info(
+        &self,
+        _: Request<csi::GetPluginInfoRequest>,
+    ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
         let c = self.driver.config();
         if c.driver_name.is_empty() {
             return Err(Status::unavailable("driver name not configured"));
@@ -171,11 +174,10 @@ impl Node for NodeService {
         let r = req.into_inner();
         let span = tracing::info_span!("node_unpublish", target = %r.target_path);
         let driver = self.driver.clone();
-        let result = tokio::spawn(
-            async move { driver.unpublish(&r.volume_id, &r.target_path).await }.instrument(span.clone()),
-        )
-        .await
-        .map_err(|e| Status::internal(format!("unpublish task failed: {e}")))?;
+        let result =
+            tokio::spawn(async move { driver.unpublish(&r.volume_id, &r.target_path).await }.instrument(span.clone()))
+                .await
+                .map_err(|e| Status::internal(format!("unpublish task failed: {e}")))?;
         let _enter = span.enter();
         match result {
             Ok(()) => {
@@ -215,7 +217,10 @@ impl Node for NodeService {
         }))
     }
 
-    async fn node_get_info(&self, _: Request<csi::NodeGetInfoRequest>) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+    async fn node_get_info(
+        &self,
+        _: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
         Ok(Response::new(csi::NodeGetInfoResponse {
             node_id: self.driver.config().node_id.clone(),
             max_volumes_per_node: 0,

@@ -119,7 +119,11 @@ impl Driver {
     }
 
     /// `NodePublishVolume`. `deadline` is kubelet's (from `grpc-timeout`), applied to the provider call.
-    pub async fn publish(&self, params: PublishParams, deadline: Option<Instant>) -> Result<PublishOutcome, PublishError> {
+    pub async fn publish(
+        &self,
+        params: PublishParams,
+        deadline: Option<Instant>,
+    ) -> Result<PublishOutcome, PublishError> {
         let target = params.target_path.clone();
         let _claim = self.volumes.try_claim(&target).ok_or_else(|| PublishError::Busy(target.clone()))?;
 
@@ -161,7 +165,12 @@ impl Driver {
         }
     }
 
-    async fn fill(&self, params: &PublishParams, state: TargetState, deadline: Option<Instant>) -> Result<PublishOutcome, PublishError> {
+    async fn fill(
+        &self,
+        params: &PublishParams,
+        state: TargetState,
+        deadline: Option<Instant>,
+    ) -> Result<PublishOutcome, PublishError> {
         let target = &params.target_path;
         let remount = matches!(state, TargetState::Mounted { populated: true });
         let mounted = matches!(state, TargetState::Mounted { .. });
@@ -171,7 +180,12 @@ impl Driver {
             if !mounted {
                 self.mount(target).await?;
             }
-            return Ok(PublishOutcome::Published { provider: "mock_provider".into(), files: 0, changed: false, remount });
+            return Ok(PublishOutcome::Published {
+                provider: "mock_provider".into(),
+                files: 0,
+                changed: false,
+                remount,
+            });
         }
 
         if params.class_name.is_empty() {
@@ -196,10 +210,11 @@ impl Driver {
             self.mount(target).await?;
         }
         let result = async {
-            let provider = self
-                .providers
-                .get(&spec.provider)
-                .map_err(|source| PublishError::ProviderLookup { pod: pod.clone(), provider: spec.provider.clone(), source })?;
+            let provider = self.providers.get(&spec.provider).map_err(|source| PublishError::ProviderLookup {
+                pod: pod.clone(),
+                provider: spec.provider.clone(),
+                source,
+            })?;
             let request = MountRequest {
                 attributes,
                 secrets: params.secrets.clone(),
@@ -259,7 +274,9 @@ impl Driver {
     async fn mount(&self, target: &Path) -> Result<(), PublishError> {
         let mounter = self.mounter.clone();
         let t = target.to_path_buf();
-        blocking(move || mounter.mount(&t)).await.map_err(|source| PublishError::Mount { path: target.to_path_buf(), source })
+        blocking(move || mounter.mount(&t))
+            .await
+            .map_err(|source| PublishError::Mount { path: target.to_path_buf(), source })
     }
 
     /// `NodeUnpublishVolume`: remove the files, unmount, remove the directory, forget the volume.

@@ -44,8 +44,7 @@ impl VolumeRegistry {
     /// Claims `target`, or returns `None` when another operation holds it (CSI wants `ABORTED` then).
     pub fn try_claim(self: &Arc<Self>, target: &Path) -> Option<TargetGuard> {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        busy.insert(target.to_path_buf())
-            .then(|| TargetGuard { registry: self.clone(), target: target.to_path_buf() })
+        busy.insert(target.to_path_buf()).then(|| TargetGuard { registry: self.clone(), target: target.to_path_buf() })
     }
 
     /// The volume at `target`, if published.

@@ -126,10 +126,15 @@ mod tests {
             target_path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount".into(),
             volume_capability: Some(VolumeCapability::default()),
             readonly: true,
-            volume_context: [(CLASS_KEY, "spc"), (POD_NAME_KEY, "web"), (POD_NAMESPACE_KEY, "ns"), ("keyvaultName", "from-volume")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            volume_context: [
+                (CLASS_KEY, "spc"),
+                (POD_NAME_KEY, "web"),
+                (POD_NAMESPACE_KEY, "ns"),
+                ("keyvaultName", "from-volume"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
             ..Default::default()
         }
     }

@@ -224,7 +224,10 @@ mod tests {
         assert_eq!(cli.node.endpoint, Endpoint::Unix("/tmp/csi.sock".into()));
         assert_eq!(cli.node.drivername, "secrets-store.csi.k8s.io");
         assert_eq!(cli.node.provider_volume, PathBuf::from("/var/run/secrets-store-csi-providers"));
-        assert_eq!(cli.node.additional_provider_volume_paths, vec![PathBuf::from("/etc/kubernetes/secrets-store-csi-providers")]);
+        assert_eq!(
+            cli.node.additional_provider_volume_paths,
+            vec![PathBuf::from("/etc/kubernetes/secrets-store-csi-providers")]
+        );
         assert_eq!(cli.node.metrics_addr.port(), 8095);
         assert!(!cli.node.enable_secret_rotation);
         assert_eq!(cli.node.rotation_poll_interval, Duration::from_secs(120));
@@ -234,11 +237,19 @@ mod tests {
     #[test]
     fn the_charts_arguments_parse() {
         let cli = Cli::try_parse_from([
-            "keyvault-csi", "-v=5", "--log-format-json", "--endpoint=unix:///csi/csi.sock", "--nodeid=node-1",
+            "keyvault-csi",
+            "-v=5",
+            "--log-format-json",
+            "--endpoint=unix:///csi/csi.sock",
+            "--nodeid=node-1",
             "--provider-volume=/var/run/secrets-store-csi-providers",
             "--additional-provider-volume-paths=/etc/kubernetes/secrets-store-csi-providers,/x",
-            "--enable-secret-rotation=true", "--rotation-poll-interval=30s", "--metrics-addr=:8095",
-            "--provider-health-check=false", "--provider-health-check-interval=2m", "--max-call-recv-msg-size=8388608",
+            "--enable-secret-rotation=true",
+            "--rotation-poll-interval=30s",
+            "--metrics-addr=:8095",
+            "--provider-health-check=false",
+            "--provider-health-check-interval=2m",
+            "--max-call-recv-msg-size=8388608",
         ])
         .unwrap();
         assert_eq!(cli.verbosity, 5);

@@ -109,7 +109,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         None => Arc::new(NoClassSource),
     };
     let max_recv = args.max_call_recv_msg_size as usize;
-    let external = ExternalProviders::new(args.additional_provider_volume_paths.clone(), args.provider_volume.clone(), max_recv);
+    let external =
+        ExternalProviders::new(args.additional_provider_volume_paths.clone(), args.provider_volume.clone(), max_recv);
     let driver = Arc::new(Driver::new(config, Arc::new(TmpfsMounter), classes, Providers::new(external)));
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -28,7 +28,9 @@ pub async fn bind(
             match std::fs::remove_file(path) {
                 Ok(()) => tracing::info!(socket = %path.display(), "removed stale socket"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("--endpoint: cannot remove stale socket {}", path.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("--endpoint: cannot remove stale socket {}", path.display()));
+                }
             }
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).with_context(|| format!("--endpoint: cannot create {}", dir.display()))?;
@@ -41,7 +43,9 @@ pub async fn bind(
             Ok(Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)))
         }
         Endpoint::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--endpoint: cannot listen on {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--endpoint: cannot listen on {addr}"))?;
             Ok(Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)))
         }
     }
