@@ -140,9 +140,10 @@ impl DriverProcess {
             }
             if self.socket.exists()
                 && let Ok(ch) = channel(&self.socket).await
-                    && IdentityClient::new(ch).probe(csi::ProbeRequest {}).await.is_ok() {
-                        return;
-                    }
+                && IdentityClient::new(ch).probe(csi::ProbeRequest {}).await.is_ok()
+            {
+                return;
+            }
             assert!(Instant::now() < deadline, "driver did not serve within 20 s: {}", self.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -160,9 +160,10 @@ pub fn write(target: &Path, files: &[File]) -> Result<WriteOutcome, WriteError> 
 
     let current = fs::read_link(target.join(DATA_DIR)).ok();
     if let Some(gen_name) = &current
-        && generation_matches(&target.join(gen_name), files) {
-            return Ok(WriteOutcome::Unchanged);
-        }
+        && generation_matches(&target.join(gen_name), files)
+    {
+        return Ok(WriteOutcome::Unchanged);
+    }
 
     let gen_name = new_generation_name();
     let gen_dir = target.join(&gen_name);
@@ -178,9 +179,10 @@ pub fn write(target: &Path, files: &[File]) -> Result<WriteOutcome, WriteError> 
     for name in &top_level {
         let p = target.join(name);
         if let Ok(meta) = fs::symlink_metadata(&p)
-            && !meta.file_type().is_symlink() {
-                remove_any(&p).map_err(io_err("remove stale entry", &p))?;
-            }
+            && !meta.file_type().is_symlink()
+        {
+            remove_any(&p).map_err(io_err("remove stale entry", &p))?;
+        }
     }
     for name in &top_level {
         let p = target.join(name);
@@ -219,15 +221,16 @@ fn fill_generation(gen_dir: &Path, files: &[File]) -> Result<(), WriteError> {
     for f in files {
         let path = gen_dir.join(&f.path);
         if let Some(parent) = path.parent()
-            && parent != gen_dir {
-                fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
-                // Every directory between the generation and the file must be traversable.
-                let mut dir = parent;
-                while dir != gen_dir {
-                    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", dir))?;
-                    dir = dir.parent().unwrap_or(gen_dir);
-                }
+            && parent != gen_dir
+        {
+            fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
+            // Every directory between the generation and the file must be traversable.
+            let mut dir = parent;
+            while dir != gen_dir {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", dir))?;
+                dir = dir.parent().unwrap_or(gen_dir);
             }
+        }
         let mut out = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -291,10 +294,9 @@ fn cleanup(target: &Path, top_level: &BTreeSet<&str>, live: &str, previous: Opti
         } else {
             !top_level.contains(name)
         };
-        if stale
-            && let Err(e) = remove_any(&entry.path()) {
-                tracing::warn!(path = %entry.path().display(), error = %e, "failed to remove stale entry");
-            }
+        if stale && let Err(e) = remove_any(&entry.path()) {
+            tracing::warn!(path = %entry.path().display(), error = %e, "failed to remove stale entry");
+        }
     }
 }
 

@@ -29,7 +29,8 @@ pub async fn bind(
                 Ok(()) => tracing::info!(socket = %path.display(), "removed stale socket"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(e).with_context(|| format!("--endpoint: cannot remove stale socket {}", path.display()));
+                    return Err(e)
+                        .with_context(|| format!("--endpoint: cannot remove stale socket {}", path.display()));
                 }
             }
             if let Some(dir) = path.parent() {
