@@ -1,0 +1,486 @@
+//! Vault contents: secrets, keys and certificates with their versions, and how they are made.
+//!
+//! Objects are created the way Key Vault creates them: a certificate brings a managed key and a
+//! managed secret of the same name and version (the secret holds the PFX or PEM with the private key).
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ECDSA_P521_SHA512, PKCS_RSA_SHA256, RsaKeySize,
+};
+use serde::Serialize;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::public_key::PublicKey;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+/// `application/x-pkcs12`: the certificate's secret holds a base64 PFX.
+pub const PKCS12: &str = "application/x-pkcs12";
+/// `application/x-pem-file`: the certificate's secret holds PEM (key, then chain).
+pub const PEM: &str = "application/x-pem-file";
+
+/// A new Key Vault version id: 32 lowercase hex characters.
+pub fn new_version() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Object attributes as Key Vault returns them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attributes {
+    /// Whether the version can be read.
+    pub enabled: bool,
+    /// Creation time (Unix seconds).
+    pub created: i64,
+    /// Last update (Unix seconds).
+    pub updated: i64,
+    /// Not before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Expiry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// Recovery level.
+    #[serde(rename = "recoveryLevel")]
+    pub recovery_level: &'static str,
+    /// Soft-delete retention.
+    #[serde(rename = "recoverableDays")]
+    pub recoverable_days: u32,
+}
+
+impl Attributes {
+    /// Enabled, created now.
+    pub fn new(enabled: bool) -> Self {
+        Self::at(enabled, now())
+    }
+
+    /// Enabled or not, created at `created`.
+    pub fn at(enabled: bool, created: i64) -> Self {
+        Self {
+            enabled,
+            created,
+            updated: created,
+            nbf: None,
+            exp: None,
+            recovery_level: "Recoverable+Purgeable",
+            recoverable_days: 90,
+        }
+    }
+}
+
+/// One version of a secret.
+#[derive(Clone, Debug)]
+pub struct SecretVersion {
+    /// Version id.
+    pub version: String,
+    /// The value.
+    pub value: String,
+    /// Optional content type.
+    pub content_type: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Attributes.
+    pub attributes: Attributes,
+    /// Set when the secret backs a certificate: the key's name (same version).
+    pub managed_key: bool,
+}
+
+/// A JSON Web Key, public part, as Key Vault returns it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Jwk {
+    /// Key type: RSA, RSA-HSM, EC, EC-HSM, oct.
+    pub kty: String,
+    /// Permitted operations.
+    pub key_ops: Vec<String>,
+    /// RSA modulus (base64url).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// RSA exponent (base64url).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    /// EC curve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    /// EC x (base64url).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    /// EC y (base64url).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+}
+
+/// One version of a key.
+#[derive(Clone, Debug)]
+pub struct KeyVersion {
+    /// Version id.
+    pub version: String,
+    /// Public key.
+    pub jwk: Jwk,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Attributes.
+    pub attributes: Attributes,
+    /// True when the key backs a certificate.
+    pub managed: bool,
+}
+
+/// One version of a certificate.
+#[derive(Clone, Debug)]
+pub struct CertVersion {
+    /// Version id (shared with the backing key and secret).
+    pub version: String,
+    /// DER of the leaf.
+    pub cer: Vec<u8>,
+    /// Content type of the backing secret.
+    pub content_type: String,
+    /// Subject, e.g. `CN=example.com`.
+    pub subject: String,
+    /// Key type and size of the policy.
+    pub key_spec: KeySpec,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Attributes.
+    pub attributes: Attributes,
+}
+
+/// Objects of one kind, by name, versions oldest first.
+pub type Versions<T> = BTreeMap<String, Vec<T>>;
+
+/// The kind of key to generate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySpec {
+    /// RSA with this many bits (2048, 3072, 4096).
+    Rsa(u32),
+    /// P-256.
+    P256,
+    /// P-384.
+    P384,
+    /// P-521.
+    P521,
+    /// secp256k1 (Key Vault supports it; the CSI provider does not, which exercises its error path).
+    P256K,
+}
+
+impl KeySpec {
+    /// Parses `RSA`/`RSA-HSM` with a size, or `EC` with a curve name.
+    pub fn parse(kty: &str, size: Option<u32>, curve: Option<&str>) -> Result<Self, String> {
+        match kty {
+            "RSA" | "RSA-HSM" => match size.unwrap_or(2048) {
+                s @ (2048 | 3072 | 4096) => Ok(Self::Rsa(s)),
+                s => Err(format!("The specified key size {s} is not supported. Supported sizes: 2048, 3072, 4096.")),
+            },
+            "EC" | "EC-HSM" => match curve.unwrap_or("P-256") {
+                "P-256" => Ok(Self::P256),
+                "P-384" => Ok(Self::P384),
+                "P-521" => Ok(Self::P521),
+                "P-256K" | "SECP256K1" => Ok(Self::P256K),
+                c => Err(format!("The specified curve {c} is not supported.")),
+            },
+            k => Err(format!("The specified key type {k} is not supported.")),
+        }
+    }
+
+    /// `kty` of the JWK.
+    pub fn kty(&self) -> &'static str {
+        match self {
+            Self::Rsa(_) => "RSA",
+            _ => "EC",
+        }
+    }
+
+    /// Curve name for EC keys.
+    pub fn curve(&self) -> Option<&'static str> {
+        match self {
+            Self::Rsa(_) => None,
+            Self::P256 => Some("P-256"),
+            Self::P384 => Some("P-384"),
+            Self::P521 => Some("P-521"),
+            Self::P256K => Some("P-256K"),
+        }
+    }
+}
+
+/// Generates a key pair usable by rcgen (not for P-256K).
+fn keypair(spec: KeySpec) -> Result<KeyPair, String> {
+    let r = match spec {
+        KeySpec::Rsa(bits) => {
+            let size = match bits {
+                3072 => RsaKeySize::_3072,
+                4096 => RsaKeySize::_4096,
+                _ => RsaKeySize::_2048,
+            };
+            KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, size)
+        }
+        KeySpec::P256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256),
+        KeySpec::P384 => KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384),
+        KeySpec::P521 => KeyPair::generate_for(&PKCS_ECDSA_P521_SHA512),
+        KeySpec::P256K => return Err("secp256k1 keys cannot sign certificates here".into()),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+fn b64u(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The JWK of a SubjectPublicKeyInfo (DER).
+pub fn jwk_from_spki(spki_der: &[u8], key_ops: &[&str]) -> Result<Jwk, String> {
+    let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| e.to_string())?;
+    let ops = key_ops.iter().map(|s| s.to_string()).collect();
+    match spki.parsed().map_err(|e| e.to_string())? {
+        PublicKey::RSA(rsa) => {
+            let strip = |b: &[u8]| b.iter().skip_while(|x| **x == 0).copied().collect::<Vec<u8>>();
+            Ok(Jwk {
+                kty: "RSA".into(),
+                key_ops: ops,
+                n: Some(b64u(&strip(rsa.modulus))),
+                e: Some(b64u(&strip(rsa.exponent))),
+                crv: None,
+                x: None,
+                y: None,
+            })
+        }
+        PublicKey::EC(point) => {
+            let data = point.data();
+            let coord = (data.len() - 1) / 2;
+            let curve = match coord {
+                32 => "P-256",
+                48 => "P-384",
+                66 => "P-521",
+                _ => return Err(format!("unsupported EC point length {}", data.len())),
+            };
+            Ok(Jwk {
+                kty: "EC".into(),
+                key_ops: ops,
+                n: None,
+                e: None,
+                crv: Some(curve.into()),
+                x: Some(b64u(&data[1..1 + coord])),
+                y: Some(b64u(&data[1 + coord..])),
+            })
+        }
+        _ => Err("unsupported public key algorithm".into()),
+    }
+}
+
+/// Generates a standalone key (Key Vault's "create key").
+pub fn generate_key(spec: KeySpec) -> Result<Jwk, String> {
+    let ops: &[&str] = match spec {
+        KeySpec::Rsa(_) => &["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"],
+        _ => &["sign", "verify"],
+    };
+    if spec == KeySpec::P256K {
+        let secret = k256::SecretKey::random(&mut k256::elliptic_curve::rand_core::OsRng);
+        let point = k256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
+        return Ok(Jwk {
+            kty: "EC".into(),
+            key_ops: ops.iter().map(|s| s.to_string()).collect(),
+            n: None,
+            e: None,
+            crv: Some("P-256K".into()),
+            x: point.x().map(|x| b64u(x)),
+            y: point.y().map(|y| b64u(y)),
+        });
+    }
+    let kp = keypair(spec)?;
+    jwk_from_spki(&rcgen::PublicKeyData::subject_public_key_info(&kp), ops)
+}
+
+/// A certificate with its chain and private key, as Key Vault stores it.
+#[derive(Clone, Debug)]
+pub struct CertMaterial {
+    /// Leaf first, then intermediates, then the root.
+    pub chain: Vec<Vec<u8>>,
+    /// PKCS#8 DER of the leaf's private key.
+    pub key_pkcs8: Vec<u8>,
+}
+
+impl CertMaterial {
+    /// Generates root → intermediate → leaf, each with SKI, and AKI on the issued ones.
+    pub fn generate(subject: &str, spec: KeySpec) -> Result<Self, String> {
+        let e = |e: rcgen::Error| e.to_string();
+        let ca_params = |cn: &str| -> Result<CertificateParams, String> {
+            let mut p = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+            p.distinguished_name = dn(cn);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p.use_authority_key_identifier_extension = true;
+            Ok(p)
+        };
+        let root = CertifiedIssuer::self_signed(ca_params("Emulator Root CA")?, keypair(KeySpec::P256)?).map_err(e)?;
+        let intermediate =
+            CertifiedIssuer::signed_by(ca_params("Emulator Intermediate CA")?, keypair(KeySpec::P256)?, &root)
+                .map_err(e)?;
+        let cn = subject.strip_prefix("CN=").unwrap_or(subject);
+        let mut leaf_params = CertificateParams::new(vec![cn.to_string()]).map_err(e)?;
+        leaf_params.distinguished_name = dn(cn);
+        leaf_params.use_authority_key_identifier_extension = true;
+        leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        let leaf_key = keypair(spec)?;
+        let leaf = leaf_params.signed_by(&leaf_key, &intermediate).map_err(e)?;
+        Ok(Self {
+            chain: vec![leaf.der().to_vec(), intermediate.der().to_vec(), root.der().to_vec()],
+            key_pkcs8: leaf_key.serialize_der(),
+        })
+    }
+
+    /// Reads an imported PFX (base64) or PEM bundle.
+    pub fn import(value: &str, password: &str) -> Result<Self, String> {
+        if value.contains("-----BEGIN") {
+            let blocks = pem::parse_many(value).map_err(|e| e.to_string())?;
+            let chain: Vec<Vec<u8>> =
+                blocks.iter().filter(|b| b.tag() == "CERTIFICATE").map(|b| b.contents().to_vec()).collect();
+            let key = blocks.iter().find(|b| b.tag() == "PRIVATE KEY").ok_or(
+                "The specified PEM X.509 certificate content is in an unexpected format: no PKCS#8 PRIVATE KEY",
+            )?;
+            if chain.is_empty() {
+                return Err("The specified PEM X.509 certificate content has no certificate".into());
+            }
+            return Ok(Self { chain, key_pkcs8: key.contents().to_vec() });
+        }
+        let der =
+            STANDARD.decode(value.trim()).map_err(|_| "The specified PFX content is not valid base64".to_string())?;
+        let ks = p12_keystore::KeyStore::from_pkcs12(&der, password, p12_keystore::Pkcs12ImportPolicy::Relaxed)
+            .map_err(|e| format!("The specified PKCS#12 X.509 certificate content can not be read: {e}"))?;
+        let (_, chain) = ks.private_key_chain().ok_or("The specified PKCS#12 content has no private key")?;
+        Ok(Self {
+            chain: chain.certs().iter().map(|c| c.as_der().to_vec()).collect(),
+            key_pkcs8: chain.key().as_der().to_vec(),
+        })
+    }
+
+    /// The backing secret's value: a base64 PFX (empty password, legacy 3DES as Key Vault writes) or PEM.
+    pub fn secret_value(&self, content_type: &str) -> Result<String, String> {
+        if content_type == PEM {
+            let mut out = pem::encode_config(
+                &pem::Pem::new("PRIVATE KEY", self.key_pkcs8.clone()),
+                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+            );
+            for c in &self.chain {
+                out.push_str(&pem::encode_config(
+                    &pem::Pem::new("CERTIFICATE", c.clone()),
+                    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+                ));
+            }
+            return Ok(out);
+        }
+        let e = |e: p12_keystore::error::Error| e.to_string();
+        let certs = self
+            .chain
+            .iter()
+            .map(|c| p12_keystore::Certificate::from_der(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(e)?;
+        let key = p12_keystore::PrivateKey::from_der(&self.key_pkcs8).map_err(e)?;
+        let mut ks = p12_keystore::KeyStore::new();
+        let local_id = sha1_digest(&self.chain[0]);
+        ks.add_entry(
+            "1",
+            p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(local_id, key, certs)),
+        );
+        let der = ks
+            .writer("")
+            .encryption_algorithm(p12_keystore::EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc)
+            .write()
+            .map_err(e)?;
+        Ok(STANDARD.encode(der))
+    }
+
+    /// JWK of the leaf's public key.
+    pub fn jwk(&self) -> Result<Jwk, String> {
+        let (_, cert) = X509Certificate::from_der(&self.chain[0]).map_err(|e| e.to_string())?;
+        jwk_from_spki(cert.public_key().raw, &["sign", "verify"])
+    }
+
+    /// The leaf's subject, e.g. `CN=example.com`.
+    pub fn subject(&self) -> String {
+        X509Certificate::from_der(&self.chain[0]).map(|(_, c)| c.subject().to_string()).unwrap_or_default()
+    }
+
+    /// Key type of the leaf, for the policy.
+    pub fn key_spec(&self) -> KeySpec {
+        match self.jwk() {
+            Ok(j) if j.kty == "RSA" => KeySpec::Rsa(
+                j.n.and_then(|n| URL_SAFE_NO_PAD.decode(n).ok()).map(|b| b.len() as u32 * 8).unwrap_or(2048),
+            ),
+            Ok(j) => KeySpec::parse("EC", None, j.crv.as_deref()).unwrap_or(KeySpec::P256),
+            Err(_) => KeySpec::Rsa(2048),
+        }
+    }
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut d = DistinguishedName::new();
+    d.push(DnType::CommonName, cn);
+    d
+}
+
+/// SHA-1 of `data` (certificate thumbprints, `x5t`).
+pub fn sha1_digest(data: &[u8]) -> Vec<u8> {
+    use sha1::Digest;
+    sha1::Sha1::digest(data).to_vec()
+}
+
+/// `x5t`: base64url SHA-1 thumbprint of the leaf.
+pub fn x5t(der: &[u8]) -> String {
+    b64u(&sha1_digest(der))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_chain_links_by_aki_and_ski() {
+        let m = CertMaterial::generate("CN=example.com", KeySpec::Rsa(2048)).unwrap();
+        assert_eq!(m.chain.len(), 3);
+        let certs: Vec<_> = m.chain.iter().map(|d| X509Certificate::from_der(d).unwrap().1).collect();
+        let ski = |c: &X509Certificate| {
+            c.extensions().iter().find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                _ => None,
+            })
+        };
+        let aki = |c: &X509Certificate| {
+            c.extensions().iter().find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            })
+        };
+        assert_eq!(aki(&certs[0]), ski(&certs[1]), "leaf → intermediate");
+        assert_eq!(aki(&certs[1]), ski(&certs[2]), "intermediate → root");
+        assert_eq!(m.subject(), "CN=example.com");
+    }
+
+    #[test]
+    fn pfx_and_pem_round_trip_through_import() {
+        let m = CertMaterial::generate("CN=a", KeySpec::P256).unwrap();
+        for ct in [PKCS12, PEM] {
+            let v = m.secret_value(ct).unwrap();
+            let back = CertMaterial::import(&v, "").unwrap();
+            assert_eq!(back.chain, m.chain, "{ct}");
+            assert_eq!(back.key_pkcs8, m.key_pkcs8, "{ct}");
+        }
+    }
+
+    #[test]
+    fn keys_of_every_supported_kind_have_jwk_coordinates() {
+        let rsa = generate_key(KeySpec::Rsa(2048)).unwrap();
+        assert_eq!(URL_SAFE_NO_PAD.decode(rsa.n.unwrap()).unwrap().len(), 256);
+        assert_eq!(rsa.e.as_deref(), Some("AQAB"));
+        for (spec, len) in [(KeySpec::P256, 32), (KeySpec::P384, 48), (KeySpec::P521, 66), (KeySpec::P256K, 32)] {
+            let k = generate_key(spec).unwrap();
+            assert_eq!(k.crv.as_deref(), spec.curve());
+            assert_eq!(URL_SAFE_NO_PAD.decode(k.x.unwrap()).unwrap().len(), len);
+            assert_eq!(URL_SAFE_NO_PAD.decode(k.y.unwrap()).unwrap().len(), len);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Tokens: the access tokens the emulated Entra ID and IMDS issue (signed JWTs that Key Vault checks),
+//! and the service-account tokens of an emulated Kubernetes issuer for workload identity.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
+use serde::{Deserialize, Serialize};
+
+/// Key Vault's resource id (the audience of its tokens).
+pub const KEYVAULT_RESOURCE: &str = "https://vault.azure.net";
+
+/// Claims of an access token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Audience: `https://vault.azure.net`.
+    pub aud: String,
+    /// Issuer: `https://sts.windows.net/<tenant>/`.
+    pub iss: String,
+    /// Tenant.
+    pub tid: String,
+    /// Object id of the principal.
+    pub oid: String,
+    /// Application (client) id.
+    pub appid: String,
+    /// Subject.
+    pub sub: String,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Expiry.
+    pub exp: i64,
+}
+
+/// An ES256 signing key with its verifier.
+pub struct Signer {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    /// Public key, SPKI PEM.
+    pub public_pem: String,
+    kid: String,
+}
+
+impl Signer {
+    /// A fresh P-256 key.
+    pub fn generate(kid: &str) -> Self {
+        let kp = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("P-256 key generation");
+        let public_pem = kp.public_key_pem();
+        Self {
+            encoding: EncodingKey::from_ec_der(&kp.serialize_der()),
+            decoding: DecodingKey::from_ec_pem(public_pem.as_bytes()).expect("own public key"),
+            public_pem,
+            kid: kid.to_string(),
+        }
+    }
+
+    /// Signs `claims`.
+    pub fn sign<C: Serialize>(&self, claims: &C) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).expect("signing cannot fail")
+    }
+
+    /// Verifies signature and expiry; audience is checked by the caller.
+    pub fn verify<C: for<'de> Deserialize<'de>>(&self, token: &str) -> Result<C, jsonwebtoken::errors::Error> {
+        let mut v = Validation::new(Algorithm::ES256);
+        v.validate_aud = false;
+        v.leeway = 0;
+        jsonwebtoken::decode::<C>(token, &self.decoding, &v).map(|d| d.claims)
+    }
+}
+
+/// Claims of a Kubernetes service-account token (projected, audience-bound).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceAccountClaims {
+    /// Issuer URL of the cluster.
+    pub iss: String,
+    /// `system:serviceaccount:<namespace>:<name>`.
+    pub sub: String,
+    /// Audiences.
+    pub aud: Vec<String>,
+    /// Expiry.
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+}
+
+/// A token issuer that was registered with Entra ID for workload identity: either one the emulator
+/// holds the key of (it can mint tokens), or an external one known by its public key.
+pub struct Issuer {
+    /// Issuer URL.
+    pub url: String,
+    decoding: DecodingKey,
+    algorithm: Algorithm,
+    signer: Option<Signer>,
+}
+
+impl Issuer {
+    /// An issuer whose key the emulator generates, so tests can mint service-account tokens.
+    pub fn generated(url: &str) -> Self {
+        let signer = Signer::generate("sa-key");
+        let decoding = DecodingKey::from_ec_pem(signer.public_pem.as_bytes()).expect("own key");
+        Self { url: url.into(), decoding, algorithm: Algorithm::ES256, signer: Some(signer) }
+    }
+
+    /// An external issuer known by its public key (SPKI PEM, RSA or EC P-256).
+    pub fn external(url: &str, public_pem: &str) -> Result<Self, String> {
+        if let Ok(d) = DecodingKey::from_rsa_pem(public_pem.as_bytes()) {
+            return Ok(Self { url: url.into(), decoding: d, algorithm: Algorithm::RS256, signer: None });
+        }
+        let d = DecodingKey::from_ec_pem(public_pem.as_bytes()).map_err(|e| format!("issuer {url}: {e}"))?;
+        Ok(Self { url: url.into(), decoding: d, algorithm: Algorithm::ES256, signer: None })
+    }
+
+    /// Mints a service-account token for `namespace/name` with `audience`, valid for `ttl_secs`
+    /// (negative: already expired, for tests of the expiry path).
+    pub fn mint(&self, namespace: &str, name: &str, audience: &str, ttl_secs: i64) -> Option<String> {
+        let now = crate::model::now();
+        let claims = ServiceAccountClaims {
+            iss: self.url.clone(),
+            sub: format!("system:serviceaccount:{namespace}:{name}"),
+            aud: vec![audience.to_string()],
+            exp: now + ttl_secs,
+            iat: now.min(now + ttl_secs) - 1,
+            nbf: now.min(now + ttl_secs) - 1,
+        };
+        self.signer.as_ref().map(|s| s.sign(&claims))
+    }
+
+    /// Verifies the signature (not the expiry: the caller reports that with Entra's own code).
+    pub fn verify(&self, token: &str) -> Result<ServiceAccountClaims, String> {
+        let mut v = Validation::new(self.algorithm);
+        v.validate_aud = false;
+        v.validate_exp = false;
+        v.required_spec_claims.clear();
+        jsonwebtoken::decode::<ServiceAccountClaims>(token, &self.decoding, &v)
+            .map(|d| d.claims)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Reads the claims of a JWT without verifying it (to find its issuer first).
+pub fn peek_claims(token: &str) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
