@@ -2,10 +2,10 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: test lint fmt-check clippy unit build release clean
+.PHONY: test lint fmt-check clippy unit conformance build release clean
 
 ## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts
-test: lint unit
+test: lint unit conformance
 
 lint: fmt-check clippy
 
@@ -20,6 +20,18 @@ clippy:
 unit:
 	$(CARGO) test --workspace --locked --no-run
 	hack/in-mount-ns.sh $(CARGO) test --workspace --locked
+
+## conformance: Azure's own Python SDKs (pinned in tests/conformance/requirements.txt, installed into
+## $(VENV) from PyPI on first use) against kv-emulator
+VENV ?= .venv-tools
+$(VENV)/.installed: tests/conformance/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r tests/conformance/requirements.txt
+	touch $@
+
+conformance: $(VENV)/.installed
+	$(CARGO) build --locked -p emulator --bin kv-emulator
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/conformance
 
 build:
 	$(CARGO) build --workspace --locked

@@ -19,7 +19,8 @@ use crate::state::{StatKey, State};
 use crate::tokens::{AccessClaims, KEYVAULT_RESOURCE};
 
 /// API versions real clients send (the Go provider 7.4, the SDKs up to 2025-07-01).
-pub const API_VERSIONS: &[&str] = &["2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"];
+pub const API_VERSIONS: &[&str] =
+    &["2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"];
 const MAX_PAGE: usize = 25;
 const MAX_SECRET_BYTES: usize = 25 * 1024;
 
