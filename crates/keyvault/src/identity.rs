@@ -1,0 +1,268 @@
+//! Access tokens for Key Vault: workload identity (federated client assertion), service principal
+//! (client secret), managed identity (IMDS) and pod identity (NMI), cached per identity until shortly
+//! before they expire, with one acquisition in flight per identity.
+//!
+//! The cache key keeps authorization intact: a cached token is only reused for the same identity, i.e.
+//! (tenant, client id, issuer, service-account subject) for workload identity, (tenant, client id,
+//! SHA-256 of the secret) for a service principal, the identity id for managed identity, and the pod
+//! for pod identity.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use sha2::Digest;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::params::{Identity, Sensitive};
+use crate::transport::{NetworkConfig, Transport};
+
+/// Refresh this long before expiry.
+const EXPIRY_SKEW: Duration = Duration::from_secs(300);
+
+/// Who a token is for; the unit of sharing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdentityKey {
+    /// Workload identity.
+    Workload {
+        /// Tenant.
+        tenant: String,
+        /// Client id.
+        client_id: String,
+        /// Token issuer.
+        issuer: String,
+        /// Service-account subject.
+        subject: String,
+    },
+    /// Service principal.
+    Secret {
+        /// Tenant.
+        tenant: String,
+        /// Client id.
+        client_id: String,
+        /// SHA-256 of the client secret (hex), never the secret.
+        digest: String,
+    },
+    /// Managed identity (`system` for the system-assigned one).
+    Managed {
+        /// Client id or `system`.
+        client_id: String,
+    },
+    /// aad-pod-identity.
+    Pod {
+        /// Namespace.
+        namespace: String,
+        /// Pod.
+        pod: String,
+    },
+}
+
+impl IdentityKey {
+    /// The key of `identity` in `tenant`.
+    pub fn of(tenant: &str, identity: &Identity) -> Self {
+        match identity {
+            Identity::Workload { client_id, subject, issuer, .. } => Self::Workload {
+                tenant: tenant.into(),
+                client_id: client_id.clone(),
+                issuer: issuer.clone(),
+                subject: subject.clone(),
+            },
+            Identity::ServicePrincipal { client_id, secret } => Self::Secret {
+                tenant: tenant.into(),
+                client_id: client_id.clone(),
+                digest: hex::encode(sha2::Sha256::digest(secret.0.as_bytes())),
+            },
+            Identity::ManagedIdentity { client_id } => {
+                Self::Managed { client_id: client_id.clone().unwrap_or_else(|| "system".into()) }
+            }
+            Identity::PodIdentity { pod, namespace } => Self::Pod { namespace: namespace.clone(), pod: pod.clone() },
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Cached {
+    token: Sensitive,
+    refresh_at: Instant,
+}
+
+/// The token cache.
+#[derive(Default)]
+pub struct TokenCache {
+    slots: Mutex<HashMap<(IdentityKey, String), Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+}
+
+/// Where tokens come from.
+pub struct TokenSource<'a> {
+    /// HTTP client.
+    pub transport: &'a Transport,
+    /// Endpoint overrides.
+    pub net: &'a NetworkConfig,
+    /// The cloud's authority host (`https://login.microsoftonline.com/`).
+    pub authority_host: &'a str,
+    /// The cloud's Key Vault resource (`https://vault.azure.net/`), for NMI.
+    pub keyvault_resource: &'a str,
+    /// Deadline.
+    pub deadline: Instant,
+}
+
+impl TokenCache {
+    /// A token for `identity` and `scope` (e.g. `https://vault.azure.net/.default`).
+    pub async fn get(
+        &self,
+        src: &TokenSource<'_>,
+        tenant: &str,
+        identity: &Identity,
+        scope: &str,
+        stats: &crate::Stats,
+    ) -> Result<Sensitive> {
+        let key = (IdentityKey::of(tenant, identity), scope.to_string());
+        let slot = self.slots.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| c.refresh_at > Instant::now()) {
+            stats.token_cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(c.token.clone());
+        }
+        let (token, lifetime) = acquire(src, tenant, identity, scope).await?;
+        stats.token_acquisitions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let refresh_at = Instant::now() + lifetime.saturating_sub(EXPIRY_SKEW).max(lifetime / 2);
+        *guard = Some(Cached { token: token.clone(), refresh_at });
+        Ok(token)
+    }
+
+    /// Drops a token Key Vault rejected.
+    pub fn invalidate(&self, tenant: &str, identity: &Identity, scope: &str) {
+        let key = (IdentityKey::of(tenant, identity), scope.to_string());
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    }
+}
+
+fn token_error(what: &str, status: u16, body: &[u8]) -> Error {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let detail = v["error_description"]
+        .as_str()
+        .map(|d| d.split(" Trace ID:").next().unwrap_or(d).trim().to_string())
+        .or_else(|| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect());
+    let kind = match status {
+        429 => ErrorKind::Throttled,
+        500..=599 => ErrorKind::Unavailable,
+        _ => ErrorKind::Forbidden,
+    };
+    Error::new(kind, format!("{what}: {status}: {detail}"))
+}
+
+async fn acquire(
+    src: &TokenSource<'_>,
+    tenant: &str,
+    identity: &Identity,
+    scope: &str,
+) -> Result<(Sensitive, Duration)> {
+    let resource = scope.trim_end_matches("/.default");
+    match identity {
+        Identity::Workload { client_id, token, .. } => {
+            let form = [
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id.as_str()),
+                ("scope", scope),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                ("client_assertion", token.0.as_str()),
+            ];
+            entra(src, tenant, client_id, &form).await
+        }
+        Identity::ServicePrincipal { client_id, secret } => {
+            let form = [
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id.as_str()),
+                ("scope", scope),
+                ("client_secret", secret.0.as_str()),
+            ];
+            entra(src, tenant, client_id, &form).await
+        }
+        Identity::ManagedIdentity { client_id } => {
+            let base = src.net.imds_url.as_deref().unwrap_or("http://169.254.169.254").trim_end_matches('/');
+            let mut url = format!(
+                "{base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
+                urlencode(resource)
+            );
+            if let Some(c) = client_id {
+                url.push_str(&format!("&client_id={}", urlencode(c)));
+            }
+            let r =
+                src.transport.send(None, Method::GET, &url, &[("Metadata", "true".into())], None, src.deadline).await?;
+            let who = format!(
+                "failed to get a managed identity token{}",
+                client_id.as_ref().map(|c| format!(" for client id {c}")).unwrap_or_default()
+            );
+            if !r.status.is_success() {
+                return Err(token_error(&who, r.status.as_u16(), &r.body));
+            }
+            parse_token(&r.body, &who)
+        }
+        Identity::PodIdentity { pod, namespace } => {
+            let base = src.net.nmi_url.as_deref().unwrap_or("http://localhost:2579").trim_end_matches('/');
+            let res = src.keyvault_resource.trim_end_matches('/');
+            let url = format!("{base}/host/token/?resource={}", urlencode(res));
+            let headers = [("podname", pod.clone()), ("podns", namespace.clone())];
+            let r = src.transport.send(None, Method::GET, &url, &headers, None, src.deadline).await?;
+            if !r.status.is_success() {
+                let body: String = String::from_utf8_lossy(&r.body).chars().take(300).collect();
+                return Err(Error::new(
+                    ErrorKind::Forbidden,
+                    format!(
+                        "nmi response failed with status code: {}, response body: {}",
+                        r.status.as_u16(),
+                        body.trim()
+                    ),
+                ));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            if v["token"].is_null() || v["clientid"].as_str().is_none() {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    "nmi did not return expected values in response: token and clientid",
+                ));
+            }
+            parse_token(v["token"].to_string().as_bytes(), "nmi")
+        }
+    }
+}
+
+async fn entra(
+    src: &TokenSource<'_>,
+    tenant: &str,
+    client_id: &str,
+    form: &[(&str, &str)],
+) -> Result<(Sensitive, Duration)> {
+    let authority = src.net.authority_override.as_deref().unwrap_or(src.authority_host);
+    let url = format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'));
+    let r = src.transport.send(None, Method::POST, &url, &[], Some(form), src.deadline).await?;
+    let who = format!("failed to acquire a token for client {client_id} in tenant {tenant}");
+    if !r.status.is_success() {
+        return Err(token_error(&who, r.status.as_u16(), &r.body));
+    }
+    parse_token(&r.body, &who)
+}
+
+fn parse_token(body: &[u8], who: &str) -> Result<(Sensitive, Duration)> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("{who}: malformed token response: {e}")))?;
+    let token = v["access_token"]
+        .as_str()
+        .ok_or_else(|| Error::new(ErrorKind::Internal, format!("{who}: the response has no access_token")))?;
+    // Entra sends a number, IMDS and NMI a string.
+    let expires_in =
+        v["expires_in"].as_u64().or_else(|| v["expires_in"].as_str().and_then(|s| s.parse().ok())).unwrap_or(300);
+    Ok((Sensitive(token.to_string()), Duration::from_secs(expires_in)))
+}
+
+/// Percent-encodes a query value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,163 @@
+//! The Azure Key Vault secrets provider: a SecretProviderClass's `parameters`, the pod's identity
+//! material and the node-publish secrets in; files (path, mode, bytes) and object versions out.
+//!
+//! It knows nothing about CSI or Kubernetes types. Start at [`Provider::mount`]: [`params`] validates
+//! everything before any network call, [`identity`] gets (and caches) an access token, [`vault`] talks
+//! to Key Vault through the shared [`transport`] (retries, per-vault rate limit, coordinated backoff),
+//! and [`convert`] turns objects into file contents exactly as the upstream provider does. All objects
+//! of a mount are fetched concurrently, and identical fetches (same vault, object, version and
+//! identity) that are in flight or finished within `dedup_window` share one request.
+
+pub mod cloud;
+pub mod convert;
+pub mod error;
+pub mod identity;
+pub mod params;
+pub mod transport;
+pub mod vault;
+
+mod fetch;
+mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use error::{Error, ErrorKind, Result};
+pub use stats::Stats;
+pub use transport::{NetworkConfig, RetryPolicy, VaultLimits};
+
+/// Provider settings (the upstream provider's flags, plus ours).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `--construct-pem-chain` (default true): order PFX chains leaf → root.
+    pub construct_pem_chain: bool,
+    /// `--write-cert-and-key-in-separate-files` (default false): extra `.crt` and `.key` files.
+    pub write_cert_and_key_in_separate_files: bool,
+    /// `--cloud-name`: cloud when a class names none.
+    pub default_cloud: String,
+    /// Endpoints, CA and name-resolution overrides.
+    pub network: NetworkConfig,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Per-vault rate limit and concurrency.
+    pub limits: VaultLimits,
+    /// How long a finished fetch may be shared by identical fetches (same identity).
+    pub dedup_window: Duration,
+    /// Deadline of a mount whose caller gave none.
+    pub default_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            construct_pem_chain: true,
+            write_cert_and_key_in_separate_files: false,
+            default_cloud: "AzurePublicCloud".into(),
+            network: NetworkConfig::default(),
+            retry: RetryPolicy::default(),
+            limits: VaultLimits::default(),
+            dedup_window: Duration::from_secs(5),
+            default_timeout: Duration::from_secs(110),
+        }
+    }
+}
+
+/// One mount.
+#[derive(Clone, Debug, Default)]
+pub struct MountRequest {
+    /// Class parameters overlaid with pod attributes and the tokens JSON.
+    pub attributes: BTreeMap<String, String>,
+    /// Node-publish secrets (`clientid`/`clientsecret`, ...).
+    pub secrets: BTreeMap<String, String>,
+    /// Default file mode (0o644).
+    pub default_mode: u32,
+    /// Versions currently mounted (`<type>/<name>` → version).
+    pub current_versions: BTreeMap<String, String>,
+    /// When the caller gives up.
+    pub deadline: Option<Instant>,
+}
+
+/// One file to write.
+#[derive(Clone, PartialEq, Eq)]
+pub struct File {
+    /// Relative path.
+    pub path: String,
+    /// Mode.
+    pub mode: u32,
+    /// Contents (secret).
+    pub contents: Vec<u8>,
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "File({:?}, {:o}, {} bytes)", self.path, self.mode, self.contents.len())
+    }
+}
+
+/// The result of a mount.
+#[derive(Clone, Debug, Default)]
+pub struct MountResponse {
+    /// Files in class order.
+    pub files: Vec<File>,
+    /// Object id → version.
+    pub object_versions: BTreeMap<String, String>,
+}
+
+/// The provider.
+pub struct Provider {
+    config: Config,
+    transport: transport::Transport,
+    tokens: identity::TokenCache,
+    scopes: Mutex<HashMap<String, String>>,
+    flights: fetch::Flights,
+    stats: Arc<Stats>,
+}
+
+impl Provider {
+    /// Builds the provider (one HTTP client for its lifetime).
+    pub fn new(config: Config) -> Result<Self> {
+        let stats = Arc::new(Stats::default());
+        let transport =
+            transport::Transport::new(&config.network, config.retry.clone(), config.limits.clone(), stats.clone())?;
+        Ok(Self {
+            config,
+            transport,
+            tokens: identity::TokenCache::default(),
+            scopes: Mutex::new(HashMap::new()),
+            flights: fetch::Flights::default(),
+            stats,
+        })
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Validates the request, then fetches every object concurrently and converts it to files.
+    pub async fn mount(&self, req: MountRequest) -> Result<MountResponse> {
+        let params = params::parse(
+            &req.attributes,
+            &req.secrets,
+            req.default_mode,
+            &self.config.default_cloud,
+            self.config.write_cert_and_key_in_separate_files,
+        )?;
+        let deadline = req.deadline.unwrap_or_else(|| Instant::now() + self.config.default_timeout);
+        let call = vault::VaultCall {
+            provider: self,
+            params: &params,
+            base: vault::vault_base(&params, self.config.network.vault_port),
+            deadline,
+        };
+        let results = futures_util::future::join_all(params.objects.iter().map(|o| fetch::object(&call, o))).await;
+        let mut resp = MountResponse::default();
+        for r in results {
+            let (files, versions) = r?;
+            resp.files.extend(files);
+            resp.object_versions.extend(versions);
+        }
+        Ok(resp)
+    }
+}

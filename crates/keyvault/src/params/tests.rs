@@ -1,0 +1,237 @@
+use super::*;
+
+fn attrs(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> = [
+        ("csi.storage.k8s.io/pod.name", "web-0"),
+        ("csi.storage.k8s.io/pod.namespace", "default"),
+        ("keyvaultName", "kv1"),
+        ("tenantID", "tenant"),
+        ("objects", "array:\n  - |\n    objectName: db-password\n    objectType: secret\n"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        if v.is_empty() {
+            m.remove(*k);
+        } else {
+            m.insert(k.to_string(), v.to_string());
+        }
+    }
+    m
+}
+
+fn sp() -> BTreeMap<String, String> {
+    [("ClientID".to_string(), "id".to_string()), ("ClientSecret".to_string(), "s".to_string())].into()
+}
+
+fn err(a: &[(&str, &str)], secrets: &BTreeMap<String, String>) -> String {
+    parse(&attrs(a), secrets, 0o644, "AzurePublicCloud", false).unwrap_err().message
+}
+
+fn objects(items: &[&str]) -> String {
+    let mut s = String::from("array:\n");
+    for i in items {
+        s.push_str("  - |\n");
+        for line in i.lines() {
+            s.push_str(&format!("    {line}\n"));
+        }
+    }
+    s
+}
+
+#[test]
+fn a_minimal_service_principal_class_parses() {
+    let p = parse(&attrs(&[]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
+    assert_eq!(p.vault_name, "kv1");
+    assert_eq!(p.identity, Identity::ServicePrincipal { client_id: "id".into(), secret: Sensitive("s".into()) });
+    assert_eq!(p.objects[0].mode, 0o644);
+    assert_eq!(p.objects[0].id(), "secret/db-password");
+}
+
+#[test]
+fn pod_info_and_required_parameters_have_upstreams_messages() {
+    assert_eq!(err(&[("csi.storage.k8s.io/pod.name", "")], &sp()), "pod name is not provided");
+    assert_eq!(err(&[("csi.storage.k8s.io/pod.namespace", "")], &sp()), "pod namespace is not provided");
+    assert_eq!(err(&[("keyvaultName", "")], &sp()), "keyvaultName is not provided");
+    assert_eq!(err(&[("tenantID", "")], &sp()), "tenantId is not provided");
+    assert!(
+        parse(&attrs(&[("tenantID", ""), ("tenantId", "legacy")]), &sp(), 0o644, "AzurePublicCloud", false).is_ok()
+    );
+    assert_eq!(err(&[("objects", "")], &sp()), "objects is not set");
+    assert_eq!(
+        err(&[("keyvaultName", "kv")], &sp()),
+        "failed to get vault: Invalid vault name: \"kv\", must be between 3 and 24 chars"
+    );
+    assert_eq!(
+        err(&[("keyvaultName", "kv_1")], &sp()),
+        "failed to get vault: Invalid vault name: \"kv_1\", must match [-a-zA-Z0-9]{3,24}"
+    );
+    assert!(err(&[("cloudName", "Mars")], &sp()).starts_with("cloudName Mars is not valid"));
+}
+
+#[test]
+fn identity_flags_use_go_parse_bool_and_are_exclusive() {
+    assert_eq!(
+        err(&[("usePodIdentity", "yes")], &sp()),
+        "failed to parse usePodIdentity flag, error: strconv.ParseBool: parsing \"yes\": invalid syntax"
+    );
+    assert_eq!(
+        err(&[("usePodIdentity", "true"), ("useVMManagedIdentity", "T")], &sp()),
+        "only one identity mode can be enabled at a time: usePodIdentity, useVMManagedIdentity, or useAzureTokenProxy"
+    );
+    let none = BTreeMap::new();
+    let p = parse(
+        &attrs(&[("useVMManagedIdentity", "1"), ("userAssignedIdentityID", "uami")]),
+        &none,
+        0o644,
+        "AzurePublicCloud",
+        false,
+    )
+    .unwrap();
+    assert_eq!(p.identity, Identity::ManagedIdentity { client_id: Some("uami".into()) });
+    let p = parse(&attrs(&[("useVMManagedIdentity", "True")]), &none, 0o644, "AzurePublicCloud", false).unwrap();
+    assert_eq!(p.identity, Identity::ManagedIdentity { client_id: None });
+    let p = parse(&attrs(&[("usePodIdentity", "TRUE")]), &none, 0o644, "AzurePublicCloud", false).unwrap();
+    assert!(matches!(p.identity, Identity::PodIdentity { .. }));
+    assert!(err(&[("useAzureTokenProxy", "true"), ("clientID", "c")], &none).contains("not supported"));
+}
+
+#[test]
+fn service_principal_and_workload_identity_errors() {
+    let none = BTreeMap::new();
+    assert_eq!(
+        err(&[], &none),
+        "failed to build auth config for mode None: failed to get credentials, nodePublishSecretRef secret is not set"
+    );
+    let only_id: BTreeMap<String, String> = [("clientid".to_string(), "x".to_string())].into();
+    assert_eq!(err(&[], &only_id), "failed to build auth config for mode None: could not find clientsecret in secrets");
+    assert_eq!(
+        err(&[("clientID", "wi")], &none),
+        "failed to build auth config for mode None: failed to parse workload identity tokens, error: service account tokens not found"
+    );
+    assert_eq!(
+        err(&[("clientID", "wi"), (TOKENS_KEY, r#"{"other":{"token":"x"}}"#)], &none),
+        "failed to build auth config for mode None: failed to parse workload identity tokens, error: token for audience api://AzureADTokenExchange not found"
+    );
+}
+
+fn jwt(claims: &str) -> String {
+    use base64::Engine;
+    let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!("{}.{}.sig", e(r#"{"alg":"RS256"}"#), e(claims))
+}
+
+#[test]
+fn workload_identity_reads_subject_and_rejects_expired_tokens() {
+    let none = BTreeMap::new();
+    let live = jwt(r#"{"iss":"https://oidc/","sub":"system:serviceaccount:default:app","exp":4102444800}"#);
+    let tokens = format!(
+        r#"{{"api://AzureADTokenExchange":{{"token":"{live}","expirationTimestamp":"2100-01-01T00:00:00Z"}}}}"#
+    );
+    let p =
+        parse(&attrs(&[("clientID", "wi"), (TOKENS_KEY, &tokens)]), &none, 0o644, "AzurePublicCloud", false).unwrap();
+    match p.identity {
+        Identity::Workload { subject, issuer, .. } => {
+            assert_eq!((subject.as_str(), issuer.as_str()), ("system:serviceaccount:default:app", "https://oidc/"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let dead = jwt(r#"{"iss":"https://oidc/","sub":"system:serviceaccount:default:app","exp":1000}"#);
+    let tokens = format!(r#"{{"api://AzureADTokenExchange":{{"token":"{dead}"}}}}"#);
+    let e = err(&[("clientID", "wi"), (TOKENS_KEY, &tokens)], &none);
+    assert!(e.contains("expired") && !e.contains(&dead), "{e}");
+}
+
+#[test]
+fn objects_parse_in_two_stages_with_upstreams_messages() {
+    assert!(err(&[("objects", "- objectName: x")], &sp()).starts_with("failed to yaml unmarshal objects, error:"));
+    assert!(
+        err(&[("objects", "array:\n  - objectName: x\n")], &sp())
+            .starts_with("failed to yaml unmarshal objects, error:")
+    );
+    let bad_item = "array:\n  - |\n    objectName: [unclosed\n";
+    assert!(
+        err(&[("objects", bad_item)], &sp()).starts_with("unmarshal failed for keyVaultObjects at index 0, error:")
+    );
+    assert_eq!(err(&[("objects", "array: []")], &sp()), "objects lists no object: nothing to mount");
+}
+
+#[test]
+fn every_per_object_field() {
+    let o = objects(&[
+        "objectName: tls\nobjectType: secret\nobjectAlias: certs/tls.pfx\nobjectFormat: PFX\nobjectEncoding: Base64\nfilePermission: 0600\nobjectVersion: abc",
+        "objectName: hist\nobjectType: key\nobjectVersionHistory: 3\nfilePermission: 440",
+        "objectName: c\nobjectType: cert",
+    ]);
+    let p = parse(&attrs(&[("objects", &o)]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
+    let t = &p.objects[0];
+    assert_eq!(
+        (t.file_name(), t.format, t.encoding, t.mode, t.version.as_str()),
+        ("certs/tls.pfx", Format::Pfx, Encoding::Base64, 0o600, "abc")
+    );
+    assert_eq!((p.objects[1].kind, p.objects[1].history, p.objects[1].mode), (ObjectType::Key, 3, 0o440));
+    assert_eq!(p.objects[2].kind, ObjectType::Cert);
+}
+
+#[test]
+fn per_object_validation_messages() {
+    let e = |item: &str| err(&[("objects", &objects(&[item]))], &sp());
+    assert_eq!(
+        e("objectName: x\nobjectType: secrets"),
+        "failed to get objectType:secrets, objectName:x, objectVersion:: Invalid vaultObjectTypes. Should be secret, key, or cert"
+    );
+    assert_eq!(
+        e("objectName: x\nobjectType: secret\nobjectFormat: der"),
+        "failed to get objectType:secret, objectName:x, objectVersion:: invalid objectFormat: der, should be PEM or PFX"
+    );
+    assert_eq!(
+        e("objectName: x\nobjectType: cert\nobjectFormat: pfx"),
+        "failed to get objectType:cert, objectName:x, objectVersion:: PFX format only supported for objectType: secret"
+    );
+    assert_eq!(
+        e("objectName: x\nobjectType: secret\nobjectEncoding: rot13"),
+        "failed to get objectType:secret, objectName:x, objectVersion:: invalid objectEncoding: rot13, should be hex, base64 or utf-8"
+    );
+    assert_eq!(
+        e("objectName: x\nobjectType: key\nobjectEncoding: hex"),
+        "failed to get objectType:key, objectName:x, objectVersion:: objectEncoding only supported for objectType: secret"
+    );
+    assert_eq!(
+        e("objectName: x\nobjectType: secret\nobjectAlias: /etc/passwd"),
+        "failed to get objectType:secret, objectName:x, objectVersion:: file name must be a relative path"
+    );
+    assert_eq!(
+        e("objectName: x\nobjectType: secret\nobjectAlias: ../../escape"),
+        "failed to get objectType:secret, objectName:x, objectVersion:: file name must not contain '..'"
+    );
+    assert_eq!(
+        e("objectName: ''\nobjectType: secret"),
+        "failed to get objectType:secret, objectName:, objectVersion:: file name must not be empty"
+    );
+    assert!(
+        e("objectName: x\nobjectType: secret\nfilePermission: rw-r--r--")
+            .contains("invalid filePermission \"rw-r--r--\"")
+    );
+    assert!(e("objectName: x\nobjectType: secret\nfilePermission: 0999").contains("invalid filePermission"));
+}
+
+#[test]
+fn two_objects_writing_one_path_are_refused() {
+    let o = objects(&["objectName: a\nobjectType: secret", "objectName: b\nobjectType: secret\nobjectAlias: a"]);
+    let e = err(&[("objects", &o)], &sp());
+    assert!(e.contains("file \"a\" is also written by another object"), "{e}");
+    let split = objects(&[
+        "objectName: tls\nobjectType: secret",
+        "objectName: other\nobjectType: secret\nobjectAlias: tls.key",
+    ]);
+    assert!(parse(&attrs(&[("objects", &split)]), &sp(), 0o644, "AzurePublicCloud", true).is_err());
+    assert!(parse(&attrs(&[("objects", &split)]), &sp(), 0o644, "AzurePublicCloud", false).is_ok());
+}
+
+#[test]
+fn whitespace_is_trimmed_and_secret_keys_are_case_insensitive() {
+    let p = parse(&attrs(&[("keyvaultName", "  kv1 \n")]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
+    assert_eq!(p.vault_name, "kv1");
+    assert!(format!("{:?}", p.identity).contains("<redacted>") && !format!("{:?}", p.identity).contains("\"s\""));
+}

@@ -1,0 +1,41 @@
+//! Counters the binary exports as metrics: Key Vault requests by vault and status, dedup hits, token
+//! acquisitions and cache hits, time spent waiting for the rate limiter.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Provider counters.
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// HTTP requests to Key Vault by (vault base URL, status; 0 = transport error).
+    pub requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Fetches served by an identical in-flight or recent fetch.
+    pub dedup_hits: AtomicU64,
+    /// Fetches that went to Key Vault.
+    pub dedup_misses: AtomicU64,
+    /// Tokens acquired from Entra ID, IMDS or NMI.
+    pub token_acquisitions: AtomicU64,
+    /// Tokens served from the cache.
+    pub token_cache_hits: AtomicU64,
+    /// Total time requests waited for a vault's rate limiter (µs).
+    pub limiter_wait_micros: AtomicU64,
+}
+
+impl Stats {
+    /// Counts one Key Vault request.
+    pub fn record_request(&self, vault: &str, status: u16) {
+        *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((vault.to_string(), status)).or_default() += 1;
+    }
+
+    /// Adds rate-limiter wait time.
+    pub fn record_limiter_wait(&self, d: Duration) {
+        self.limiter_wait_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Requests to Key Vault so far.
+    pub fn total_requests(&self) -> u64 {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).values().sum()
+    }
+}

@@ -1,0 +1,283 @@
+//! One shared HTTP client (HTTP/2, connection pool, rustls on aws-lc-rs) with the retry policy and
+//! per-vault throttling every call goes through.
+//!
+//! Retries: 408, 429, 500, 502, 503, 504 and transport errors, at most `max_attempts` tries, exponential
+//! backoff with jitter (0.8 s × (2^n − 1) × [0.8, 1.3), capped), honouring `Retry-After`,
+//! `retry-after-ms` and `x-ms-retry-after-ms`, and never sleeping past the caller's deadline.
+//! Throttling is per vault: a token bucket keeps us well under Key Vault's 4,000 requests per 10 s, a
+//! semaphore bounds concurrency, and one `429 Retry-After` pauses every caller of that vault.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// How requests are retried.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Tries in all (first try included).
+    pub max_attempts: u32,
+    /// Base delay.
+    pub base_delay: Duration,
+    /// Longest single delay; a `Retry-After` beyond it is not waited for.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 4, base_delay: Duration::from_millis(800), max_delay: Duration::from_secs(60) }
+    }
+}
+
+/// Per-vault limits.
+#[derive(Clone, Debug)]
+pub struct VaultLimits {
+    /// Sustained requests per second (default 200/s = 2,000 per 10 s, half of Azure's limit).
+    pub rate_per_sec: f64,
+    /// Bucket size: requests that may go out at once after a quiet period.
+    pub burst: f64,
+    /// Concurrent requests per vault.
+    pub concurrency: usize,
+}
+
+impl Default for VaultLimits {
+    fn default() -> Self {
+        Self { rate_per_sec: 200.0, burst: 400.0, concurrency: 64 }
+    }
+}
+
+/// Network settings; tests and the demo point them at the emulator.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkConfig {
+    /// Extra CA certificates (PEM) to trust besides the system's.
+    pub extra_ca_pem: Option<String>,
+    /// Resolve every host name to this address (emulator, tests). Never set in production.
+    pub resolve_all_to: Option<IpAddr>,
+    /// Port to use for vault URLs (the emulator cannot listen on 443).
+    pub vault_port: Option<u16>,
+    /// Overrides the cloud's authority host (e.g. `https://login.microsoftonline.com:8443/`).
+    pub authority_override: Option<String>,
+    /// IMDS base URL (default `http://169.254.169.254`).
+    pub imds_url: Option<String>,
+    /// NMI base URL (default `http://localhost:2579`).
+    pub nmi_url: Option<String>,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    paused_until: Option<Instant>,
+}
+
+struct VaultGate {
+    bucket: Mutex<Bucket>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// An HTTP response, read in full.
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// The client.
+pub struct Transport {
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    limits: VaultLimits,
+    gates: Mutex<HashMap<String, Arc<VaultGate>>>,
+    stats: Arc<crate::Stats>,
+}
+
+struct ResolveAll(IpAddr);
+
+impl reqwest::dns::Resolve for ResolveAll {
+    fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addr = SocketAddr::new(self.0, 0);
+        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs) })
+    }
+}
+
+impl Transport {
+    /// Builds the shared client.
+    pub fn new(net: &NetworkConfig, retry: RetryPolicy, limits: VaultLimits, stats: Arc<crate::Stats>) -> Result<Self> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("keyvault-csi/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .https_only(false);
+        if let Some(pem) = &net.extra_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| Error::new(ErrorKind::Internal, format!("invalid extra CA certificates: {e}")))?;
+            b = b.tls_certs_merge(certs);
+        }
+        if let Some(ip) = net.resolve_all_to {
+            b = b.dns_resolver(Arc::new(ResolveAll(ip)));
+        }
+        let client =
+            b.build().map_err(|e| Error::new(ErrorKind::Internal, format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self { client, retry, limits, gates: Mutex::new(HashMap::new()), stats })
+    }
+
+    fn gate(&self, vault: &str) -> Arc<VaultGate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates
+            .entry(vault.to_string())
+            .or_insert_with(|| {
+                Arc::new(VaultGate {
+                    bucket: Mutex::new(Bucket { tokens: self.limits.burst, last: Instant::now(), paused_until: None }),
+                    permits: Arc::new(tokio::sync::Semaphore::new(self.limits.concurrency.max(1))),
+                })
+            })
+            .clone()
+    }
+
+    /// Waits until the vault's bucket has a token and no 429 pause is in force.
+    async fn admit(&self, gate: &VaultGate, deadline: Instant) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let wait = {
+                let mut b = gate.bucket.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let elapsed = now.duration_since(b.last).as_secs_f64();
+                b.tokens = (b.tokens + elapsed * self.limits.rate_per_sec).min(self.limits.burst);
+                b.last = now;
+                match b.paused_until {
+                    Some(until) if until > now => until - now,
+                    _ if b.tokens >= 1.0 => {
+                        b.tokens -= 1.0;
+                        self.stats.record_limiter_wait(started.elapsed());
+                        return Ok(());
+                    }
+                    _ => Duration::from_secs_f64((1.0 - b.tokens) / self.limits.rate_per_sec),
+                }
+            };
+            if Instant::now() + wait > deadline {
+                return Err(Error::new(
+                    ErrorKind::DeadlineExceeded,
+                    "the request deadline passed while waiting for the vault's rate limit",
+                ));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn pause(&self, gate: &VaultGate, d: Duration) {
+        let mut b = gate.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let until = Instant::now() + d;
+        if b.paused_until.is_none_or(|p| p < until) {
+            b.paused_until = Some(until);
+        }
+    }
+
+    /// Sends a request with retries. `vault` (if any) selects the throttle; `describe` names the call
+    /// for error messages. Returns the last response (success or not) or a transport error.
+    pub async fn send(
+        &self,
+        vault: Option<&str>,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        form: Option<&[(&str, &str)]>,
+        deadline: Instant,
+    ) -> Result<Reply> {
+        let gate = vault.map(|v| self.gate(v));
+        let mut attempt = 1;
+        loop {
+            let _permit = match &gate {
+                Some(g) => {
+                    self.admit(g, deadline).await?;
+                    Some(g.permits.clone().acquire_owned().await.expect("semaphore is never closed"))
+                }
+                None => None,
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::new(ErrorKind::DeadlineExceeded, format!("{method} {url}: deadline exceeded")));
+            }
+            let mut rb = self.client.request(method.clone(), url).timeout(remaining);
+            for (k, v) in headers {
+                rb = rb.header(*k, v);
+            }
+            if let Some(f) = form {
+                rb = rb.form(f);
+            }
+            let result = rb.send().await;
+            let outcome = match result {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    match resp.bytes().await {
+                        Ok(body) => Ok(Reply { status, headers, body: body.to_vec() }),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            if let Some(v) = vault {
+                let status = outcome.as_ref().map(|r| r.status.as_u16()).unwrap_or(0);
+                self.stats.record_request(v, status);
+            }
+            let (retryable, retry_after) = match &outcome {
+                Ok(r) => (matches!(r.status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504), retry_after(&r.headers)),
+                Err(e) => (!e.is_builder(), None),
+            };
+            if let (Some(g), Ok(r)) = (&gate, &outcome) {
+                if r.status == StatusCode::TOO_MANY_REQUESTS {
+                    // One throttled caller slows every caller of the vault.
+                    self.pause(g, retry_after.unwrap_or(self.retry.base_delay));
+                }
+            }
+            if !retryable || attempt >= self.retry.max_attempts {
+                return outcome.map_err(|e| transport_error(&method, url, e));
+            }
+            let backoff = {
+                let exp = self.retry.base_delay.mul_f64((1u64 << attempt.min(16)) as f64 - 1.0);
+                exp.mul_f64(0.8 + rand::random::<f64>() * 0.5).min(self.retry.max_delay)
+            };
+            let delay = match retry_after {
+                Some(ra) if ra > self.retry.max_delay => return outcome.map_err(|e| transport_error(&method, url, e)),
+                Some(ra) => ra.max(Duration::from_millis(10)),
+                None => backoff,
+            };
+            if Instant::now() + delay >= deadline {
+                return outcome.map_err(|e| transport_error(&method, url, e));
+            }
+            tracing::debug!(%url, attempt, delay_ms = delay.as_millis() as u64, "retrying");
+            drop(_permit);
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+fn transport_error(method: &Method, url: &str, e: reqwest::Error) -> Error {
+    let kind = if e.is_timeout() { ErrorKind::DeadlineExceeded } else { ErrorKind::Unavailable };
+    // reqwest errors name the URL, never headers or bodies.
+    let mut msg = format!("{method} {url}: {e}");
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    Error::new(kind, msg)
+}
+
+/// `Retry-After` (seconds), `retry-after-ms`, `x-ms-retry-after-ms`.
+pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
+    get("retry-after-ms")
+        .or_else(|| get("x-ms-retry-after-ms"))
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| get("retry-after").map(Duration::from_secs_f64))
+}

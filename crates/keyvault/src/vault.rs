@@ -1,0 +1,177 @@
+//! Key Vault REST calls: challenge discovery (once per vault), authenticated GETs with one retry on
+//! a rejected token, version listing with `nextLink`, and Azure errors turned into typed errors.
+
+use std::time::Instant;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::TokenSource;
+use crate::params::MountParams;
+use crate::transport::Reply;
+
+/// API version sent on every call (the upstream provider's).
+pub const API_VERSION: &str = "7.4";
+
+/// Base URL of a vault: `https://<vault>.<suffix>[:port]`.
+pub fn vault_base(params: &MountParams, port: Option<u16>) -> String {
+    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    format!("https://{}.{}{port}", params.vault_name, params.cloud.keyvault_dns_suffix)
+}
+
+/// Turns a non-success Key Vault reply into an error naming status, code and message.
+pub fn kv_error(url: &str, r: &Reply) -> Error {
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let code = v["error"]["code"].as_str().unwrap_or("");
+    let inner = v["error"]["innererror"]["code"].as_str().map(|c| format!(" ({c})")).unwrap_or_default();
+    let msg = v["error"]["message"].as_str().unwrap_or("");
+    let request_id = r.headers.get("x-ms-request-id").and_then(|h| h.to_str().ok()).unwrap_or("");
+    let kind = match r.status.as_u16() {
+        400 => ErrorKind::InvalidInput,
+        401 | 403 => ErrorKind::Forbidden,
+        404 => ErrorKind::NotFound,
+        429 => ErrorKind::Throttled,
+        500..=599 => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    };
+    let status = r.status;
+    Error::new(kind, format!("GET {url}: {status} {code}{inner}: {msg} (x-ms-request-id: {request_id})"))
+}
+
+/// Parses `WWW-Authenticate: Bearer authorization="…", resource="…"` (or `scope="…"`) into a scope,
+/// checking that the resource's domain matches the vault's (a rogue host must not get a token for
+/// another resource).
+pub fn challenge_scope(header: &str, vault_host: &str) -> Result<String> {
+    let mut resource = None;
+    let mut scope = None;
+    for part in header.trim_start_matches("Bearer").split(',') {
+        if let Some((k, v)) = part.trim().split_once('=') {
+            let v = v.trim().trim_matches('"').to_string();
+            match k.trim() {
+                "resource" => resource = Some(v),
+                "scope" => scope = Some(v),
+                _ => {}
+            }
+        }
+    }
+    let scope = match (scope, resource) {
+        (Some(s), _) => s,
+        (None, Some(r)) => format!("{}/.default", r.trim_end_matches('/')),
+        (None, None) => {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("the Key Vault challenge has no resource or scope: {header}"),
+            ));
+        }
+    };
+    let resource_host = scope.trim_start_matches("https://").split('/').next().unwrap_or("").to_ascii_lowercase();
+    let host = vault_host.split(':').next().unwrap_or(vault_host).to_ascii_lowercase();
+    if resource_host.is_empty() || !host.ends_with(&format!(".{resource_host}")) {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            format!("challenge resource {resource_host:?} doesn't match the requested domain {host:?}"),
+        ));
+    }
+    Ok(scope)
+}
+
+/// A caller of one vault for one mount.
+pub struct VaultCall<'a> {
+    /// Provider.
+    pub provider: &'a crate::Provider,
+    /// Parameters.
+    pub params: &'a MountParams,
+    /// Vault base URL.
+    pub base: String,
+    /// Deadline.
+    pub deadline: Instant,
+}
+
+impl VaultCall<'_> {
+    fn source(&self) -> TokenSource<'_> {
+        TokenSource {
+            transport: &self.provider.transport,
+            net: &self.provider.config.network,
+            authority_host: &self.params.cloud.authority_host,
+            keyvault_resource: &self.params.cloud.keyvault_resource,
+            deadline: self.deadline,
+        }
+    }
+
+    /// The vault's token scope, from its challenge (cached per vault).
+    async fn scope(&self, url: &str) -> Result<String> {
+        if let Some(s) = self.provider.scopes.lock().unwrap_or_else(|e| e.into_inner()).get(&self.base) {
+            return Ok(s.clone());
+        }
+        let r = self.provider.transport.send(Some(&self.base), Method::GET, url, &[], None, self.deadline).await?;
+        if r.status != StatusCode::UNAUTHORIZED {
+            return Err(kv_error(url, &r));
+        }
+        let header = r.headers.get("www-authenticate").and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host = self.base.trim_start_matches("https://");
+        let scope = challenge_scope(header, host)?;
+        self.provider.scopes.lock().unwrap_or_else(|e| e.into_inner()).insert(self.base.clone(), scope.clone());
+        Ok(scope)
+    }
+
+    /// GET a JSON document with auth; one retry with a fresh token if Key Vault rejects the cached one.
+    pub async fn get(&self, url: &str) -> Result<Value> {
+        let scope = self.scope(url).await?;
+        let p = self.params;
+        let src = self.source();
+        for attempt in 0..2 {
+            let token = self.provider.tokens.get(&src, &p.tenant_id, &p.identity, &scope, &self.provider.stats).await?;
+            let auth = [("Authorization", format!("Bearer {}", token.0)), ("Accept", "application/json".into())];
+            let r =
+                self.provider.transport.send(Some(&self.base), Method::GET, url, &auth, None, self.deadline).await?;
+            if r.status == StatusCode::UNAUTHORIZED && attempt == 0 {
+                self.provider.tokens.invalidate(&p.tenant_id, &p.identity, &scope);
+                continue;
+            }
+            if !r.status.is_success() {
+                return Err(kv_error(url, &r));
+            }
+            return serde_json::from_slice(&r.body)
+                .map_err(|e| Error::new(ErrorKind::Internal, format!("GET {url}: malformed response: {e}")));
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    /// Every version item of an object, following `nextLink` (only ever to the same vault).
+    pub async fn list_versions(&self, collection: &str, name: &str) -> Result<Vec<Value>> {
+        let mut url = format!("{}/{collection}/{name}/versions?api-version={API_VERSION}&maxresults=25", self.base);
+        let mut items = Vec::new();
+        loop {
+            let page = self.get(&url).await?;
+            items.extend(page["value"].as_array().cloned().unwrap_or_default());
+            match page["nextLink"].as_str().filter(|l| !l.is_empty()) {
+                None => return Ok(items),
+                Some(next) if next.starts_with(&format!("{}/", self.base)) => url = next.to_string(),
+                Some(next) => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("nextLink {next:?} leaves the vault {}; refusing to follow it", self.base),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_scope_from_resource_or_scope_with_domain_check() {
+        let h = r#"Bearer authorization="https://login.microsoftonline.com/t", resource="https://vault.azure.net""#;
+        assert_eq!(challenge_scope(h, "kv1.vault.azure.net:8443").unwrap(), "https://vault.azure.net/.default");
+        let h =
+            r#"Bearer authorization="https://login.microsoftonline.com/t", scope="https://vault.azure.net/.default""#;
+        assert_eq!(challenge_scope(h, "kv1.vault.azure.net").unwrap(), "https://vault.azure.net/.default");
+        let evil =
+            r#"Bearer authorization="https://login.microsoftonline.com/t", resource="https://management.azure.com""#;
+        assert_eq!(challenge_scope(evil, "kv1.vault.azure.net").unwrap_err().kind, ErrorKind::Forbidden);
+    }
+}
