@@ -68,7 +68,10 @@ pub fn pfx_to_pem(value: &str, construct_chain: bool) -> Result<String, String> 
     Ok(out)
 }
 
-fn key_ids(der: &[u8]) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), String> {
+/// (Authority Key Identifier, Subject Key Identifier) of a certificate.
+type KeyIds = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn key_ids(der: &[u8]) -> Result<KeyIds, String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("failed to parse certificate: {e}"))?;
     let (mut aki, mut ski) = (None, None);
     for ext in cert.extensions() {

@@ -144,7 +144,7 @@ async fn history(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, Vec
         .filter(|i| i["attributes"]["enabled"].as_bool() == Some(true))
         .filter_map(|i| Some((i["attributes"]["created"].as_i64().unwrap_or(0), version_of(i[id_field].as_str()?))))
         .collect();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     let start = if o.version.is_empty() || o.version.eq_ignore_ascii_case("latest") {
         0
     } else {

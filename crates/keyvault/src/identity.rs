@@ -87,10 +87,13 @@ struct Cached {
     refresh_at: Instant,
 }
 
+/// One identity's cached token; its lock is held while a token is acquired (one acquisition in flight).
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
 /// The token cache.
 #[derive(Default)]
 pub struct TokenCache {
-    slots: Mutex<HashMap<(IdentityKey, String), Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    slots: Mutex<HashMap<(IdentityKey, String), Slot>>,
 }
 
 /// Where tokens come from.

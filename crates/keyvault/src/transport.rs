@@ -232,11 +232,11 @@ impl Transport {
                 Ok(r) => (matches!(r.status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504), retry_after(&r.headers)),
                 Err(e) => (!e.is_builder(), None),
             };
-            if let (Some(g), Ok(r)) = (&gate, &outcome) {
-                if r.status == StatusCode::TOO_MANY_REQUESTS {
-                    // One throttled caller slows every caller of the vault.
-                    self.pause(g, retry_after.unwrap_or(self.retry.base_delay));
-                }
+            if let (Some(g), Ok(r)) = (&gate, &outcome)
+                && r.status == StatusCode::TOO_MANY_REQUESTS
+            {
+                // One throttled caller slows every caller of the vault.
+                self.pause(g, retry_after.unwrap_or(self.retry.base_delay));
             }
             if !retryable || attempt >= self.retry.max_attempts {
                 return outcome.map_err(|e| transport_error(&method, url, e));

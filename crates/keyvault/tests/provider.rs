@@ -1,0 +1,412 @@
+//! The provider against the emulator: every identity mode, object type and format, checked with an
+//! independent parser against the emulator's own material, and the error paths.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use emulator::{Emulator, Faults, Handle, Seed};
+use keyvault::{Config, ErrorKind, MountRequest, NetworkConfig, Provider};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const ISSUER: &str = "https://oidc.cluster.test/";
+const TOKENS: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+
+fn seed() -> Seed {
+    Seed::from_yaml(&format!(
+        r#"
+tenants:
+  - id: {TENANT}
+    applications:
+      - {{ clientId: sp, objectId: sp-oid, clientSecret: sp-secret }}
+      - {{ clientId: sp2, objectId: sp2-oid, clientSecret: sp2-secret }}
+      - {{ clientId: denied, objectId: denied-oid, clientSecret: denied-secret }}
+      - clientId: wi
+        objectId: wi-oid
+        federatedCredentials: [ {{ issuer: "{ISSUER}", subject: "system:serviceaccount:default:app" }} ]
+managedIdentities:
+  - {{ tenant: {TENANT}, clientId: uami, objectId: uami-oid }}
+  - {{ tenant: {TENANT}, objectId: node-oid, systemAssigned: true }}
+podIdentities:
+  - {{ namespace: legacy, clientId: uami }}
+issuers:
+  - url: "{ISSUER}"
+vaults:
+  - name: kv1
+    tenant: {TENANT}
+    access:
+      - {{ principal: sp-oid, secrets: [get, list], keys: [get, list], certificates: [get, list] }}
+      - {{ principal: sp2-oid, secrets: [get], keys: [get], certificates: [get] }}
+      - {{ principal: wi-oid, secrets: [get] }}
+      - {{ principal: uami-oid, secrets: [get] }}
+      - {{ principal: node-oid, secrets: [get] }}
+    secrets:
+      - {{ name: db-password, value: "s3cr3t-db" }}
+      - {{ name: b64, value: "aGVsbG8gd29ybGQ=" }}
+      - {{ name: hexed, value: "68656c6c6f" }}
+      - name: history
+        versions: [ {{ value: h1 }}, {{ value: h2 }}, {{ value: h3-disabled, enabled: false }}, {{ value: h4 }}, {{ value: h5 }} ]
+    keys:
+      - {{ name: rsa, kty: RSA, size: 2048 }}
+      - {{ name: ec256, kty: EC, curve: P-256 }}
+      - {{ name: ec384, kty: EC, curve: P-384 }}
+      - {{ name: ec521, kty: EC, curve: P-521 }}
+      - {{ name: k1, kty: EC, curve: P-256K }}
+    certificates:
+      - {{ name: tls, subject: CN=tls.example.com }}
+      - {{ name: tls-pem, contentType: application/x-pem-file, kty: EC, curve: P-256 }}
+"#
+    ))
+    .unwrap()
+}
+
+async fn setup(config: impl FnOnce(&mut Config)) -> (Handle, Provider) {
+    let h = Emulator::builder().seed(seed()).start().await.unwrap();
+    let mut c = Config {
+        network: NetworkConfig {
+            extra_ca_pem: Some(h.ca_pem.clone()),
+            resolve_all_to: Some("127.0.0.1".parse().unwrap()),
+            vault_port: Some(h.https_addr.port()),
+            authority_override: Some(h.authority_url()),
+            imds_url: Some(h.http_url()),
+            nmi_url: Some(h.http_url()),
+        },
+        ..Config::default()
+    };
+    c.retry.base_delay = Duration::from_millis(50);
+    config(&mut c);
+    let p = Provider::new(c).unwrap();
+    (h, p)
+}
+
+fn objects(items: &[&str]) -> String {
+    let mut s = String::from("array:\n");
+    for i in items {
+        s.push_str("  - |\n");
+        for line in i.lines() {
+            s.push_str(&format!("    {line}\n"));
+        }
+    }
+    s
+}
+
+fn request(objs: &str, extra: &[(&str, &str)], secrets: &[(&str, &str)]) -> MountRequest {
+    let mut attributes: BTreeMap<String, String> = [
+        ("csi.storage.k8s.io/pod.name", "web-0"),
+        ("csi.storage.k8s.io/pod.namespace", "default"),
+        ("keyvaultName", "kv1"),
+        ("tenantID", TENANT),
+        ("objects", objs),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        attributes.insert(k.to_string(), v.to_string());
+    }
+    MountRequest {
+        attributes,
+        secrets: secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        default_mode: 0o644,
+        ..Default::default()
+    }
+}
+
+const SP: &[(&str, &str)] = &[("clientid", "sp"), ("clientsecret", "sp-secret")];
+
+fn file<'a>(r: &'a keyvault::MountResponse, path: &str) -> &'a keyvault::File {
+    r.files.iter().find(|f| f.path == path).unwrap_or_else(|| panic!("no file {path}: {:?}", r.files))
+}
+
+#[tokio::test]
+async fn every_object_type_and_format_matches_the_emulators_material() {
+    let (h, p) = setup(|_| {}).await;
+    let objs = objects(&[
+        "objectName: db-password\nobjectType: secret\nobjectAlias: db/password\nfilePermission: \"0440\"",
+        "objectName: b64\nobjectType: secret\nobjectEncoding: base64",
+        "objectName: hexed\nobjectType: secret\nobjectEncoding: hex",
+        "objectName: rsa\nobjectType: key",
+        "objectName: ec256\nobjectType: key",
+        "objectName: ec384\nobjectType: key",
+        "objectName: ec521\nobjectType: key",
+        "objectName: tls\nobjectType: cert\nobjectAlias: tls-leaf.pem",
+        "objectName: tls\nobjectType: secret",
+        "objectName: tls\nobjectType: secret\nobjectFormat: pfx\nobjectAlias: tls.pfx.b64",
+        "objectName: tls\nobjectType: secret\nobjectFormat: pfx\nobjectEncoding: base64\nobjectAlias: tls.pfx",
+        "objectName: tls-pem\nobjectType: secret",
+    ]);
+    let r = p.mount(request(&objs, &[], SP)).await.unwrap();
+
+    let pw = file(&r, "db/password");
+    assert_eq!((pw.contents.as_slice(), pw.mode), (&b"s3cr3t-db"[..], 0o440));
+    assert_eq!(file(&r, "b64").contents, b"hello world");
+    assert_eq!(file(&r, "hexed").contents, b"hello");
+
+    // Keys: SPKI PEM, parsed independently and compared with the emulator's JWK.
+    for (name, crv) in [("ec256", "P-256"), ("ec384", "P-384"), ("ec521", "P-521")] {
+        let pem = pem::parse(&file(&r, name).contents).unwrap();
+        assert_eq!(pem.tag(), "PUBLIC KEY");
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(pem.contents()).unwrap();
+        let jwk = h.key_jwk("kv1", name).unwrap();
+        let point = spki.subject_public_key.data.to_vec();
+        let x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
+        assert_eq!(&point[1..1 + x.len()], x.as_slice(), "{crv}");
+    }
+    let rsa_pem = pem::parse(&file(&r, "rsa").contents).unwrap();
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(rsa_pem.contents()).unwrap();
+    match spki.parsed().unwrap() {
+        x509_parser::public_key::PublicKey::RSA(k) => {
+            let n = URL_SAFE_NO_PAD.decode(h.key_jwk("kv1", "rsa").unwrap()["n"].as_str().unwrap()).unwrap();
+            assert_eq!(k.modulus.iter().skip_while(|b| **b == 0).copied().collect::<Vec<_>>(), n);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // cert: the leaf only.
+    let leaf = pem::parse_many(&file(&r, "tls-leaf.pem").contents).unwrap();
+    assert_eq!(leaf.len(), 1);
+    assert_eq!(X509Certificate::from_der(leaf[0].contents()).unwrap().1.subject().to_string(), "CN=tls.example.com");
+
+    // PFX-backed secret as PEM: the PKCS#8 key first, then leaf → intermediate → root.
+    let (pfx_b64, ct) = h.certificate_secret("kv1", "tls").unwrap();
+    assert_eq!(ct.as_deref(), Some("application/x-pkcs12"));
+    let blocks = pem::parse_many(&file(&r, "tls").contents).unwrap();
+    let tags: Vec<&str> = blocks.iter().map(|b| b.tag()).collect();
+    assert_eq!(tags, ["PRIVATE KEY", "CERTIFICATE", "CERTIFICATE", "CERTIFICATE"]);
+    let subjects: Vec<String> =
+        blocks[1..].iter().map(|b| X509Certificate::from_der(b.contents()).unwrap().1.subject().to_string()).collect();
+    assert_eq!(subjects, ["CN=tls.example.com", "CN=Emulator Intermediate CA", "CN=Emulator Root CA"]);
+    let ks = p12_keystore::KeyStore::from_pkcs12(
+        &STANDARD.decode(&pfx_b64).unwrap(),
+        "",
+        p12_keystore::Pkcs12ImportPolicy::Relaxed,
+    )
+    .unwrap();
+    let (_, chain) = ks.private_key_chain().unwrap();
+    assert_eq!(blocks[0].contents(), chain.key().as_der(), "the key written is the vault's key");
+
+    // PFX as stored (base64 text), and decoded to binary.
+    assert_eq!(file(&r, "tls.pfx.b64").contents, pfx_b64.as_bytes());
+    assert_eq!(file(&r, "tls.pfx").contents, STANDARD.decode(&pfx_b64).unwrap());
+
+    // PEM-backed secret: exactly as stored.
+    assert_eq!(file(&r, "tls-pem").contents, h.certificate_secret("kv1", "tls-pem").unwrap().0.as_bytes());
+
+    // Versions: <type>/<name> → the vault's latest version ids.
+    assert_eq!(r.object_versions["secret/db-password"], h.latest_version("kv1", "secrets", "db-password").unwrap());
+    assert_eq!(r.object_versions["key/rsa"], h.latest_version("kv1", "keys", "rsa").unwrap());
+    assert_eq!(r.object_versions["cert/tls"], h.latest_version("kv1", "certificates", "tls").unwrap());
+}
+
+#[tokio::test]
+async fn split_cert_and_key_files_and_chain_order_flag() {
+    let (_h, p) = setup(|c| {
+        c.write_cert_and_key_in_separate_files = true;
+        c.construct_pem_chain = false;
+    })
+    .await;
+    let r = p.mount(request(&objects(&["objectName: tls\nobjectType: secret"]), &[], SP)).await.unwrap();
+    let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["tls.crt", "tls.key", "tls"]);
+    assert_eq!(pem::parse_many(&file(&r, "tls.crt").contents).unwrap().len(), 3);
+    assert_eq!(pem::parse_many(&file(&r, "tls.key").contents).unwrap()[0].tag(), "PRIVATE KEY");
+}
+
+#[tokio::test]
+async fn version_history_writes_exactly_n_enabled_versions_newest_first() {
+    let (_h, p) = setup(|_| {}).await;
+    let r = p
+        .mount(request(&objects(&["objectName: history\nobjectType: secret\nobjectVersionHistory: 3"]), &[], SP))
+        .await
+        .unwrap();
+    let got: Vec<(String, String)> =
+        r.files.iter().map(|f| (f.path.clone(), String::from_utf8(f.contents.clone()).unwrap())).collect();
+    assert_eq!(
+        got,
+        [("history/0".into(), "h5".into()), ("history/1".into(), "h4".into()), ("history/2".into(), "h2".into())]
+    );
+    assert_eq!(r.object_versions.len(), 3);
+    assert!(r.object_versions.contains_key("secret/history/2"));
+}
+
+#[tokio::test]
+async fn workload_identity_exchanges_the_service_account_token() {
+    let (h, p) = setup(|_| {}).await;
+    let tokens = |sa: &str, ttl: i64| {
+        let t = h.service_account_token(ISSUER, "default", sa, "api://AzureADTokenExchange", ttl).unwrap();
+        serde_json::json!({ "api://AzureADTokenExchange": { "token": t, "expirationTimestamp": "2100-01-01T00:00:00Z" } }).to_string()
+    };
+    let objs = objects(&["objectName: db-password\nobjectType: secret"]);
+    let ok = tokens("app", 3600);
+    let r = p.mount(request(&objs, &[("clientID", "wi"), (TOKENS, &ok)], &[])).await.unwrap();
+    assert_eq!(r.files[0].contents, b"s3cr3t-db");
+    let wrong = tokens("intruder", 3600);
+    let e = p.mount(request(&objs, &[("clientID", "wi"), (TOKENS, &wrong)], &[])).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Forbidden);
+    assert!(
+        e.message.contains("AADSTS700213")
+            && e.message.contains("failed to get objectType:secret, objectName:db-password"),
+        "{}",
+        e.message
+    );
+    assert!(!e.message.contains(&wrong[20..60]), "no token in errors");
+    let expired = tokens("app", -30);
+    let e = p.mount(request(&objs, &[("clientID", "wi"), (TOKENS, &expired)], &[])).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidInput);
+    assert!(e.message.contains("expired"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn managed_and_pod_identities_through_imds_and_nmi() {
+    let (_h, p) = setup(|_| {}).await;
+    let objs = objects(&["objectName: db-password\nobjectType: secret"]);
+    for extra in [
+        vec![("useVMManagedIdentity", "true"), ("userAssignedIdentityID", "uami")],
+        vec![("useVMManagedIdentity", "true")],
+    ] {
+        let r = p.mount(request(&objs, &extra, &[])).await.unwrap();
+        assert_eq!(r.files[0].contents, b"s3cr3t-db", "{extra:?}");
+    }
+    let e = p
+        .mount(request(&objs, &[("useVMManagedIdentity", "true"), ("userAssignedIdentityID", "ghost")], &[]))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("Identity not found"), "{}", e.message);
+    let mut legacy = request(&objs, &[("usePodIdentity", "true")], &[]);
+    legacy.attributes.insert("csi.storage.k8s.io/pod.namespace".into(), "legacy".into());
+    assert_eq!(p.mount(legacy).await.unwrap().files[0].contents, b"s3cr3t-db");
+    let e = p.mount(request(&objs, &[("usePodIdentity", "true")], &[])).await.unwrap_err();
+    assert!(e.message.contains("nmi response failed with status code: 404"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn key_vault_errors_name_the_object_and_the_cause() {
+    let (h, p) = setup(|_| {}).await;
+    let e = p.mount(request(&objects(&["objectName: nope\nobjectType: secret"]), &[], SP)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(
+        e.message.starts_with(
+            "failed to get objectType:secret, objectName:nope, objectVersion:: GET https://kv1.vault.azure.net:"
+        ),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("404 Not Found SecretNotFound"), "{}", e.message);
+    let e = p
+        .mount(request(
+            &objects(&["objectName: db-password\nobjectType: secret"]),
+            &[],
+            &[("clientid", "denied"), ("clientsecret", "denied-secret")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Forbidden);
+    assert!(e.message.contains("403 Forbidden Forbidden (AccessDenied)"), "{}", e.message);
+    let e = p.mount(request(&objects(&["objectName: k1\nobjectType: key"]), &[], SP)).await.unwrap_err();
+    assert!(e.message.ends_with("curve P-256K is not supported"), "{}", e.message);
+    let e = p
+        .mount(request(
+            &objects(&["objectName: db-password\nobjectType: secret"]),
+            &[],
+            &[("clientid", "sp"), ("clientsecret", "bad")],
+        ))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("AADSTS7000215") && !e.message.contains("bad\""), "{}", e.message);
+    assert!(!e.message.contains("s3cr3t"));
+    let _ = h;
+}
+
+#[tokio::test]
+async fn a_429_storm_is_retried_with_retry_after_then_reported_as_throttled() {
+    let (h, p) = setup(|c| c.retry.max_attempts = 3).await;
+    let objs = objects(&["objectName: db-password\nobjectType: secret"]);
+    p.mount(request(&objs, &[], SP)).await.unwrap();
+    h.set_throttle("kv1", 0, Duration::from_secs(1));
+    let started = Instant::now();
+    let mut req = request(&objs, &[], SP);
+    req.deadline = Some(Instant::now() + Duration::from_secs(10));
+    // A fresh object (no dedup) under a storm: retried after Retry-After (1 s), then Throttled.
+    req.attributes.insert("objects".into(), objects(&["objectName: b64\nobjectType: secret"]));
+    let e = p.mount(req).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Throttled, "{}", e.message);
+    assert!(started.elapsed() >= Duration::from_millis(1900), "honoured Retry-After twice: {:?}", started.elapsed());
+    assert_eq!(h.count(|k| k.object == "b64" && k.status == 429), 3);
+    h.set_throttle("kv1", 4000, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        p.mount(request(&objects(&["objectName: b64\nobjectType: secret"]), &[], SP)).await.is_ok(),
+        "recovers when the vault does"
+    );
+}
+
+#[tokio::test]
+async fn outages_and_refused_connections_are_unavailable_within_the_deadline() {
+    let (h, p) = setup(|c| c.retry.max_attempts = 3).await;
+    let objs = objects(&["objectName: db-password\nobjectType: secret"]);
+    p.mount(request(&objs, &[], SP)).await.unwrap();
+    h.set_faults("kv1", Faults { outage: true, ..Default::default() });
+    let mut req = request(&objects(&["objectName: hexed\nobjectType: secret"]), &[], SP);
+    req.deadline = Some(Instant::now() + Duration::from_secs(5));
+    let e = p.mount(req).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{}", e.message);
+    assert!(e.message.contains("503"), "{}", e.message);
+    h.clear_faults("kv1");
+    h.stop_listening();
+    let mut req = request(&objects(&["objectName: b64\nobjectType: secret"]), &[], SP);
+    req.deadline = Some(Instant::now() + Duration::from_secs(3));
+    let started = Instant::now();
+    let e = p.mount(req).await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Unavailable | ErrorKind::DeadlineExceeded), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "the deadline bounds retries");
+    h.resume_listening().await.unwrap();
+}
+
+#[tokio::test]
+async fn twenty_objects_cost_one_round_of_parallel_requests_and_tokens_and_challenges_are_cached() {
+    let (h, p) = setup(|_| {}).await;
+    let names: Vec<String> = (0..20).map(|i| format!("par-{i}")).collect();
+    for n in &names {
+        h.set_secret("kv1", n, &format!("value-of-{n}"));
+    }
+    let items: Vec<String> = names.iter().map(|n| format!("objectName: {n}\nobjectType: secret")).collect();
+    let objs = objects(&items.iter().map(String::as_str).collect::<Vec<_>>());
+    p.mount(request(&objects(&["objectName: db-password\nobjectType: secret"]), &[], SP)).await.unwrap();
+    h.reset_stats();
+    h.set_faults("kv1", Faults { latency_ms: 300, ..Default::default() });
+    let started = Instant::now();
+    let r = p.mount(request(&objs, &[], SP)).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(r.files.len(), 20);
+    // Sequentially this is 20 × 300 ms = 6 s; one parallel round is ~300 ms.
+    assert!(elapsed < Duration::from_millis(2500), "20 objects took {elapsed:?}");
+    assert_eq!(h.count(|k| k.vault == "kv1" && k.status == 200), 20, "one GET per object");
+    assert_eq!(h.count(|k| k.vault == "kv1" && k.status == 401), 0, "the challenge scope is cached per vault");
+    assert_eq!(h.count(|k| k.vault == "entra"), 0, "the token is cached");
+}
+
+#[tokio::test]
+async fn concurrent_identical_fetches_share_requests_only_within_one_identity() {
+    let (h, p) = setup(|_| {}).await;
+    let p = Arc::new(p);
+    h.set_faults("kv1", Faults { latency_ms: 100, ..Default::default() });
+    let objs = objects(&["objectName: db-password\nobjectType: secret", "objectName: b64\nobjectType: secret"]);
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let (p, objs) = (p.clone(), objs.clone());
+        let creds: &[(&str, &str)] =
+            if i % 2 == 0 { SP } else { &[("clientid", "sp2"), ("clientsecret", "sp2-secret")] };
+        let req = request(&objs, &[], creds);
+        tasks.push(tokio::spawn(async move { p.mount(req).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    // 2 identities × 2 objects, whatever the number of pods.
+    assert_eq!(h.count(|k| k.vault == "kv1" && k.status == 200), 4);
+    assert_eq!(h.count(|k| k.vault == "kv1" && k.status == 200 && k.identity == "sp2-oid"), 2);
+    assert!(p.stats().dedup_hits.load(std::sync::atomic::Ordering::Relaxed) >= 16);
+}
