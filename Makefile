@@ -2,7 +2,12 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: test lint fmt-check clippy unit conformance build release clean
+## demo: mount a SecretProviderClass from an emulated Key Vault and watch a secret rotate
+demo:
+	$(CARGO) build --locked --bin keyvault-csi --bin kv-emulator
+	hack/demo.sh
+
+.PHONY: demo test lint fmt-check clippy unit conformance build release clean
 
 ## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts
 test: lint unit conformance

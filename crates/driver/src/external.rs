@@ -235,6 +235,7 @@ mod tests {
             target_path: "/t".into(),
             permission: 0o644,
             current_object_versions: BTreeMap::new(),
+            deadline: None,
         };
         let w = to_wire(&req);
         assert_eq!(w.attributes, r#"{"a":"1","b":"2"}"#);

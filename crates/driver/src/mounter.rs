@@ -62,6 +62,26 @@ impl Mounter for TmpfsMounter {
     }
 }
 
+/// No mount at all: files go into the target directory itself. For standalone use by a user who cannot
+/// mount (the files then live on whatever filesystem holds the directory; say so to the user).
+/// A directory counts as "mounted" once it holds a generation (`..data`).
+#[derive(Debug, Default, Clone)]
+pub struct PlainDirMounter;
+
+impl Mounter for PlainDirMounter {
+    fn mount(&self, _target: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn unmount(&self, _target: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn mount_point(&self, target: &Path) -> io::Result<Option<MountPoint>> {
+        Ok(target.join("..data").exists().then(|| MountPoint { fs_type: "none".into() }))
+    }
+}
+
 /// Finds the last (top-most) mount at `target` in a `/proc/self/mountinfo` table.
 pub fn find_mount(mountinfo: &str, target: &Path) -> Option<MountPoint> {
     parse_mountinfo(mountinfo).into_iter().filter(|(p, _)| p == target).map(|(_, m)| m).next_back()

@@ -221,6 +221,7 @@ impl Driver {
                 target_path: target.clone(),
                 permission: DEFAULT_FILE_MODE,
                 current_object_versions: self.volumes.get(target).map(|v| v.object_versions).unwrap_or_default(),
+                deadline,
             };
             let call = provider.mount(request);
             let response = match deadline {

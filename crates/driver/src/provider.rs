@@ -26,6 +26,8 @@ pub struct MountRequest {
     pub permission: u32,
     /// Versions of the objects currently mounted (`id` → version); empty on a first mount.
     pub current_object_versions: BTreeMap<String, String>,
+    /// When kubelet gives up on the call, if it said.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl fmt::Debug for MountRequest {
@@ -36,6 +38,7 @@ impl fmt::Debug for MountRequest {
             .field("target_path", &self.target_path)
             .field("permission", &format_args!("{:o}", self.permission))
             .field("current_object_versions", &self.current_object_versions)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }

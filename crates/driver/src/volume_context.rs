@@ -18,6 +18,8 @@ pub const POD_NAME_KEY: &str = "csi.storage.k8s.io/pod.name";
 pub const POD_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pod.namespace";
 /// Pod UID attribute.
 pub const POD_UID_KEY: &str = "csi.storage.k8s.io/pod.uid";
+/// Prefix of the attributes kubelet sets; never taken from a class.
+pub const RESERVED_PREFIX: &str = "csi.storage.k8s.io/";
 /// Service account attribute.
 pub const SERVICE_ACCOUNT_KEY: &str = "csi.storage.k8s.io/serviceAccount.name";
 
@@ -105,8 +107,15 @@ impl PublishParams {
 
     /// Provider attributes: class parameters overlaid by the volume context (the volume context wins),
     /// plus the tokens. Builds a new map: the class (possibly a shared cache entry) is never mutated.
+    ///
+    /// Class parameters under `csi.storage.k8s.io/` are dropped: those keys carry kubelet's pod identity
+    /// (pod name, namespace, service-account tokens), and a class author must not be able to forge them.
     pub fn attributes(&self, parameters: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        let mut attrs = parameters.clone();
+        let mut attrs: BTreeMap<String, String> = parameters
+            .iter()
+            .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         attrs.extend(self.volume_context.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(t) = &self.tokens {
             attrs.insert(TOKENS_KEY.to_string(), t.expose().clone());
@@ -162,6 +171,21 @@ mod tests {
         let attrs = p.attributes(&params);
         assert_eq!(attrs["keyvaultName"], "from-volume");
         assert_eq!(params["keyvaultName"], "from-class");
+    }
+
+    #[test]
+    fn a_class_cannot_forge_kubelets_pod_attributes_or_tokens() {
+        let p = PublishParams::parse(request()).unwrap();
+        let params: BTreeMap<String, String> = [
+            (TOKENS_KEY.to_string(), "forged".to_string()),
+            ("csi.storage.k8s.io/pod.namespace".to_string(), "kube-system".to_string()),
+            ("csi.storage.k8s.io/pod.uid".to_string(), "someone-else".to_string()),
+        ]
+        .into();
+        let attrs = p.attributes(&params);
+        assert!(!attrs.contains_key(TOKENS_KEY));
+        assert_eq!(attrs[POD_NAMESPACE_KEY], "ns");
+        assert!(!attrs.contains_key(POD_UID_KEY));
     }
 
     #[test]

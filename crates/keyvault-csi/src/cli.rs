@@ -30,7 +30,10 @@ pub struct Cli {
 
 /// Subcommands besides the node driver.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Mount a SecretProviderClass into a directory without a cluster (and keep it fresh).
+    Mount(crate::standalone::MountArgs),
+}
 
 /// Flags of the CSI node driver.
 #[derive(Debug, Args)]
@@ -84,6 +87,9 @@ pub struct NodeArgs {
     /// Kubernetes API (running without a cluster, tests).
     #[arg(long, value_name = "DIR")]
     pub class_dir: Option<PathBuf>,
+    /// The in-process Azure provider (`spec.provider: azure`).
+    #[command(flatten)]
+    pub azure: crate::azure::AzureArgs,
 }
 
 /// Where the CSI server listens.

@@ -1,9 +1,11 @@
 //! `keyvault-csi`: parses flags, builds the driver, serves until SIGTERM/SIGINT, drains.
 
+mod azure;
 mod cli;
 mod http;
 mod logging;
 mod server;
+mod standalone;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         None => runtime.block_on(run_node(cli.node)),
+        Some(cli::Command::Mount(args)) => runtime.block_on(standalone::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,7 +114,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let max_recv = args.max_call_recv_msg_size as usize;
     let external =
         ExternalProviders::new(args.additional_provider_volume_paths.clone(), args.provider_volume.clone(), max_recv);
-    let driver = Arc::new(Driver::new(config, Arc::new(TmpfsMounter), classes, Providers::new(external)));
+    let azure = keyvault::Provider::new(args.azure.config()?).map_err(|e| anyhow::anyhow!("Azure provider: {e}"))?;
+    let providers = Providers::new(external).with_builtin("azure", Arc::new(azure::AzureProvider(Arc::new(azure))));
+    let driver = Arc::new(Driver::new(config, Arc::new(TmpfsMounter), classes, providers));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {

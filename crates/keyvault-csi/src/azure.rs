@@ -1,0 +1,135 @@
+//! Wires the in-process Azure Key Vault provider into the driver's provider interface, and builds its
+//! configuration from flags.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clap::Args;
+use driver::provider::{ErrorKind, File, MountRequest, MountResponse, Provider, ProviderError};
+use driver::redact::Secret;
+
+use crate::cli::{parse_go_bool, parse_go_duration};
+
+/// The upstream Azure provider's flags, plus endpoint overrides for the emulator.
+#[derive(Debug, Args, Clone)]
+pub struct AzureArgs {
+    /// Order PFX-derived certificate chains leaf → intermediate → root.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true",
+          value_parser = parse_go_bool, value_name = "BOOL")]
+    pub construct_pem_chain: bool,
+    /// Also write `<name>.crt` and `<name>.key` for certificate-backed secrets.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = parse_go_bool, value_name = "BOOL")]
+    pub write_cert_and_key_in_separate_files: bool,
+    /// Cloud used when a class names none.
+    #[arg(long, default_value = "AzurePublicCloud")]
+    pub cloud_name: String,
+    /// Sustained Key Vault requests per second per vault (Azure allows 400/s; default half of it).
+    #[arg(long, default_value_t = 200.0)]
+    pub keyvault_rate_limit: f64,
+    /// Concurrent Key Vault requests per vault.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keyvault_concurrency: u32,
+    /// How long a fetched object may be shared by identical fetches of the same identity.
+    #[arg(long, default_value = "5s", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub keyvault_dedup_window: Duration,
+    /// Extra CA certificates (PEM file) to trust for Key Vault and Entra ID (emulator, proxies).
+    #[arg(long, value_name = "FILE")]
+    pub azure_extra_ca_file: Option<PathBuf>,
+    /// Send every Azure request to this IP address (emulator only; never in production).
+    #[arg(long, value_name = "IP")]
+    pub azure_resolve_to: Option<std::net::IpAddr>,
+    /// Port of vault URLs (emulator only).
+    #[arg(long, value_name = "PORT")]
+    pub azure_vault_port: Option<u16>,
+    /// Entra ID authority, overriding the cloud's (e.g. `https://login.microsoftonline.com:8443`).
+    #[arg(long, value_name = "URL")]
+    pub azure_authority_host: Option<String>,
+    /// IMDS endpoint (default `http://169.254.169.254`).
+    #[arg(long, value_name = "URL")]
+    pub azure_imds_endpoint: Option<String>,
+    /// aad-pod-identity NMI endpoint (default `http://localhost:2579`).
+    #[arg(long, value_name = "URL")]
+    pub azure_nmi_endpoint: Option<String>,
+}
+
+impl AzureArgs {
+    /// The provider's configuration; errors name the flag.
+    pub fn config(&self) -> anyhow::Result<keyvault::Config> {
+        let extra_ca_pem = match &self.azure_extra_ca_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("--azure-extra-ca-file {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
+        if !(self.keyvault_rate_limit > 0.0) {
+            anyhow::bail!("--keyvault-rate-limit must be positive");
+        }
+        let mut c = keyvault::Config {
+            construct_pem_chain: self.construct_pem_chain,
+            write_cert_and_key_in_separate_files: self.write_cert_and_key_in_separate_files,
+            default_cloud: self.cloud_name.clone(),
+            network: keyvault::NetworkConfig {
+                extra_ca_pem,
+                resolve_all_to: self.azure_resolve_to,
+                vault_port: self.azure_vault_port,
+                authority_override: self.azure_authority_host.clone(),
+                imds_url: self.azure_imds_endpoint.clone(),
+                nmi_url: self.azure_nmi_endpoint.clone(),
+            },
+            dedup_window: self.keyvault_dedup_window,
+            ..Default::default()
+        };
+        c.limits.rate_per_sec = self.keyvault_rate_limit;
+        c.limits.burst = (self.keyvault_rate_limit * 2.0).max(1.0);
+        c.limits.concurrency = self.keyvault_concurrency as usize;
+        if keyvault::cloud::builtin(&self.cloud_name).is_none()
+            && !self.cloud_name.eq_ignore_ascii_case("AzureStackCloud")
+        {
+            anyhow::bail!("--cloud-name {:?} is not a known cloud", self.cloud_name);
+        }
+        Ok(c)
+    }
+}
+
+/// The Azure provider behind the driver's `Provider` interface.
+pub struct AzureProvider(pub Arc<keyvault::Provider>);
+
+#[async_trait]
+impl Provider for AzureProvider {
+    async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
+        let req = keyvault::MountRequest {
+            attributes: request.attributes,
+            secrets: request.secrets.map(Secret::into_inner).unwrap_or_default(),
+            default_mode: request.permission,
+            current_versions: request.current_object_versions,
+            deadline: request.deadline,
+        };
+        match self.0.mount(req).await {
+            Ok(r) => Ok(MountResponse {
+                files: r
+                    .files
+                    .into_iter()
+                    .map(|f| File { path: f.path, mode: f.mode, contents: Secret::new(f.contents) })
+                    .collect(),
+                object_versions: r.object_versions,
+            }),
+            Err(e) => {
+                let kind = match e.kind {
+                    keyvault::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
+                    keyvault::ErrorKind::NotFound => ErrorKind::NotFound,
+                    keyvault::ErrorKind::Forbidden => ErrorKind::PermissionDenied,
+                    keyvault::ErrorKind::Throttled => ErrorKind::ResourceExhausted,
+                    keyvault::ErrorKind::Unavailable => ErrorKind::Unavailable,
+                    keyvault::ErrorKind::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+                    keyvault::ErrorKind::Internal => ErrorKind::Internal,
+                };
+                // The upstream provider's wrapper text, so messages read as they did with two DaemonSets.
+                Err(ProviderError::new(kind, "ProviderError", format!("failed to mount objects, error: {}", e.message)))
+            }
+        }
+    }
+}

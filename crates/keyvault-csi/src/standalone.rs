@@ -1,0 +1,188 @@
+//! `keyvault-csi mount`: the driver without a cluster. Mounts a tmpfs at `--target`, writes the files a
+//! SecretProviderClass describes, and with `--rotation-poll-interval` keeps them fresh until stopped.
+//! It runs the same code path as `NodePublishVolume` (validation, atomic writer, keep-on-error).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use clap::Args;
+use driver::class::{ClassError, ClassSource, SecretProviderClassSpec};
+use driver::external::ExternalProviders;
+use driver::mounter::{Mounter, PlainDirMounter, TmpfsMounter};
+use driver::node::PublishOutcome;
+use driver::redact::{Secret, TOKENS_KEY};
+use driver::volume_context::{self as vc, PodInfo, PublishParams};
+use driver::{Config, Driver, Providers};
+
+use crate::azure::{AzureArgs, AzureProvider};
+use crate::cli::parse_go_duration;
+
+/// Flags of `keyvault-csi mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// SecretProviderClass manifest (YAML).
+    #[arg(long, value_name = "FILE")]
+    pub class: PathBuf,
+    /// Directory to mount the files at (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Pod name reported to the provider.
+    #[arg(long, default_value = "standalone")]
+    pub pod_name: String,
+    /// Namespace (default: the class's, else `default`).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Service account name reported to the provider.
+    #[arg(long, default_value = "default")]
+    pub service_account: String,
+    /// Client id of a service principal (with --client-secret-file), like a nodePublishSecretRef.
+    #[arg(long, requires = "client_secret_file")]
+    pub client_id: Option<String>,
+    /// File holding the service principal's client secret.
+    #[arg(long, value_name = "FILE", requires = "client_id")]
+    pub client_secret_file: Option<PathBuf>,
+    /// File holding a service-account token (JWT) for workload identity (audience api://AzureADTokenExchange).
+    #[arg(long, value_name = "FILE")]
+    pub service_account_token_file: Option<PathBuf>,
+    /// Re-fetch every interval until stopped (`0`: mount once and exit).
+    #[arg(long, default_value = "0", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub rotation_poll_interval: Duration,
+    /// Write into the directory without mounting a tmpfs (no CAP_SYS_ADMIN needed; the files then
+    /// live on the directory's filesystem, possibly on disk).
+    #[arg(long)]
+    pub no_tmpfs: bool,
+    /// Azure provider settings.
+    #[command(flatten)]
+    pub azure: AzureArgs,
+}
+
+struct OneClass {
+    namespace: String,
+    name: String,
+    spec: SecretProviderClassSpec,
+}
+
+#[async_trait]
+impl ClassSource for OneClass {
+    async fn get(&self, namespace: &str, name: &str) -> Result<SecretProviderClassSpec, ClassError> {
+        if namespace == self.namespace && name == self.name {
+            Ok(self.spec.clone())
+        } else {
+            Err(ClassError::NotFound { namespace: namespace.into(), name: name.into() })
+        }
+    }
+}
+
+fn read_secret_file(p: &PathBuf, flag: &str) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(p).with_context(|| format!("{flag} {}", p.display()))?.trim().to_string())
+}
+
+/// Runs `keyvault-csi mount`.
+pub async fn run(args: MountArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.class).with_context(|| format!("--class {}", args.class.display()))?;
+    let spc =
+        driver::class::parse_manifest(&text).map_err(|e| anyhow::anyhow!("--class {}: {e}", args.class.display()))?;
+    let namespace = args.namespace.clone().or(spc.metadata.namespace.clone()).unwrap_or_else(|| "default".into());
+    let target =
+        if args.target.is_absolute() { args.target.clone() } else { std::env::current_dir()?.join(&args.target) };
+
+    let provider = Arc::new(keyvault::Provider::new(args.azure.config()?).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let providers =
+        Providers::new(ExternalProviders::new(vec![], "/var/run/secrets-store-csi-providers".into(), 4 << 20))
+            .with_builtin("azure", Arc::new(AzureProvider(provider)));
+    let mounter: Arc<dyn Mounter> = if args.no_tmpfs { Arc::new(PlainDirMounter) } else { Arc::new(TmpfsMounter) };
+    let rotation = (!args.rotation_poll_interval.is_zero()).then_some(args.rotation_poll_interval);
+    let classes = Arc::new(OneClass { namespace: namespace.clone(), name: spc.metadata.name.clone(), spec: spc.spec });
+    let config = Config {
+        driver_name: "secrets-store.csi.k8s.io".into(),
+        node_id: "standalone".into(),
+        vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
+        // The poller below decides when to fetch; the driver must not skip those calls.
+        rotation_interval: rotation.map(|_| Duration::ZERO),
+    };
+    let driver = Driver::new(config, mounter, classes, providers);
+
+    let mut secrets = BTreeMap::new();
+    if let (Some(id), Some(file)) = (&args.client_id, &args.client_secret_file) {
+        secrets.insert("clientid".to_string(), id.clone());
+        secrets.insert("clientsecret".to_string(), read_secret_file(file, "--client-secret-file")?);
+    }
+    let tokens = match &args.service_account_token_file {
+        Some(f) => {
+            let jwt = read_secret_file(f, "--service-account-token-file")?;
+            Some(Secret::new(serde_json::json!({ "api://AzureADTokenExchange": { "token": jwt } }).to_string()))
+        }
+        None => None,
+    };
+    let volume_context: BTreeMap<String, String> = [
+        (vc::CLASS_KEY, spc.metadata.name.as_str()),
+        (vc::POD_NAME_KEY, args.pod_name.as_str()),
+        (vc::POD_NAMESPACE_KEY, namespace.as_str()),
+        (vc::POD_UID_KEY, "standalone"),
+        (vc::SERVICE_ACCOUNT_KEY, args.service_account.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let params = PublishParams {
+        volume_id: "standalone".into(),
+        target_path: target.clone(),
+        readonly: true,
+        class_name: spc.metadata.name.clone(),
+        provider_name: None,
+        pod: PodInfo {
+            name: args.pod_name.clone(),
+            namespace: namespace.clone(),
+            uid: "standalone".into(),
+            service_account: args.service_account.clone(),
+        },
+        volume_context,
+        secrets: (!secrets.is_empty()).then(|| Secret::new(secrets)),
+        tokens,
+    };
+    debug_assert!(!params.volume_context.contains_key(TOKENS_KEY));
+
+    match driver.publish(params.clone(), None).await {
+        Ok(PublishOutcome::Published { files, .. }) => {
+            let how = if args.no_tmpfs { "plain directory, not tmpfs" } else { "tmpfs" };
+            tracing::info!(target = %target.display(), files, "mounted ({how})");
+            eprintln!("mounted {files} file(s) at {} ({how})", target.display());
+        }
+        Ok(other) => tracing::info!(?other, "nothing to do"),
+        Err(e) => {
+            let hint = match &e {
+                driver::error::PublishError::Mount { .. } => {
+                    "\nhint: mounting a tmpfs needs CAP_SYS_ADMIN: run as root, inside `unshare -rm`, or pass --no-tmpfs"
+                }
+                _ => "",
+            };
+            anyhow::bail!("{e}{hint}");
+        }
+    }
+    let Some(interval) = rotation else { return Ok(()) };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let started = std::time::Instant::now();
+        match driver.publish(params.clone(), None).await {
+            Ok(PublishOutcome::Published { files, changed, .. }) => {
+                tracing::info!(files, changed, duration_s = started.elapsed().as_secs_f64(), "rotation complete");
+            }
+            Ok(PublishOutcome::KeptAfterError(e)) => {
+                tracing::warn!(error = %e, "rotation failed; keeping the current files")
+            }
+            Ok(PublishOutcome::Skipped) => {}
+            Err(e) => tracing::error!(error = %e, "rotation failed"),
+        }
+    }
+    tracing::info!(target = %target.display(), "stopped; the files stay mounted");
+    Ok(())
+}
