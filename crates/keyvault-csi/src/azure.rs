@@ -65,7 +65,7 @@ impl AzureArgs {
             ),
             None => None,
         };
-        if !(self.keyvault_rate_limit > 0.0) {
+        if !self.keyvault_rate_limit.is_finite() || self.keyvault_rate_limit <= 0.0 {
             anyhow::bail!("--keyvault-rate-limit must be positive");
         }
         let mut c = keyvault::Config {
