@@ -7,7 +7,11 @@ demo:
 	$(CARGO) build --locked --bin keyvault-csi --bin kv-emulator
 	hack/demo.sh
 
-.PHONY: demo test lint fmt-check clippy unit conformance build release clean
+## bench: performance figures (printed, not asserted)
+bench:
+	$(CARGO) bench --locked -p keyvault --bench mount
+
+.PHONY: bench demo test lint fmt-check clippy unit conformance build release clean
 
 ## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts
 test: lint unit conformance

@@ -206,7 +206,10 @@ fn serve_https(
     listener.set_nonblocking(true)?;
     let handle = axum_server::Handle::new();
     let app = Router::new().fallback(dispatch_https).with_state(app_state);
-    let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+    // TCP_NODELAY: without it, Nagle and delayed ACKs add ~40 ms to concurrent HTTP/2 requests.
+    let acceptor =
+        axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let server = axum_server::from_tcp(listener)?.acceptor(acceptor).handle(handle.clone());
     tokio::spawn(async move {
         let _ = server.serve(app.into_make_service()).await;
     });

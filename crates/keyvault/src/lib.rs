@@ -109,7 +109,8 @@ pub struct Provider {
     config: Config,
     transport: transport::Transport,
     tokens: identity::TokenCache,
-    scopes: Mutex<HashMap<String, String>>,
+    /// Vault base URL → the token scope from its challenge, discovered once (one challenge in flight).
+    scopes: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<String>>>>,
     flights: fetch::Flights,
     stats: Arc<Stats>,
 }

@@ -99,20 +99,27 @@ impl VaultCall<'_> {
         }
     }
 
-    /// The vault's token scope, from its challenge (cached per vault).
+    /// The vault's token scope, from its challenge: discovered once per vault, concurrent callers wait
+    /// for the one challenge in flight; a failed discovery is retried by the next caller.
     async fn scope(&self, url: &str) -> Result<String> {
-        if let Some(s) = self.provider.scopes.lock().unwrap_or_else(|e| e.into_inner()).get(&self.base) {
-            return Ok(s.clone());
-        }
-        let r = self.provider.transport.send(Some(&self.base), Method::GET, url, &[], None, self.deadline).await?;
-        if r.status != StatusCode::UNAUTHORIZED {
-            return Err(kv_error(url, &r));
-        }
-        let header = r.headers.get("www-authenticate").and_then(|h| h.to_str().ok()).unwrap_or("");
-        let host = self.base.trim_start_matches("https://");
-        let scope = challenge_scope(header, host)?;
-        self.provider.scopes.lock().unwrap_or_else(|e| e.into_inner()).insert(self.base.clone(), scope.clone());
-        Ok(scope)
+        let cell = self
+            .provider
+            .scopes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(self.base.clone())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            let r = self.provider.transport.send(Some(&self.base), Method::GET, url, &[], None, self.deadline).await?;
+            if r.status != StatusCode::UNAUTHORIZED {
+                return Err(kv_error(url, &r));
+            }
+            let header = r.headers.get("www-authenticate").and_then(|h| h.to_str().ok()).unwrap_or("");
+            challenge_scope(header, self.base.trim_start_matches("https://"))
+        })
+        .await
+        .cloned()
     }
 
     /// GET a JSON document with auth; one retry with a fresh token if Key Vault rejects the cached one.
