@@ -93,6 +93,18 @@ pub fn mounts_of(pid: &str) -> Vec<(PathBuf, String)> {
     driver::mounter::parse_mountinfo(&table).into_iter().map(|(p, m)| (p, m.fs_type)).collect()
 }
 
+/// The first `<key><ip:port>` in a log.
+pub fn logged_addr(logs: &str, key: &str) -> Option<String> {
+    // Text logs: `metrics=127.0.0.1:1234`; JSON logs: `"metrics":"127.0.0.1:1234"`.
+    let json_key = format!("\"{}\":\"", key.trim_end_matches('='));
+    let (start, len) = match logs.find(key) {
+        Some(i) => (i, key.len()),
+        None => (logs.find(&json_key)?, json_key.len()),
+    };
+    let rest = &logs[start + len..];
+    Some(rest.split(|c: char| c.is_whitespace() || c == '"' || c == ',').next()?.to_string())
+}
+
 /// The driver binary, running.
 pub struct DriverProcess {
     child: Option<Child>,
@@ -113,7 +125,8 @@ impl DriverProcess {
     /// Starts the driver at the highest verbosity with the node's directories and `extra` flags.
     pub async fn start(node: &Node, extra: &[&str]) -> Self {
         let log_path = node.path(&format!("driver-{}.log", free_port()));
-        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        // Port 0: the driver picks a free port and logs it (no race with other tests' listeners).
+        let metrics_addr = "127.0.0.1:0".to_string();
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(binary());
         cmd.arg("-v=5")
@@ -129,6 +142,7 @@ impl DriverProcess {
         let child = cmd.spawn().expect("start keyvault-csi");
         let mut p = Self { child: Some(child), socket: node.socket(), log_path, metrics_addr };
         p.wait_ready().await;
+        p.metrics_addr = p.logged_addr("metrics=").expect("the driver logs its metrics address");
         p
     }
 
@@ -147,6 +161,11 @@ impl DriverProcess {
             assert!(Instant::now() < deadline, "driver did not serve within 20 s: {}", self.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// An address the process logged as `<key><addr>` (text logs).
+    pub fn logged_addr(&self, key: &str) -> Option<String> {
+        logged_addr(&self.logs(), key)
     }
 
     pub fn pid(&self) -> String {

@@ -21,6 +21,7 @@ use crate::atomic_writer::{self, WriteError, WriteOutcome};
 use crate::class::ClassSource;
 use crate::error::{PublishError, UnpublishError};
 use crate::external::{ExternalProviders, LookupError};
+use crate::metrics::Metrics;
 use crate::mounter::Mounter;
 use crate::provider::{ErrorKind, MountRequest, Provider, ProviderError};
 use crate::registry::{Volume, VolumeRegistry};
@@ -95,6 +96,7 @@ pub struct Driver {
     classes: Arc<dyn ClassSource>,
     providers: Providers,
     volumes: Arc<VolumeRegistry>,
+    metrics: Metrics,
 }
 
 enum TargetState {
@@ -105,7 +107,25 @@ enum TargetState {
 impl Driver {
     /// Builds the node service.
     pub fn new(config: Config, mounter: Arc<dyn Mounter>, classes: Arc<dyn ClassSource>, providers: Providers) -> Self {
-        Self { config, mounter, classes, providers, volumes: Arc::new(VolumeRegistry::default()) }
+        Self {
+            config,
+            mounter,
+            classes,
+            providers,
+            volumes: Arc::new(VolumeRegistry::default()),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Records into `metrics` (register them with [`Metrics::register`]).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this driver records.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Settings.
@@ -119,10 +139,38 @@ impl Driver {
     }
 
     /// `NodePublishVolume`. `deadline` is kubelet's (from `grpc-timeout`), applied to the provider call.
+    /// Records `node_publish*` and `rotation_reconcile*` metrics.
     pub async fn publish(
         &self,
         params: PublishParams,
         deadline: Option<Instant>,
+    ) -> Result<PublishOutcome, PublishError> {
+        let started = Instant::now();
+        let mut provider = String::new();
+        let result = self.publish_inner(params, deadline, &mut provider).await;
+        let m = &self.metrics;
+        match &result {
+            Ok(PublishOutcome::Published { remount, changed, .. }) => {
+                m.publish_ok(&provider);
+                if *remount {
+                    m.rotation(&provider, *changed, started);
+                }
+            }
+            Ok(PublishOutcome::Skipped) => m.publish_ok(&provider),
+            Ok(PublishOutcome::KeptAfterError(e)) => {
+                m.publish_error(&provider, &e.label());
+                m.rotation_error(&provider, &e.label());
+            }
+            Err(e) => m.publish_error(&provider, &e.label()),
+        }
+        result
+    }
+
+    async fn publish_inner(
+        &self,
+        params: PublishParams,
+        deadline: Option<Instant>,
+        provider_name: &mut String,
     ) -> Result<PublishOutcome, PublishError> {
         let target = params.target_path.clone();
         let _claim = self.volumes.try_claim(&target).ok_or_else(|| PublishError::Busy(target.clone()))?;
@@ -139,6 +187,7 @@ impl Driver {
         if let TargetState::Mounted { populated } = state {
             match self.volumes.get(&target) {
                 Some(volume) => {
+                    *provider_name = volume.provider.clone();
                     // kubelet sends fresh service-account tokens on every republish: keep them for rotation.
                     self.volumes.update(&target, |v| {
                         v.params.tokens = params.tokens.clone();
@@ -157,7 +206,7 @@ impl Driver {
             }
         }
 
-        let result = self.fill(&params, state, deadline).await;
+        let result = self.fill(&params, state, deadline, provider_name).await;
         match result {
             Ok(outcome) => Ok(outcome),
             Err(err) if remount => Ok(PublishOutcome::KeptAfterError(err)),
@@ -170,6 +219,7 @@ impl Driver {
         params: &PublishParams,
         state: TargetState,
         deadline: Option<Instant>,
+        provider_name: &mut String,
     ) -> Result<PublishOutcome, PublishError> {
         let target = &params.target_path;
         let remount = matches!(state, TargetState::Mounted { populated: true });
@@ -193,6 +243,7 @@ impl Driver {
         }
         let (namespace, class_name) = (params.pod.namespace.clone(), params.class_name.clone());
         let spec = self.classes.get(&namespace, &class_name).await?;
+        *provider_name = spec.provider.clone();
         if spec.provider.is_empty() {
             return Err(PublishError::ProviderNotSet { namespace, name: class_name });
         }
@@ -293,9 +344,11 @@ impl Driver {
         let _claim = self.volumes.try_claim(&target).ok_or_else(|| UnpublishError::Busy(target.clone()))?;
         let mounter = self.mounter.clone();
         let t = target.clone();
-        blocking(move || clean_and_unmount(&*mounter, &t))
+        let result = blocking(move || clean_and_unmount(&*mounter, &t))
             .await
-            .map_err(|source| UnpublishError::Cleanup { path: target.clone(), source })?;
+            .map_err(|source| UnpublishError::Cleanup { path: target.clone(), source });
+        self.metrics.unpublish(result.is_ok());
+        result?;
         self.volumes.remove(&target);
         Ok(())
     }

@@ -56,8 +56,9 @@ pub struct AzureArgs {
 }
 
 impl AzureArgs {
-    /// The provider's configuration; errors name the flag.
-    pub fn config(&self) -> anyhow::Result<keyvault::Config> {
+    /// The provider's configuration; errors name the flag. `poll_interval` (rotation) caps the dedup
+    /// window at half of it, so a refresh never gets a result fetched for the previous cycle.
+    pub fn config(&self, poll_interval: Option<Duration>) -> anyhow::Result<keyvault::Config> {
         let extra_ca_pem = match &self.azure_extra_ca_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -80,7 +81,10 @@ impl AzureArgs {
                 imds_url: self.azure_imds_endpoint.clone(),
                 nmi_url: self.azure_nmi_endpoint.clone(),
             },
-            dedup_window: self.keyvault_dedup_window,
+            dedup_window: match poll_interval {
+                Some(p) => self.keyvault_dedup_window.min(p / 2),
+                None => self.keyvault_dedup_window,
+            },
             ..Default::default()
         };
         c.limits.rate_per_sec = self.keyvault_rate_limit;
@@ -96,7 +100,25 @@ impl AzureArgs {
 }
 
 /// The Azure provider behind the driver's `Provider` interface.
-pub struct AzureProvider(pub Arc<keyvault::Provider>);
+pub struct AzureProvider {
+    /// The provider.
+    pub provider: Arc<keyvault::Provider>,
+    /// Where `grpc_request` is recorded (as if the call had crossed the upstream socket).
+    pub metrics: crate::metrics::ProviderMetrics,
+}
+
+/// Maps a provider error kind to the gRPC code an external provider would return.
+pub fn grpc_code(kind: keyvault::ErrorKind) -> tonic::Code {
+    match kind {
+        keyvault::ErrorKind::InvalidInput => tonic::Code::InvalidArgument,
+        keyvault::ErrorKind::NotFound => tonic::Code::NotFound,
+        keyvault::ErrorKind::Forbidden => tonic::Code::PermissionDenied,
+        keyvault::ErrorKind::Throttled => tonic::Code::ResourceExhausted,
+        keyvault::ErrorKind::Unavailable => tonic::Code::Unavailable,
+        keyvault::ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        keyvault::ErrorKind::Internal => tonic::Code::Internal,
+    }
+}
 
 #[async_trait]
 impl Provider for AzureProvider {
@@ -108,7 +130,11 @@ impl Provider for AzureProvider {
             current_versions: request.current_object_versions,
             deadline: request.deadline,
         };
-        match self.0.mount(req).await {
+        let started = std::time::Instant::now();
+        let result = self.provider.mount(req).await;
+        let code = result.as_ref().err().map(|e| grpc_code(e.kind)).unwrap_or(tonic::Code::Ok);
+        self.metrics.grpc("/v1alpha1.CSIDriverProvider/Mount", code, started.elapsed());
+        match result {
             Ok(r) => Ok(MountResponse {
                 files: r
                     .files

@@ -33,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Mount a SecretProviderClass into a directory without a cluster (and keep it fresh).
     Mount(crate::standalone::MountArgs),
+    /// Serve the Azure provider on the upstream v1alpha1 provider protocol, for the upstream driver.
+    Provider(crate::provider_server::ProviderArgs),
 }
 
 /// Flags of the CSI node driver.
@@ -87,6 +89,11 @@ pub struct NodeArgs {
     /// Kubernetes API (running without a cluster, tests).
     #[arg(long, value_name = "DIR")]
     pub class_dir: Option<PathBuf>,
+    /// Serve `spec.provider: azure` in-process (false: through `<provider dir>/azure.sock`, e.g. the
+    /// upstream Azure provider).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true",
+          value_parser = parse_go_bool, value_name = "BOOL")]
+    pub builtin_azure_provider: bool,
     /// The in-process Azure provider (`spec.provider: azure`).
     #[command(flatten)]
     pub azure: crate::azure::AzureArgs,

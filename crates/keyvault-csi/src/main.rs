@@ -4,6 +4,8 @@ mod azure;
 mod cli;
 mod http;
 mod logging;
+mod metrics;
+mod provider_server;
 mod server;
 mod standalone;
 
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => runtime.block_on(run_node(cli.node)),
         Some(cli::Command::Mount(args)) => runtime.block_on(standalone::run(args)),
+        Some(cli::Command::Provider(args)) => runtime.block_on(provider_server::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,9 +117,23 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let max_recv = args.max_call_recv_msg_size as usize;
     let external =
         ExternalProviders::new(args.additional_provider_volume_paths.clone(), args.provider_volume.clone(), max_recv);
-    let azure = keyvault::Provider::new(args.azure.config()?).map_err(|e| anyhow::anyhow!("Azure provider: {e}"))?;
-    let providers = Providers::new(external).with_builtin("azure", Arc::new(azure::AzureProvider(Arc::new(azure))));
-    let driver = Arc::new(Driver::new(config, Arc::new(TmpfsMounter), classes, providers));
+    let provider_metrics = metrics::ProviderMetrics::default();
+    let azure =
+        keyvault::Provider::new(args.azure.config(args.enable_secret_rotation.then_some(args.rotation_poll_interval))?)
+            .map_err(|e| anyhow::anyhow!("Azure provider: {e}"))?
+            .with_observer(Arc::new(provider_metrics.clone()));
+    let azure = Arc::new(azure);
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics::register_provider(&mut registry, &provider_metrics, azure.stats().clone());
+    let mut providers = Providers::new(external);
+    if args.builtin_azure_provider {
+        providers = providers
+            .with_builtin("azure", Arc::new(azure::AzureProvider { provider: azure, metrics: provider_metrics }));
+    }
+    let driver_metrics = driver::metrics::Metrics::default();
+    let driver = Driver::new(config, Arc::new(TmpfsMounter), classes, providers).with_metrics(driver_metrics.clone());
+    driver_metrics.register(&mut registry, driver.volumes().clone());
+    let driver = Arc::new(driver);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -125,7 +142,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let health = http::Health::default();
+    let health = http::Health::with_registry(registry);
     let (http_addr, http_server) = http::bind(args.metrics_addr, health.clone(), stopped()).await?;
     let csi_server = server::bind(&args.endpoint, driver, max_recv, stopped()).await?;
     health.set_ready(true);

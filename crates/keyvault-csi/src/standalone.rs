@@ -90,12 +90,12 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
     let target =
         if args.target.is_absolute() { args.target.clone() } else { std::env::current_dir()?.join(&args.target) };
 
-    let provider = Arc::new(keyvault::Provider::new(args.azure.config()?).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let rotation = (!args.rotation_poll_interval.is_zero()).then_some(args.rotation_poll_interval);
+    let provider = Arc::new(keyvault::Provider::new(args.azure.config(rotation)?).map_err(|e| anyhow::anyhow!("{e}"))?);
     let providers =
         Providers::new(ExternalProviders::new(vec![], "/var/run/secrets-store-csi-providers".into(), 4 << 20))
-            .with_builtin("azure", Arc::new(AzureProvider(provider)));
+            .with_builtin("azure", Arc::new(AzureProvider { provider, metrics: Default::default() }));
     let mounter: Arc<dyn Mounter> = if args.no_tmpfs { Arc::new(PlainDirMounter) } else { Arc::new(TmpfsMounter) };
-    let rotation = (!args.rotation_poll_interval.is_zero()).then_some(args.rotation_poll_interval);
     let classes = Arc::new(OneClass { namespace: namespace.clone(), name: spc.metadata.name.clone(), spec: spc.spec });
     let config = Config {
         driver_name: "secrets-store.csi.k8s.io".into(),

@@ -75,8 +75,12 @@ fn nil(what: &str) -> Error {
 
 /// Files and versions of one object of the class. Errors carry upstream's `failed to get objectType:…` prefix.
 pub async fn object(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, Vec<(String, String)>)> {
+    let started = Instant::now();
     let result =
         if o.history > 1 { history(call, o).await } else { single(call, o, &o.version, o.file_name(), o.id()).await };
+    if let Some(obs) = &call.provider.observer {
+        obs.object_fetched(o.kind.as_str(), &o.name, started.elapsed(), result.as_ref().err().map(|e| e.kind));
+    }
     result.map_err(|e| e.context(format!("{}: ", o.describe())))
 }
 

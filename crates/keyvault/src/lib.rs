@@ -104,6 +104,13 @@ pub struct MountResponse {
     pub object_versions: BTreeMap<String, String>,
 }
 
+/// Told about every object fetch (for metrics): type, name, duration (retries and conversion
+/// included) and the error kind, if it failed.
+pub trait Observer: Send + Sync {
+    /// One object (or one version list) fetched.
+    fn object_fetched(&self, object_type: &str, object_name: &str, duration: Duration, error: Option<ErrorKind>);
+}
+
 /// The provider.
 pub struct Provider {
     config: Config,
@@ -113,6 +120,7 @@ pub struct Provider {
     scopes: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<String>>>>,
     flights: fetch::Flights,
     stats: Arc<Stats>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Provider {
@@ -128,7 +136,14 @@ impl Provider {
             scopes: Mutex::new(HashMap::new()),
             flights: fetch::Flights::default(),
             stats,
+            observer: None,
         })
+    }
+
+    /// Reports every object fetch to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Counters for metrics.
