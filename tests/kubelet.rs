@@ -250,7 +250,8 @@ async fn the_provider_socket_is_found_in_additional_dirs_first() {
 
 #[tokio::test]
 async fn rotation_refreshes_changed_files_and_a_failed_refresh_keeps_the_old_ones() {
-    let (node, provider, driver) = setup(&["--enable-secret-rotation", "--rotation-poll-interval=200ms"]).await;
+    let (node, provider, driver) =
+        setup(&["--enable-secret-rotation", "--rotation-poll-interval=200ms", "--rotation-poller=false"]).await;
     provider.set_files(&[("a", 0o644, "first-value")], "v1");
     let mut vol = PodVolume::new("p", "spc");
     vol.tokens = Some(tokens_json("aud", "token-gen-1"));
@@ -284,7 +285,8 @@ async fn rotation_refreshes_changed_files_and_a_failed_refresh_keeps_the_old_one
 
 #[tokio::test]
 async fn a_broken_or_vanished_tmpfs_is_remounted_and_refilled() {
-    let (node, provider, driver) = setup(&["--enable-secret-rotation", "--rotation-poll-interval=1h"]).await;
+    let (node, provider, driver) =
+        setup(&["--enable-secret-rotation", "--rotation-poll-interval=1h", "--rotation-poller=false"]).await;
     provider.set_files(&[("a", 0o644, "v")], "v1");
     let vol = PodVolume::new("p", "spc");
     let mut client = driver.node_client().await;
@@ -306,7 +308,8 @@ fn body(g: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_never_sees_a_torn_or_mixed_file_across_1000_swaps() {
-    let (node, provider, driver) = setup(&["--enable-secret-rotation", "--rotation-poll-interval=0s"]).await;
+    let (node, provider, driver) =
+        setup(&["--enable-secret-rotation", "--rotation-poll-interval=0s", "--rotation-poller=false"]).await;
     provider.set_files(&[("a", 0o644, &body(0)), ("dir/b", 0o644, &body(0))], "0");
     let vol = PodVolume::new("p", "spc");
     let mut client = driver.node_client().await;

@@ -82,6 +82,7 @@ async fn metrics_after_mount_failure_rotation_and_unmount() {
     let mut flags = azure_flags(&node, &h);
     flags.push("--enable-secret-rotation".into());
     flags.push("--rotation-poll-interval=200ms".into());
+    flags.push("--rotation-poller=false".into());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let driver = DriverProcess::start(&node, &flags).await;
     let addr = driver.metrics_addr.clone();
@@ -227,6 +228,8 @@ async fn the_provider_subcommand_serves_v1alpha1_to_the_external_provider_client
         permission: 0o644,
         current_object_versions: BTreeMap::new(),
         deadline: None,
+        background: false,
+        cycle: None,
     };
     let resp = client.mount(req.clone()).await.unwrap();
     assert_eq!(resp.files.len(), 1);

@@ -236,6 +236,8 @@ mod tests {
             permission: 0o644,
             current_object_versions: BTreeMap::new(),
             deadline: None,
+            background: false,
+            cycle: None,
         };
         let w = to_wire(&req);
         assert_eq!(w.attributes, r#"{"a":"1","b":"2"}"#);

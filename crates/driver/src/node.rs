@@ -26,6 +26,22 @@ use crate::mounter::Mounter;
 use crate::provider::{ErrorKind, MountRequest, Provider, ProviderError};
 use crate::registry::{Volume, VolumeRegistry};
 use crate::volume_context::PublishParams;
+use futures_util::StreamExt;
+use tracing::Instrument;
+
+/// Volumes refreshed at once by the poller.
+const ROTATION_CONCURRENCY: usize = 64;
+
+/// How often the poller looks for due volumes.
+fn poll_tick(interval: Duration) -> Duration {
+    (interval / 10).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// Volumes fetched at least this long ago join a rotation cycle (half an interval, minus one tick so
+/// that volumes refreshed by the previous half-interval cycle are not left out by a few milliseconds).
+fn cycle_join_age(interval: Duration) -> Duration {
+    (interval / 2).saturating_sub(poll_tick(interval))
+}
 
 /// Default file mode handed to providers (upstream's `"420"`).
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
@@ -97,6 +113,7 @@ pub struct Driver {
     providers: Providers,
     volumes: Arc<VolumeRegistry>,
     metrics: Metrics,
+    cycles: std::sync::atomic::AtomicU64,
 }
 
 enum TargetState {
@@ -114,6 +131,7 @@ impl Driver {
             providers,
             volumes: Arc::new(VolumeRegistry::default()),
             metrics: Metrics::default(),
+            cycles: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -147,7 +165,7 @@ impl Driver {
     ) -> Result<PublishOutcome, PublishError> {
         let started = Instant::now();
         let mut provider = String::new();
-        let result = self.publish_inner(params, deadline, &mut provider).await;
+        let result = self.publish_inner(params, deadline, &mut provider, None).await;
         let m = &self.metrics;
         match &result {
             Ok(PublishOutcome::Published { remount, changed, .. }) => {
@@ -166,14 +184,113 @@ impl Driver {
         result
     }
 
+    /// A rotation refresh of a published volume (the poller's, with background priority). A busy
+    /// target (kubelet is publishing it) is skipped. Records `rotation_reconcile*` metrics only.
+    pub async fn refresh(&self, params: PublishParams, cycle: Option<u64>) -> PublishOutcome {
+        let started = Instant::now();
+        let target = params.target_path.clone();
+        let mut provider = String::new();
+        let outcome = match self.publish_inner(params, None, &mut provider, Some(cycle)).await {
+            Ok(o) => o,
+            Err(PublishError::Busy(_)) => PublishOutcome::Skipped,
+            Err(e) => PublishOutcome::KeptAfterError(e),
+        };
+        match &outcome {
+            PublishOutcome::Published { changed, .. } => self.metrics.rotation(&provider, *changed, started),
+            PublishOutcome::KeptAfterError(e) => {
+                self.metrics.rotation_error(&provider, &e.label());
+                let interval = self.config.rotation_interval.unwrap_or(Duration::from_secs(120));
+                self.volumes.update(&target, |v| {
+                    v.failures = v.failures.saturating_add(1);
+                    // Back off from one tick up to one interval: a recovered vault is retried within one interval.
+                    let backoff = poll_tick(interval).saturating_mul(1u32 << v.failures.min(16)).min(interval);
+                    v.retry_at = Some(Instant::now() + backoff);
+                });
+            }
+            PublishOutcome::Skipped => {}
+        }
+        outcome
+    }
+
+    /// One rotation cycle. It starts when some volume's last successful fetch is a full interval old,
+    /// and then takes along every volume fetched at least half an interval ago: volumes mounted at
+    /// different times join one cycle, so each distinct object (per identity) is fetched once per cycle
+    /// and fanned out (the provider shares identical fetches). No volume waits longer than the interval;
+    /// some are refreshed after half of it, at no extra Key Vault cost. Returns the volumes attempted.
+    pub async fn rotate_due(&self) -> usize {
+        let Some(interval) = self.config.rotation_interval else { return 0 };
+        let now = Instant::now();
+        let volumes: Vec<_> =
+            self.volumes.snapshot().into_iter().filter(|(_, v)| v.retry_at.is_none_or(|t| now >= t)).collect();
+        if !volumes.iter().any(|(_, v)| now.duration_since(v.last_fetch) >= interval) {
+            return 0;
+        }
+        let due: Vec<PublishParams> = volumes
+            .into_iter()
+            .filter(|(_, v)| now.duration_since(v.last_fetch) >= cycle_join_age(interval))
+            .map(|(_, v)| v.params)
+            .collect();
+        let cycle = self.cycles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = due.len();
+        futures_util::stream::iter(due)
+            .for_each_concurrent(ROTATION_CONCURRENCY, |params| async move {
+                let span = tracing::info_span!(
+                    "rotation",
+                    pod = %params.pod.name,
+                    namespace = %params.pod.namespace,
+                    class = %params.class_name,
+                    target = %params.target_path.display(),
+                );
+                let started = Instant::now();
+                let outcome = self.refresh(params, Some(cycle)).instrument(span.clone()).await;
+                let _e = span.enter();
+                match outcome {
+                    PublishOutcome::Published { files, changed, .. } => {
+                        tracing::info!(files, changed, duration_s = started.elapsed().as_secs_f64(), "rotation complete")
+                    }
+                    PublishOutcome::KeptAfterError(e) => {
+                        tracing::warn!(error = %e, error_type = %e.label(), "rotation failed; keeping the current files")
+                    }
+                    PublishOutcome::Skipped => {}
+                }
+            })
+            .await;
+        tracing::info!(cycle, volumes = n, "rotation cycle complete");
+        n
+    }
+
+    /// The rotation poller: until `shutdown`, checks every tick (a tenth of the interval, 100 ms to
+    /// 10 s) for volumes due for a refresh.
+    pub async fn run_rotation(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let Some(interval) = self.config.rotation_interval else { return };
+        let tick = poll_tick(interval);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = &mut shutdown => return,
+            }
+            self.rotate_due().await;
+        }
+    }
+
     async fn publish_inner(
         &self,
         params: PublishParams,
         deadline: Option<Instant>,
         provider_name: &mut String,
+        rotation: Option<Option<u64>>,
     ) -> Result<PublishOutcome, PublishError> {
+        let background = rotation.is_some();
         let target = params.target_path.clone();
-        let _claim = self.volumes.try_claim(&target).ok_or_else(|| PublishError::Busy(target.clone()))?;
+        let Some(_claim) = self.volumes.try_claim(&target) else {
+            // kubelet serialises its own calls per volume, so a busy published target is our poller
+            // refreshing it: that republish has nothing left to do.
+            if rotation.is_none() && self.volumes.get(&target).is_some() {
+                return Ok(PublishOutcome::Skipped);
+            }
+            return Err(PublishError::Busy(target));
+        };
 
         let mounter = self.mounter.clone();
         let state = blocking({
@@ -193,9 +310,13 @@ impl Driver {
                         v.params.tokens = params.tokens.clone();
                         v.params.secrets = params.secrets.clone();
                     });
+                    // kubelet's republish waits a full interval; the poller batches from half of it.
+                    let min_age = |i: Duration| if background { cycle_join_age(i) } else { i };
                     match self.config.rotation_interval {
                         None => return Ok(PublishOutcome::Skipped),
-                        Some(interval) if volume.last_fetch.elapsed() < interval => return Ok(PublishOutcome::Skipped),
+                        Some(interval) if volume.last_fetch.elapsed() < min_age(interval) => {
+                            return Ok(PublishOutcome::Skipped);
+                        }
                         Some(_) => {}
                     }
                 }
@@ -206,7 +327,7 @@ impl Driver {
             }
         }
 
-        let result = self.fill(&params, state, deadline, provider_name).await;
+        let result = self.fill(&params, state, deadline, provider_name, rotation.flatten()).await;
         match result {
             Ok(outcome) => Ok(outcome),
             Err(err) if remount => Ok(PublishOutcome::KeptAfterError(err)),
@@ -220,8 +341,10 @@ impl Driver {
         state: TargetState,
         deadline: Option<Instant>,
         provider_name: &mut String,
+        cycle: Option<u64>,
     ) -> Result<PublishOutcome, PublishError> {
         let target = &params.target_path;
+        let background = cycle.is_some();
         let remount = matches!(state, TargetState::Mounted { populated: true });
         let mounted = matches!(state, TargetState::Mounted { .. });
 
@@ -273,6 +396,8 @@ impl Driver {
                 permission: DEFAULT_FILE_MODE,
                 current_object_versions: self.volumes.get(target).map(|v| v.object_versions).unwrap_or_default(),
                 deadline,
+                background,
+                cycle,
             };
             let call = provider.mount(request);
             let response = match deadline {
@@ -306,6 +431,8 @@ impl Driver {
                     provider: spec.provider.clone(),
                     object_versions: response.object_versions,
                     last_fetch: Instant::now(),
+                    failures: 0,
+                    retry_at: None,
                 },
             );
             Ok(PublishOutcome::Published { provider: spec.provider.clone(), files, changed, remount })

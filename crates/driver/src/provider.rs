@@ -28,6 +28,10 @@ pub struct MountRequest {
     pub current_object_versions: BTreeMap<String, String>,
     /// When kubelet gives up on the call, if it said.
     pub deadline: Option<std::time::Instant>,
+    /// A rotation refresh rather than a mount a pod is waiting for (providers may deprioritise it).
+    pub background: bool,
+    /// The rotation cycle this refresh belongs to: identical fetches of one cycle may share results.
+    pub cycle: Option<u64>,
 }
 
 impl fmt::Debug for MountRequest {
@@ -39,6 +43,7 @@ impl fmt::Debug for MountRequest {
             .field("permission", &format_args!("{:o}", self.permission))
             .field("current_object_versions", &self.current_object_versions)
             .field("deadline", &self.deadline)
+            .field("background", &self.background)
             .finish()
     }
 }

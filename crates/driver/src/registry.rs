@@ -18,6 +18,10 @@ pub struct Volume {
     pub object_versions: std::collections::BTreeMap<String, String>,
     /// When the provider last answered successfully for this volume: the rotation clock.
     pub last_fetch: Instant,
+    /// Consecutive failed refreshes (reset by a success).
+    pub failures: u32,
+    /// After a failed refresh, not before this.
+    pub retry_at: Option<Instant>,
 }
 
 /// Volumes by target path, plus the set of targets with an operation in flight.

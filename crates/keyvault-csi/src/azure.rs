@@ -57,7 +57,8 @@ pub struct AzureArgs {
 
 impl AzureArgs {
     /// The provider's configuration; errors name the flag. `poll_interval` (rotation) caps the dedup
-    /// window at half of it, so a refresh never gets a result fetched for the previous cycle.
+    /// window (which serves kubelet's mounts and republishes) at a quarter of it; rotation cycles share
+    /// fetches by cycle instead.
     pub fn config(&self, poll_interval: Option<Duration>) -> anyhow::Result<keyvault::Config> {
         let extra_ca_pem = match &self.azure_extra_ca_file {
             Some(p) => Some(
@@ -82,7 +83,7 @@ impl AzureArgs {
                 nmi_url: self.azure_nmi_endpoint.clone(),
             },
             dedup_window: match poll_interval {
-                Some(p) => self.keyvault_dedup_window.min(p / 2),
+                Some(p) => self.keyvault_dedup_window.min(p / 4),
                 None => self.keyvault_dedup_window,
             },
             ..Default::default()
@@ -129,6 +130,8 @@ impl Provider for AzureProvider {
             default_mode: request.permission,
             current_versions: request.current_object_versions,
             deadline: request.deadline,
+            priority: if request.background { keyvault::Priority::Background } else { keyvault::Priority::Mount },
+            cycle: request.cycle,
         };
         let started = std::time::Instant::now();
         let result = self.provider.mount(req).await;

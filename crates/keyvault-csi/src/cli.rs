@@ -8,7 +8,12 @@ use clap::{Args, Parser, Subcommand};
 
 /// Secrets Store CSI driver with the Azure Key Vault provider built in.
 #[derive(Debug, Parser)]
-#[command(name = "keyvault-csi", disable_version_flag = true, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "keyvault-csi",
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
 pub struct Cli {
     /// Node driver flags (the default command).
     #[command(flatten)]
@@ -65,6 +70,11 @@ pub struct NodeArgs {
     #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true",
           value_parser = parse_go_bool, value_name = "BOOL")]
     pub enable_secret_rotation: bool,
+    /// With rotation on, refresh volumes on the driver's own schedule (a node-wide poller); false: only
+    /// when kubelet republishes (CSIDriver `requiresRepublish`), as upstream v1.6 does.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true",
+          value_parser = parse_go_bool, value_name = "BOOL")]
+    pub rotation_poller: bool,
     /// How often mounted contents are re-fetched when rotation is on.
     #[arg(long, default_value = "2m", value_parser = parse_go_duration, value_name = "DURATION")]
     pub rotation_poll_interval: Duration,

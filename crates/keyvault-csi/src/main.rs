@@ -134,6 +134,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let driver = Driver::new(config, Arc::new(TmpfsMounter), classes, providers).with_metrics(driver_metrics.clone());
     driver_metrics.register(&mut registry, driver.volumes().clone());
     let driver = Arc::new(driver);
+    let driver_for_rotation = driver.clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -153,6 +154,15 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     );
 
     let csi = tokio::spawn(csi_server);
+    let poller = tokio::spawn({
+        let enabled = args.rotation_poller;
+        let stop = stopped();
+        async move {
+            if enabled {
+                driver_for_rotation.run_rotation(stop).await;
+            }
+        }
+    });
     let http = tokio::spawn(http_server);
     shutdown_signal().await;
     health.set_ready(false);
@@ -160,6 +170,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let csi = csi.await.context("CSI server task")?;
         let _ = http.await;
+        let _ = poller.await;
         csi.context("CSI server")
     })
     .await;

@@ -88,12 +88,16 @@ impl CsiDriverProvider for Service {
                 r.permission.trim().parse().map_err(|e| {
                     Status::invalid_argument(format!("failed to unmarshal file permission, error: {e}"))
                 })?;
+            let current_is_empty = r.current_object_version.is_empty();
             let request = keyvault::MountRequest {
                 attributes,
                 secrets: secrets.unwrap_or_default(),
                 default_mode: permission,
                 current_versions: r.current_object_version.into_iter().map(|v| (v.id, v.version)).collect(),
                 deadline,
+                // The upstream driver sends current versions only from its rotation reconciler.
+                priority: if current_is_empty { keyvault::Priority::Mount } else { keyvault::Priority::Background },
+                cycle: None,
             };
             let resp = self.provider.mount(request).await.map_err(|e| {
                 Status::new(grpc_code(e.kind), format!("failed to mount objects, error: {}", e.message))

@@ -17,7 +17,11 @@ use crate::vault::{API_VERSION, VaultCall};
 struct Flight {
     cell: tokio::sync::OnceCell<Result<Arc<Value>>>,
     done: Mutex<Option<Instant>>,
+    cycle: Option<u64>,
 }
+
+/// How long a finished fetch of a rotation cycle stays shareable by the rest of that cycle.
+const CYCLE_LIFETIME: Duration = Duration::from_secs(300);
 
 /// In-flight and recently finished fetches, by (URL, identity): a pod only ever shares a result with
 /// fetches made with its own identity, so it never receives an object its identity could not read.
@@ -33,13 +37,21 @@ impl Flights {
         let (flight, hit) = {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            map.retain(|_, f| {
-                f.done.lock().unwrap_or_else(|e| e.into_inner()).is_none_or(|d| now.duration_since(d) <= window)
-            });
-            match map.get(&key) {
+            let fresh = |f: &Flight, cycle: Option<u64>| {
+                f.done.lock().unwrap_or_else(|e| e.into_inner()).is_none_or(|d| {
+                    let age = now.duration_since(d);
+                    age <= window || (cycle.is_some() && f.cycle == cycle && age <= CYCLE_LIFETIME)
+                })
+            };
+            map.retain(|_, f| fresh(f, f.cycle));
+            match map.get(&key).filter(|f| fresh(f, call.cycle)) {
                 Some(f) => (f.clone(), true),
                 None => {
-                    let f = Arc::new(Flight { cell: tokio::sync::OnceCell::new(), done: Mutex::new(None) });
+                    let f = Arc::new(Flight {
+                        cell: tokio::sync::OnceCell::new(),
+                        done: Mutex::new(None),
+                        cycle: call.cycle,
+                    });
                     map.insert(key.clone(), f.clone());
                     (f, false)
                 }
@@ -54,7 +66,7 @@ impl Flights {
                 *done = Some(Instant::now());
             }
         }
-        if result.is_err() || window == Duration::ZERO {
+        if result.is_err() || (window == Duration::ZERO && call.cycle.is_none()) {
             // Failures are not shared beyond the callers already waiting on them.
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
             if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {

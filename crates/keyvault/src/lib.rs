@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use error::{Error, ErrorKind, Result};
 pub use stats::Stats;
-pub use transport::{NetworkConfig, RetryPolicy, VaultLimits};
+pub use transport::{NetworkConfig, Priority, RetryPolicy, VaultLimits};
 
 /// Provider settings (the upstream provider's flags, plus ours).
 #[derive(Clone, Debug)]
@@ -76,6 +76,11 @@ pub struct MountRequest {
     pub current_versions: BTreeMap<String, String>,
     /// When the caller gives up.
     pub deadline: Option<Instant>,
+    /// Mount (a pod waits) or background refresh (rotation).
+    pub priority: Priority,
+    /// A rotation cycle: fetches of the same cycle (and identity) share results for as long as the
+    /// cycle runs, whatever `dedup_window` says, so a cycle costs one request per distinct object.
+    pub cycle: Option<u64>,
 }
 
 /// One file to write.
@@ -166,6 +171,8 @@ impl Provider {
             params: &params,
             base: vault::vault_base(&params, self.config.network.vault_port),
             deadline,
+            priority: req.priority,
+            cycle: req.cycle,
         };
         let results = futures_util::future::join_all(params.objects.iter().map(|o| fetch::object(&call, o))).await;
         let mut resp = MountResponse::default();

@@ -34,6 +34,20 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Who is asking: mounts (a pod is waiting) go first; background refreshes (rotation) only use the
+/// rate limiter's tokens above a reserve kept for mounts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Priority {
+    /// A pod is waiting for this.
+    #[default]
+    Mount,
+    /// Rotation: may wait.
+    Background,
+}
+
+/// Share of the bucket kept for mounts.
+const MOUNT_RESERVE: f64 = 0.25;
+
 /// Per-vault limits.
 #[derive(Clone, Debug)]
 pub struct VaultLimits {
@@ -143,7 +157,11 @@ impl Transport {
     }
 
     /// Waits until the vault's bucket has a token and no 429 pause is in force.
-    async fn admit(&self, gate: &VaultGate, deadline: Instant) -> Result<()> {
+    async fn admit(&self, gate: &VaultGate, deadline: Instant, priority: Priority) -> Result<()> {
+        let needed = match priority {
+            Priority::Mount => 1.0,
+            Priority::Background => 1.0 + self.limits.burst * MOUNT_RESERVE,
+        };
         let started = Instant::now();
         loop {
             let wait = {
@@ -154,12 +172,12 @@ impl Transport {
                 b.last = now;
                 match b.paused_until {
                     Some(until) if until > now => until - now,
-                    _ if b.tokens >= 1.0 => {
+                    _ if b.tokens >= needed => {
                         b.tokens -= 1.0;
                         self.stats.record_limiter_wait(started.elapsed());
                         return Ok(());
                     }
-                    _ => Duration::from_secs_f64((1.0 - b.tokens) / self.limits.rate_per_sec),
+                    _ => Duration::from_secs_f64((needed - b.tokens) / self.limits.rate_per_sec),
                 }
             };
             if Instant::now() + wait > deadline {
@@ -180,23 +198,27 @@ impl Transport {
         }
     }
 
-    /// Sends a request with retries. `vault` (if any) selects the throttle; `describe` names the call
-    /// for error messages. Returns the last response (success or not) or a transport error.
+    /// Sends a request with retries. `vault` (if any) selects the throttle and the caller's priority.
+    /// Returns the last response (success or not) or a transport error.
     pub async fn send(
         &self,
-        vault: Option<&str>,
+        vault: Option<(&str, Priority)>,
         method: Method,
         url: &str,
         headers: &[(&str, String)],
         form: Option<&[(&str, &str)]>,
         deadline: Instant,
     ) -> Result<Reply> {
+        let (vault, priority) = match vault {
+            Some((v, p)) => (Some(v), p),
+            None => (None, Priority::Mount),
+        };
         let gate = vault.map(|v| self.gate(v));
         let mut attempt = 1;
         loop {
             let _permit = match &gate {
                 Some(g) => {
-                    self.admit(g, deadline).await?;
+                    self.admit(g, deadline, priority).await?;
                     Some(g.permits.clone().acquire_owned().await.expect("semaphore is never closed"))
                 }
                 None => None,

@@ -86,6 +86,10 @@ pub struct VaultCall<'a> {
     pub base: String,
     /// Deadline.
     pub deadline: Instant,
+    /// Mount or background refresh.
+    pub priority: crate::transport::Priority,
+    /// Rotation cycle, if any.
+    pub cycle: Option<u64>,
 }
 
 impl VaultCall<'_> {
@@ -111,7 +115,11 @@ impl VaultCall<'_> {
             .or_default()
             .clone();
         cell.get_or_try_init(|| async {
-            let r = self.provider.transport.send(Some(&self.base), Method::GET, url, &[], None, self.deadline).await?;
+            let r = self
+                .provider
+                .transport
+                .send(Some((&self.base, self.priority)), Method::GET, url, &[], None, self.deadline)
+                .await?;
             if r.status != StatusCode::UNAUTHORIZED {
                 return Err(kv_error(url, &r));
             }
@@ -130,8 +138,11 @@ impl VaultCall<'_> {
         for attempt in 0..2 {
             let token = self.provider.tokens.get(&src, &p.tenant_id, &p.identity, &scope, &self.provider.stats).await?;
             let auth = [("Authorization", format!("Bearer {}", token.0)), ("Accept", "application/json".into())];
-            let r =
-                self.provider.transport.send(Some(&self.base), Method::GET, url, &auth, None, self.deadline).await?;
+            let r = self
+                .provider
+                .transport
+                .send(Some((&self.base, self.priority)), Method::GET, url, &auth, None, self.deadline)
+                .await?;
             if r.status == StatusCode::UNAUTHORIZED && attempt == 0 {
                 self.provider.tokens.invalidate(&p.tenant_id, &p.identity, &scope);
                 continue;
