@@ -10,8 +10,15 @@ demo:
 ## bench: performance figures (printed, not asserted)
 bench:
 	$(CARGO) bench --locked -p keyvault --bench mount
+	$(CARGO) bench --locked -p keyvault-csi --bench rotation --no-run
+	hack/in-mount-ns.sh $(CARGO) bench --locked -p keyvault-csi --bench rotation
 
-.PHONY: bench demo test lint fmt-check clippy unit conformance build release clean
+## soak: SOAK_VOLUMES volumes for SOAK_SECS seconds under constant secret changes (defaults 200, 600)
+soak:
+	$(CARGO) bench --locked -p keyvault-csi --bench soak --no-run
+	hack/in-mount-ns.sh $(CARGO) bench --locked -p keyvault-csi --bench soak
+
+.PHONY: soak bench demo test lint fmt-check clippy unit conformance build release clean
 
 ## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts
 test: lint unit conformance

@@ -255,7 +255,7 @@ impl Driver {
                 }
             })
             .await;
-        tracing::info!(cycle, volumes = n, "rotation cycle complete");
+        tracing::info!(cycle, volumes = n, duration_s = now.elapsed().as_secs_f64(), "rotation cycle complete");
         n
     }
 
