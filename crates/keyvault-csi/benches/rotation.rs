@@ -3,7 +3,7 @@
 //! Needs CAP_SYS_ADMIN (run through hack/in-mount-ns.sh, as `make bench` does).
 
 #[path = "../../../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::time::{Duration, Instant};

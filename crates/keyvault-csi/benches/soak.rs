@@ -4,7 +4,7 @@
 //! and open file descriptors stay flat; prints the figures. Needs CAP_SYS_ADMIN (hack/in-mount-ns.sh).
 
 #[path = "../../../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::sync::Arc;
