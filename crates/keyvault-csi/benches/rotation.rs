@@ -105,7 +105,7 @@ async fn main() {
     let gets = h.count(|k| k.vault == "kv-bench" && k.status == 200);
     let tokens = h.count(|k| k.vault == "entra");
     let logs = d.logs();
-    let last = logs.lines().filter(|l| l.contains("rotation cycle complete")).next_back().unwrap_or("");
+    let last = logs.lines().rfind(|l| l.contains("rotation cycle complete")).unwrap_or("");
     let cycle_volumes = last.split("volumes=").nth(1).and_then(|v| v.split_whitespace().next()).unwrap_or("?");
     let cycle_secs = last.split("duration_s=").nth(1).and_then(|v| v.split_whitespace().next()).unwrap_or("?");
     let rss = status_kb(&pid, "VmRSS:");
