@@ -55,3 +55,64 @@ fn a_stale_socket_file_is_replaced_at_start() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+fn check(args: &[&str]) -> (Option<i32>, String, String) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let out = Command::new(binary()).arg("check").args(args).current_dir(root).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_the_three_classic_mistakes_precisely() {
+    let (code, out, _) = check(&["tests/classes/broken-provider.yaml"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("spec.provider: \"azurekeyvault\" is not a provider; did you mean \"azure\"?"), "{out}");
+    let (code, out, _) = check(&["tests/classes/broken-pod-identity.yaml"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("spec.parameters.usePodIdentity: usePodIdentity (aad-pod-identity) is deprecated"), "{out}");
+    let (code, out, _) = check(&["tests/classes/broken-object-type.yaml"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("spec.parameters.objects[1].objectType: \"secrets\" is not one of secret, key, cert"),
+        "{out}"
+    );
+    assert!(out.contains("fix: did you mean objectType: secret?"), "{out}");
+}
+
+#[test]
+fn check_exit_codes_and_json_output() {
+    let (code, out, _) = check(&["--output", "json", "tests/classes/broken-object-type.yaml", "hack/demo/class.yaml"]);
+    assert_eq!(code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["findings"][0]["path"], "spec.parameters.objects[1].objectType");
+    assert_eq!(v[1]["findings"].as_array().unwrap().len(), 0);
+    let (code, _, err) = check(&["does-not-exist.yaml"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot read"));
+    let (code, _, err) = check(&["Cargo.toml"]);
+    assert_eq!((code, err.contains("not a SecretProviderClass manifest")), (Some(2), true));
+}
+
+#[test]
+fn every_sample_class_in_the_repository_is_clean() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let mut samples = Vec::new();
+    for dir in ["hack/demo", "docs", "charts/keyvault-csi/examples"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            if p.extension().is_some_and(|x| x == "yaml") && text.contains("kind: SecretProviderClass") {
+                samples.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(!samples.is_empty());
+    let args: Vec<&str> = samples.iter().map(String::as_str).collect();
+    let (code, out, err) = check(&args);
+    assert_eq!(code, Some(0), "{out}{err}");
+}

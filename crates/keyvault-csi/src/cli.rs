@@ -38,6 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// Mount a SecretProviderClass into a directory without a cluster (and keep it fresh).
     Mount(crate::standalone::MountArgs),
+    /// Find what is wrong with SecretProviderClass manifests (exit 0 clean, 1 problems, 2 unreadable).
+    Check(crate::check::CheckArgs),
     /// Serve the Azure provider on the upstream v1alpha1 provider protocol, for the upstream driver.
     Provider(crate::provider_server::ProviderArgs),
 }

@@ -1,6 +1,7 @@
 //! `keyvault-csi`: parses flags, builds the driver, serves until SIGTERM/SIGINT, drains.
 
 mod azure;
+mod check;
 mod cli;
 mod http;
 mod logging;
@@ -45,6 +46,9 @@ fn main() -> ExitCode {
         println!("{}", version_json());
         return ExitCode::SUCCESS;
     }
+    if let Some(cli::Command::Check(args)) = cli.command {
+        return ExitCode::from(check::run(args));
+    }
     logging::init(cli.verbosity, cli.log_format_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         None => runtime.block_on(run_node(cli.node)),
         Some(cli::Command::Mount(args)) => runtime.block_on(standalone::run(args)),
         Some(cli::Command::Provider(args)) => runtime.block_on(provider_server::run(args)),
+        Some(cli::Command::Check(_)) => unreachable!("handled before the runtime starts"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

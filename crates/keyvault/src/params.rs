@@ -279,8 +279,21 @@ pub fn parse_objects(yaml: &str, default_mode: u32) -> Result<Vec<ObjectSpec>> {
     Ok(out)
 }
 
-fn validate_object(raw: RawObject, default_mode: u32) -> Result<ObjectSpec> {
+/// One problem with one object of the class: the field and what is wrong (upstream's wording).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectProblem {
+    /// The per-object field, e.g. `objectType`.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Checks one object completely, in upstream's order; the mount path reports the first problem, the
+/// `check` command all of them.
+fn check_object(raw: &RawObject, default_mode: u32) -> (ObjectSpec, String, Vec<ObjectProblem>) {
     let type_text = raw.object_type.text();
+    let mut problems = Vec::new();
+    let mut problem = |field: &'static str, message: String| problems.push(ObjectProblem { field, message });
     let mut spec = ObjectSpec {
         name: raw.object_name.text(),
         kind: ObjectType::Secret,
@@ -291,67 +304,94 @@ fn validate_object(raw: RawObject, default_mode: u32) -> Result<ObjectSpec> {
         history: 0,
         mode: default_mode,
     };
-    let fail = |spec: &ObjectSpec, kind_text: &str, msg: String| {
-        Error::invalid(format!(
-            "failed to get objectType:{kind_text}, objectName:{}, objectVersion:{}: {msg}",
-            spec.name, spec.version
-        ))
-    };
-    spec.kind = match type_text.as_str() {
-        "secret" => ObjectType::Secret,
-        "key" => ObjectType::Key,
-        "cert" => ObjectType::Cert,
-        _ => return Err(fail(&spec, &type_text, "Invalid vaultObjectTypes. Should be secret, key, or cert".into())),
-    };
-    let format_text = raw.object_format.text();
-    spec.format = match format_text.to_ascii_lowercase().as_str() {
-        "" | "pem" => Format::Pem,
-        "pfx" => Format::Pfx,
-        _ => return Err(fail(&spec, &type_text, format!("invalid objectFormat: {format_text}, should be PEM or PFX"))),
-    };
-    if spec.format == Format::Pfx && spec.kind != ObjectType::Secret {
-        return Err(fail(&spec, &type_text, "PFX format only supported for objectType: secret".into()));
-    }
-    let encoding_text = raw.object_encoding.text();
-    spec.encoding = match encoding_text.to_ascii_lowercase().as_str() {
-        "" | "utf-8" => Encoding::Utf8,
-        "base64" => Encoding::Base64,
-        "hex" => Encoding::Hex,
+    let kind = match type_text.as_str() {
+        "secret" => Some(ObjectType::Secret),
+        "key" => Some(ObjectType::Key),
+        "cert" => Some(ObjectType::Cert),
         _ => {
-            return Err(fail(
-                &spec,
-                &type_text,
-                format!("invalid objectEncoding: {encoding_text}, should be hex, base64 or utf-8"),
-            ));
+            problem("objectType", "Invalid vaultObjectTypes. Should be secret, key, or cert".into());
+            None
         }
     };
-    if !encoding_text.is_empty() && spec.kind != ObjectType::Secret {
-        return Err(fail(&spec, &type_text, "objectEncoding only supported for objectType: secret".into()));
+    spec.kind = kind.unwrap_or(ObjectType::Secret);
+    let format_text = raw.object_format.text();
+    match format_text.to_ascii_lowercase().as_str() {
+        "" | "pem" => {}
+        "pfx" => spec.format = Format::Pfx,
+        _ => problem("objectFormat", format!("invalid objectFormat: {format_text}, should be PEM or PFX")),
+    }
+    if spec.format == Format::Pfx && kind.is_some_and(|k| k != ObjectType::Secret) {
+        problem("objectFormat", "PFX format only supported for objectType: secret".into());
+    }
+    let encoding_text = raw.object_encoding.text();
+    match encoding_text.to_ascii_lowercase().as_str() {
+        "" | "utf-8" => {}
+        "base64" => spec.encoding = Encoding::Base64,
+        "hex" => spec.encoding = Encoding::Hex,
+        _ => problem(
+            "objectEncoding",
+            format!("invalid objectEncoding: {encoding_text}, should be hex, base64 or utf-8"),
+        ),
+    }
+    if !encoding_text.is_empty() && kind.is_some_and(|k| k != ObjectType::Secret) {
+        problem("objectEncoding", "objectEncoding only supported for objectType: secret".into());
     }
     let name = spec.file_name().to_string();
+    let name_field = if spec.alias.is_empty() { "objectName" } else { "objectAlias" };
     if name.is_empty() {
-        return Err(fail(&spec, &type_text, "file name must not be empty".into()));
-    }
-    if name.starts_with('/') {
-        return Err(fail(&spec, &type_text, "file name must be a relative path".into()));
-    }
-    if name.contains("..") {
-        return Err(fail(&spec, &type_text, "file name must not contain '..'".into()));
+        problem(name_field, "file name must not be empty".into());
+    } else if name.starts_with('/') {
+        problem(name_field, "file name must be a relative path".into());
+    } else if name.contains("..") {
+        problem(name_field, "file name must not contain '..'".into());
     }
     let history = raw.object_version_history.text();
     if !history.is_empty() {
-        spec.history = history.parse::<i32>().map(|h| h.max(0) as u32).map_err(|_| {
-            fail(&spec, &type_text, format!("invalid objectVersionHistory: {history}, should be an integer"))
-        })?;
+        match history.parse::<i32>() {
+            Ok(h) => spec.history = h.max(0) as u32,
+            Err(_) => problem(
+                "objectVersionHistory",
+                format!("invalid objectVersionHistory: {history}, should be an integer"),
+            ),
+        }
     }
     let perm = raw.file_permission.text();
     if !perm.is_empty() {
-        spec.mode = parse_mode(&perm).map_err(|e| fail(&spec, &type_text, e))?;
+        match parse_mode(&perm) {
+            Ok(m) => spec.mode = m,
+            Err(e) => problem("filePermission", e),
+        }
     }
-    Ok(spec)
+    (spec, type_text, problems)
 }
 
-fn validate_vault_name(name: &str) -> Result<()> {
+fn validate_object(raw: RawObject, default_mode: u32) -> Result<ObjectSpec> {
+    let (spec, type_text, problems) = check_object(&raw, default_mode);
+    match problems.into_iter().next() {
+        None => Ok(spec),
+        Some(p) => Err(Error::invalid(format!(
+            "failed to get objectType:{type_text}, objectName:{}, objectVersion:{}: {}",
+            spec.name, spec.version, p.message
+        ))),
+    }
+}
+
+/// Every object of an `objects` parameter with all of its problems (for `keyvault-csi check`), or the
+/// parse error of the whole parameter.
+pub fn check_objects(yaml: &str) -> Result<Vec<(ObjectSpec, String, Vec<ObjectProblem>)>> {
+    let arr: ObjectsArray = serde_saphyr::from_str(yaml)
+        .map_err(|e| Error::invalid(format!("failed to yaml unmarshal objects, error: {e}")))?;
+    let mut out = Vec::new();
+    for (i, item) in arr.array.iter().enumerate() {
+        let raw: RawObject = serde_saphyr::from_str(item)
+            .map_err(|e| Error::invalid(format!("unmarshal failed for keyVaultObjects at index {i}, error: {e}")))?;
+        out.push(check_object(&raw, 0o644));
+    }
+    Ok(out)
+}
+
+/// Upstream's vault-name check.
+pub fn validate_vault_name(name: &str) -> Result<()> {
     if name.len() < 3 || name.len() > 24 {
         return Err(Error::invalid(format!(
             "failed to get vault: Invalid vault name: {name:?}, must be between 3 and 24 chars"
