@@ -56,6 +56,27 @@ impl Mounter for TmpfsMounter {
     }
 
     fn mount_point(&self, target: &Path) -> io::Result<Option<MountPoint>> {
+        // Fast path (kubelet's IsLikelyNotMountPoint): a mount has another device than its parent.
+        // It keeps a rotation cycle over 1,000 volumes from parsing a 1,000-line mount table 1,000 times.
+        use std::os::unix::fs::MetadataExt;
+        let meta = match fs::metadata(target) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            // A broken mount (e.g. ENOTCONN) is still a mount: let the mount table decide.
+            Err(_) => return self.mount_point_from_table(target),
+        };
+        if let Some(parent) = target.parent()
+            && fs::metadata(parent).is_ok_and(|p| p.dev() != meta.dev())
+        {
+            return Ok(Some(MountPoint { fs_type: String::new() }));
+        }
+        // Same device: not a mount, unless it is a bind mount of the same filesystem.
+        self.mount_point_from_table(target)
+    }
+}
+
+impl TmpfsMounter {
+    fn mount_point_from_table(&self, target: &Path) -> io::Result<Option<MountPoint>> {
         let table = fs::read_to_string("/proc/self/mountinfo")?;
         let wanted = fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
         Ok(find_mount(&table, &wanted))

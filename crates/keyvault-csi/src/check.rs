@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use driver::class::SecretProviderClass;
-use keyvault::params::{self, ObjectType};
+use keyvault::params;
 use serde::Serialize;
 
 /// Flags of `keyvault-csi check`.
@@ -310,9 +310,6 @@ fn check_azure(spc: &SecretProviderClass, f: &mut Vec<Finding>) -> BTreeSet<Stri
                     "give one of them a different objectAlias",
                 ));
             }
-        }
-        if spec.kind == ObjectType::Secret && spec.name.is_empty() {
-            continue;
         }
     }
     files

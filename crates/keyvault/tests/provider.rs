@@ -410,3 +410,16 @@ async fn concurrent_identical_fetches_share_requests_only_within_one_identity() 
     assert_eq!(h.count(|k| k.vault == "kv1" && k.status == 200 && k.identity == "sp2-oid"), 2);
     assert!(p.stats().dedup_hits.load(std::sync::atomic::Ordering::Relaxed) >= 16);
 }
+
+#[tokio::test]
+async fn object_version_pins_a_version() {
+    let (h, p) = setup(|_| {}).await;
+    let v1 = h.set_secret("kv1", "pinned", "first").unwrap();
+    h.set_secret("kv1", "pinned", "second").unwrap();
+    let objs = objects(&[&format!("objectName: pinned\nobjectType: secret\nobjectVersion: {v1}")]);
+    let r = p.mount(request(&objs, &[], SP)).await.unwrap();
+    assert_eq!(r.files[0].contents, b"first");
+    assert_eq!(r.object_versions["secret/pinned"], v1);
+    let latest = p.mount(request(&objects(&["objectName: pinned\nobjectType: secret"]), &[], SP)).await.unwrap();
+    assert_eq!(latest.files[0].contents, b"second");
+}
