@@ -42,18 +42,8 @@ vaults:
 const OBJECTS: &str = "array:\n  - |\n    objectName: db-password\n    objectType: secret\n    objectAlias: db/password\n  - |\n    objectName: signing\n    objectType: key\n  - |\n    objectName: web\n    objectType: secret\n    objectAlias: tls.pem\n";
 
 async fn start(node: &Node, h: &Handle) -> DriverProcess {
-    let ca = node.path("emulator-ca.pem");
-    std::fs::write(&ca, &h.ca_pem).unwrap();
-    DriverProcess::start(
-        node,
-        &[
-            &format!("--azure-extra-ca-file={}", ca.display()),
-            "--azure-resolve-to=127.0.0.1",
-            &format!("--azure-vault-port={}", h.https_addr.port()),
-            &format!("--azure-authority-host={}", h.authority_url()),
-        ],
-    )
-    .await
+    let flags = azure_flags(node, h);
+    DriverProcess::start(node, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await
 }
 
 #[tokio::test]

@@ -32,17 +32,6 @@ vaults:
     Emulator::builder().seed(seed).start().await.unwrap()
 }
 
-fn azure_flags(node: &Node, h: &Handle) -> Vec<String> {
-    let ca = node.path("emulator-ca.pem");
-    std::fs::write(&ca, &h.ca_pem).unwrap();
-    vec![
-        format!("--azure-extra-ca-file={}", ca.display()),
-        "--azure-resolve-to=127.0.0.1".into(),
-        format!("--azure-vault-port={}", h.https_addr.port()),
-        format!("--azure-authority-host={}", h.authority_url()),
-    ]
-}
-
 /// A plain HTTP GET (status, body) without pulling an HTTP client into the tests.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();

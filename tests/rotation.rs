@@ -60,23 +60,15 @@ fn objects(n: usize) -> String {
 }
 
 async fn driver(node: &Node, h: &Handle, interval: &str) -> DriverProcess {
-    let ca = node.path("emulator-ca.pem");
-    std::fs::write(&ca, &h.ca_pem).unwrap();
-    DriverProcess::start(
-        node,
-        &[
-            &format!("--azure-extra-ca-file={}", ca.display()),
-            "--azure-resolve-to=127.0.0.1",
-            &format!("--azure-vault-port={}", h.https_addr.port()),
-            &format!("--azure-authority-host={}", h.authority_url()),
-            "--enable-secret-rotation",
-            &format!("--rotation-poll-interval={interval}"),
-            "-v=2",
-            // Not what these tests measure; the default (200/s) would stretch a 500-GET cycle to seconds.
-            "--keyvault-rate-limit=5000",
-        ],
-    )
-    .await
+    let mut flags = azure_flags(node, h);
+    flags.extend([
+        "--enable-secret-rotation".to_string(),
+        format!("--rotation-poll-interval={interval}"),
+        "-v=2".into(),
+        // Not what these tests measure; the default (200/s) would stretch a 500-GET cycle to seconds.
+        "--keyvault-rate-limit=5000".into(),
+    ]);
+    DriverProcess::start(node, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await
 }
 
 fn wi_volume(h: &Handle, i: usize, sa: usize) -> PodVolume {

@@ -105,6 +105,28 @@ pub fn logged_addr(logs: &str, key: &str) -> Option<String> {
     Some(rest.split(|c: char| c.is_whitespace() || c == '"' || c == ',').next()?.to_string())
 }
 
+/// Flags pointing the binary's Azure provider at an emulator (writes its CA into the node's directory).
+pub fn azure_flags(node: &Node, h: &emulator::Handle) -> Vec<String> {
+    let ca = node.path("emulator-ca.pem");
+    std::fs::write(&ca, &h.ca_pem).unwrap();
+    vec![
+        format!("--azure-extra-ca-file={}", ca.display()),
+        "--azure-resolve-to=127.0.0.1".into(),
+        format!("--azure-vault-port={}", h.https_addr.port()),
+        format!("--azure-authority-host={}", h.authority_url()),
+    ]
+}
+
+/// A `/proc/<pid>/status` value in kB (e.g. `VmRSS:`).
+pub fn proc_status_kb(pid: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The driver binary, running.
 pub struct DriverProcess {
     child: Option<Child>,

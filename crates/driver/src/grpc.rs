@@ -71,8 +71,8 @@ impl NodeService {
     }
 }
 
-/// Parses gRPC's `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).
-fn deadline_of<T>(req: &Request<T>) -> Option<Instant> {
+/// The caller's deadline from gRPC's `grpc-timeout` header (`<digits><H|M|S|m|u|n>`), if it sent one.
+pub fn deadline_of<T>(req: &Request<T>) -> Option<Instant> {
     let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = num.parse().ok()?;

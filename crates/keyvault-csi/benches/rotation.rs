@@ -15,15 +15,6 @@ const TENANT: &str = "bench-tenant";
 const ISSUER: &str = "https://oidc.bench.test/";
 const VOLUMES: usize = 1000;
 
-fn status_kb(pid: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn open_fds(pid: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
@@ -48,23 +39,15 @@ async fn main() {
         "azure",
         &[("keyvaultName", "kv-bench"), ("tenantId", TENANT), ("clientID", "wi"), ("objects", &objects)],
     );
-    let ca = node.path("ca.pem");
-    std::fs::write(&ca, &h.ca_pem).unwrap();
-    let d = DriverProcess::start(
-        &node,
-        &[
-            &format!("--azure-extra-ca-file={}", ca.display()),
-            "--azure-resolve-to=127.0.0.1",
-            &format!("--azure-vault-port={}", h.https_addr.port()),
-            &format!("--azure-authority-host={}", h.authority_url()),
-            "--enable-secret-rotation",
-            "--rotation-poll-interval=10s",
-            "-v=0",
-        ],
-    )
-    .await;
+    let mut flags = azure_flags(&node, &h);
+    flags.extend([
+        "--enable-secret-rotation".to_string(),
+        "--rotation-poll-interval=10s".to_string(),
+        "-v=0".to_string(),
+    ]);
+    let d = DriverProcess::start(&node, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let pid = d.pid();
-    let rss_idle = status_kb(&pid, "VmRSS:");
+    let rss_idle = proc_status_kb(&pid, "VmRSS:");
     let token = h.service_account_token(ISSUER, "default", "app", "api://AzureADTokenExchange", 3600).unwrap();
 
     let started = Instant::now();
@@ -108,7 +91,7 @@ async fn main() {
     let last = logs.lines().rfind(|l| l.contains("rotation cycle complete")).unwrap_or("");
     let cycle_volumes = last.split("volumes=").nth(1).and_then(|v| v.split_whitespace().next()).unwrap_or("?");
     let cycle_secs = last.split("duration_s=").nth(1).and_then(|v| v.split_whitespace().next()).unwrap_or("?");
-    let rss = status_kb(&pid, "VmRSS:");
+    let rss = proc_status_kb(&pid, "VmRSS:");
     let fds = open_fds(&pid);
 
     println!("rotation at node scale: {VOLUMES} volumes × 10 objects, one workload identity, real tmpfs mounts");

@@ -26,15 +26,6 @@ fn value(n: u64) -> String {
     format!("gen-{n:08};").repeat(512)
 }
 
-fn status_kb(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let volumes = env("SOAK_VOLUMES", 200) as usize;
@@ -52,21 +43,13 @@ async fn main() {
         "azure",
         &[("keyvaultName", "kv-soak"), ("tenantId", TENANT), ("objects", objects)],
     );
-    let ca = node.path("ca.pem");
-    std::fs::write(&ca, &h.ca_pem).unwrap();
-    let d = DriverProcess::start(
-        &node,
-        &[
-            &format!("--azure-extra-ca-file={}", ca.display()),
-            "--azure-resolve-to=127.0.0.1",
-            &format!("--azure-vault-port={}", h.https_addr.port()),
-            &format!("--azure-authority-host={}", h.authority_url()),
-            "--enable-secret-rotation",
-            &format!("--rotation-poll-interval={}s", INTERVAL.as_secs()),
-            "-v=0",
-        ],
-    )
-    .await;
+    let mut flags = azure_flags(&node, &h);
+    flags.extend([
+        "--enable-secret-rotation".to_string(),
+        format!("--rotation-poll-interval={}s", INTERVAL.as_secs()),
+        "-v=0".to_string(),
+    ]);
+    let d = DriverProcess::start(&node, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let pid = d.pid();
     let mut client = d.node_client().await;
     let mut targets = Vec::new();
@@ -77,7 +60,7 @@ async fn main() {
         v.publish(&node, &mut client).await.unwrap();
         targets.push(v.target(&node));
     }
-    let (rss0, fds0) = (status_kb(&pid), std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count());
+    let (rss0, fds0) = (proc_status_kb(&pid, "VmRSS:"), std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count());
 
     // A reader that never stops: every file it reads must be one whole generation.
     let stop = Arc::new(AtomicBool::new(false));
@@ -124,13 +107,13 @@ async fn main() {
         }
         worst = worst.max(set_at.elapsed());
         changes += 1;
-        rss_max = rss_max.max(status_kb(&pid));
+        rss_max = rss_max.max(proc_status_kb(&pid, "VmRSS:"));
         fds_max = fds_max.max(std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count());
         tokio::time::sleep(CHANGE_EVERY.saturating_sub(set_at.elapsed())).await;
     }
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
-    let (rss1, fds1) = (status_kb(&pid), std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count());
+    let (rss1, fds1) = (proc_status_kb(&pid, "VmRSS:"), std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count());
     println!(
         "soak: {volumes} volumes, {:.0} s, rotation every {} s, a change every {} s",
         duration.as_secs_f64(),

@@ -48,21 +48,6 @@ struct Service {
     metrics: ProviderMetrics,
 }
 
-fn deadline<T>(req: &Request<T>) -> Option<Instant> {
-    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = n.parse().ok()?;
-    let d = match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        _ => Duration::from_nanos(n),
-    };
-    Some(Instant::now() + d)
-}
-
 #[tonic::async_trait]
 impl CsiDriverProvider for Service {
     async fn version(&self, _: Request<pb::VersionRequest>) -> Result<Response<pb::VersionResponse>, Status> {
@@ -75,7 +60,7 @@ impl CsiDriverProvider for Service {
 
     async fn mount(&self, req: Request<pb::MountRequest>) -> Result<Response<pb::MountResponse>, Status> {
         let started = Instant::now();
-        let deadline = deadline(&req);
+        let deadline = driver::grpc::deadline_of(&req);
         let r = req.into_inner();
         let result = async {
             let attributes: BTreeMap<String, String> = serde_json::from_str(&r.attributes)
