@@ -144,8 +144,14 @@ pub fn binary() -> &'static str {
 }
 
 impl DriverProcess {
-    /// Starts the driver at the highest verbosity with the node's directories and `extra` flags.
+    /// Starts the driver at the highest verbosity with the node's directories (classes from the node's
+    /// class directory) and `extra` flags.
     pub async fn start(node: &Node, extra: &[&str]) -> Self {
+        Self::start_with(node, extra, true).await
+    }
+
+    /// Like [`DriverProcess::start`]; without `class_dir` the driver reads classes from Kubernetes.
+    pub async fn start_with(node: &Node, extra: &[&str], class_dir: bool) -> Self {
         let log_path = node.path(&format!("driver-{}.log", free_port()));
         // Port 0: the driver picks a free port and logs it (no race with other tests' listeners).
         let metrics_addr = "127.0.0.1:0".to_string();
@@ -156,7 +162,7 @@ impl DriverProcess {
             .arg("--nodeid=node-1")
             .arg(format!("--provider-volume={}", node.path("providers").display()))
             .arg(format!("--additional-provider-volume-paths={}", node.path("providers-extra").display()))
-            .arg(format!("--class-dir={}", node.path("classes").display()))
+            .args(class_dir.then(|| format!("--class-dir={}", node.path("classes").display())))
             .arg(format!("--metrics-addr={metrics_addr}"))
             .args(extra)
             .stdout(Stdio::null())
@@ -278,7 +284,7 @@ impl PodVolume {
         Self {
             pod: pod.into(),
             namespace: "default".into(),
-            uid: format!("uid-{pod}-{}", free_port()),
+            uid: format!("uid-{}-{}", &pod[..pod.len().min(20)], free_port()),
             volume: "secrets-store-inline".into(),
             class: class.into(),
             service_account: "default".into(),

@@ -102,6 +102,14 @@ pub enum PublishError {
         #[source]
         source: WriteError,
     },
+    /// The pod status could not be written.
+    #[error("failed to create secret provider class pod status for pod {pod}, err: {message}")]
+    PodStatus {
+        /// `<namespace>/<name>` of the pod.
+        pod: String,
+        /// Cause.
+        message: String,
+    },
     /// Another operation on the same target is in progress (CSI: `ABORTED`).
     #[error("an operation on target path {0} is already in progress")]
     Busy(PathBuf),
@@ -120,6 +128,7 @@ impl PublishError {
             Self::ProviderLookup { .. } => "FailedToLookupProviderGRPCClient".into(),
             Self::Provider { source, .. } => source.code.clone(),
             Self::Payload { .. } | Self::FileWrite { .. } => "FileWriteError".into(),
+            Self::PodStatus { .. } => "FailedToCreatePodStatus".into(),
         }
     }
 
@@ -142,6 +151,7 @@ impl PublishError {
                 ErrorKind::Internal => Code::Internal,
             },
             Self::Payload { .. } => Code::InvalidArgument,
+            Self::PodStatus { .. } => Code::Unavailable,
             Self::Busy(_) => Code::Aborted,
         };
         Status::new(code, self.to_string())

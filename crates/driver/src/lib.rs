@@ -12,6 +12,7 @@ pub mod class;
 pub mod error;
 pub mod external;
 pub mod grpc;
+pub mod kube;
 pub mod metrics;
 pub mod mounter;
 pub mod node;

@@ -9,7 +9,7 @@
 //! * any failure on a republish of a healthy, populated volume keeps the files and reports success,
 //!   because kubelet deletes the mount directory when a republish fails (kubernetes#121271).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -85,6 +85,15 @@ impl Providers {
     }
 }
 
+/// Records mounted volumes outside the driver (the `SecretProviderClassPodStatus` in a cluster).
+#[async_trait::async_trait]
+pub trait PodStatusSink: Send + Sync + 'static {
+    /// A volume was published (or refreshed) with these object versions.
+    async fn record(&self, params: &PublishParams, versions: &BTreeMap<String, String>) -> Result<(), String>;
+    /// A volume was unpublished.
+    async fn remove(&self, params: &PublishParams) -> Result<(), String>;
+}
+
 /// What a successful `NodePublishVolume` did.
 #[derive(Debug)]
 pub enum PublishOutcome {
@@ -114,6 +123,7 @@ pub struct Driver {
     volumes: Arc<VolumeRegistry>,
     metrics: Metrics,
     cycles: std::sync::atomic::AtomicU64,
+    pod_status: Option<Arc<dyn PodStatusSink>>,
 }
 
 enum TargetState {
@@ -132,7 +142,14 @@ impl Driver {
             volumes: Arc::new(VolumeRegistry::default()),
             metrics: Metrics::default(),
             cycles: std::sync::atomic::AtomicU64::new(1),
+            pod_status: None,
         }
+    }
+
+    /// Records every published volume in `sink` (the pod status in a cluster).
+    pub fn with_pod_status(mut self, sink: Arc<dyn PodStatusSink>) -> Self {
+        self.pod_status = Some(sink);
+        self
     }
 
     /// Records into `metrics` (register them with [`Metrics::register`]).
@@ -424,6 +441,14 @@ impl Driver {
                     Err(source) => return Err(PublishError::FileWrite { pod: pod.clone(), source }),
                 }
             };
+            if let Some(sink) = &self.pod_status {
+                let unchanged = self.volumes.get(target).is_some_and(|v| v.object_versions == response.object_versions);
+                if !unchanged {
+                    sink.record(params, &response.object_versions)
+                        .await
+                        .map_err(|message| PublishError::PodStatus { pod: pod.clone(), message })?;
+                }
+            }
             self.volumes.insert(
                 target.clone(),
                 Volume {
@@ -476,7 +501,13 @@ impl Driver {
             .map_err(|source| UnpublishError::Cleanup { path: target.clone(), source });
         self.metrics.unpublish(result.is_ok());
         result?;
-        self.volumes.remove(&target);
+        if let Some(volume) = self.volumes.remove(&target)
+            && let Some(sink) = &self.pod_status
+            && let Err(e) = sink.remove(&volume.params).await
+        {
+            // The API server also garbage-collects it with the pod.
+            tracing::warn!(target = %target.display(), error = %e, "failed to delete the pod status");
+        }
         Ok(())
     }
 }

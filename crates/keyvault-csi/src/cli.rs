@@ -97,6 +97,9 @@ pub struct NodeArgs {
     /// Accepted for compatibility with upstream manifests.
     #[arg(long, default_value_t = 6065)]
     pub pprof_port: u16,
+    /// Kubeconfig for running outside the cluster (default: `KUBECONFIG`, then in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// Serve SecretProviderClasses from the YAML manifests in this directory instead of the
     /// Kubernetes API (running without a cluster, tests).
     #[arg(long, value_name = "DIR")]

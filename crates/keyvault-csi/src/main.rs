@@ -82,7 +82,24 @@ fn version_json() -> String {
 }
 
 /// Used when neither a cluster nor `--class-dir` provides SecretProviderClasses.
-struct NoClassSource;
+struct NoClassSource(String);
+
+/// A Kubernetes client from `--kubeconfig`, else `KUBECONFIG` or the in-cluster service account.
+async fn kube_client(path: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = match path {
+        Some(p) => {
+            let kc =
+                kube::config::Kubeconfig::read_from(p).map_err(|e| format!("--kubeconfig {}: {e}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {e}", p.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("cannot build the Kubernetes client: {e}"))
+}
 
 #[async_trait::async_trait]
 impl ClassSource for NoClassSource {
@@ -90,7 +107,7 @@ impl ClassSource for NoClassSource {
         Err(ClassError::Unavailable {
             namespace: namespace.into(),
             name: name.into(),
-            message: "no SecretProviderClass source is configured (pass --class-dir)".into(),
+            message: format!("no SecretProviderClass source: {} (or pass --class-dir)", self.0),
         })
     }
 }
@@ -115,9 +132,20 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
         rotation_interval: args.enable_secret_rotation.then_some(args.rotation_poll_interval),
     };
+    let mut pod_status: Option<Arc<dyn driver::node::PodStatusSink>> = None;
     let classes: Arc<dyn ClassSource> = match &args.class_dir {
         Some(dir) => Arc::new(DirClassSource::new(dir)),
-        None => Arc::new(NoClassSource),
+        None => match kube_client(args.kubeconfig.as_deref()).await {
+            Ok(client) => {
+                pod_status = Some(Arc::new(driver::kube::KubePodStatus::new(client.clone(), &args.nodeid)));
+                Arc::new(driver::kube::KubeClassSource::new(client))
+            }
+            Err(reason) => {
+                // Keep serving (Probe answers, mounts fail with this reason) rather than crash-loop.
+                tracing::error!(%reason, "no Kubernetes API: every mount will fail until this is fixed");
+                Arc::new(NoClassSource(reason))
+            }
+        },
     };
     let max_recv = args.max_call_recv_msg_size as usize;
     let external =
@@ -136,7 +164,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             .with_builtin("azure", Arc::new(azure::AzureProvider { provider: azure, metrics: provider_metrics }));
     }
     let driver_metrics = driver::metrics::Metrics::default();
-    let driver = Driver::new(config, Arc::new(TmpfsMounter), classes, providers).with_metrics(driver_metrics.clone());
+    let mut driver =
+        Driver::new(config, Arc::new(TmpfsMounter), classes, providers).with_metrics(driver_metrics.clone());
+    if let Some(sink) = pod_status {
+        driver = driver.with_pod_status(sink);
+    }
     driver_metrics.register(&mut registry, driver.volumes().clone());
     let driver = Arc::new(driver);
     let driver_for_rotation = driver.clone();

@@ -1,0 +1,99 @@
+//! `SecretProviderClassPodStatus` `<pod>-<namespace>-<class>`: created (or taken over from another
+//! node, e.g. a StatefulSet pod that moved) on publish with the node label, the pod as owner (so the
+//! API server garbage-collects it with the pod) and the object versions sorted by id; deleted on
+//! unpublish.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use kube::core::DynamicObject;
+use serde_json::json;
+
+use crate::node::PodStatusSink;
+use crate::volume_context::PublishParams;
+
+/// Longest object name Kubernetes accepts.
+const MAX_NAME: usize = 253;
+
+/// Writes pod statuses through the API.
+#[derive(Clone)]
+pub struct KubePodStatus {
+    client: kube::Client,
+    node: String,
+}
+
+impl KubePodStatus {
+    /// Writes statuses labelled with `node`.
+    pub fn new(client: kube::Client, node: &str) -> Self {
+        Self { client, node: node.to_string() }
+    }
+
+    fn api(&self, namespace: &str) -> Api<DynamicObject> {
+        let ar = super::resource("SecretProviderClassPodStatus", "secretproviderclasspodstatuses");
+        Api::namespaced_with(self.client.clone(), namespace, &ar)
+    }
+}
+
+/// `<pod>-<namespace>-<class>`, refused when Kubernetes would refuse it.
+pub fn status_name(p: &PublishParams) -> Result<String, String> {
+    let name = format!("{}-{}-{}", p.pod.name, p.pod.namespace, p.class_name);
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "the SecretProviderClassPodStatus name {:?}… is {} characters, more than Kubernetes' {MAX_NAME}; shorten the pod, namespace or class name",
+            &name[..40],
+            name.len()
+        ));
+    }
+    Ok(name)
+}
+
+#[async_trait]
+impl PodStatusSink for KubePodStatus {
+    async fn record(&self, p: &PublishParams, versions: &BTreeMap<String, String>) -> Result<(), String> {
+        let name = status_name(p)?;
+        let api = self.api(&p.pod.namespace);
+        let objects: Vec<_> = versions.iter().map(|(id, v)| json!({ "id": id, "version": v })).collect();
+        let body = json!({
+            "apiVersion": format!("{}/v1", super::GROUP),
+            "kind": "SecretProviderClassPodStatus",
+            "metadata": {
+                "name": name,
+                "namespace": p.pod.namespace,
+                "labels": { super::NODE_LABEL: self.node },
+                "ownerReferences": [{ "apiVersion": "v1", "kind": "Pod", "name": p.pod.name, "uid": p.pod.uid }],
+            },
+            "status": {
+                "podName": p.pod.name,
+                "secretProviderClassName": p.class_name,
+                "mounted": true,
+                "targetPath": p.target_path.to_string_lossy(),
+                "objects": objects,
+            },
+        });
+        let obj: DynamicObject = serde_json::from_value(body.clone()).map_err(|e| e.to_string())?;
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => Ok(()),
+            Err(e) if super::api_code(&e) == Some(409) => {
+                // It exists (a republish, or the pod moved here from another node): take it over.
+                let mut current = api.get(&name).await.map_err(|e| super::describe(&e))?;
+                let meta = &mut current.metadata;
+                meta.labels.get_or_insert_with(Default::default).insert(super::NODE_LABEL.into(), self.node.clone());
+                meta.owner_references = obj.metadata.owner_references.clone();
+                current.data["status"] = body["status"].clone();
+                api.replace(&name, &PostParams::default(), &current).await.map(|_| ()).map_err(|e| super::describe(&e))
+            }
+            Err(e) => Err(super::describe(&e)),
+        }
+    }
+
+    async fn remove(&self, p: &PublishParams) -> Result<(), String> {
+        let name = status_name(p)?;
+        match self.api(&p.pod.namespace).delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if super::api_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(super::describe(&e)),
+        }
+    }
+}
