@@ -101,8 +101,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
         driver_name: "secrets-store.csi.k8s.io".into(),
         node_id: "standalone".into(),
         vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
-        // The poller below decides when to fetch; the driver must not skip those calls.
-        rotation_interval: rotation.map(|_| Duration::ZERO),
+        rotation_interval: rotation,
     };
     let driver = Driver::new(config, mounter, classes, providers);
 
@@ -163,26 +162,18 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
             anyhow::bail!("{e}{hint}");
         }
     }
-    let Some(interval) = rotation else { return Ok(()) };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-        let started = std::time::Instant::now();
-        match driver.publish(params.clone(), None).await {
-            Ok(PublishOutcome::Published { files, changed, .. }) => {
-                tracing::info!(files, changed, duration_s = started.elapsed().as_secs_f64(), "rotation complete");
-            }
-            Ok(PublishOutcome::KeptAfterError(e)) => {
-                tracing::warn!(error = %e, "rotation failed; keeping the current files")
-            }
-            Ok(PublishOutcome::Skipped) => {}
-            Err(e) => tracing::error!(error = %e, "rotation failed"),
-        }
+    if rotation.is_none() {
+        return Ok(());
     }
+    // The node driver's own poller keeps the volume fresh (failures keep the current files).
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    Arc::new(driver).run_rotation(stop).await;
     tracing::info!(target = %target.display(), "stopped; the files stay mounted");
     Ok(())
 }
