@@ -51,8 +51,14 @@ echo "my-cert:     $(head -1 "$work/mnt/my-cert")"
 echo "my-cert-bundle.pem blocks: $(grep -- '-----BEGIN' "$work/mnt/my-cert-bundle.pem" | tr '\n' ' ')"
 
 echo "== an operator sets a new version of my-secret in the vault"
-curl -s --cacert "$work/ca.pem" --resolve "localhost:$port:127.0.0.1" -X PUT \
-  -d '{"value":"my-rotated-value"}' "https://localhost:$port/_emulator/vaults/demo-kv/secrets/my-secret" >/dev/null
+# (the emulator's admin endpoint; python3 rather than curl, which a minimal machine may lack)
+python3 - "$work/ca.pem" "$port" <<'PY'
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+req = urllib.request.Request(f"https://localhost:{sys.argv[2]}/_emulator/vaults/demo-kv/secrets/my-secret",
+                             data=b'{"value":"my-rotated-value"}', method="PUT")
+urllib.request.urlopen(req, context=ctx).read()
+PY
 for _ in $(seq 60); do [ "$(cat "$work/mnt/my-secret")" = my-rotated-value ] && break; sleep 0.1; done
 echo "my-secret after rotation: $(cat "$work/mnt/my-secret")"
 [ "$(cat "$work/mnt/my-secret")" = my-rotated-value ] || { echo "rotation did not happen"; cat "$work/driver.log"; exit 1; }
