@@ -18,7 +18,10 @@ soak:
 	$(CARGO) bench --locked -p keyvault-csi --bench soak --no-run
 	hack/in-mount-ns.sh $(CARGO) bench --locked -p keyvault-csi --bench soak
 
-.PHONY: soak bench demo test lint fmt-check clippy unit conformance build release clean
+crds:
+	cargo run -q -p keyvault-csi -- crds > charts/keyvault-csi/crds/crds.yaml
+
+.PHONY: crds soak bench demo test lint fmt-check clippy unit conformance build release clean
 
 ## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts
 test: lint unit conformance

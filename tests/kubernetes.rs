@@ -114,3 +114,302 @@ async fn an_unreachable_api_server_is_a_clear_error_and_probe_still_answers() {
     let err = PodVolume::new("p", "spc").publish(&node, &mut driver.node_client().await).await.unwrap_err();
     assert!(err.message().contains("--kubeconfig"), "{}", err.message());
 }
+
+// §12.1 scenarios: secret sync, ownership and garbage collection, namespaced classes, several classes
+// in one pod; plus what upstream gets wrong (foreign owners and metadata, unmanaged Secrets).
+
+const SECRETS: &str = "secrets";
+
+/// A class syncing `secret` (type `ty`) from the files `(objectName, key)`.
+fn sync_class(ns: &str, name: &str, secret: &str, ty: &str, data: &[(&str, &str)]) -> serde_json::Value {
+    let mut c = class(ns, name, "e2e-provider", &[("x", "y")]);
+    let data: Vec<_> = data.iter().map(|(o, k)| json!({ "objectName": o, "key": k })).collect();
+    c["spec"]["secretObjects"] =
+        json!([{ "secretName": secret, "type": ty, "labels": { "environment": "test" }, "data": data }]);
+    c
+}
+
+/// A "Deployment": a ReplicaSet and `n` pods on node-1 owned by it, each with a volume of `class`.
+fn deployment(api: &FakeApi, ns: &str, name: &str, n: usize, class: &str) -> (serde_json::Value, Vec<PodVolume>) {
+    let rs = api.put("replicasets", kube_fake::replica_set(ns, name));
+    let vols = (0..n)
+        .map(|i| {
+            let pod = api.put("pods", kube_fake::pod(ns, &format!("{name}-{i}"), "node-1", Some(&rs)));
+            let mut v = PodVolume::new(&format!("{name}-{i}"), class);
+            v.namespace = ns.into();
+            v.uid = pod["metadata"]["uid"].as_str().unwrap().into();
+            v
+        })
+        .collect();
+    (rs, vols)
+}
+
+fn secret_value(s: &serde_json::Value, key: &str) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.decode(s["data"][key].as_str().expect("key present")).unwrap();
+    String::from_utf8(b).unwrap()
+}
+
+fn owners(s: &serde_json::Value) -> Vec<String> {
+    s["metadata"]["ownerReferences"]
+        .as_array()
+        .map(|a| a.iter().map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["name"].as_str().unwrap())).collect())
+        .unwrap_or_default()
+}
+
+fn events(api: &FakeApi, ns: &str, reason: &str) -> Vec<serde_json::Value> {
+    api.list("v1", "events", ns).into_iter().filter(|e| e["reason"] == reason).collect()
+}
+
+/// Events are written in the background of a publish; give them a moment.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn synced_secret_is_owned_by_both_deployments_and_collected_with_the_last() {
+    let (node, provider, api, driver) = setup().await;
+    provider.set_files(&[("foo", 0o644, "s3cr3t-value")], "v1");
+    api.put(
+        "secretproviderclasses",
+        sync_class("default", "e2e-provider-sync", "foosecret", "Opaque", &[("foo", "username")]),
+    );
+    let mut client = driver.node_client().await;
+    let (rs_a, vols_a) = deployment(&api, "default", "deploy-a", 2, "e2e-provider-sync");
+    let (rs_b, vols_b) = deployment(&api, "default", "deploy-b", 2, "e2e-provider-sync");
+    for v in vols_a.iter().chain(&vols_b) {
+        v.publish(&node, &mut client).await.unwrap();
+    }
+    // The Secret exists when NodePublishVolume returns: containers reading it from env start at once.
+    let s = api.get("v1", SECRETS, "default", "foosecret").expect("foosecret synced");
+    assert_eq!(secret_value(&s, "username"), "s3cr3t-value");
+    assert_eq!(s["type"], "Opaque");
+    assert_eq!(s["metadata"]["labels"]["environment"], "test");
+    assert_eq!(s["metadata"]["labels"]["secrets-store.csi.k8s.io/managed"], "true");
+    assert_eq!(owners(&s), ["ReplicaSet/deploy-a", "ReplicaSet/deploy-b"]);
+    assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], rs_a["metadata"]["uid"]);
+    assert!(s["metadata"]["ownerReferences"][0].get("controller").is_none(), "not a controller reference, as upstream");
+
+    // Deleting a Deployment (its ReplicaSet) leaves one owner; deleting the other deletes the Secret.
+    assert!(api.delete("apps/v1", "replicasets", "default", "deploy-a"));
+    assert_eq!(owners(&api.get("v1", SECRETS, "default", "foosecret").unwrap()), ["ReplicaSet/deploy-b"]);
+    assert!(api.delete("apps/v1", "replicasets", "default", rs_b["metadata"]["name"].as_str().unwrap()));
+    assert!(api.get("v1", SECRETS, "default", "foosecret").is_none(), "garbage-collected with its last owner");
+    assert_eq!(driver.metric_sum("sync_k8s_secret_total"), 4.0, "one sync per mounted volume");
+    driver.assert_logs_free_of(&["s3cr3t-value", "czNjcjN0LXZhbHVl"]);
+}
+
+#[tokio::test]
+async fn namespaced_classes_sync_into_their_own_namespace() {
+    let (node, provider, api, driver) = setup().await;
+    provider.set_files(&[("foo", 0o644, "secret")], "v1");
+    api.put(
+        "secretproviderclasses",
+        sync_class("default", "e2e-provider-sync", "foosecret", "Opaque", &[("foo", "wrong")]),
+    );
+    api.put(
+        "secretproviderclasses",
+        sync_class("test-ns", "e2e-provider-sync", "foosecret", "Opaque", &[("foo", "username")]),
+    );
+    let mut client = driver.node_client().await;
+    let (_, vols) = deployment(&api, "test-ns", "deploy", 1, "e2e-provider-sync");
+    vols[0].publish(&node, &mut client).await.unwrap();
+    let s = api.get("v1", SECRETS, "test-ns", "foosecret").expect("synced in test-ns");
+    assert_eq!(secret_value(&s, "username"), "secret");
+    assert_eq!(owners(&s).len(), 1);
+    assert!(api.get("v1", SECRETS, "default", "foosecret").is_none(), "nothing in the other namespace");
+    api.delete("apps/v1", "replicasets", "test-ns", "deploy");
+    assert!(api.get("v1", SECRETS, "test-ns", "foosecret").is_none());
+}
+
+#[tokio::test]
+async fn several_classes_in_one_pod_each_sync_their_secret() {
+    let (node, provider, api, driver) = setup().await;
+    provider.set_files(&[("foo", 0o644, "secret")], "v1");
+    for i in 0..2 {
+        api.put(
+            "secretproviderclasses",
+            sync_class(
+                "default",
+                &format!("e2e-provider-spc-{i}"),
+                &format!("foosecret-{i}"),
+                "Opaque",
+                &[("foo", "username")],
+            ),
+        );
+    }
+    let mut client = driver.node_client().await;
+    let (_, vols) = deployment(&api, "default", "multi", 1, "e2e-provider-spc-0");
+    let mut second = vols[0].clone();
+    second.class = "e2e-provider-spc-1".into();
+    second.volume = "secrets-store-1".into();
+    vols[0].publish(&node, &mut client).await.unwrap();
+    second.publish(&node, &mut client).await.unwrap();
+    for i in 0..2 {
+        let s = api.get("v1", SECRETS, "default", &format!("foosecret-{i}")).expect("both synced");
+        assert_eq!(secret_value(&s, "username"), "secret");
+        assert_eq!(owners(&s), ["ReplicaSet/multi"]);
+    }
+}
+
+#[tokio::test]
+async fn a_bare_pods_secret_is_owned_by_its_pod_status_and_goes_with_the_pod() {
+    let (node, provider, api, driver) = setup().await;
+    provider.set_files(&[("foo", 0o644, "secret")], "v1");
+    api.put("secretproviderclasses", sync_class("default", "spc", "foosecret", "Opaque", &[("foo", "username")]));
+    let pod = api.put("pods", kube_fake::pod("default", "bare", "node-1", None));
+    let mut vol = PodVolume::new("bare", "spc");
+    vol.uid = pod["metadata"]["uid"].as_str().unwrap().into();
+    vol.publish(&node, &mut driver.node_client().await).await.unwrap();
+    let s = api.get("v1", SECRETS, "default", "foosecret").unwrap();
+    assert_eq!(owners(&s), ["SecretProviderClassPodStatus/bare-default-spc"]);
+    api.delete("v1", "pods", "default", "bare");
+    assert!(api.get(GV, SPCPS, "default", "bare-default-spc").is_none(), "the pod status goes with the pod");
+    assert!(api.get("v1", SECRETS, "default", "foosecret").is_none(), "and the Secret with the pod status");
+}
+
+#[tokio::test]
+async fn an_unmanaged_secret_of_the_same_name_is_never_taken_over() {
+    let (node, provider, api, driver) = setup().await;
+    provider.set_files(&[("foo", 0o644, "secret")], "v1");
+    api.put("secretproviderclasses", sync_class("default", "spc", "theirs", "Opaque", &[("foo", "username")]));
+    let theirs = json!({ "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": { "name": "theirs", "namespace": "default" }, "data": { "username": "b3JpZ2luYWw=" } });
+    api.put(SECRETS, theirs);
+    let (_, vols) = deployment(&api, "default", "app", 1, "spc");
+    vols[0].publish(&node, &mut driver.node_client().await).await.expect("the mount itself succeeds");
+    let s = api.get("v1", SECRETS, "default", "theirs").unwrap();
+    assert_eq!(secret_value(&s, "username"), "original", "untouched");
+    assert!(owners(&s).is_empty(), "no owner added: it will not be garbage-collected");
+    wait_for("FailedToCreateSecret", || !events(&api, "default", "FailedToCreateSecret").is_empty()).await;
+    let e = &events(&api, "default", "FailedToCreateSecret")[0];
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["involvedObject"]["name"], "app-0");
+    assert_eq!(e["involvedObject"]["uid"], vols[0].uid.as_str());
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("secret default/theirs already exists and is not managed"), "{msg}");
+    assert!(!msg.contains("secret\"") && !msg.contains("original"), "no values in events: {msg}");
+}
+
+#[tokio::test]
+async fn rotation_resyncs_the_secret_keeping_foreign_owners_and_metadata_and_reports_events() {
+    let node = Node::new();
+    let provider = TestProvider::start(&node.path("providers"), "e2e-provider").await;
+    let api = FakeApi::start().await;
+    let kubeconfig = node.path("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let driver = DriverProcess::start_with(
+        &node,
+        &[&format!("--kubeconfig={}", kubeconfig.display()), "--enable-secret-rotation", "--rotation-poll-interval=1s"],
+        false,
+    )
+    .await;
+    provider.set_files(&[("foo", 0o644, "secret")], "v1");
+    api.put(
+        "secretproviderclasses",
+        sync_class("rotation", "e2e-provider-auto-rotation", "rotationsecret", "Opaque", &[("foo", "username")]),
+    );
+    let (_, vols) = deployment(&api, "rotation", "rot", 1, "e2e-provider-auto-rotation");
+    vols[0].publish(&node, &mut driver.node_client().await).await.unwrap();
+    // Someone else adds an owner, a label and an annotation (e.g. a backup tool).
+    let mut s = api.get("v1", SECRETS, "rotation", "rotationsecret").unwrap();
+    s["metadata"]["labels"]["team"] = json!("payments");
+    s["metadata"]["annotations"] = json!({ "backup.example.com/include": "true" });
+    s["metadata"]["ownerReferences"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "apiVersion": "v1", "kind": "ConfigMap", "name": "keeper", "uid": "u-keeper" }));
+    api.put(SECRETS, s);
+
+    provider.set_files(&[("foo", 0o644, "rotated")], "v2");
+    let target = vols[0].target(&node);
+    wait_for("the file to rotate", || std::fs::read_to_string(target.join("foo")).is_ok_and(|v| v == "rotated")).await;
+    wait_for("the Secret to rotate", || {
+        api.get("v1", SECRETS, "rotation", "rotationsecret").is_some_and(|s| secret_value(&s, "username") == "rotated")
+    })
+    .await;
+    let s = api.get("v1", SECRETS, "rotation", "rotationsecret").unwrap();
+    assert_eq!(owners(&s), ["ReplicaSet/rot", "ConfigMap/keeper"], "foreign owner kept");
+    assert_eq!(s["metadata"]["labels"]["team"], "payments");
+    assert_eq!(s["metadata"]["annotations"]["backup.example.com/include"], "true");
+    wait_for("rotation events", || {
+        !events(&api, "rotation", "MountRotationComplete").is_empty()
+            && !events(&api, "rotation", "SecretRotationComplete").is_empty()
+    })
+    .await;
+    let e = &events(&api, "rotation", "MountRotationComplete")[0];
+    assert_eq!(e["message"], "successfully rotated mounted contents for spc rotation/e2e-provider-auto-rotation");
+    assert_eq!(e["source"]["component"], "csi-secrets-store-rotation");
+    assert_eq!(
+        events(&api, "rotation", "SecretRotationComplete")[0]["message"],
+        "successfully rotated K8s secret rotationsecret"
+    );
+    let status = api.get(GV, SPCPS, "rotation", "rot-0-rotation-e2e-provider-auto-rotation").unwrap();
+    assert_eq!(status["status"]["objects"][0]["version"], "v2");
+
+    // A failing provider: a Warning event, the files and the Secret stay.
+    provider.state.lock().unwrap().fail = Some(tonic::Status::unavailable("backend unavailable"));
+    wait_for("MountRotationFailed", || !events(&api, "rotation", "MountRotationFailed").is_empty()).await;
+    assert_eq!(std::fs::read_to_string(target.join("foo")).unwrap(), "rotated");
+    assert_eq!(secret_value(&api.get("v1", SECRETS, "rotation", "rotationsecret").unwrap(), "username"), "rotated");
+}
+
+#[tokio::test]
+async fn tls_secrets_get_the_certificate_chain_and_a_pkcs1_key() {
+    use emulator::model::{CertMaterial, KeySpec};
+    let (node, provider, api, driver) = setup().await;
+    let cert = CertMaterial::generate("CN=web", KeySpec::Rsa(2048)).unwrap();
+    let bundle = cert.secret_value("application/x-pem-file").unwrap();
+    provider.set_files(&[("web-cert", 0o644, &bundle)], "v1");
+    api.put(
+        "secretproviderclasses",
+        sync_class(
+            "default",
+            "tls",
+            "web-tls",
+            "kubernetes.io/tls",
+            &[("web-cert", "tls.key"), ("web-cert", "tls.crt")],
+        ),
+    );
+    let (_, vols) = deployment(&api, "default", "ingress", 1, "tls");
+    vols[0].publish(&node, &mut driver.node_client().await).await.unwrap();
+    let s = api.get("v1", SECRETS, "default", "web-tls").unwrap();
+    assert_eq!(s["type"], "kubernetes.io/tls");
+    let crt = secret_value(&s, "tls.crt");
+    assert_eq!(crt.matches("-----BEGIN CERTIFICATE-----").count(), 3, "leaf, intermediate and root");
+    assert!(secret_value(&s, "tls.key").starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+}
+
+#[tokio::test]
+async fn watches_are_filtered_to_this_node_and_mounts_read_the_class_cache() {
+    let (node, provider, api, driver) = setup().await;
+    provider.set_files(&[("foo", 0o644, "secret")], "v1");
+    api.put("secretproviderclasses", class("default", "spc", "e2e-provider", &[("x", "y")]));
+    driver.wait_readyz().await;
+    let requests = api.requests();
+    let pods_watch = requests.iter().find(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"));
+    let pods_watch = pods_watch.expect("pods are watched");
+    assert!(pods_watch.contains("fieldSelector=spec.nodeName%3Dnode-1"), "{pods_watch}");
+    assert!(
+        requests.iter().any(|r| r.starts_with("GET /apis/secrets-store.csi.x-k8s.io/v1/secretproviderclasses?")
+            && r.contains("watch=true")),
+        "classes are watched: {requests:?}"
+    );
+    assert!(!requests.iter().any(|r| r.contains("/secrets?")), "Secrets are never listed or watched: {requests:?}");
+    let before = api.requests().len();
+    PodVolume::new("p", "spc").publish(&node, &mut driver.node_client().await).await.unwrap();
+    let during: Vec<String> = api.requests()[before..].to_vec();
+    assert!(
+        !during.iter().any(|r| r.contains("/secretproviderclasses/spc")),
+        "the class came from the cache: {during:?}"
+    );
+
+    // A class created after start reaches the cache through the watch (or, if the mount is faster,
+    // through the GET fallback): the mount works either way.
+    api.put("secretproviderclasses", class("default", "late", "e2e-provider", &[("x", "y")]));
+    PodVolume::new("q", "late").publish(&node, &mut driver.node_client().await).await.unwrap();
+}

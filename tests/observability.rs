@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use emulator::{Emulator, Handle, Seed};
@@ -30,31 +29,6 @@ vaults:
     ))
     .unwrap();
     Emulator::builder().seed(seed).start().await.unwrap()
-}
-
-/// A plain HTTP GET (status, body) without pulling an HTTP client into the tests.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the first sample whose line starts with `series` (name and labels, in exposition order).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            let name = series.split('{').next().unwrap_or(series);
-            let related: Vec<&str> = metrics.lines().filter(|l| l.contains(name)).collect();
-            panic!("no series {series}; lines with {name}:\n{}", related.join("\n"))
-        })
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -464,5 +464,54 @@ impl CsiDriverProvider for TestProvider {
             error: s.error_code.clone().map(|code| pb::Error { code }),
             files: s.files.clone(),
         }))
+    }
+}
+
+/// A plain HTTP GET (status, body) without pulling an HTTP client into the tests.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the first sample whose line starts with `series` (name and labels, in exposition order).
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            let name = series.split('{').next().unwrap_or(series);
+            let related: Vec<&str> = metrics.lines().filter(|l| l.contains(name)).collect();
+            panic!("no series {series}; lines with {name}:\n{}", related.join("\n"))
+        })
+}
+
+impl DriverProcess {
+    /// The sum of every sample of `metric` (all label sets).
+    pub fn metric_sum(&self, metric: &str) -> f64 {
+        let (_, m) = http_get(&self.metrics_addr, "/metrics");
+        m.lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `/readyz` answers 200 (watch caches synced).
+    pub async fn wait_readyz(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = http_get(&self.metrics_addr, "/readyz");
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not ready within 20 s: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -184,6 +184,16 @@ impl Metrics {
         self.rotation_reconcile_error.get_or_create(&l).inc();
     }
 
+    /// Secrets synced for one volume (`sync_k8s_secret_total`, `k8s_secret_duration_sec`).
+    pub fn secrets_synced(&self, provider: &str, n: usize, started: Instant) {
+        if n == 0 {
+            return;
+        }
+        let l = ProviderLabels { provider: provider.into(), os_type: OS_TYPE.into() };
+        self.sync_k8s_secret.get_or_create(&l).inc_by(n as u64);
+        self.k8s_secret_duration.get_or_create(&os()).observe(started.elapsed().as_secs_f64());
+    }
+
     /// An unpublish.
     pub fn unpublish(&self, ok: bool) {
         self.node_unpublish.get_or_create(&os()).inc();

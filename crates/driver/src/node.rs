@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::atomic_writer::{self, WriteError, WriteOutcome};
-use crate::class::ClassSource;
+use crate::class::{ClassSource, SecretProviderClassSpec};
 use crate::error::{PublishError, UnpublishError};
 use crate::external::{ExternalProviders, LookupError};
 use crate::metrics::Metrics;
@@ -85,13 +85,24 @@ impl Providers {
     }
 }
 
-/// Records mounted volumes outside the driver (the `SecretProviderClassPodStatus` in a cluster).
+/// What the driver tells the cluster about its volumes: the `SecretProviderClassPodStatus`, synced
+/// Secrets (`secretObjects`) and events. Only the pod status can fail a mount, as upstream.
 #[async_trait::async_trait]
-pub trait PodStatusSink: Send + Sync + 'static {
+pub trait Cluster: Send + Sync + 'static {
     /// A volume was published (or refreshed) with these object versions.
     async fn record(&self, params: &PublishParams, versions: &BTreeMap<String, String>) -> Result<(), String>;
     /// A volume was unpublished.
     async fn remove(&self, params: &PublishParams) -> Result<(), String>;
+    /// The volume's files were written: on its first publish, or by a rotation that changed them
+    /// (`rotated`). Syncs the class's `secretObjects` and reports events; failures are reported there,
+    /// never returned. Returns the number of Secrets synced.
+    async fn written(&self, params: &PublishParams, spec: &SecretProviderClassSpec, rotated: bool) -> usize;
+    /// A rotation of the volume failed; its files were kept.
+    async fn rotation_failed(&self, params: &PublishParams, message: &str);
+    /// Whether the pod still runs: a terminating or finished pod's volume is not rotated.
+    fn pod_active(&self, _pod: &crate::volume_context::PodInfo) -> bool {
+        true
+    }
 }
 
 /// What a successful `NodePublishVolume` did.
@@ -123,7 +134,7 @@ pub struct Driver {
     volumes: Arc<VolumeRegistry>,
     metrics: Metrics,
     cycles: std::sync::atomic::AtomicU64,
-    pod_status: Option<Arc<dyn PodStatusSink>>,
+    cluster: Option<Arc<dyn Cluster>>,
 }
 
 enum TargetState {
@@ -142,13 +153,13 @@ impl Driver {
             volumes: Arc::new(VolumeRegistry::default()),
             metrics: Metrics::default(),
             cycles: std::sync::atomic::AtomicU64::new(1),
-            pod_status: None,
+            cluster: None,
         }
     }
 
     /// Records every published volume in `sink` (the pod status in a cluster).
-    pub fn with_pod_status(mut self, sink: Arc<dyn PodStatusSink>) -> Self {
-        self.pod_status = Some(sink);
+    pub fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -182,6 +193,7 @@ impl Driver {
     ) -> Result<PublishOutcome, PublishError> {
         let started = Instant::now();
         let mut provider = String::new();
+        let cluster_params = self.cluster.as_ref().map(|_| params.clone());
         let result = self.publish_inner(params, deadline, &mut provider, None).await;
         let m = &self.metrics;
         match &result {
@@ -195,6 +207,9 @@ impl Driver {
             Ok(PublishOutcome::KeptAfterError(e)) => {
                 m.publish_error(&provider, &e.label());
                 m.rotation_error(&provider, &e.label());
+                if let (Some(cluster), Some(p)) = (&self.cluster, &cluster_params) {
+                    cluster.rotation_failed(p, &e.to_string()).await;
+                }
             }
             Err(e) => m.publish_error(&provider, &e.label()),
         }
@@ -207,6 +222,7 @@ impl Driver {
         let started = Instant::now();
         let target = params.target_path.clone();
         let mut provider = String::new();
+        let cluster_params = self.cluster.as_ref().map(|_| params.clone());
         let outcome = match self.publish_inner(params, None, &mut provider, Some(cycle)).await {
             Ok(o) => o,
             Err(PublishError::Busy(_)) => PublishOutcome::Skipped,
@@ -216,6 +232,9 @@ impl Driver {
             PublishOutcome::Published { changed, .. } => self.metrics.rotation(&provider, *changed, started),
             PublishOutcome::KeptAfterError(e) => {
                 self.metrics.rotation_error(&provider, &e.label());
+                if let (Some(cluster), Some(p)) = (&self.cluster, &cluster_params) {
+                    cluster.rotation_failed(p, &e.to_string()).await;
+                }
                 let interval = self.config.rotation_interval.unwrap_or(Duration::from_secs(120));
                 self.volumes.update(&target, |v| {
                     v.failures = v.failures.saturating_add(1);
@@ -237,8 +256,13 @@ impl Driver {
     pub async fn rotate_due(&self) -> usize {
         let Some(interval) = self.config.rotation_interval else { return 0 };
         let now = Instant::now();
-        let volumes: Vec<_> =
-            self.volumes.snapshot().into_iter().filter(|(_, v)| v.retry_at.is_none_or(|t| now >= t)).collect();
+        let volumes: Vec<_> = self
+            .volumes
+            .snapshot()
+            .into_iter()
+            .filter(|(_, v)| v.retry_at.is_none_or(|t| now >= t))
+            .filter(|(_, v)| self.cluster.as_ref().is_none_or(|c| c.pod_active(&v.params.pod)))
+            .collect();
         if !volumes.iter().any(|(_, v)| now.duration_since(v.last_fetch) >= interval) {
             return 0;
         }
@@ -441,7 +465,7 @@ impl Driver {
                     Err(source) => return Err(PublishError::FileWrite { pod: pod.clone(), source }),
                 }
             };
-            if let Some(sink) = &self.pod_status {
+            if let Some(sink) = &self.cluster {
                 let unchanged = self.volumes.get(target).is_some_and(|v| v.object_versions == response.object_versions);
                 if !unchanged {
                     sink.record(params, &response.object_versions)
@@ -460,6 +484,13 @@ impl Driver {
                     retry_at: None,
                 },
             );
+            if let Some(cluster) = &self.cluster
+                && (changed || !remount)
+            {
+                let started = Instant::now();
+                let synced = cluster.written(params, &spec, remount).await;
+                self.metrics.secrets_synced(&spec.provider, synced, started);
+            }
             Ok(PublishOutcome::Published { provider: spec.provider.clone(), files, changed, remount })
         }
         .await;
@@ -502,7 +533,7 @@ impl Driver {
         self.metrics.unpublish(result.is_ok());
         result?;
         if let Some(volume) = self.volumes.remove(&target)
-            && let Some(sink) = &self.pod_status
+            && let Some(sink) = &self.cluster
             && let Err(e) = sink.remove(&volume.params).await
         {
             // The API server also garbage-collects it with the pod.

@@ -40,6 +40,8 @@ pub enum Command {
     Mount(crate::standalone::MountArgs),
     /// Find what is wrong with SecretProviderClass manifests (exit 0 clean, 1 problems, 2 unreadable).
     Check(crate::check::CheckArgs),
+    /// Print the SecretProviderClass and SecretProviderClassPodStatus CRDs (YAML) and exit.
+    Crds,
     /// Serve the Azure provider on the upstream v1alpha1 provider protocol, for the upstream driver.
     Provider(crate::provider_server::ProviderArgs),
 }

@@ -10,17 +10,28 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
+/// A readiness condition (e.g. a watch cache has synced).
+pub type ReadyCheck = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// Readiness and the metrics registry, shared between the servers.
 #[derive(Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    checks: Arc<Vec<(&'static str, ReadyCheck)>>,
     registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl Health {
     /// Serves `registry` on `/metrics`.
     pub fn with_registry(registry: prometheus_client::registry::Registry) -> Self {
-        Self { ready: Arc::default(), registry: Arc::new(registry) }
+        Self { ready: Arc::default(), checks: Arc::default(), registry: Arc::new(registry) }
+    }
+
+    /// Adds a readiness condition: `/readyz` answers 503 naming it until it holds. Call before
+    /// cloning.
+    pub fn with_check(mut self, name: &'static str, check: ReadyCheck) -> Self {
+        Arc::get_mut(&mut self.checks).expect("checks are added before the health is shared").push((name, check));
+        self
     }
 
     /// Marks the driver ready (socket bound and serving).
@@ -40,11 +51,15 @@ async fn metrics(State(health): State<Health>) -> impl axum::response::IntoRespo
     )
 }
 
-async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
-    if health.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ok")
+async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
+    if !health.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready".into());
+    }
+    let waiting: Vec<&str> = health.checks.iter().filter(|(_, c)| !c()).map(|(n, _)| *n).collect();
+    if waiting.is_empty() {
+        (StatusCode::OK, "ok".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for the {} watch to sync", waiting.join(", ")))
     }
 }
 

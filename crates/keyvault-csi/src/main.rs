@@ -46,6 +46,10 @@ fn main() -> ExitCode {
         println!("{}", version_json());
         return ExitCode::SUCCESS;
     }
+    if let Some(cli::Command::Crds) = cli.command {
+        print!("{}", driver::kube::crd::crds_yaml());
+        return std::process::ExitCode::SUCCESS;
+    }
     if let Some(cli::Command::Check(args)) = cli.command {
         return ExitCode::from(check::run(args));
     }
@@ -61,7 +65,7 @@ fn main() -> ExitCode {
         None => runtime.block_on(run_node(cli.node)),
         Some(cli::Command::Mount(args)) => runtime.block_on(standalone::run(args)),
         Some(cli::Command::Provider(args)) => runtime.block_on(provider_server::run(args)),
-        Some(cli::Command::Check(_)) => unreachable!("handled before the runtime starts"),
+        Some(cli::Command::Check(_) | cli::Command::Crds) => unreachable!("handled before the runtime starts"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -132,13 +136,22 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
         rotation_interval: args.enable_secret_rotation.then_some(args.rotation_poll_interval),
     };
-    let mut pod_status: Option<Arc<dyn driver::node::PodStatusSink>> = None;
+    let mut cluster: Option<Arc<dyn driver::node::Cluster>> = None;
+    let mut readiness: Vec<(&'static str, http::ReadyCheck)> = Vec::new();
     let classes: Arc<dyn ClassSource> = match &args.class_dir {
         Some(dir) => Arc::new(DirClassSource::new(dir)),
         None => match kube_client(args.kubeconfig.as_deref()).await {
             Ok(client) => {
-                pod_status = Some(Arc::new(driver::kube::KubePodStatus::new(client.clone(), &args.nodeid)));
-                Arc::new(driver::kube::KubeClassSource::new(client))
+                // Watches retry with backoff while the API server is away; lookups fall back to GETs.
+                let kube = driver::kube::KubeCluster::new(client.clone(), &args.nodeid);
+                let source = driver::kube::KubeClassSource::watching(client);
+                let (pods, spcs) = (kube.pods().clone(), source.cache().cloned());
+                readiness.push(("pods", Box::new(move || pods.is_ready())));
+                if let Some(c) = spcs {
+                    readiness.push(("secretproviderclasses", Box::new(move || c.is_ready())));
+                }
+                cluster = Some(Arc::new(kube));
+                Arc::new(source)
             }
             Err(reason) => {
                 // Keep serving (Probe answers, mounts fail with this reason) rather than crash-loop.
@@ -166,8 +179,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let driver_metrics = driver::metrics::Metrics::default();
     let mut driver =
         Driver::new(config, Arc::new(TmpfsMounter), classes, providers).with_metrics(driver_metrics.clone());
-    if let Some(sink) = pod_status {
-        driver = driver.with_pod_status(sink);
+    if let Some(cluster) = cluster {
+        driver = driver.with_cluster(cluster);
     }
     driver_metrics.register(&mut registry, driver.volumes().clone());
     let driver = Arc::new(driver);
@@ -180,7 +193,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let health = http::Health::with_registry(registry);
+    let mut health = http::Health::with_registry(registry);
+    for (name, check) in readiness {
+        health = health.with_check(name, check);
+    }
     let (http_addr, http_server) = http::bind(args.metrics_addr, health.clone(), stopped()).await?;
     let csi_server = server::bind(&args.endpoint, driver, max_recv, stopped()).await?;
     health.set_ready(true);

@@ -1,41 +1,65 @@
-//! SecretProviderClasses from the Kubernetes API (a direct GET per mount; the class is small and the
-//! API server's watch cache serves it).
+//! SecretProviderClasses from the Kubernetes API: a cluster-wide watch cache (classes are few and
+//! small; upstream watches them unfiltered too), falling back to a direct GET on a miss (a class
+//! created a moment ago). The caller gets its own copy: the cache is never mutated by a mount.
 
 use async_trait::async_trait;
 use kube::Api;
-use kube::core::DynamicObject;
+use kube::runtime::watcher;
 
+use super::cache::Cache;
+use super::crd::v1::SecretProviderClass;
 use crate::class::{ClassError, ClassSource, SecretProviderClassSpec};
 
 /// Reads classes through the API.
 #[derive(Clone)]
 pub struct KubeClassSource {
     client: kube::Client,
+    cache: Option<Cache<SecretProviderClass>>,
 }
 
 impl KubeClassSource {
-    /// Uses `client`.
+    /// A direct GET per lookup.
     pub fn new(client: kube::Client) -> Self {
-        Self { client }
+        Self { client, cache: None }
+    }
+
+    /// Watches every class in the cluster and serves lookups from that cache.
+    pub fn watching(client: kube::Client) -> Self {
+        let cache = Cache::start(
+            "secretproviderclasses",
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            |c: &mut SecretProviderClass| {
+                c.metadata.managed_fields = None;
+                c.metadata.annotations = None;
+            },
+        );
+        Self { client, cache: Some(cache) }
+    }
+
+    /// The watch cache, if any.
+    pub fn cache(&self) -> Option<&Cache<SecretProviderClass>> {
+        self.cache.as_ref()
     }
 }
 
 #[async_trait]
 impl ClassSource for KubeClassSource {
     async fn get(&self, namespace: &str, name: &str) -> Result<SecretProviderClassSpec, ClassError> {
-        let ar = super::resource("SecretProviderClass", "secretproviderclasses");
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
+        if let Some(c) = self.cache.as_ref().and_then(|c| c.get(namespace, name)) {
+            return Ok(c.spec.spec.clone());
+        }
+        let api: Api<SecretProviderClass> = Api::namespaced(self.client.clone(), namespace);
         match api.get(name).await {
-            Ok(obj) => serde_json::from_value(obj.data.get("spec").cloned().unwrap_or_default()).map_err(|e| {
-                ClassError::Unavailable {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    message: format!("malformed spec: {e}"),
-                }
-            }),
+            Ok(obj) => Ok(obj.spec.spec),
             Err(e) if super::api_code(&e) == Some(404) => {
                 Err(ClassError::NotFound { namespace: namespace.into(), name: name.into() })
             }
+            Err(kube::Error::SerdeError(e)) => Err(ClassError::Unavailable {
+                namespace: namespace.into(),
+                name: name.into(),
+                message: format!("malformed spec: {e}"),
+            }),
             Err(e) => Err(ClassError::Unavailable {
                 namespace: namespace.into(),
                 name: name.into(),

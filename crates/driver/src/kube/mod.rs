@@ -1,14 +1,21 @@
-//! The Kubernetes side of the node driver: SecretProviderClasses read from the API, and the
+//! The Kubernetes side of the node driver: SecretProviderClasses from a watch cache, the
 //! `SecretProviderClassPodStatus` that records each mounted volume (how upstream tooling, and a
-//! restarted driver, find a node's volumes).
+//! restarted driver, find a node's volumes), Secrets synced from `secretObjects`, and events.
 //!
-//! Both go through a `kube::Client` on dynamic objects, so the driver carries no generated CRD types;
-//! the wire format is upstream's (reference §3).
+//! The wire formats are upstream's (reference §3, §6); the typed CRDs are in [`crd`].
 
+mod cache;
 mod classes;
+mod cluster;
+pub mod crd;
+mod events;
 mod podstatus;
+pub mod secrets;
+mod tls;
 
+pub use cache::Cache;
 pub use classes::KubeClassSource;
+pub use cluster::KubeCluster;
 pub use podstatus::KubePodStatus;
 
 use kube::core::{ApiResource, GroupVersionKind};

@@ -5,13 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use async_trait::async_trait;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::json;
 
-use crate::node::PodStatusSink;
 use crate::volume_context::PublishParams;
 
 /// Longest object name Kubernetes accepts.
@@ -28,6 +26,13 @@ impl KubePodStatus {
     /// Writes statuses labelled with `node`.
     pub fn new(client: kube::Client, node: &str) -> Self {
         Self { client, node: node.to_string() }
+    }
+
+    /// The pod status's uid (to own the Secrets of a bare pod).
+    pub async fn uid(&self, p: &PublishParams) -> Result<String, String> {
+        let name = status_name(p)?;
+        let obj = self.api(&p.pod.namespace).get(&name).await.map_err(|e| super::describe(&e))?;
+        obj.metadata.uid.ok_or_else(|| format!("pod status {name} has no uid"))
     }
 
     fn api(&self, namespace: &str) -> Api<DynamicObject> {
@@ -49,9 +54,9 @@ pub fn status_name(p: &PublishParams) -> Result<String, String> {
     Ok(name)
 }
 
-#[async_trait]
-impl PodStatusSink for KubePodStatus {
-    async fn record(&self, p: &PublishParams, versions: &BTreeMap<String, String>) -> Result<(), String> {
+impl KubePodStatus {
+    /// Creates (or takes over) the pod status of a published volume.
+    pub async fn record(&self, p: &PublishParams, versions: &BTreeMap<String, String>) -> Result<(), String> {
         let name = status_name(p)?;
         let api = self.api(&p.pod.namespace);
         let objects: Vec<_> = versions.iter().map(|(id, v)| json!({ "id": id, "version": v })).collect();
@@ -88,7 +93,8 @@ impl PodStatusSink for KubePodStatus {
         }
     }
 
-    async fn remove(&self, p: &PublishParams) -> Result<(), String> {
+    /// Deletes the pod status of an unpublished volume.
+    pub async fn remove(&self, p: &PublishParams) -> Result<(), String> {
         let name = status_name(p)?;
         match self.api(&p.pod.namespace).delete(&name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),

@@ -1,0 +1,204 @@
+//! [`Cluster`] on a real API server: pod statuses, Secret sync with upstream's ownership rules, and
+//! events on the pod. Pods on this node come from a watch filtered by `spec.nodeName` (for their
+//! owners and phase); Secrets are read on demand, only when a volume's files change, so nothing
+//! cluster-sized is held in memory.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Api;
+use kube::runtime::watcher;
+
+use super::cache::Cache;
+use super::events::{EventType, ROTATION_COMPONENT, Recorder, SYNC_COMPONENT};
+use super::podstatus::KubePodStatus;
+use super::secrets::{SecretWriter, Synced, mounted_files, secret_data};
+use crate::class::SecretProviderClassSpec;
+use crate::node::{Cluster, blocking};
+use crate::volume_context::{PodInfo, PublishParams};
+
+/// The driver's view of the cluster.
+#[derive(Clone)]
+pub struct KubeCluster {
+    client: kube::Client,
+    statuses: KubePodStatus,
+    secrets: SecretWriter,
+    events: Recorder,
+    pods: Cache<Pod>,
+}
+
+impl KubeCluster {
+    /// Starts the pod watch for `node`.
+    pub fn new(client: kube::Client, node: &str) -> Self {
+        let pods = Cache::start(
+            "pods",
+            Api::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            |p: &mut Pod| {
+                // Keep owners, deletion and phase; a pod's spec and status are most of its size.
+                p.metadata.managed_fields = None;
+                p.metadata.annotations = None;
+                p.spec = None;
+                if let Some(s) = p.status.as_mut() {
+                    *s = k8s_openapi::api::core::v1::PodStatus { phase: s.phase.take(), ..Default::default() };
+                }
+            },
+        );
+        Self {
+            statuses: KubePodStatus::new(client.clone(), node),
+            secrets: SecretWriter::new(client.clone()),
+            events: Recorder::new(client.clone(), node),
+            client,
+            pods,
+        }
+    }
+
+    /// The pod watch.
+    pub fn pods(&self) -> &Cache<Pod> {
+        &self.pods
+    }
+
+    async fn pod(&self, pod: &PodInfo) -> Option<Pod> {
+        if let Some(p) = self.pods.get(&pod.namespace, &pod.name) {
+            return Some((*p).clone());
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        match api.get_opt(&pod.name).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %super::describe(&e), "failed to read the pod");
+                None
+            }
+        }
+    }
+
+    /// Upstream's owners for synced Secrets: the pod's owners (e.g. its ReplicaSet), or the pod status
+    /// for a bare pod. `None` when they cannot be determined (the Secret is then left unowned rather
+    /// than tied to the wrong lifetime).
+    async fn owners(&self, params: &PublishParams) -> Option<Vec<OwnerReference>> {
+        let pod = self.pod(&params.pod).await?;
+        if !params.pod.uid.is_empty() && pod.metadata.uid.as_deref().is_some_and(|u| u != params.pod.uid) {
+            return None; // A newer pod of the same name: not the one that mounted this volume.
+        }
+        let owners: Vec<_> = pod
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| OwnerReference {
+                api_version: o.api_version,
+                kind: o.kind,
+                name: o.name,
+                uid: o.uid,
+                ..Default::default()
+            })
+            .collect();
+        if !owners.is_empty() {
+            return Some(owners);
+        }
+        let name = super::podstatus::status_name(params).ok()?;
+        let uid = self
+            .statuses
+            .uid(params)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "failed to read the pod status"))
+            .ok()?;
+        Some(vec![OwnerReference {
+            api_version: format!("{}/v1", super::GROUP),
+            kind: "SecretProviderClassPodStatus".into(),
+            name,
+            uid,
+            ..Default::default()
+        }])
+    }
+}
+
+#[async_trait]
+impl Cluster for KubeCluster {
+    async fn record(&self, params: &PublishParams, versions: &BTreeMap<String, String>) -> Result<(), String> {
+        self.statuses.record(params, versions).await
+    }
+
+    async fn remove(&self, params: &PublishParams) -> Result<(), String> {
+        self.statuses.remove(params).await
+    }
+
+    async fn written(&self, params: &PublishParams, spec: &SecretProviderClassSpec, rotated: bool) -> usize {
+        let pod = &params.pod;
+        let class = format!("{}/{}", pod.namespace, params.class_name);
+        if rotated {
+            let msg = format!("successfully rotated mounted contents for spc {class}");
+            self.events.pod_event(pod, ROTATION_COMPONENT, EventType::Normal, "MountRotationComplete", &msg).await;
+        }
+        if spec.secret_objects.is_empty() {
+            return 0;
+        }
+        let (reason, component) = if rotated {
+            ("SecretRotationFailed", ROTATION_COMPONENT)
+        } else {
+            ("FailedToCreateSecret", SYNC_COMPONENT)
+        };
+        let target = params.target_path.clone();
+        let files = match blocking(move || mounted_files(&target)).await {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = format!("failed to get mounted files, err: {e}");
+                self.events.pod_event(pod, component, EventType::Warning, reason, &msg).await;
+                return 0;
+            }
+        };
+        let owners = self.owners(params).await;
+        if owners.is_none() {
+            tracing::warn!("cannot determine the owners of the synced Secrets; they are synced without new owners");
+        }
+        let mut synced = 0;
+        for object in &spec.secret_objects {
+            let name = object.secret_name.trim();
+            let result = match secret_data(object, &files) {
+                Err(message) => Err(super::secrets::SyncError::Data {
+                    namespace: pod.namespace.clone(),
+                    class: params.class_name.clone(),
+                    secret: name.to_string(),
+                    message,
+                }),
+                Ok(data) => self.secrets.apply(&pod.namespace, object, data, owners.as_deref().unwrap_or(&[])).await,
+            };
+            match result {
+                Ok(outcome) => {
+                    synced += 1;
+                    tracing::info!(secret = name, ?outcome, "secret synced");
+                    if rotated && outcome != Synced::Unchanged {
+                        let msg = format!("successfully rotated K8s secret {name}");
+                        self.events
+                            .pod_event(pod, ROTATION_COMPONENT, EventType::Normal, "SecretRotationComplete", &msg)
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    if let super::secrets::SyncError::Api { code: Some(403), .. } = &e {
+                        tracing::warn!(secret = name, error = %e, "forbidden: the driver's service account cannot write Secrets; ensure syncSecret.enabled=true is set");
+                    } else {
+                        tracing::warn!(secret = name, error = %e, "secret sync failed");
+                    }
+                    self.events.pod_event(pod, component, EventType::Warning, reason, &e.to_string()).await;
+                }
+            }
+        }
+        synced
+    }
+
+    async fn rotation_failed(&self, params: &PublishParams, message: &str) {
+        self.events
+            .pod_event(&params.pod, ROTATION_COMPONENT, EventType::Warning, "MountRotationFailed", message)
+            .await;
+    }
+
+    fn pod_active(&self, pod: &PodInfo) -> bool {
+        let Some(p) = self.pods.get(&pod.namespace, &pod.name) else { return true };
+        let finished =
+            p.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+        !(finished || p.metadata.deletion_timestamp.is_some())
+    }
+}

@@ -1,0 +1,174 @@
+//! `kubernetes.io/tls` Secrets from a mounted certificate file (reference §6.3): `tls.crt` is every
+//! PEM `CERTIFICATE` block (or, for a PKCS#12 file, its certificates); `tls.key` is the last other PEM
+//! block (or the PKCS#12 private key) re-encoded as `RSA PRIVATE KEY` (PKCS#1) or `EC PRIVATE KEY`
+//! (SEC1), which is what ingress controllers expect.
+
+use pkcs8::der::Decode;
+use sec1::der::Encode;
+
+/// The value of `key` in a `kubernetes.io/tls` Secret built from `file`.
+pub fn tls_value(key: &str, file: &[u8]) -> Result<Vec<u8>, String> {
+    match key {
+        "tls.crt" => certificates(file),
+        "tls.key" => private_key(file),
+        other => Err(format!("key '{other}' is not supported. Only 'tls.key' and 'tls.crt' are supported")),
+    }
+}
+
+fn encode(tag: &str, der: Vec<u8>) -> String {
+    pem::encode_config(&pem::Pem::new(tag, der), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
+}
+
+/// PEM blocks of the file, or `None` when it holds none.
+fn pem_blocks(file: &[u8]) -> Option<Vec<pem::Pem>> {
+    pem::parse_many(file).ok().filter(|b| !b.is_empty())
+}
+
+/// What a PKCS#12 file holds: the PKCS#8 DER of its key, and its certificates' DER.
+struct Pkcs12Contents {
+    key: Option<Vec<u8>>,
+    certs: Vec<Vec<u8>>,
+}
+
+/// A PKCS#12 file (raw DER or base64, empty password).
+fn pkcs12(file: &[u8]) -> Result<Pkcs12Contents, String> {
+    use base64::Engine;
+    let text = std::str::from_utf8(file).ok().map(|s| s.split_whitespace().collect::<String>());
+    let decoded = text.and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok());
+    let der = decoded.as_deref().unwrap_or(file);
+    let ks = p12_keystore::KeyStore::from_pkcs12(der, "", p12_keystore::Pkcs12ImportPolicy::Relaxed)
+        .map_err(|e| format!("the file is neither PEM nor PKCS#12: {e}"))?;
+    let mut key = None;
+    let mut certs = Vec::new();
+    for (_, entry) in ks.entries() {
+        match entry {
+            p12_keystore::KeyStoreEntry::PrivateKeyChain(chain) => {
+                key = Some(chain.key().as_der().to_vec());
+                certs.extend(chain.certs().iter().map(|c| c.as_der().to_vec()));
+            }
+            p12_keystore::KeyStoreEntry::Certificate(c) => certs.push(c.as_der().to_vec()),
+            _ => {}
+        }
+    }
+    Ok(Pkcs12Contents { key, certs })
+}
+
+fn certificates(file: &[u8]) -> Result<Vec<u8>, String> {
+    let certs: Vec<Vec<u8>> = match pem_blocks(file) {
+        Some(blocks) => blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE").map(|b| b.into_contents()).collect(),
+        None => pkcs12(file)?.certs,
+    };
+    if certs.is_empty() {
+        return Err("no certificate found in the file".into());
+    }
+    Ok(certs.into_iter().map(|c| encode("CERTIFICATE", c)).collect::<String>().into_bytes())
+}
+
+fn private_key(file: &[u8]) -> Result<Vec<u8>, String> {
+    let (tag, der) = match pem_blocks(file) {
+        Some(blocks) => {
+            let b = blocks
+                .into_iter()
+                .rev()
+                .find(|b| b.tag() != "CERTIFICATE")
+                .ok_or("no private key found in the file")?;
+            (b.tag().to_string(), b.into_contents())
+        }
+        None => ("PRIVATE KEY".to_string(), pkcs12(file)?.key.ok_or("no private key found in the PKCS#12 file")?),
+    };
+    let pem = match tag.as_str() {
+        "RSA PRIVATE KEY" | "EC PRIVATE KEY" => encode(&tag, der),
+        "PRIVATE KEY" => {
+            let (tag, der) = from_pkcs8(&der)?;
+            encode(tag, der)
+        }
+        other => return Err(format!("unsupported private key block {other:?}")),
+    };
+    Ok(pem.into_bytes())
+}
+
+/// RSA → PKCS#1, EC → SEC1 with the named curve; other key types are refused (as upstream).
+fn from_pkcs8(der: &[u8]) -> Result<(&'static str, Vec<u8>), String> {
+    const RSA: pkcs8::ObjectIdentifier = pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+    const EC: pkcs8::ObjectIdentifier = pkcs8::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+    let info = pkcs8::PrivateKeyInfo::from_der(der).map_err(|e| format!("malformed PKCS#8 private key: {e}"))?;
+    match info.algorithm.oid {
+        RSA => Ok(("RSA PRIVATE KEY", info.private_key.to_vec())),
+        EC => {
+            let curve = info.algorithm.parameters_oid().map_err(|e| format!("EC key without a named curve: {e}"))?;
+            let mut key =
+                sec1::EcPrivateKey::from_der(info.private_key).map_err(|e| format!("malformed EC private key: {e}"))?;
+            key.parameters = Some(sec1::EcParameters::NamedCurve(curve));
+            Ok(("EC PRIVATE KEY", key.to_der().map_err(|e| e.to_string())?))
+        }
+        oid => Err(format!("unsupported private key type (algorithm {oid})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emulator::model::{CertMaterial, KeySpec};
+
+    fn pem_bundle(m: &CertMaterial) -> Vec<u8> {
+        m.secret_value("application/x-pem-file").unwrap().into_bytes()
+    }
+
+    fn tags(pem: &[u8]) -> Vec<String> {
+        pem::parse_many(pem).unwrap().iter().map(|b| b.tag().to_string()).collect()
+    }
+
+    #[test]
+    fn pem_rsa_key_becomes_pkcs1_and_all_certificates_are_kept() {
+        let m = CertMaterial::generate("CN=web", KeySpec::Rsa(2048)).unwrap();
+        let file = pem_bundle(&m);
+        let crt = tls_value("tls.crt", &file).unwrap();
+        assert_eq!(tags(&crt), ["CERTIFICATE"; 3]);
+        assert_eq!(pem::parse_many(&crt).unwrap()[0].contents(), m.chain[0].as_slice());
+        let key = tls_value("tls.key", &file).unwrap();
+        let block = pem::parse(&key).unwrap();
+        assert_eq!(block.tag(), "RSA PRIVATE KEY");
+        let info = pkcs8::PrivateKeyInfo::from_der(&m.key_pkcs8).unwrap();
+        assert_eq!(block.contents(), info.private_key, "PKCS#1 is the PKCS#8 payload");
+    }
+
+    #[test]
+    fn pem_ec_key_becomes_sec1_with_its_curve() {
+        let m = CertMaterial::generate("CN=web", KeySpec::P384).unwrap();
+        let key = tls_value("tls.key", &pem_bundle(&m)).unwrap();
+        let block = pem::parse(&key).unwrap();
+        assert_eq!(block.tag(), "EC PRIVATE KEY");
+        let ec = sec1::EcPrivateKey::from_der(block.contents()).unwrap();
+        assert_eq!(
+            ec.parameters.and_then(|p| p.named_curve()),
+            Some(pkcs8::ObjectIdentifier::new_unwrap("1.3.132.0.34")),
+            "P-384"
+        );
+    }
+
+    #[test]
+    fn pkcs12_files_give_certificates_and_key() {
+        let m = CertMaterial::generate("CN=web", KeySpec::P256).unwrap();
+        let pfx_b64 = m.secret_value("application/x-pkcs12").unwrap();
+        for file in [pfx_b64.clone().into_bytes(), {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(&pfx_b64).unwrap()
+        }] {
+            assert_eq!(tags(&tls_value("tls.crt", &file).unwrap()), ["CERTIFICATE"; 3]);
+            assert_eq!(tags(&tls_value("tls.key", &file).unwrap()), ["EC PRIVATE KEY"]);
+        }
+    }
+
+    #[test]
+    fn bad_keys_and_files_are_named() {
+        assert_eq!(
+            tls_value("ca.crt", b"x").unwrap_err(),
+            "key 'ca.crt' is not supported. Only 'tls.key' and 'tls.crt' are supported"
+        );
+        assert!(tls_value("tls.crt", b"not a certificate").unwrap_err().contains("neither PEM nor PKCS#12"));
+        let m = CertMaterial::generate("CN=web", KeySpec::P256).unwrap();
+        let bundle = String::from_utf8(pem_bundle(&m)).unwrap();
+        let only_certs = &bundle.as_bytes()[bundle.find("-----BEGIN CERTIFICATE").unwrap()..];
+        assert_eq!(tls_value("tls.key", only_certs).unwrap_err(), "no private key found in the file");
+    }
+}
