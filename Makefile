@@ -21,10 +21,11 @@ soak:
 crds:
 	cargo run -q -p keyvault-csi -- crds > charts/keyvault-csi/crds/crds.yaml
 
-.PHONY: crds soak bench demo test lint fmt-check clippy unit conformance build release clean
+.PHONY: crds chart soak bench demo test lint fmt-check clippy unit conformance build release clean
 
-## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts
-test: lint unit conformance
+## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts, the
+## emulator against Azure's SDKs, and the Helm chart
+test: lint unit conformance chart
 
 lint: fmt-check clippy
 
@@ -43,9 +44,9 @@ unit:
 ## conformance: Azure's own Python SDKs (pinned in tests/conformance/requirements.txt, installed into
 ## $(VENV) from PyPI on first use) against kv-emulator
 VENV ?= .venv-tools
-$(VENV)/.installed: tests/conformance/requirements.txt
+$(VENV)/.installed: tests/conformance/requirements.txt tests/chart/requirements.txt
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r tests/conformance/requirements.txt
+	$(VENV)/bin/pip install -q -r tests/conformance/requirements.txt -r tests/chart/requirements.txt
 	touch $@
 
 # `cargo test --no-run` builds kv-emulator with the workspace's test feature set: after `unit` it is a
@@ -54,11 +55,18 @@ conformance: $(VENV)/.installed
 	$(CARGO) test --workspace --locked --no-run
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/conformance
 
+## chart: render the Helm chart with Helm v4 (helm-python-sdk), validate every object against the
+## Kubernetes schemas of the oldest and newest supported releases, and start the binary with its args
+chart: $(VENV)/.installed
+	$(CARGO) test --workspace --locked --no-run
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/chart
+
 build:
 	$(CARGO) build --workspace --locked
 
+## release: static (musl) binaries for linux/amd64 and linux/arm64 in target/release-static/
 release:
-	$(CARGO) build --release --locked --bin keyvault-csi
+	hack/release.sh
 
 clean:
 	$(CARGO) clean

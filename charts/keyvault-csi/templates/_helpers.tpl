@@ -1,0 +1,44 @@
+{{- define "keyvault-csi.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "keyvault-csi.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "keyvault-csi.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "keyvault-csi.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "keyvault-csi.labels" -}}
+{{ include "keyvault-csi.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "keyvault-csi.serviceAccountName" -}}
+secrets-store-csi-driver
+{{- end -}}
+
+{{- define "keyvault-csi.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.linux.image.tag -}}
+{{- if .Values.linux.image.digest -}}
+{{ .Values.linux.image.repository }}@{{ .Values.linux.image.digest }}
+{{- else -}}
+{{ .Values.linux.image.repository }}:{{ $tag }}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,246 @@
+"""The Helm chart, rendered by the real Helm engine (helm-python-sdk: Helm v4 as a library) and
+validated against the Kubernetes OpenAPI schemas (kubernetes-validate --strict) of the oldest and
+newest Kubernetes versions the chart claims; plus the fields that matter, and the rendered arguments
+run through the real binary."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python import _native
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "keyvault-csi"
+# Oldest (Chart.yaml kubeVersion) and newest Kubernetes the chart claims.
+OLDEST, NEWEST = "1.30.0", "1.37.0"
+
+VARIANTS = {
+    "defaults": {},
+    "rotation": {"enableSecretRotation": True, "rotationPollInterval": "30s"},
+    "no-sync-json-logs": {"syncSecret": {"enabled": False}, "logFormatJSON": True, "logVerbosity": 5},
+    "rancher-digest": {
+        "linux": {
+            "kubeletRootDir": "/opt/rke/var/lib/kubelet",
+            "image": {"repository": "example.azurecr.io/keyvault-csi", "digest": "sha256:" + "a" * 64},
+            "additionalProvidersDirs": [],
+        },
+        "tokenRequests": [],
+    },
+    "extras": {
+        "commonLabels": {"team": "platform"},
+        "linux": {
+            "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+            "volumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+            "volumeMounts": [{"name": "ca", "mountPath": "/etc/corp-ca"}],
+            "podAnnotations": {"prometheus.io/scrape": "true"},
+        },
+        "provider": {"writeCertAndKeyInSeparateFiles": True, "cloudName": "AzureChinaCloud"},
+    },
+}
+
+
+def render(values=None, kube_version=NEWEST, name="kv", namespace="kube-system"):
+    chart = helm_python.Chart.load(str(CHART))
+    opts = {"name": name, "namespace": namespace, "kube_version": "v" + kube_version}
+    out = json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values or {}), json.dumps(opts)))
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith(".txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def crds():
+    return [d for d in yaml.safe_load_all((CHART / "crds" / "crds.yaml").read_text()) if d]
+
+
+def one(docs, kind, name=None):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def container(docs, name):
+    ds = one(docs, "DaemonSet")
+    return next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def test_lint_is_clean():
+    report = helm_python.lint(str(CHART), strict=True, kube_version="v" + NEWEST)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not problems, report
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("kube_version", [OLDEST, NEWEST])
+def test_every_object_validates_strictly(variant, kube_version):
+    docs = render(VARIANTS[variant], kube_version=kube_version) + crds()
+    assert docs
+    for d in docs:
+        try:
+            kubernetes_validate.validate(d, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{d['kind']}/{d['metadata']['name']} is invalid for Kubernetes {kube_version}: {e.message}")
+
+
+def test_csidriver_matches_the_add_on():
+    d = one(render(), "CSIDriver")
+    assert d["metadata"]["name"] == "secrets-store.csi.k8s.io"
+    spec = d["spec"]
+    assert spec["podInfoOnMount"] is True
+    assert spec["attachRequired"] is False
+    assert spec["volumeLifecycleModes"] == ["Ephemeral"]
+    assert spec["requiresRepublish"] is True
+    assert spec["tokenRequests"] == [{"audience": "api://AzureADTokenExchange"}]
+
+
+@pytest.mark.parametrize("kube_version,expected", [("1.34.2", None), ("1.35.0", True), (NEWEST, True)])
+def test_tokens_move_to_secrets_from_kubernetes_1_35(kube_version, expected):
+    spec = one(render(kube_version=kube_version), "CSIDriver")["spec"]
+    assert spec.get("serviceAccountTokenInSecrets") is expected
+    none = one(render({"tokenRequests": []}, kube_version=kube_version), "CSIDriver")["spec"]
+    assert "tokenRequests" not in none and "serviceAccountTokenInSecrets" not in none
+
+
+def test_daemonset_mounts_propagate_and_the_add_on_label_finds_the_pods():
+    docs = render({"linux": {"kubeletRootDir": "/var/snap/microk8s/common/var/lib/kubelet/"}})
+    ds = one(docs, "DaemonSet")
+    pod = ds["spec"]["template"]
+    assert pod["metadata"]["labels"]["app"] == "secrets-store-csi-driver"
+    assert "app" not in ds["spec"]["selector"]["matchLabels"], "the selector must not adopt the add-on's pods"
+    root = "/var/snap/microk8s/common/var/lib/kubelet"
+    driver = container(docs, "secrets-store")
+    mounts = {m["name"]: m for m in driver["volumeMounts"]}
+    assert mounts["mountpoint-dir"]["mountPath"] == f"{root}/pods"
+    assert mounts["mountpoint-dir"]["mountPropagation"] == "Bidirectional"
+    assert driver["securityContext"]["privileged"] is True
+    assert driver["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["spec"]["volumes"]}
+    assert volumes["mountpoint-dir"] == f"{root}/pods"
+    assert volumes["plugin-dir"] == f"{root}/plugins/csi-secrets-store/"
+    assert volumes["registration-dir"] == f"{root}/plugins_registry/"
+    registrar = container(docs, "node-driver-registrar")
+    assert f"--kubelet-registration-path={root}/plugins/csi-secrets-store/csi.sock" in registrar["args"]
+    env = {e["name"]: e for e in driver["env"]}
+    assert env["KUBE_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert {"operator": "Exists"} in pod["spec"]["tolerations"]
+    assert pod["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    probe = container(docs, "liveness-probe")
+    assert "--csi-address=/csi/csi.sock" in probe["args"]
+    assert driver["livenessProbe"]["httpGet"]["port"] == "healthz"
+    assert driver["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
+def rules(docs, role):
+    return {
+        (g, r): sorted(rule["verbs"])
+        for rule in one(docs, "ClusterRole", role)["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+
+
+def test_rbac_is_least_privilege():
+    docs = render()
+    assert rules(docs, "secretproviderclasses-role") == {
+        ("", "events"): ["create", "patch"],
+        ("", "pods"): ["get", "list", "watch"],
+        ("secrets-store.csi.x-k8s.io", "secretproviderclasses"): ["get", "list", "watch"],
+        ("secrets-store.csi.x-k8s.io", "secretproviderclasspodstatuses"): sorted(
+            ["create", "delete", "get", "list", "update", "watch"]
+        ),
+    }
+    assert rules(docs, "secretprovidersyncing-role") == {("", "secrets"): ["create", "get", "update"]}
+    for name in ["secretproviderclasses-admin-role", "secretproviderclasses-viewer-role", "secretproviderclasspodstatuses-viewer-role"]:
+        one(docs, "ClusterRole", name)
+    for binding in ["secretproviderclasses-rolebinding", "secretprovidersyncing-rolebinding"]:
+        b = one(docs, "ClusterRoleBinding", binding)
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "secrets-store-csi-driver", "namespace": "kube-system"}]
+    no_sync = render({"syncSecret": {"enabled": False}})
+    assert not [d for d in no_sync if d["metadata"]["name"].startswith("secretprovidersyncing")]
+    assert not any(("", "secrets") in rules(no_sync, r["metadata"]["name"]) for r in no_sync if r["kind"] == "ClusterRole")
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"rotationPollInterval": "2 minutes"}, "at '/rotationPollInterval'"),
+        ({"linux": {"kubeletRootDir": "var/lib/kubelet"}}, "at '/linux/kubeletRootDir'"),
+        ({"enableSecretRotation": "yes"}, "at '/enableSecretRotation'"),
+        ({"syncSecrets": {"enabled": True}}, "'syncSecrets' not allowed"),
+        ({"linux": {"image": {"repository": "x", "pullPolicy": "Sometimes"}}}, "at '/linux/image/pullPolicy'"),
+        ({"provider": {"keyvaultRateLimit": 5000}}, "at '/provider/keyvaultRateLimit'"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_path(values, message):
+    with pytest.raises(helm_python.HelmValuesError) as e:
+        render(values)
+    assert message in str(e.value)
+
+
+def test_crds_are_the_two_upstream_crds():
+    names = [d["metadata"]["name"] for d in crds()]
+    assert names == [
+        "secretproviderclasses.secrets-store.csi.x-k8s.io",
+        "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io",
+    ]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_binary_accepts_the_rendered_arguments(variant):
+    """Starts the real binary with the DaemonSet's arguments (socket and listen address moved to a
+    temporary directory and a free port); it must serve, not exit with a flag error."""
+    binary = ROOT / "target" / "debug" / "keyvault-csi"
+    assert binary.exists(), "build first (make test builds it)"
+    driver = container(render(VARIANTS[variant]), "secrets-store")
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = pathlib.Path(tmp) / "csi.sock"
+        port = free_port()
+        env = {**os.environ, "CSI_ENDPOINT": f"unix://{sock}", "KUBE_NODE_NAME": "node-1", "KUBECONFIG": "/nonexistent"}
+        for e in driver.get("env", []):
+            if "value" in e:
+                env.setdefault(e["name"], e["value"])
+        args = []
+        for a in driver["args"]:
+            # Kubernetes expands $(VAR) from the container's env.
+            for k in ("CSI_ENDPOINT", "KUBE_NODE_NAME"):
+                a = a.replace(f"$({k})", env[k])
+            if a.startswith("--metrics-addr="):
+                assert a.split("=", 1)[1].startswith(":"), a
+                a = f"--metrics-addr=127.0.0.1:{port}"
+            if a.startswith("--provider-volume=") or a.startswith("--additional-provider-volume-paths="):
+                a = a.split("=", 1)[0] + "=" + tmp
+            args.append(a)
+        proc = subprocess.Popen([str(binary), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.time() + 20
+            while True:
+                assert proc.poll() is None, f"exited {proc.returncode}: {proc.stderr.read().decode()}"
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                        if r.status == 200 and sock.exists():
+                            break
+                except OSError:
+                    pass
+                assert time.time() < deadline, "the driver did not serve within 20 s"
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
