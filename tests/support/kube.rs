@@ -46,10 +46,14 @@ struct State_ {
     requests: Vec<String>,
 }
 
+/// Issues service-account tokens (namespace, service account, audience) for the TokenRequest API.
+type Minter = Arc<dyn Fn(&str, &str, &str) -> Option<String> + Send + Sync>;
+
 #[derive(Clone)]
 struct Inner {
     state: Arc<Mutex<State_>>,
     changed: tokio::sync::watch::Sender<u64>,
+    minter: Arc<Mutex<Option<Minter>>>,
 }
 
 /// A running fake API server.
@@ -92,6 +96,8 @@ fn parse(path: &str) -> Option<Target> {
         ["namespaces", ns, plural] => Some(t(plural, Some(ns), None)),
         ["namespaces", ns, plural, name] => Some(t(plural, Some(ns), Some(name))),
         [plural] => Some(t(plural, None, None)),
+        // A cluster-scoped object (CSIDriver, CSINode): stored under the namespace "".
+        [plural, name] => Some(t(plural, Some(""), Some(name))),
         _ => None,
     }
 }
@@ -252,6 +258,12 @@ async fn handle(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
+    if method == Method::POST
+        && let ["api", "v1", "namespaces", ns, "serviceaccounts", sa, "token"] =
+            uri.path().trim_matches('/').split('/').collect::<Vec<_>>()[..]
+    {
+        return token_request(&s, ns, sa, &body);
+    }
     let mut st = s.state.lock().unwrap();
     st.requests.push(format!("{method} {}", uri));
     let Some(Target { coll, ns, name }) = parse(uri.path()) else {
@@ -374,6 +386,33 @@ async fn handle(
     }
 }
 
+/// `POST .../serviceaccounts/<sa>/token` (TokenRequest), answered by the minter for an existing
+/// service account.
+fn token_request(s: &Inner, ns: &str, sa: &str, body: &[u8]) -> Response {
+    s.state.lock().unwrap().requests.push(format!("POST /api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"));
+    let exists = s
+        .state
+        .lock()
+        .unwrap()
+        .store
+        .get(&("v1/serviceaccounts".into(), ns.into()))
+        .is_some_and(|o| o.contains_key(sa));
+    if !exists {
+        return status(StatusCode::NOT_FOUND, "NotFound", format!("serviceaccounts \"{sa}\" not found"));
+    }
+    let req: Value = serde_json::from_slice(body).unwrap_or_default();
+    let audience = req["spec"]["audiences"][0].as_str().unwrap_or("").to_string();
+    let minter = s.minter.lock().unwrap().clone();
+    match minter.and_then(|m| m(ns, sa, &audience)) {
+        Some(token) => {
+            let mut out = req;
+            out["status"] = json!({ "token": token, "expirationTimestamp": "2030-01-01T00:00:00Z" });
+            ok(StatusCode::CREATED, &out)
+        }
+        None => status(StatusCode::FORBIDDEN, "Forbidden", format!("cannot create a token for {ns}/{sa}")),
+    }
+}
+
 /// A watch: every matching change after `from`, then new ones as they happen, until `timeout`.
 fn watch_response(
     s: Inner,
@@ -432,7 +471,7 @@ fn watch_response(
 impl FakeApi {
     pub async fn start() -> Self {
         let (changed, _) = tokio::sync::watch::channel(0);
-        let inner = Inner { state: Arc::default(), changed };
+        let inner = Inner { state: Arc::default(), changed, minter: Arc::default() };
         let app = Router::new().fallback(handle).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -497,6 +536,11 @@ impl FakeApi {
             .get(&(format!("{api_version}/{plural}"), ns.to_string()))
             .map(|o| o.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Answers TokenRequests with `minter(namespace, service account, audience)`.
+    pub fn set_token_minter(&self, minter: impl Fn(&str, &str, &str) -> Option<String> + Send + Sync + 'static) {
+        *self.inner.minter.lock().unwrap() = Some(Arc::new(minter));
     }
 
     /// Forgets the change log: watches from an older resourceVersion get `410 Gone`.

@@ -10,6 +10,8 @@ use driver::class::SecretProviderClass;
 use keyvault::params;
 use serde::Serialize;
 
+mod live;
+
 /// Flags of `keyvault-csi check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -19,9 +21,14 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
-    /// Also check against a cluster (class present, CSI driver registered, identity and objects).
+    /// Check the class in the cluster instead of files: it exists, the driver is registered, the
+    /// identity works and every object can be fetched (values are never printed), synced Secrets
+    /// are ours to write. Needs `--class` and `--namespace`.
     #[arg(long)]
     pub live: bool,
+    /// Where and what `--live` checks.
+    #[command(flatten)]
+    pub target: live::LiveArgs,
 }
 
 /// Output formats.
@@ -318,10 +325,7 @@ fn check_azure(spc: &SecretProviderClass, f: &mut Vec<Finding>) -> BTreeSet<Stri
 /// Runs `keyvault-csi check` and returns the exit code.
 pub fn run(args: CheckArgs) -> u8 {
     if args.live {
-        eprintln!(
-            "check --live needs the Kubernetes integration, which this build does not have yet; run the offline check on manifests instead"
-        );
-        return 2;
+        return run_live(&args);
     }
     let mut report = Vec::new();
     let mut unreadable = false;
@@ -365,6 +369,46 @@ pub fn run(args: CheckArgs) -> u8 {
     } else {
         0
     }
+}
+
+fn run_live(args: &CheckArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    let report = match runtime.block_on(live::run(&args.target)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("check --live: {e}");
+            return 2;
+        }
+    };
+    let where_ = format!("{}/{}", args.target.namespace, args.target.class.as_deref().unwrap_or(""));
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        Output::Text => {
+            for x in &report.findings {
+                println!("{where_}: {}: {}: {}\n    fix: {}", x.severity, x.path, x.message, x.fix);
+            }
+            for c in &report.checks {
+                let tag = match c.status {
+                    live::Status::Pass => "PASS",
+                    live::Status::Fail => "FAIL",
+                    live::Status::Skip => "SKIP",
+                };
+                println!("{tag} {}: {}", c.check, c.detail);
+                if let Some(p) = &c.prevents {
+                    println!("     prevents: {p}");
+                }
+            }
+        }
+    }
+    let failed = report.checks.iter().any(|c| c.status == live::Status::Fail)
+        || report.findings.iter().any(|f| f.severity == "error");
+    u8::from(failed)
 }
 
 #[cfg(test)]

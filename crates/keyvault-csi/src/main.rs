@@ -89,7 +89,7 @@ fn version_json() -> String {
 struct NoClassSource(String);
 
 /// A Kubernetes client from `--kubeconfig`, else `KUBECONFIG` or the in-cluster service account.
-async fn kube_client(path: Option<&std::path::Path>) -> Result<kube::Client, String> {
+pub(crate) async fn kube_client(path: Option<&std::path::Path>) -> Result<kube::Client, String> {
     let config = match path {
         Some(p) => {
             let kc =

@@ -1,0 +1,392 @@
+//! `keyvault-csi check --live`: what a mount of the class would do, checked against the cluster and
+//! Key Vault before a pod tries. Each check passes or fails with the error text it prevents. Objects
+//! are fetched exactly as a mount fetches them (proving the identity's `get` permission), held in
+//! memory, and dropped: no value is printed, logged or written.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use driver::kube::crd::v1::SecretProviderClass;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::storage::v1::{CSIDriver, CSINode};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use serde::{Deserialize, Serialize};
+
+use super::Finding;
+
+/// Audience of workload-identity tokens.
+const AUDIENCE: &str = "api://AzureADTokenExchange";
+/// The CSI driver name.
+const DRIVER: &str = "secrets-store.csi.k8s.io";
+
+/// Flags of `check --live`.
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    /// Namespace of the class (and of the pods that will use it).
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// SecretProviderClass name.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Service account of the pods (workload identity: a token for it is requested and exchanged).
+    #[arg(long, default_value = "default")]
+    pub service_account: String,
+    /// Secret the pods pass as `nodePublishSecretRef` (service principal `clientid`/`clientsecret`).
+    #[arg(long, value_name = "SECRET")]
+    pub node_publish_secret_ref: Option<String>,
+    /// Kubeconfig (default: `KUBECONFIG`, then in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The Azure provider's settings, as the driver has them.
+    #[command(flatten)]
+    pub azure: crate::azure::AzureArgs,
+}
+
+/// Result of one live check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Works.
+    Pass,
+    /// A mount would fail (or misbehave).
+    Fail,
+    /// Could not be checked from here.
+    Skip,
+}
+
+/// One live check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub check: String,
+    /// Outcome.
+    pub status: Status,
+    /// Details (never a secret value).
+    pub detail: String,
+    /// The error a pod would get (`kubectl describe pod`), when the check fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prevents: Option<String>,
+}
+
+fn pass(check: impl Into<String>, detail: impl Into<String>) -> Check {
+    Check { check: check.into(), status: Status::Pass, detail: detail.into(), prevents: None }
+}
+
+fn fail(check: impl Into<String>, detail: impl Into<String>, prevents: Option<String>) -> Check {
+    Check { check: check.into(), status: Status::Fail, detail: detail.into(), prevents }
+}
+
+fn skip(check: impl Into<String>, detail: impl Into<String>) -> Check {
+    Check { check: check.into(), status: Status::Skip, detail: detail.into(), prevents: None }
+}
+
+/// The live report: the offline findings of the class in the cluster, then the live checks.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Offline findings.
+    pub findings: Vec<Finding>,
+    /// Live checks.
+    pub checks: Vec<Check>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct ObjectsArray {
+    #[serde(default)]
+    array: Vec<String>,
+}
+
+/// Runs the live checks; `Err` when the cluster cannot be asked at all (exit code 2).
+pub async fn run(args: &LiveArgs) -> Result<Report, String> {
+    let class = args.class.as_deref().ok_or("--live needs --class (and --namespace)")?;
+    let ns = args.namespace.as_str();
+    let client = crate::kube_client(args.kubeconfig.as_deref()).await?;
+    let mut report = Report::default();
+    let checks = &mut report.checks;
+
+    // 1. The class exists in the pod's namespace.
+    let spc = match Api::<SecretProviderClass>::namespaced(client.clone(), ns).get_opt(class).await {
+        Ok(Some(spc)) => spc,
+        Ok(None) => {
+            let e = driver::class::ClassError::NotFound { namespace: ns.into(), name: class.into() };
+            checks.push(fail(
+                "class exists",
+                format!("no SecretProviderClass {class} in namespace {ns}"),
+                Some(e.to_string()),
+            ));
+            return Ok(report);
+        }
+        Err(e) => return Err(format!("cannot read SecretProviderClass {ns}/{class}: {}", describe(&e))),
+    };
+    checks
+        .push(pass("class exists", format!("SecretProviderClass {ns}/{class}, provider {:?}", spc.spec.spec.provider)));
+    let manifest = driver::class::SecretProviderClass {
+        api_version: "secrets-store.csi.x-k8s.io/v1".into(),
+        kind: "SecretProviderClass".into(),
+        metadata: driver::class::Metadata { name: class.into(), namespace: Some(ns.into()) },
+        spec: spc.spec.spec.clone(),
+    };
+    report.findings = super::check_class(&manifest);
+
+    // 2. The driver is installed and registered on the nodes.
+    checks.push(driver_registration(&client).await);
+    let params = &spc.spec.spec.parameters;
+    let workload_identity = is_workload_identity(params, args.node_publish_secret_ref.is_some());
+    if workload_identity {
+        checks.push(token_audience(&client).await);
+    }
+
+    // 3. Synced Secrets are ours to write.
+    for so in &spc.spec.spec.secret_objects {
+        checks.push(synced_secret(&client, ns, so.secret_name.trim()).await);
+    }
+
+    // 4. Identity and objects, as a mount would fetch them.
+    if spc.spec.spec.provider != "azure" {
+        checks
+            .push(skip("objects", format!("provider {:?} is not the built-in Azure provider", spc.spec.spec.provider)));
+        return Ok(report);
+    }
+    let mut attributes: BTreeMap<String, String> = params.clone();
+    attributes.retain(|k, _| !k.starts_with("csi.storage.k8s.io/"));
+    attributes.insert("csi.storage.k8s.io/pod.name".into(), "keyvault-csi-check".into());
+    attributes.insert("csi.storage.k8s.io/pod.namespace".into(), ns.into());
+    attributes.insert("csi.storage.k8s.io/serviceAccount.name".into(), args.service_account.clone());
+    let mut secrets = BTreeMap::new();
+    if let Some(name) = &args.node_publish_secret_ref {
+        match Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await {
+            Ok(Some(s)) => {
+                for (k, v) in s.data.unwrap_or_default() {
+                    secrets.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+                }
+                checks.push(pass(
+                    "nodePublishSecretRef",
+                    format!("Secret {ns}/{name} has keys {:?}", secrets.keys().collect::<Vec<_>>()),
+                ));
+            }
+            Ok(None) => {
+                checks.push(fail(
+                    "nodePublishSecretRef",
+                    format!("Secret {ns}/{name} does not exist"),
+                    Some(format!("failed to get node publish secret {ns}/{name}")),
+                ));
+                return Ok(report);
+            }
+            Err(e) => {
+                checks.push(fail(
+                    "nodePublishSecretRef",
+                    format!("cannot read Secret {ns}/{name}: {}", describe(&e)),
+                    None,
+                ));
+                return Ok(report);
+            }
+        }
+    } else if workload_identity {
+        match service_account_token(&client, ns, &args.service_account).await {
+            Ok(token) => {
+                let tokens = serde_json::json!({ AUDIENCE: { "token": token, "expirationTimestamp": "" } });
+                attributes.insert("csi.storage.k8s.io/serviceAccount.tokens".into(), tokens.to_string());
+                checks.push(pass(
+                    "service account token",
+                    format!("kubelet can get a {AUDIENCE} token for {ns}/{}", args.service_account),
+                ));
+            }
+            Err(c) => {
+                checks.push(c);
+                return Ok(report);
+            }
+        }
+    }
+    let provider =
+        match args.azure.config(None).and_then(|c| keyvault::Provider::new(c).map_err(|e| anyhow::anyhow!("{e}"))) {
+            Ok(p) => p,
+            Err(e) => return Err(format!("Azure provider: {e}")),
+        };
+    let items = match params.get("objects").map(|o| serde_saphyr::from_str::<ObjectsArray>(o)) {
+        Some(Ok(a)) => a.array,
+        // The offline findings already explain a missing or malformed `objects`.
+        _ => Vec::new(),
+    };
+    let mut identity_ok = None;
+    for item in items {
+        let name = item
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("objectName:"))
+            .map(|n| n.trim().trim_matches(['"', '\'']).to_string())
+            .unwrap_or_default();
+        let one = ObjectsArray { array: vec![item] };
+        let mut attrs = attributes.clone();
+        attrs.insert("objects".into(), serde_saphyr::to_string(&one).unwrap_or_default());
+        let request = keyvault::MountRequest {
+            attributes: attrs,
+            secrets: secrets.clone(),
+            default_mode: 0o644,
+            deadline: Some(Instant::now() + Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let check = format!("object {name}");
+        match provider.mount(request).await {
+            Ok(r) => {
+                identity_ok = Some(true);
+                let versions: Vec<String> =
+                    r.object_versions.iter().map(|(id, v)| format!("{id} version {v}")).collect();
+                // The files are dropped here: only their count and sizes are reported.
+                let bytes: usize = r.files.iter().map(|f| f.contents.len()).sum();
+                checks.push(pass(check, format!("{} ({} file(s), {bytes} bytes)", versions.join(", "), r.files.len())));
+            }
+            Err(e) => {
+                if matches!(e.kind, keyvault::ErrorKind::Forbidden) && e.to_string().contains("AADSTS") {
+                    identity_ok.get_or_insert(false);
+                }
+                let prevents = format!(
+                    "failed to mount secrets store objects for pod {ns}/<pod>, err: rpc error: code = Unknown desc = failed to mount objects, error: {e}"
+                );
+                checks.push(fail(check, e.to_string(), Some(prevents)));
+            }
+        }
+    }
+    match identity_ok {
+        Some(true) => checks.push(pass("identity", "Key Vault accepted the identity")),
+        Some(false) => checks.push(fail(
+            "identity",
+            "Entra ID refused the identity (see the object checks): check the client ID, tenant and, for workload identity, the federated credential's issuer and subject",
+            None,
+        )),
+        None => {}
+    }
+    Ok(report)
+}
+
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Workload identity: a client ID, no pod identity, no VM identity, no node-publish secret.
+fn is_workload_identity(params: &BTreeMap<String, String>, secret_ref: bool) -> bool {
+    let on = |k: &str| params.get(k).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    params.get("clientID").is_some_and(|v| !v.trim().is_empty())
+        && !on("usePodIdentity")
+        && !on("useVMManagedIdentity")
+        && !secret_ref
+}
+
+async fn driver_registration(client: &kube::Client) -> Check {
+    let prevents = Some(format!("driver name {DRIVER} not found in the list of registered CSI drivers"));
+    match Api::<CSIDriver>::all(client.clone()).get_opt(DRIVER).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return fail("CSI driver registered", format!("no CSIDriver {DRIVER}: install the chart"), prevents);
+        }
+        Err(e) => {
+            return fail("CSI driver registered", format!("cannot read CSIDriver {DRIVER}: {}", describe(&e)), None);
+        }
+    }
+    let nodes = match Api::<CSINode>::all(client.clone()).list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(e) => return skip("CSI driver registered", format!("cannot list CSINodes: {}", describe(&e))),
+    };
+    let (with, without): (Vec<_>, Vec<_>) = nodes.iter().partition(|n| n.spec.drivers.iter().any(|d| d.name == DRIVER));
+    let name = |n: &&CSINode| n.metadata.name.clone().unwrap_or_default();
+    if with.is_empty() {
+        return fail("CSI driver registered", format!("registered on none of {} node(s)", nodes.len()), prevents);
+    }
+    if !without.is_empty() {
+        let missing: Vec<String> = without.iter().take(5).map(name).collect();
+        return fail(
+            "CSI driver registered",
+            format!("registered on {} of {} nodes; missing on {}", with.len(), nodes.len(), missing.join(", ")),
+            prevents,
+        );
+    }
+    pass("CSI driver registered", format!("on all {} node(s)", nodes.len()))
+}
+
+async fn token_audience(client: &kube::Client) -> Check {
+    let c = "CSIDriver token audience";
+    match Api::<CSIDriver>::all(client.clone()).get_opt(DRIVER).await {
+        Ok(Some(d)) => {
+            let auds: Vec<String> = d.spec.token_requests.unwrap_or_default().into_iter().map(|t| t.audience).collect();
+            if auds.iter().any(|a| a == AUDIENCE) {
+                pass(c, format!("kubelet passes {AUDIENCE} tokens"))
+            } else {
+                fail(
+                    c,
+                    format!("CSIDriver {DRIVER} requests tokens for {auds:?}, not {AUDIENCE}: set tokenRequests in the chart"),
+                    Some("failed to get service account token (workload identity needs a token for audience api://AzureADTokenExchange)".into()),
+                )
+            }
+        }
+        _ => skip(c, "no CSIDriver to read"),
+    }
+}
+
+async fn service_account_token(client: &kube::Client, ns: &str, sa: &str) -> Result<String, Check> {
+    let c = "service account token";
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![AUDIENCE.into()],
+            expiration_seconds: Some(600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match api.create_token_request(sa, &PostParams::default(), &req).await {
+        Ok(t) => t
+            .status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| skip(c, "the API server returned no token")),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(fail(
+            c,
+            format!("service account {ns}/{sa} does not exist"),
+            Some(format!("serviceaccounts \"{sa}\" not found")),
+        )),
+        Err(kube::Error::Api(s)) if s.code == 403 => Err(skip(
+            c,
+            format!(
+                "you may not create tokens for {ns}/{sa} ({}); the identity and objects are not checked",
+                s.message
+            ),
+        )),
+        Err(e) => Err(fail(c, describe(&e), None)),
+    }
+}
+
+async fn synced_secret(client: &kube::Client, ns: &str, name: &str) -> Check {
+    let c = format!("synced Secret {name}");
+    match Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await {
+        Ok(None) => pass(c, "does not exist yet; the driver will create it"),
+        Ok(Some(s)) => {
+            let managed = s.metadata.labels.as_ref().and_then(|l| l.get(driver::kube::secrets::MANAGED_LABEL));
+            if managed.map(String::as_str) == Some("true") {
+                pass(c, "exists and is managed by the driver")
+            } else {
+                let e = driver::kube::secrets::SyncError::NotManaged { namespace: ns.into(), secret: name.into() };
+                fail(c, "exists and is not managed by the driver: it will not be updated", Some(e.to_string()))
+            }
+        }
+        Err(kube::Error::Api(s)) if s.code == 403 => skip(c, format!("cannot read Secrets here: {}", s.message)),
+        Err(e) => fail(c, describe(&e), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_identity_is_a_client_id_without_other_identities() {
+        let p = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert!(is_workload_identity(&p(&[("clientID", "x")]), false));
+        assert!(!is_workload_identity(&p(&[("clientID", "x")]), true));
+        assert!(!is_workload_identity(&p(&[("clientID", "x"), ("useVMManagedIdentity", "true")]), false));
+        assert!(!is_workload_identity(&p(&[("usePodIdentity", "false")]), false));
+    }
+}
