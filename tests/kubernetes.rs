@@ -413,3 +413,49 @@ async fn watches_are_filtered_to_this_node_and_mounts_read_the_class_cache() {
     api.put("secretproviderclasses", class("default", "late", "e2e-provider", &[("x", "y")]));
     PodVolume::new("q", "late").publish(&node, &mut driver.node_client().await).await.unwrap();
 }
+
+#[tokio::test]
+async fn after_a_crash_the_driver_takes_its_volumes_back_from_the_pod_statuses() {
+    let node = Node::new();
+    let provider = TestProvider::start(&node.path("providers"), "e2e-provider").await;
+    let api = FakeApi::start().await;
+    let kubeconfig = node.path("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let flags = [
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--enable-secret-rotation".into(),
+        "--rotation-poll-interval=1s".into(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    provider.set_files(&[("foo", 0o644, "before")], "v1");
+    api.put("secretproviderclasses", class("default", "spc", "e2e-provider", &[("x", "y")]));
+    let mut pod = kube_fake::pod("default", "web-0", "node-1", None);
+    pod["spec"]["volumes"] = json!([{ "name": "secrets-store-inline", "csi": { "driver": "secrets-store.csi.k8s.io",
+        "readOnly": true, "volumeAttributes": { "secretProviderClass": "spc" } } }]);
+    let pod = api.put("pods", pod);
+    let mut vol = PodVolume::new("web-0", "spc");
+    vol.uid = pod["metadata"]["uid"].as_str().unwrap().into();
+    let target = vol.target(&node);
+
+    let mut driver = DriverProcess::start_with(&node, &flags, false).await;
+    vol.publish(&node, &mut driver.node_client().await).await.unwrap();
+    driver.signal(nix::sys::signal::Signal::SIGKILL);
+    driver.wait_exit(std::time::Duration::from_secs(10)).await;
+    assert_eq!(std::fs::read_to_string(target.join("foo")).unwrap(), "before", "the tmpfs outlives the driver");
+
+    // The new driver finds the volume through its pod status and rotates it without any republish.
+    let driver = DriverProcess::start_with(&node, &flags, false).await;
+    provider.set_files(&[("foo", 0o644, "after")], "v2");
+    wait_for("rotation after the restart", || std::fs::read_to_string(target.join("foo")).is_ok_and(|v| v == "after"))
+        .await;
+    assert!(driver.logs().contains("adopted=1"), "{}", driver.logs());
+    assert_eq!(driver.mounts_at(&target), ["tmpfs"], "not mounted twice");
+    let request = provider.last_request();
+    assert!(request.attributes.contains(r#""csi.storage.k8s.io/pod.name":"web-0""#), "{}", request.attributes);
+    assert!(request.attributes.contains(&vol.uid), "the pod's identity is rebuilt from the pod");
+
+    // Kubelet's unpublish still cleans up everything.
+    vol.unpublish(&node, &mut driver.node_client().await).await.unwrap();
+    assert!(driver.mounts_at(&target).is_empty());
+    assert!(api.get(GV, SPCPS, "default", "web-0-default-spc").is_none());
+}

@@ -99,6 +99,11 @@ pub trait Cluster: Send + Sync + 'static {
     async fn written(&self, params: &PublishParams, spec: &SecretProviderClassSpec, rotated: bool) -> usize;
     /// A rotation of the volume failed; its files were kept.
     async fn rotation_failed(&self, params: &PublishParams, message: &str);
+    /// The volumes this node had published before a restart (from its pod statuses), for
+    /// [`Driver::adopt`].
+    async fn rediscover(&self) -> Vec<PublishParams> {
+        Vec::new()
+    }
     /// Whether the pod still runs: a terminating or finished pod's volume is not rotated.
     fn pod_active(&self, _pod: &crate::volume_context::PodInfo) -> bool {
         true
@@ -512,6 +517,45 @@ impl Driver {
         blocking(move || mounter.mount(&t))
             .await
             .map_err(|source| PublishError::Mount { path: target.to_path_buf(), source })
+    }
+
+    /// After a restart: takes back the volumes the cluster says this node published whose tmpfs is
+    /// still mounted and populated, so the poller rotates them again without waiting for kubelet's
+    /// republish (which also brings fresh service-account tokens). A volume kubelet already
+    /// republished, or one whose mount is gone, is left alone: nothing is mounted twice. Returns the
+    /// number adopted.
+    pub async fn adopt(&self, volumes: Vec<PublishParams>) -> usize {
+        let mut adopted = 0;
+        for params in volumes {
+            let target = params.target_path.clone();
+            if self.volumes.get(&target).is_some() {
+                continue;
+            }
+            let mounter = self.mounter.clone();
+            let t = target.clone();
+            let populated =
+                blocking(move || Ok::<_, io::Error>(mounter.mount_point(&t)?.is_some() && t.join("..data").exists()))
+                    .await;
+            if !matches!(populated, Ok(true)) {
+                continue;
+            }
+            let Some(_claim) = self.volumes.try_claim(&target) else { continue };
+            if self.volumes.get(&target).is_none() {
+                self.volumes.insert(
+                    target.clone(),
+                    Volume {
+                        params,
+                        provider: String::new(),
+                        object_versions: BTreeMap::new(),
+                        last_fetch: Instant::now(),
+                        failures: 0,
+                        retry_at: None,
+                    },
+                );
+                adopted += 1;
+            }
+        }
+        adopted
     }
 
     /// `NodeUnpublishVolume`: remove the files, unmount, remove the directory, forget the volume.

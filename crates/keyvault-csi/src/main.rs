@@ -179,12 +179,21 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let driver_metrics = driver::metrics::Metrics::default();
     let mut driver =
         Driver::new(config, Arc::new(TmpfsMounter), classes, providers).with_metrics(driver_metrics.clone());
-    if let Some(cluster) = cluster {
+    if let Some(cluster) = cluster.clone() {
         driver = driver.with_cluster(cluster);
     }
     driver_metrics.register(&mut registry, driver.volumes().clone());
     let driver = Arc::new(driver);
     let driver_for_rotation = driver.clone();
+    if let Some(cluster) = cluster {
+        // After a restart: take back this node's volumes so rotation resumes at once.
+        let driver = driver.clone();
+        tokio::spawn(async move {
+            let found = cluster.rediscover().await;
+            let (listed, adopted) = (found.len(), driver.adopt(found).await);
+            tracing::info!(listed, adopted, "volumes rediscovered from this node's pod statuses");
+        });
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {

@@ -23,6 +23,7 @@ use crate::volume_context::{PodInfo, PublishParams};
 #[derive(Clone)]
 pub struct KubeCluster {
     client: kube::Client,
+    node: String,
     statuses: KubePodStatus,
     secrets: SecretWriter,
     events: Recorder,
@@ -51,6 +52,7 @@ impl KubeCluster {
             secrets: SecretWriter::new(client.clone()),
             events: Recorder::new(client.clone(), node),
             client,
+            node: node.to_string(),
             pods,
         }
     }
@@ -72,6 +74,44 @@ impl KubeCluster {
                 None
             }
         }
+    }
+
+    /// What kubelet sent when it published the volume of a pod status, rebuilt from the pod: the
+    /// volume whose name is in the target path (`.../volumes/kubernetes.io~csi/<name>/mount`), its
+    /// attributes and kubelet's pod attributes. Service-account tokens are not known until kubelet's
+    /// next republish.
+    async fn volume_params(&self, ns: &str, s: &super::crd::PodStatusStatus) -> Option<PublishParams> {
+        use crate::volume_context as vc;
+        let pod = Api::<Pod>::namespaced(self.client.clone(), ns).get_opt(&s.pod_name).await.ok()??;
+        let target = std::path::PathBuf::from(&s.target_path);
+        let volume_name = target.parent()?.file_name()?.to_string_lossy().into_owned();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !s.target_path.contains(&format!("/pods/{uid}/")) {
+            return None; // Another pod of the same name.
+        }
+        let spec = pod.spec?;
+        let csi = spec.volumes?.into_iter().find(|v| v.name == volume_name)?.csi?;
+        let mut ctx: BTreeMap<String, String> = csi.volume_attributes.unwrap_or_default();
+        if ctx.get(vc::CLASS_KEY).is_none_or(|c| *c != s.secret_provider_class_name) {
+            return None;
+        }
+        ctx.insert(vc::POD_NAME_KEY.into(), s.pod_name.clone());
+        ctx.insert(vc::POD_NAMESPACE_KEY.into(), ns.into());
+        ctx.insert(vc::POD_UID_KEY.into(), uid.clone());
+        let sa = spec.service_account_name.unwrap_or_else(|| "default".into());
+        ctx.insert(vc::SERVICE_ACCOUNT_KEY.into(), sa.clone());
+        ctx.insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
+        Some(PublishParams {
+            volume_id: String::new(),
+            target_path: target,
+            readonly: true,
+            class_name: s.secret_provider_class_name.clone(),
+            provider_name: ctx.get(vc::PROVIDER_NAME_KEY).cloned(),
+            pod: PodInfo { name: s.pod_name.clone(), namespace: ns.into(), uid, service_account: sa },
+            volume_context: ctx,
+            secrets: None,
+            tokens: None,
+        })
     }
 
     /// Upstream's owners for synced Secrets: the pod's owners (e.g. its ReplicaSet), or the pod status
@@ -187,6 +227,30 @@ impl Cluster for KubeCluster {
             }
         }
         synced
+    }
+
+    async fn rediscover(&self) -> Vec<PublishParams> {
+        let api: Api<super::crd::v1::SecretProviderClassPodStatus> = Api::all(self.client.clone());
+        let lp = kube::api::ListParams::default().labels(&format!("{}={}", super::NODE_LABEL, self.node));
+        let statuses = match api.list(&lp).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!(error = %super::describe(&e), "cannot list this node's pod statuses; volumes come back with kubelet's republish");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for st in statuses {
+            let Some(s) = st.status.filter(|s| s.mounted && !s.target_path.is_empty()) else { continue };
+            let ns = st.metadata.namespace.clone().unwrap_or_default();
+            match self.volume_params(&ns, &s).await {
+                Some(p) => out.push(p),
+                None => {
+                    tracing::debug!(pod = %s.pod_name, namespace = %ns, "pod status without a matching pod volume; skipped")
+                }
+            }
+        }
+        out
     }
 
     async fn rotation_failed(&self, params: &PublishParams, message: &str) {
