@@ -386,9 +386,15 @@ async fn tls_secrets_get_the_certificate_chain_and_a_pkcs1_key() {
 
 #[tokio::test]
 async fn watches_are_filtered_to_this_node_and_mounts_read_the_class_cache() {
-    let (node, provider, api, driver) = setup().await;
+    let node = Node::new();
+    let provider = TestProvider::start(&node.path("providers"), "e2e-provider").await;
     provider.set_files(&[("foo", 0o644, "secret")], "v1");
+    let api = FakeApi::start().await;
+    // The class exists before the driver starts: once /readyz says the caches synced, it is cached.
     api.put("secretproviderclasses", class("default", "spc", "e2e-provider", &[("x", "y")]));
+    let kubeconfig = node.path("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let driver = DriverProcess::start_with(&node, &[&format!("--kubeconfig={}", kubeconfig.display())], false).await;
     driver.wait_readyz().await;
     let requests = api.requests();
     let pods_watch = requests.iter().find(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"));

@@ -228,7 +228,11 @@ impl Driver {
         let target = params.target_path.clone();
         let mut provider = String::new();
         let cluster_params = self.cluster.as_ref().map(|_| params.clone());
-        let outcome = match self.publish_inner(params, None, &mut provider, Some(cycle)).await {
+        // A refresh never outlives one interval: retries against a vault that is down stop, and the
+        // poller's next attempt (backoff capped at one interval) finds it back within one interval.
+        let interval = self.config.rotation_interval.unwrap_or(Duration::from_secs(120));
+        let deadline = Instant::now() + interval.max(Duration::from_secs(1));
+        let outcome = match self.publish_inner(params, Some(deadline), &mut provider, Some(cycle)).await {
             Ok(o) => o,
             Err(PublishError::Busy(_)) => PublishOutcome::Skipped,
             Err(e) => PublishOutcome::KeptAfterError(e),
@@ -451,7 +455,11 @@ impl Driver {
                     Err(ProviderError::new(
                         ErrorKind::DeadlineExceeded,
                         "ProviderError",
-                        format!("provider {:?} did not answer before kubelet's deadline", spec.provider),
+                        if background {
+                            format!("provider {:?} did not answer within one rotation interval", spec.provider)
+                        } else {
+                            format!("provider {:?} did not answer before kubelet's deadline", spec.provider)
+                        },
                     ))
                 }),
                 None => call.await,
