@@ -156,9 +156,14 @@ impl Provider for AzureProvider {
                     keyvault::ErrorKind::DeadlineExceeded => ErrorKind::DeadlineExceeded,
                     keyvault::ErrorKind::Internal => ErrorKind::Internal,
                 };
-                // The upstream provider's wrapper text, so messages read as they did with two DaemonSets.
-                Err(ProviderError::new(kind, "ProviderError", format!("failed to mount objects, error: {}", e.message)))
+                Err(ProviderError::new(kind, "ProviderError", mount_failure(&e)))
             }
         }
     }
+}
+
+/// The upstream Azure provider's wrapper text for a failed mount, so messages read as they did with
+/// two DaemonSets.
+pub fn mount_failure(e: &keyvault::Error) -> String {
+    format!("failed to mount objects, error: {}", e.message)
 }

@@ -145,11 +145,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 // Watches retry with backoff while the API server is away; lookups fall back to GETs.
                 let kube = driver::kube::KubeCluster::new(client.clone(), &args.nodeid);
                 let source = driver::kube::KubeClassSource::watching(client);
-                let (pods, spcs) = (kube.pods().clone(), source.cache().cloned());
+                let (pods, spcs) = (kube.pods().clone(), source.cache().clone());
                 readiness.push(("pods", Box::new(move || pods.is_ready())));
-                if let Some(c) = spcs {
-                    readiness.push(("secretproviderclasses", Box::new(move || c.is_ready())));
-                }
+                readiness.push(("secretproviderclasses", Box::new(move || spcs.is_ready())));
                 cluster = Some(Arc::new(kube));
                 Arc::new(source)
             }

@@ -84,9 +84,11 @@ impl CsiDriverProvider for Service {
                 priority: if current_is_empty { keyvault::Priority::Mount } else { keyvault::Priority::Background },
                 cycle: None,
             };
-            let resp = self.provider.mount(request).await.map_err(|e| {
-                Status::new(grpc_code(e.kind), format!("failed to mount objects, error: {}", e.message))
-            })?;
+            let resp = self
+                .provider
+                .mount(request)
+                .await
+                .map_err(|e| Status::new(grpc_code(e.kind), crate::azure::mount_failure(&e)))?;
             Ok(pb::MountResponse {
                 object_version: resp
                     .object_versions

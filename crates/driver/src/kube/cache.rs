@@ -16,7 +16,6 @@ use serde::de::DeserializeOwned;
 pub struct Cache<K: kube::Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     ready: Arc<AtomicBool>,
-    what: &'static str,
 }
 
 impl<K> Cache<K>
@@ -59,7 +58,7 @@ where
                 tracing::info!(cache = what, objects = s.state().len(), "cache synced");
             }
         });
-        Self { store, ready, what }
+        Self { store, ready }
     }
 
     /// The cached object, if the watch has seen it.
@@ -70,20 +69,5 @@ where
     /// Whether the initial list has completed.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
-    }
-
-    /// What is cached (for logs).
-    pub fn name(&self) -> &'static str {
-        self.what
-    }
-
-    /// Number of cached objects.
-    pub fn len(&self) -> usize {
-        self.store.state().len()
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -14,15 +14,10 @@ use crate::class::{ClassError, ClassSource, SecretProviderClassSpec};
 #[derive(Clone)]
 pub struct KubeClassSource {
     client: kube::Client,
-    cache: Option<Cache<SecretProviderClass>>,
+    cache: Cache<SecretProviderClass>,
 }
 
 impl KubeClassSource {
-    /// A direct GET per lookup.
-    pub fn new(client: kube::Client) -> Self {
-        Self { client, cache: None }
-    }
-
     /// Watches every class in the cluster and serves lookups from that cache.
     pub fn watching(client: kube::Client) -> Self {
         let cache = Cache::start(
@@ -34,19 +29,19 @@ impl KubeClassSource {
                 c.metadata.annotations = None;
             },
         );
-        Self { client, cache: Some(cache) }
+        Self { client, cache }
     }
 
-    /// The watch cache, if any.
-    pub fn cache(&self) -> Option<&Cache<SecretProviderClass>> {
-        self.cache.as_ref()
+    /// The watch cache.
+    pub fn cache(&self) -> &Cache<SecretProviderClass> {
+        &self.cache
     }
 }
 
 #[async_trait]
 impl ClassSource for KubeClassSource {
     async fn get(&self, namespace: &str, name: &str) -> Result<SecretProviderClassSpec, ClassError> {
-        if let Some(c) = self.cache.as_ref().and_then(|c| c.get(namespace, name)) {
+        if let Some(c) = self.cache.get(namespace, name) {
             return Ok(c.spec.spec.clone());
         }
         let api: Api<SecretProviderClass> = Api::namespaced(self.client.clone(), namespace);

@@ -18,16 +18,10 @@ pub use classes::KubeClassSource;
 pub use cluster::KubeCluster;
 pub use podstatus::KubePodStatus;
 
-use kube::core::{ApiResource, GroupVersionKind};
-
 /// `secrets-store.csi.x-k8s.io`.
 pub const GROUP: &str = "secrets-store.csi.x-k8s.io";
 /// Node label on pod statuses.
 pub const NODE_LABEL: &str = "internal.secrets-store.csi.k8s.io/node-name";
-
-fn resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, "v1", kind), plural)
-}
 
 /// The status code of a Kubernetes API error, if it is one.
 fn api_code(e: &kube::Error) -> Option<u16> {
@@ -38,7 +32,7 @@ fn api_code(e: &kube::Error) -> Option<u16> {
 }
 
 /// An API error as one line (the API server's message; transport errors with their cause).
-fn describe(e: &kube::Error) -> String {
+pub fn describe(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => s.message.clone(),
         other => {

@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kube::core::DynamicObject;
-use serde_json::json;
 
+use super::crd::v1::SecretProviderClassPodStatus;
+use super::crd::{ObjectVersion, PodStatusStatus};
 use crate::volume_context::PublishParams;
 
 /// Longest object name Kubernetes accepts.
@@ -35,9 +36,8 @@ impl KubePodStatus {
         obj.metadata.uid.ok_or_else(|| format!("pod status {name} has no uid"))
     }
 
-    fn api(&self, namespace: &str) -> Api<DynamicObject> {
-        let ar = super::resource("SecretProviderClassPodStatus", "secretproviderclasspodstatuses");
-        Api::namespaced_with(self.client.clone(), namespace, &ar)
+    fn api(&self, namespace: &str) -> Api<SecretProviderClassPodStatus> {
+        Api::namespaced(self.client.clone(), namespace)
     }
 }
 
@@ -59,25 +59,30 @@ impl KubePodStatus {
     pub async fn record(&self, p: &PublishParams, versions: &BTreeMap<String, String>) -> Result<(), String> {
         let name = status_name(p)?;
         let api = self.api(&p.pod.namespace);
-        let objects: Vec<_> = versions.iter().map(|(id, v)| json!({ "id": id, "version": v })).collect();
-        let body = json!({
-            "apiVersion": format!("{}/v1", super::GROUP),
-            "kind": "SecretProviderClassPodStatus",
-            "metadata": {
-                "name": name,
-                "namespace": p.pod.namespace,
-                "labels": { super::NODE_LABEL: self.node },
-                "ownerReferences": [{ "apiVersion": "v1", "kind": "Pod", "name": p.pod.name, "uid": p.pod.uid }],
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: p.pod.name.clone(),
+            uid: p.pod.uid.clone(),
+            ..Default::default()
+        };
+        let status = PodStatusStatus {
+            pod_name: p.pod.name.clone(),
+            secret_provider_class_name: p.class_name.clone(),
+            mounted: true,
+            target_path: p.target_path.to_string_lossy().into_owned(),
+            objects: versions.iter().map(|(id, v)| ObjectVersion { id: id.clone(), version: v.clone() }).collect(),
+        };
+        let obj = SecretProviderClassPodStatus::new(
+            ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(p.pod.namespace.clone()),
+                labels: Some([(super::NODE_LABEL.to_string(), self.node.clone())].into()),
+                owner_references: Some(vec![owner.clone()]),
+                ..Default::default()
             },
-            "status": {
-                "podName": p.pod.name,
-                "secretProviderClassName": p.class_name,
-                "mounted": true,
-                "targetPath": p.target_path.to_string_lossy(),
-                "objects": objects,
-            },
-        });
-        let obj: DynamicObject = serde_json::from_value(body.clone()).map_err(|e| e.to_string())?;
+            status.clone(),
+        );
         match api.create(&PostParams::default(), &obj).await {
             Ok(_) => Ok(()),
             Err(e) if super::api_code(&e) == Some(409) => {
@@ -85,8 +90,8 @@ impl KubePodStatus {
                 let mut current = api.get(&name).await.map_err(|e| super::describe(&e))?;
                 let meta = &mut current.metadata;
                 meta.labels.get_or_insert_with(Default::default).insert(super::NODE_LABEL.into(), self.node.clone());
-                meta.owner_references = obj.metadata.owner_references.clone();
-                current.data["status"] = body["status"].clone();
+                meta.owner_references = Some(vec![owner]);
+                current.status = Some(status);
                 api.replace(&name, &PostParams::default(), &current).await.map(|_| ()).map_err(|e| super::describe(&e))
             }
             Err(e) => Err(super::describe(&e)),

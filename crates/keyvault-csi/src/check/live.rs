@@ -16,6 +16,8 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde::{Deserialize, Serialize};
 
+use driver::kube::describe;
+
 use super::Finding;
 
 /// Audience of workload-identity tokens.
@@ -258,13 +260,6 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
         None => {}
     }
     Ok(report)
-}
-
-fn describe(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => s.message.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Workload identity: a client ID, no pod identity, no VM identity, no node-publish secret.
