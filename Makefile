@@ -21,7 +21,12 @@ soak:
 crds:
 	cargo run -q -p keyvault-csi -- crds > charts/keyvault-csi/crds/crds.yaml
 
-.PHONY: crds chart soak bench demo test lint fmt-check clippy unit conformance build release clean
+## e2e: the chart installed with Helm on a real cluster (KUBECONFIG, or the k8s kit in ../shared/k8s,
+## started and stopped around the run), real pods under the real kubelet (hack/e2e.sh)
+e2e: $(VENV)/.installed
+	hack/e2e.sh
+
+.PHONY: e2e crds chart soak bench demo test lint fmt-check clippy unit conformance build release clean
 
 ## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts, the
 ## emulator against Azure's SDKs, and the Helm chart

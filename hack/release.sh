@@ -2,7 +2,8 @@
 # Static release binaries (musl, no shared libraries) for the node plugin's two architectures:
 #   target/release-static/keyvault-csi-linux-amd64, target/release-static/keyvault-csi-linux-arm64
 # Installs what it needs: the Rust musl targets (rustup) and the C toolchains aws-lc needs (apt).
-# RELEASE_ARCHES=amd64 builds one architecture.
+# RELEASE_ARCHES=amd64 builds one architecture. RELEASE_EMULATOR=1 also builds kv-emulator (for `make e2e`,
+# which runs it in the cluster; it never ships in the driver's image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +38,12 @@ for arch in $arches; do
     *) echo "unknown architecture $arch (amd64, arm64)" >&2; exit 2 ;;
   esac
   rustup target list --installed | grep -qx "$target" || rustup target add "$target"
-  cargo build --release --locked --target "$target" --bin keyvault-csi
+  if [ -n "${RELEASE_EMULATOR:-}" ]; then
+    cargo build --release --locked --target "$target" --bin keyvault-csi --bin kv-emulator
+    cp "target/$target/release/kv-emulator" "$out/kv-emulator-linux-$arch"
+  else
+    cargo build --release --locked --target "$target" --bin keyvault-csi
+  fi
   cp "target/$target/release/keyvault-csi" "$out/keyvault-csi-linux-$arch"
   file "$out/keyvault-csi-linux-$arch" 2>/dev/null || true
   printf '%s: %s bytes\n' "$out/keyvault-csi-linux-$arch" "$(stat -c %s "$out/keyvault-csi-linux-$arch")"

@@ -46,6 +46,19 @@ VARIANTS = {
         },
         "provider": {"writeCertAndKeyInSeparateFiles": True, "cloudName": "AzureChinaCloud"},
     },
+    # A cluster without pod network or kube-proxy (the e2e kit): host networking, the API server's
+    # node address in the environment, extra flags.
+    "host-network": {
+        "linux": {
+            "hostNetwork": True,
+            "env": [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                    {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}],
+            "extraArgs": ["--azure-extra-ca-file=/etc/corp-ca/ca.pem"],
+            "volumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+            "volumeMounts": [{"name": "ca", "mountPath": "/etc/corp-ca"}],
+            "image": {"pullPolicy": "Never"},
+        },
+    },
 }
 
 
@@ -142,6 +155,21 @@ def test_daemonset_mounts_propagate_and_the_add_on_label_finds_the_pods():
     assert driver["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
+def test_host_network_is_off_by_default_and_complete_when_on():
+    pod = one(render(), "DaemonSet")["spec"]["template"]["spec"]
+    assert "hostNetwork" not in pod and "dnsPolicy" not in pod
+    docs = render(VARIANTS["host-network"])
+    pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    # Without it, a host-network pod would resolve names with the node's resolver only.
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    driver = container(docs, "secrets-store")
+    assert driver["args"][-1] == "--azure-extra-ca-file=/etc/corp-ca/ca.pem"
+    assert {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"} in driver["env"]
+    pod = one(render({"linux": {"dnsPolicy": "Default"}}), "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["dnsPolicy"] == "Default" and "hostNetwork" not in pod
+
+
 def rules(docs, role):
     return {
         (g, r): sorted(rule["verbs"])
@@ -167,6 +195,17 @@ def test_rbac_is_least_privilege():
     for binding in ["secretproviderclasses-rolebinding", "secretprovidersyncing-rolebinding"]:
         b = one(docs, "ClusterRoleBinding", binding)
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "secrets-store-csi-driver", "namespace": "kube-system"}]
+    # Rotation off (the default): no access to Secrets beyond sync, no tokens.
+    assert not [d for d in docs if d["metadata"]["name"].startswith("secretproviderrotation")]
+    rot = render({"enableSecretRotation": True})
+    assert rules(rot, "secretproviderrotation-role") == {
+        ("", "secrets"): ["get"],
+        ("", "serviceaccounts/token"): ["create"],
+        ("storage.k8s.io", "csidrivers"): ["get"],
+    }
+    assert rules(render({"enableSecretRotation": True, "tokenRequests": []}), "secretproviderrotation-role") == {
+        ("", "secrets"): ["get"],
+    }
     no_sync = render({"syncSecret": {"enabled": False}})
     assert not [d for d in no_sync if d["metadata"]["name"].startswith("secretprovidersyncing")]
     assert not any(("", "secrets") in rules(no_sync, r["metadata"]["name"]) for r in no_sync if r["kind"] == "ClusterRole")
@@ -181,6 +220,8 @@ def test_rbac_is_least_privilege():
         ({"syncSecrets": {"enabled": True}}, "'syncSecrets' not allowed"),
         ({"linux": {"image": {"repository": "x", "pullPolicy": "Sometimes"}}}, "at '/linux/image/pullPolicy'"),
         ({"provider": {"keyvaultRateLimit": 5000}}, "at '/provider/keyvaultRateLimit'"),
+        ({"linux": {"extraArgs": ["-v=5"]}}, "at '/linux/extraArgs/0'"),
+        ({"linux": {"hostNetwork": "true"}}, "at '/linux/hostNetwork'"),
     ],
 )
 def test_bad_values_are_rejected_with_the_path(values, message):
@@ -201,6 +242,26 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def self_signed_ca_pem():
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -227,6 +288,10 @@ def test_the_binary_accepts_the_rendered_arguments(variant):
                 a = f"--metrics-addr=127.0.0.1:{port}"
             if a.startswith("--provider-volume=") or a.startswith("--additional-provider-volume-paths="):
                 a = a.split("=", 1)[0] + "=" + tmp
+            if a.startswith("--azure-extra-ca-file="):
+                ca = pathlib.Path(tmp) / "ca.pem"
+                ca.write_bytes(self_signed_ca_pem())
+                a = f"--azure-extra-ca-file={ca}"
             args.append(a)
         proc = subprocess.Popen([str(binary), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:

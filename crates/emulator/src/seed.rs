@@ -18,6 +18,7 @@
 //!   - { namespace: default, clientId: uami-client }
 //! issuers:                                  # service-account issuers (public keys)
 //!   - { url: https://oidc.cluster.local/, publicKeyPem: "-----BEGIN PUBLIC KEY-----..." }
+//!   - { url: https://kubernetes.default.svc.cluster.local, jwks: '{"keys":[...]}' }  # a real cluster's keys
 //! vaults:
 //!   - name: kv1
 //!     tenant: 72f988bf-...
@@ -138,9 +139,12 @@ pub struct PodIdentitySeed {
 pub struct IssuerSeed {
     /// Issuer URL.
     pub url: String,
-    /// SPKI PEM; absent: the emulator generates a key and can mint tokens for this issuer.
+    /// SPKI PEM; absent (and no `jwks`): the emulator generates a key and can mint tokens for this issuer.
     #[serde(default)]
     pub public_key_pem: Option<String>,
+    /// The issuer's JWKS document (JSON text), as a cluster serves it at `/openid/v1/jwks`.
+    #[serde(default)]
+    pub jwks: Option<String>,
 }
 
 /// A vault.

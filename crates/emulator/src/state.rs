@@ -321,9 +321,10 @@ impl State {
             world.pod_identities.push((p.namespace.clone(), p.pod.clone(), p.client_id.clone()));
         }
         for i in &seed.issuers {
-            let issuer = match &i.public_key_pem {
-                Some(pem) => Issuer::external(&i.url, pem)?,
-                None => Issuer::generated(&i.url),
+            let issuer = match (&i.jwks, &i.public_key_pem) {
+                (Some(jwks), _) => Issuer::from_jwks(&i.url, jwks)?,
+                (None, Some(pem)) => Issuer::external(&i.url, pem)?,
+                (None, None) => Issuer::generated(&i.url),
             };
             world.issuers.insert(i.url.clone(), issuer);
         }

@@ -143,7 +143,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         None => match kube_client(args.kubeconfig.as_deref()).await {
             Ok(client) => {
                 // Watches retry with backoff while the API server is away; lookups fall back to GETs.
-                let kube = driver::kube::KubeCluster::new(client.clone(), &args.nodeid);
+                let kube = driver::kube::KubeCluster::new(client.clone(), &args.nodeid, &args.drivername);
                 let source = driver::kube::KubeClassSource::watching(client);
                 let (pods, spcs) = (kube.pods().clone(), source.cache().clone());
                 readiness.push(("pods", Box::new(move || pods.is_ready())));

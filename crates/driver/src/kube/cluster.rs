@@ -3,6 +3,7 @@
 //! owners and phase); Secrets are read on demand, only when a volume's files change, so nothing
 //! cluster-sized is held in memory.
 
+use super::credentials;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ use crate::volume_context::{PodInfo, PublishParams};
 pub struct KubeCluster {
     client: kube::Client,
     node: String,
+    driver_name: String,
     statuses: KubePodStatus,
     secrets: SecretWriter,
     events: Recorder,
@@ -31,8 +33,9 @@ pub struct KubeCluster {
 }
 
 impl KubeCluster {
-    /// Starts the pod watch for `node`.
-    pub fn new(client: kube::Client, node: &str) -> Self {
+    /// Starts the pod watch for `node`; `driver_name` is the CSIDriver whose `tokenRequests` adopted
+    /// volumes get their tokens for.
+    pub fn new(client: kube::Client, node: &str, driver_name: &str) -> Self {
         let pods = Cache::start(
             "pods",
             Api::all(client.clone()),
@@ -53,6 +56,7 @@ impl KubeCluster {
             events: Recorder::new(client.clone(), node),
             client,
             node: node.to_string(),
+            driver_name: driver_name.to_string(),
             pods,
         }
     }
@@ -101,6 +105,13 @@ impl KubeCluster {
         let sa = spec.service_account_name.unwrap_or_else(|| "default".into());
         ctx.insert(vc::SERVICE_ACCOUNT_KEY.into(), sa.clone());
         ctx.insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
+        // kubelet's credentials are never persisted; get them back the way kubelet got them, so the
+        // poller can rotate before kubelet's next republish (up to its sync period, a minute or more).
+        let secrets = match csi.node_publish_secret_ref.map(|r| r.name).filter(|n| !n.is_empty()) {
+            Some(name) => credentials::publish_secret(&self.client, ns, &name).await,
+            None => None,
+        };
+        let tokens = credentials::pod_tokens(&self.client, &self.driver_name, ns, &sa, &s.pod_name, &uid).await;
         Some(PublishParams {
             volume_id: String::new(),
             target_path: target,
@@ -109,8 +120,8 @@ impl KubeCluster {
             provider_name: ctx.get(vc::PROVIDER_NAME_KEY).cloned(),
             pod: PodInfo { name: s.pod_name.clone(), namespace: ns.into(), uid, service_account: sa },
             volume_context: ctx,
-            secrets: None,
-            tokens: None,
+            secrets,
+            tokens,
         })
     }
 

@@ -7,6 +7,7 @@
 mod cache;
 mod classes;
 mod cluster;
+mod credentials;
 pub mod crd;
 mod events;
 mod podstatus;

@@ -1,0 +1,95 @@
+//! kubelet's per-volume credentials, recovered after a driver restart for the volumes it adopts: the
+//! `nodePublishSecretRef` Secret and the CSIDriver's `tokenRequests` tokens, obtained as kubelet
+//! obtains them (a GET of the Secret; a TokenRequest bound to the pod). Neither is ever persisted by
+//! the driver. Upstream's rotation reconciler did the same (and its chart grants the same verbs).
+//! Any failure (RBAC not granted, Secret gone) leaves the volume without them: its rotation then
+//! waits for kubelet's next republish, as before.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Secret as KubeSecret, ServiceAccount};
+use k8s_openapi::api::storage::v1::CSIDriver;
+use kube::Api;
+use kube::api::PostParams;
+
+use crate::redact::Secret;
+
+/// The data of Secret `namespace/name`, as kubelet passes it in `NodePublishVolumeRequest.secrets`.
+pub async fn publish_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Option<Secret<BTreeMap<String, String>>> {
+    let api: Api<KubeSecret> = Api::namespaced(client.clone(), namespace);
+    match api.get(name).await {
+        Ok(s) => Some(Secret::new(
+            s.data
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(k, v)| String::from_utf8(v.0).ok().map(|v| (k, v)))
+                .collect(),
+        )),
+        Err(e) => {
+            tracing::warn!(secret = name, namespace, error = %super::describe(&e),
+                "cannot read the volume's nodePublishSecretRef; its rotation waits for kubelet's republish");
+            None
+        }
+    }
+}
+
+/// Tokens for the CSIDriver's `tokenRequests` audiences, for the pod's service account and bound to the
+/// pod, in kubelet's JSON form (`{"<audience>": {"token": ..., "expirationTimestamp": ...}}`). `None`
+/// when the driver requests no tokens or they cannot be had.
+pub async fn pod_tokens(
+    client: &kube::Client,
+    driver: &str,
+    namespace: &str,
+    service_account: &str,
+    pod: &str,
+    pod_uid: &str,
+) -> Option<Secret<String>> {
+    let csidriver = match Api::<CSIDriver>::all(client.clone()).get_opt(driver).await {
+        Ok(d) => d?,
+        Err(e) => {
+            tracing::debug!(error = %super::describe(&e), "cannot read the CSIDriver's tokenRequests");
+            return None;
+        }
+    };
+    let requests = csidriver.spec.token_requests.unwrap_or_default();
+    if requests.is_empty() {
+        return None;
+    }
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let mut out = serde_json::Map::new();
+    for r in requests {
+        let req = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![r.audience.clone()],
+                expiration_seconds: r.expiration_seconds,
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(pod.into()),
+                    uid: Some(pod_uid.into()),
+                }),
+            },
+            ..Default::default()
+        };
+        match api.create_token_request(service_account, &PostParams::default(), &req).await {
+            Ok(TokenRequest { status: Some(st), .. }) => {
+                out.insert(
+                    r.audience,
+                    serde_json::json!({ "token": st.token, "expirationTimestamp": st.expiration_timestamp.0 }),
+                );
+            }
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(service_account, namespace, error = %super::describe(&e),
+                    "cannot request the pod's service-account tokens; its rotation waits for kubelet's republish");
+                return None;
+            }
+        }
+    }
+    Some(Secret::new(serde_json::Value::Object(out).to_string()))
+}

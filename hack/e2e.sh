@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# `make e2e`: the chart installed on a real Kubernetes cluster, driven by real pods under the real kubelet.
+#
+# Cluster:
+#   KUBECONFIG set             -> that cluster (kind, AKS, anything); nothing is started or stopped.
+#   else KUBE_BIN_DIR (default ../shared/k8s when it exists) -> the single-node kit: started with its up.sh,
+#                                 stopped with its down.sh afterwards (E2E_KEEP_CLUSTER=1 keeps it).
+# Images: the static release binaries (hack/release.sh, amd64) are packed into OCI archives without a
+#   Docker daemon (hack/oci-image.py) and imported into the node's containerd with `ctr` (the kit, or any
+#   node this machine is). On another cluster, push them yourself and set E2E_IMAGE_REPOSITORY /
+#   E2E_EMULATOR_IMAGE (the archives are in target/e2e/).
+# Scenarios: tests/e2e/e2e.py (PASS/FAIL per scenario, a summary, dumps on failure).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=$ROOT/target/e2e
+mkdir -p "$OUT"
+VENV=${VENV:-.venv-tools}
+TAG=e2e-$(date -u +%Y%m%d%H%M%S)
+
+log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+
+started_kit=""
+if [ -z "${KUBECONFIG:-}" ]; then
+  KUBE_BIN_DIR=${KUBE_BIN_DIR:-}
+  if [ -z "$KUBE_BIN_DIR" ] && [ -d "$ROOT/../shared/k8s" ]; then KUBE_BIN_DIR=$ROOT/../shared/k8s; fi
+  if [ -z "$KUBE_BIN_DIR" ]; then
+    echo "e2e: no cluster: set KUBECONFIG, or KUBE_BIN_DIR to the k8s kit (../shared/k8s)" >&2
+    exit 2
+  fi
+  [ "$(id -u)" = 0 ] || { echo "e2e: the kit runs kubelet and containerd and needs root" >&2; exit 2; }
+  log "starting the k8s kit from $KUBE_BIN_DIR"
+  KUBECONFIG=$("$KUBE_BIN_DIR/up.sh" | tail -n 1)
+  export KUBECONFIG
+  K8S_KIT_HOME=${K8S_KIT_HOME:-/var/tmp/k8s-kit}
+  export PATH=$K8S_KIT_HOME/bin:$PATH
+  started_kit=$KUBE_BIN_DIR
+  export E2E_KIT=1
+fi
+export KUBECONFIG
+command -v kubectl >/dev/null || { echo "e2e: kubectl not found on PATH" >&2; exit 2; }
+
+finish() {
+  local rc=$?
+  if [ -n "$started_kit" ] && [ -z "${E2E_KEEP_CLUSTER:-}" ]; then
+    log "stopping the k8s kit"
+    WIPE=1 "$started_kit/down.sh" >"$OUT/down.log" 2>&1 || { log "down.sh failed:"; tail -n 20 "$OUT/down.log"; }
+  fi
+  exit $rc
+}
+trap finish EXIT
+
+# The binaries (static musl; the same build `make release` makes) and their images.
+if [ -z "${E2E_IMAGE_REPOSITORY:-}" ]; then
+  log "building static release binaries (amd64)"
+  RELEASE_ARCHES=amd64 RELEASE_EMULATOR=1 hack/release.sh >"$OUT/release.log" 2>&1 \
+    || { tail -n 40 "$OUT/release.log"; exit 1; }
+  export E2E_IMAGE_REPOSITORY=ghcr.io/keyvault-csi/keyvault-csi E2E_IMAGE_TAG=$TAG
+  export E2E_EMULATOR_IMAGE=ghcr.io/keyvault-csi/kv-emulator:$TAG
+  ca_bundle=/etc/ssl/certs/ca-certificates.crt
+  extra=(); [ -f "$ca_bundle" ] && extra=("$ca_bundle:/etc/ssl/certs/ca-certificates.crt")
+  python3 hack/oci-image.py --out "$OUT/keyvault-csi.oci.tar" --name "$E2E_IMAGE_REPOSITORY:$TAG" \
+    --entrypoint /usr/local/bin/keyvault-csi \
+    target/release-static/keyvault-csi-linux-amd64:/usr/local/bin/keyvault-csi "${extra[@]}"
+  python3 hack/oci-image.py --out "$OUT/kv-emulator.oci.tar" --name "$E2E_EMULATOR_IMAGE" \
+    --entrypoint /usr/local/bin/kv-emulator target/release-static/kv-emulator-linux-amd64:/usr/local/bin/kv-emulator
+  sock=${CONTAINERD_ADDRESS:-}
+  if [ -z "$sock" ]; then
+    for s in "${K8S_KIT_HOME:-/var/tmp/k8s-kit}/run/containerd/containerd.sock" /run/containerd/containerd.sock; do
+      [ -S "$s" ] && { sock=$s; break; }
+    done
+  fi
+  [ -n "$sock" ] || { echo "e2e: no containerd socket on this machine to import the images into; push target/e2e/*.oci.tar and set E2E_IMAGE_REPOSITORY, E2E_IMAGE_TAG and E2E_EMULATOR_IMAGE" >&2; exit 2; }
+  for img in keyvault-csi kv-emulator; do
+    ctr --address "$sock" -n k8s.io images import "$OUT/$img.oci.tar" >/dev/null
+  done
+  log "images imported into containerd ($sock)"
+  export E2E_PULL_POLICY=Never
+fi
+
+make -s "$VENV/.installed"
+"$VENV/bin/python" -u tests/e2e/e2e.py

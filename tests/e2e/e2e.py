@@ -1,0 +1,812 @@
+"""`make e2e`: the chart installed with Helm v4 on a real cluster, kv-emulator in the cluster as the
+vault and Entra ID, and real pods under the real kubelet. One line per scenario (PASS/FAIL with its
+seconds), a summary, and on failure the driver's logs, events and `describe` of the pods involved.
+
+Run through hack/e2e.sh, which provides the cluster and the images. Environment:
+  E2E_IMAGE_REPOSITORY, E2E_IMAGE_TAG   the driver's image
+  E2E_EMULATOR_IMAGE                    kv-emulator's image
+  E2E_PULL_POLICY                       Never (imported into the node) or IfNotPresent
+  E2E_KIT=1                             the single-node kit: host networking, API server on 127.0.0.1:6443
+  E2E_ONLY=name,name                    run only these scenarios (setup and teardown always run)
+  E2E_KEEP=1                            leave the release, the emulator and the pods (debugging)
+"""
+
+import base64
+import datetime
+import json
+import os
+import pathlib
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from kube import (  # noqa: E402
+    Failure, apply, create, delete, dump, env_flag, events, exec_, exists, get, kubectl, pod_ready, raw, wait_for,
+)
+
+import helm_python  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "keyvault-csi"
+KIT = env_flag("E2E_KIT")
+RELEASE, DRIVER_NS = "kvcsi", "kube-system"
+DS = "kvcsi-keyvault-csi"
+EMU_NS, NS, NS2 = "kv-emulator", "e2e", "e2e-other"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+VAULT = "e2ekv"
+HTTPS_PORT, HTTP_PORT = 18443, 18080
+POLL = 15  # rotationPollInterval, seconds
+BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.29-4"
+PULL = os.environ.get("E2E_PULL_POLICY", "IfNotPresent")
+TMP = pathlib.Path(tempfile.mkdtemp(prefix="kvcsi-e2e-"))
+FIGURES = {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Test CA and the emulator
+
+
+def make_ca():
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyvault-csi e2e test CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return pem, key_pem
+
+
+def seed(issuer, jwks):
+    """The vault, the identities and the cluster's own service-account issuer (its JWKS, as Entra ID
+    fetches it for a federated credential)."""
+    return {
+        "tenants": [{
+            "id": TENANT,
+            "applications": [
+                {"clientId": "sp-client", "objectId": "sp-object", "clientSecret": "sp-secret-value"},
+                {"clientId": "wi-client", "objectId": "wi-object", "federatedCredentials": [
+                    {"issuer": issuer, "subject": f"system:serviceaccount:{NS}:workload",
+                     "audience": "api://AzureADTokenExchange"}]},
+            ],
+        }],
+        "issuers": [{"url": issuer, "jwks": jwks}],
+        "vaults": [{
+            "name": VAULT,
+            "tenant": TENANT,
+            "access": [
+                {"principal": p, "secrets": ["get", "list"], "keys": ["get"], "certificates": ["get"]}
+                for p in ("sp-object", "wi-object")
+            ],
+            "secrets": [
+                {"name": "db-password", "value": "Pa55w0rd-e2e"},
+                {"name": "api-key", "value": "ak_live_e2e_123"},
+                {"name": "rotating", "value": "v1-value"},
+                {"name": "other-ns-secret", "value": "only-in-e2e-other"},
+            ],
+            "keys": [{"name": "my-key", "kty": "RSA", "size": 2048}],
+            "certificates": [{"name": "my-cert", "subject": "CN=e2e.example.com"}],
+        }],
+    }
+
+
+class Emulator:
+    """kv-emulator as a Deployment in the cluster; the test reaches its control endpoint directly (host
+    network on the kit) or through `kubectl port-forward`."""
+
+    def __init__(self):
+        self.ca_pem, self.ca_key = make_ca()
+        (TMP / "ca.pem").write_text(self.ca_pem)
+        self.forward = None
+        self.base = None
+        self.address = None  # what the driver resolves Azure names to
+
+    def start(self):
+        disco = json.loads(raw("/.well-known/openid-configuration"))
+        jwks = raw("/openid/v1/jwks")
+        kubectl("create", "namespace", EMU_NS)
+        apply(
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-emulator-ca", "namespace": EMU_NS},
+             "stringData": {"ca.pem": self.ca_pem, "ca.key": self.ca_key}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kv-emulator-seed", "namespace": EMU_NS},
+             "data": {"seed.yaml": json.dumps(seed(disco["issuer"], jwks))}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kv-emulator-ca", "namespace": DRIVER_NS},
+             "data": {"ca.pem": self.ca_pem}},
+        )
+        bind = "0.0.0.0"
+        labels = {"app": "kv-emulator"}
+        apply(
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kv-emulator", "namespace": EMU_NS},
+             "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                 "metadata": {"labels": labels},
+                 "spec": {
+                     "hostNetwork": KIT,
+                     "containers": [{
+                         "name": "kv-emulator", "image": os.environ["E2E_EMULATOR_IMAGE"], "imagePullPolicy": PULL,
+                         "args": ["--seed=/seed/seed.yaml", f"--https-addr={bind}:{HTTPS_PORT}",
+                                  f"--http-addr={bind}:{HTTP_PORT}", "--ca-file=/tmp/ca.pem",
+                                  "--ca-cert=/tls/ca.pem", "--ca-key=/tls/ca.key"],
+                         "volumeMounts": [{"name": "seed", "mountPath": "/seed"}, {"name": "tls", "mountPath": "/tls"},
+                                          {"name": "tmp", "mountPath": "/tmp"}],
+                         "readinessProbe": {"tcpSocket": {"port": HTTPS_PORT}, "periodSeconds": 1},
+                     }],
+                     "volumes": [{"name": "seed", "configMap": {"name": "kv-emulator-seed"}},
+                                 {"name": "tls", "secret": {"secretName": "kv-emulator-ca"}},
+                                 {"name": "tmp", "emptyDir": {}}],
+                 }}}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kv-emulator", "namespace": EMU_NS},
+             "spec": {"selector": labels, "ports": [{"name": "https", "port": HTTPS_PORT},
+                                                     {"name": "http", "port": HTTP_PORT}]}},
+        )
+        kubectl("rollout", "status", "deploy/kv-emulator", "-n", EMU_NS, "--timeout=120s", timeout=150)
+        if KIT:
+            self.address, port = "127.0.0.1", HTTPS_PORT
+        else:
+            self.address = get("service", "kv-emulator", EMU_NS)["spec"]["clusterIP"]
+            port = 28443
+            self.forward = subprocess.Popen(
+                ["kubectl", "port-forward", "-n", EMU_NS, "svc/kv-emulator", f"{port}:{HTTPS_PORT}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base = f"https://localhost:{port}/_emulator"
+        wait_for("kv-emulator's control endpoint", lambda: self.call("GET", "/stats") is not None, 30)
+
+    def call(self, method, path, body=None):
+        ctx = ssl.create_default_context(cafile=str(TMP / "ca.pem"))
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return json.loads(r.read() or b"{}")
+        except OSError as e:
+            raise Failure(f"kv-emulator {method} {path}: {e}")
+
+    def set_secret(self, name, value):
+        return self.call("PUT", f"/vaults/{VAULT}/secrets/{name}", {"value": value})
+
+    def stop(self):
+        if self.forward:
+            self.forward.send_signal(signal.SIGTERM)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The chart
+
+
+def chart_values(emu, **extra):
+    repo = os.environ["E2E_IMAGE_REPOSITORY"]
+    tag = os.environ.get("E2E_IMAGE_TAG", "")
+    port = HTTPS_PORT
+    values = {
+        # The AKS add-on's settings.
+        "enableSecretRotation": True,
+        "rotationPollInterval": f"{POLL}s",
+        "syncSecret": {"enabled": True},
+        "linux": {
+            "image": {"repository": repo, "tag": tag, "pullPolicy": PULL},
+            "registrar": {"image": {"pullPolicy": "IfNotPresent"}},
+            "livenessProbeImage": {"pullPolicy": "IfNotPresent"},
+            "hostNetwork": KIT,
+            # The emulator stands in for Azure: trusted through its CA and reached by address; nothing
+            # here is a test code path, only the driver's documented network flags.
+            "extraArgs": [
+                "--azure-extra-ca-file=/etc/kv-emulator/ca.pem",
+                f"--azure-resolve-to={emu.address}",
+                f"--azure-vault-port={port}",
+                f"--azure-authority-host=https://login.microsoftonline.com:{port}",
+            ],
+            "volumes": [{"name": "emulator-ca", "configMap": {"name": "kv-emulator-ca"}}],
+            "volumeMounts": [{"name": "emulator-ca", "mountPath": "/etc/kv-emulator", "readOnly": True}],
+            "env": [],
+        },
+    }
+    if KIT:
+        values["linux"]["env"] = [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                                  {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}]
+    for k, v in extra.items():
+        values[k] = v
+    return values
+
+
+def helm():
+    return helm_python.Config(namespace=DRIVER_NS)
+
+
+def driver_pods():
+    pods = get("pods", ns=DRIVER_NS)["items"]
+    return [p for p in pods if p["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE
+            and p["metadata"].get("deletionTimestamp") is None]
+
+
+def driver_pod():
+    pods = driver_pods()
+    if len(pods) != 1:
+        raise Failure(f"expected one driver pod, found {len(pods)}")
+    return pods[0]["metadata"]["name"]
+
+
+def driver_ready():
+    """The DaemonSet is Ready: its pod Ready (readiness = /readyz), the registrar registered in CSINode,
+    the liveness probe answering through the kubelet's health checks."""
+    ds = get("daemonset", DS, DRIVER_NS, check=False)
+    if not ds:
+        return False
+    st = ds.get("status", {})
+    if st.get("observedGeneration") != ds["metadata"]["generation"]:
+        return False
+    if not (st.get("desiredNumberScheduled", 0) > 0 and st.get("numberReady") == st.get("desiredNumberScheduled")
+            and st.get("updatedNumberScheduled") == st.get("desiredNumberScheduled")):
+        return False
+    for node in get("nodes")["items"]:
+        csinode = get("csinode", node["metadata"]["name"], check=False) or {}
+        drivers = [d["name"] for d in (csinode.get("spec", {}).get("drivers") or [])]
+        if "secrets-store.csi.k8s.io" not in drivers:
+            return False
+    return True
+
+
+def pod_proxy(pod, port, path):
+    return raw(f"/api/v1/namespaces/{DRIVER_NS}/pods/{pod}:{port}/proxy{path}")
+
+
+def metrics(pod=None):
+    text = pod_proxy(pod or driver_pod(), 8095, "/metrics")
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        out[name_labels] = float(value)
+    return out
+
+
+def metric_sum(m, name):
+    return sum(v for k, v in m.items() if k == name or k.startswith(name + "{"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Objects
+
+
+def spc(name, ns, objects, *, client_id=None, secret_objects=None):
+    params = {
+        "keyvaultName": VAULT,
+        "tenantId": TENANT,
+        "objects": "array:\n" + "".join(
+            "  - |\n" + "".join(f"    {k}: {v}\n" for k, v in o.items()) for o in objects),
+    }
+    if client_id:
+        params["clientID"] = client_id
+    spec = {"provider": "azure", "parameters": params}
+    if secret_objects:
+        spec["secretObjects"] = secret_objects
+    return {"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def sp_creds(ns):
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "secrets-store-creds", "namespace": ns,
+                         "labels": {"secrets-store.csi.k8s.io/used": "true"}},
+            "stringData": {"clientid": "sp-client", "clientsecret": "sp-secret-value"}}
+
+
+def csi_volume(name, cls, creds=True):
+    v = {"name": name, "csi": {"driver": "secrets-store.csi.k8s.io", "readOnly": True,
+                               "volumeAttributes": {"secretProviderClass": cls}}}
+    if creds:
+        v["csi"]["nodePublishSecretRef"] = {"name": "secrets-store-creds"}
+    return v
+
+
+def pod_spec(volumes, command=None, sa=None, env=None):
+    spec = {
+        "hostNetwork": KIT,
+        "terminationGracePeriodSeconds": 2,
+        "containers": [{
+            "name": "app", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", command or "sleep 100000"],
+            "volumeMounts": [{"name": v["name"], "mountPath": f"/mnt/{v['name']}", "readOnly": True} for v in volumes],
+        }],
+        "volumes": volumes,
+    }
+    if sa:
+        spec["serviceAccountName"] = sa
+    if env:
+        spec["containers"][0]["env"] = env
+    return spec
+
+
+def pod(name, ns, volumes, **kw):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"e2e": name}},
+            "spec": pod_spec(volumes, **kw)}
+
+
+def deployment(name, ns, replicas, volumes, **kw):
+    labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": pod_spec(volumes, **kw)}}}
+
+
+def labels(obj):
+    return obj["metadata"].get("labels") or {}
+
+
+def read(podname, ns, path):
+    return exec_(podname, ns, "cat", path)
+
+
+def wait_pod(name, ns, timeout=90):
+    wait_for(f"pod {ns}/{name} Ready", lambda: pod_ready(name, ns), timeout)
+
+
+def failed_mount(pod_name, ns, contains, timeout=60):
+    def seen():
+        for e in events(ns, pod_name, "FailedMount"):
+            if contains in e.get("message", ""):
+                return e["message"]
+        return None
+    return wait_for(f"FailedMount event on {ns}/{pod_name} containing {contains!r}", seen, timeout)
+
+
+class Inspector:
+    """A privileged busybox pod that sees the node: its mount table under kubelet's pods directory (host
+    path with HostToContainer propagation) and its processes (host PID namespace)."""
+
+    name = "node-inspector"
+
+    def start(self):
+        apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": self.name, "namespace": NS},
+               "spec": {"hostNetwork": KIT, "hostPID": True, "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "sh", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                                        "command": ["sleep", "100000"], "securityContext": {"privileged": True},
+                                        "volumeMounts": [{"name": "pods", "mountPath": "/host-pods",
+                                                          "mountPropagation": "HostToContainer"}]}],
+                        "volumes": [{"name": "pods", "hostPath": {"path": "/var/lib/kubelet/pods"}}]}})
+        wait_pod(self.name, NS)
+
+    def tmpfs_mounts(self, pod_uid):
+        out = exec_(self.name, NS, "cat", "/proc/self/mountinfo")
+        return [line for line in out.splitlines() if pod_uid in line and "kubernetes.io~csi" in line
+                and " tmpfs " in line]
+
+    def driver_process(self):
+        """RSS (MiB) and CPU seconds of the driver's process on the node."""
+        pid = exec_(self.name, NS, "pidof", "keyvault-csi").split()[0]
+        status = exec_(self.name, NS, "cat", f"/proc/{pid}/status")
+        rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        stat = exec_(self.name, NS, "cat", f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+        cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        return rss, cpu
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scenarios (in order: later ones build on what earlier ones leave)
+
+
+def s_classic(ctx):
+    """The tutorial exactly as users write it: class azure-kv-secrets, a busybox pod printing both."""
+    apply(spc("azure-kv-secrets", NS, [{"objectName": "db-password", "objectType": "secret"},
+                                       {"objectName": "api-key", "objectType": "secret"}]))
+    apply(pod("busybox-secrets-store", NS, [csi_volume("secrets-store-inline", "azure-kv-secrets")],
+              command="cat /mnt/secrets-store-inline/db-password; echo; cat /mnt/secrets-store-inline/api-key; echo; "
+                      "sleep 100000"))
+    wait_pod("busybox-secrets-store", NS)
+    logs = wait_for("the pod's log", lambda: kubectl("logs", "busybox-secrets-store", "-n", NS).strip(), 20)
+    if logs.split() != ["Pa55w0rd-e2e", "ak_live_e2e_123"]:
+        raise Failure(f"kubectl logs printed {logs!r}")
+    got = read("busybox-secrets-store", NS, "/mnt/secrets-store-inline/db-password")
+    if got != "Pa55w0rd-e2e":
+        raise Failure(f"kubectl exec cat db-password: {got!r}")
+    # The pod status, as upstream records it, in the pod's namespace.
+    uid = get("pod", "busybox-secrets-store", NS)["metadata"]["uid"]
+    st = get("secretproviderclasspodstatus", f"busybox-secrets-store-{NS}-azure-kv-secrets", NS)
+    s = st["status"]
+    node = get("pod", "busybox-secrets-store", NS)["spec"]["nodeName"]
+    expect = {"podName": "busybox-secrets-store", "secretProviderClassName": "azure-kv-secrets", "mounted": True}
+    if any(s.get(k) != v for k, v in expect.items()) or uid not in s.get("targetPath", ""):
+        raise Failure(f"pod status {s}")
+    if st["metadata"]["labels"].get("internal.secrets-store.csi.k8s.io/node-name") != node:
+        raise Failure(f"pod status labels {st['metadata']['labels']}")
+    # Object ids as the Azure provider reports them: <objectType>/<objectName>, with their versions.
+    names = sorted(o["id"] for o in s.get("objects", []) if o.get("version"))
+    if names != ["secret/api-key", "secret/db-password"]:
+        raise Failure(f"pod status objects {s.get('objects')}")
+    owners = st["metadata"].get("ownerReferences", [])
+    if [(o["kind"], o["uid"]) for o in owners] != [("Pod", uid)]:
+        raise Failure(f"pod status owners {owners}")
+
+
+def s_workload_identity(ctx):
+    """Kubelet mints service-account tokens for api://AzureADTokenExchange (the CSIDriver's
+    tokenRequests); the emulated Entra ID checks them against the cluster's own JWKS."""
+    for sa in ("workload", "stranger"):
+        apply({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": sa, "namespace": NS, "annotations": {"azure.workload.identity/client-id": "wi-client"}}})
+    apply(spc("wi-class", NS, [{"objectName": "api-key", "objectType": "secret"}], client_id="wi-client"))
+    apply(pod("wi-pod", NS, [csi_volume("kv", "wi-class", creds=False)], sa="workload"))
+    wait_pod("wi-pod", NS)
+    if read("wi-pod", NS, "/mnt/kv/api-key") != "ak_live_e2e_123":
+        raise Failure("wi-pod: wrong api-key")
+    apply(pod("wi-stranger", NS, [csi_volume("kv", "wi-class", creds=False)], sa="stranger"))
+    msg = failed_mount("wi-stranger", NS, "AADSTS")
+    if f"system:serviceaccount:{NS}:stranger" not in msg:
+        raise Failure(f"the AADSTS message does not name the subject: {msg}")
+    if "eyJ" in msg:
+        raise Failure("a token appears in the event")
+    delete("pod", "wi-stranger", NS, wait=False, grace=0)
+
+
+def s_keys_certs_alias(ctx):
+    """Service principal through nodePublishSecretRef; a key, a certificate and an objectAlias."""
+    apply(spc("kinds", NS, [
+        {"objectName": "db-password", "objectType": "secret", "objectAlias": "db/password", "filePermission": "0440"},
+        {"objectName": "my-key", "objectType": "key"},
+        {"objectName": "my-cert", "objectType": "cert"},
+        {"objectName": "my-cert", "objectType": "secret", "objectAlias": "my-cert-bundle.pem"},
+    ]))
+    apply(pod("kinds", NS, [csi_volume("kv", "kinds")]))
+    wait_pod("kinds", NS)
+    if read("kinds", NS, "/mnt/kv/db/password") != "Pa55w0rd-e2e":
+        raise Failure("alias db/password")
+    key = read("kinds", NS, "/mnt/kv/my-key")
+    if not key.startswith("-----BEGIN PUBLIC KEY-----"):
+        raise Failure(f"my-key: {key[:40]!r}")
+    cert = read("kinds", NS, "/mnt/kv/my-cert")
+    if not cert.startswith("-----BEGIN CERTIFICATE-----"):
+        raise Failure(f"my-cert: {cert[:40]!r}")
+    bundle = read("kinds", NS, "/mnt/kv/my-cert-bundle.pem")
+    if "PRIVATE KEY-----" not in bundle or "BEGIN CERTIFICATE" not in bundle:
+        raise Failure("my-cert-bundle.pem lacks the key or the certificate")
+    mode = exec_("kinds", NS, "stat", "-L", "-c", "%a", "/mnt/kv/db/password").strip()
+    if mode != "440":
+        raise Failure(f"filePermission 0440 -> {mode}")
+
+
+def s_sync(ctx):
+    """secretObjects synced and used from env by two Deployments; owners 2 -> 1 -> deleted by the real
+    garbage collector; a same-named unmanaged Secret left untouched with a Warning event."""
+    apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "e2e-unmanaged", "namespace": NS},
+           "stringData": {"password": "mine"}})
+    apply(spc("synced", NS, [{"objectName": "db-password", "objectType": "secret"},
+                             {"objectName": "rotating", "objectType": "secret"}],
+              secret_objects=[
+                  {"secretName": "e2e-synced", "type": "Opaque", "labels": {"team": "e2e"},
+                   "data": [{"objectName": "db-password", "key": "password"},
+                            {"objectName": "rotating", "key": "rotating"}]},
+                  {"secretName": "e2e-unmanaged", "type": "Opaque",
+                   "data": [{"objectName": "db-password", "key": "password"}]},
+              ]))
+    env = [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "e2e-synced", "key": "password"}}}]
+    for name in ("sync-a", "sync-b"):
+        apply(deployment(name, NS, 1, [csi_volume("kv", "synced")], env=env))
+    for name in ("sync-a", "sync-b"):
+        kubectl("rollout", "status", f"deploy/{name}", "-n", NS, "--timeout=120s", timeout=150)
+    sec = get("secret", "e2e-synced", NS)
+    if base64.b64decode(sec["data"]["password"]).decode() != "Pa55w0rd-e2e":
+        raise Failure("synced Secret has the wrong value")
+    if sec["metadata"]["labels"].get("secrets-store.csi.k8s.io/managed") != "true" or \
+            sec["metadata"]["labels"].get("team") != "e2e":
+        raise Failure(f"synced Secret labels {sec['metadata']['labels']}")
+    pods = get("pods", ns=NS)["items"]
+    a = next(p["metadata"]["name"] for p in pods if labels(p).get("app") == "sync-a")
+    if exec_(a, NS, "printenv", "DB_PASSWORD").strip() != "Pa55w0rd-e2e":
+        raise Failure("env from the synced Secret")
+    owners = wait_for("two owners on e2e-synced", lambda: (
+        lambda o: o if len(o) == 2 else None)(get("secret", "e2e-synced", NS)["metadata"].get("ownerReferences", [])), 30)
+    if {o["kind"] for o in owners} != {"ReplicaSet"}:
+        raise Failure(f"owners {owners}")
+    un = get("secret", "e2e-unmanaged", NS)
+    if base64.b64decode(un["data"]["password"]).decode() != "mine" or un["metadata"].get("ownerReferences"):
+        raise Failure("the unmanaged Secret was changed")
+    wait_for("Warning FailedToCreateSecret naming e2e-unmanaged", lambda: [
+        e for e in events(NS, a, "FailedToCreateSecret") if "e2e-unmanaged" in e["message"]
+        and e["type"] == "Warning"], 30)
+    ctx["sync_pod"] = a
+    # Owners 2 -> 1 -> none: the real garbage collector does the rest.
+    delete("deployment", "sync-a", NS)
+    wait_for("one owner left on e2e-synced", lambda: len(
+        get("secret", "e2e-synced", NS)["metadata"].get("ownerReferences", [])) == 1, 90)
+    delete("deployment", "sync-b", NS)
+    wait_for("e2e-synced deleted by the garbage collector", lambda: not exists("secret", "e2e-synced", NS), 90)
+    ctx.pop("sync_pod")
+
+
+def s_namespaces(ctx):
+    """Namespaced classes (same name, two namespaces), a missing class, two classes in one pod."""
+    kubectl("create", "namespace", NS2, check=False)
+    apply(sp_creds(NS2))
+    apply(spc("same-name", NS, [{"objectName": "db-password", "objectType": "secret"}]),
+          spc("same-name", NS2, [{"objectName": "other-ns-secret", "objectType": "secret"}]))
+    apply(pod("ns-a", NS, [csi_volume("kv", "same-name")]), pod("ns-b", NS2, [csi_volume("kv", "same-name")]))
+    wait_pod("ns-a", NS)
+    wait_pod("ns-b", NS2)
+    if exec_("ns-a", NS, "ls", "/mnt/kv").split() != ["db-password"]:
+        raise Failure("ns-a got the other namespace's class")
+    if read("ns-b", NS2, "/mnt/kv/other-ns-secret") != "only-in-e2e-other":
+        raise Failure("ns-b content")
+    apply(pod("missing-class", NS, [csi_volume("kv", "no-such-class")]))
+    msg = failed_mount("missing-class", NS, "failed to get secretproviderclass")
+    want = (f"failed to get secretproviderclass {NS}/no-such-class, error: SecretProviderClass.secrets-store.csi.x-k8s.io"
+            f" \"no-such-class\" not found")
+    if want not in msg:
+        raise Failure(f"FailedMount text {msg!r}, want it to contain {want!r}")
+    delete("pod", "missing-class", NS, wait=False, grace=0)
+    apply(pod("two-classes", NS, [csi_volume("one", "azure-kv-secrets"), csi_volume("two", "kinds")]))
+    wait_pod("two-classes", NS)
+    if read("two-classes", NS, "/mnt/one/api-key") != "ak_live_e2e_123" or \
+            read("two-classes", NS, "/mnt/two/db/password") != "Pa55w0rd-e2e":
+        raise Failure("two classes in one pod")
+    for p, ns in (("ns-a", NS), ("ns-b", NS2)):
+        delete("pod", p, ns, wait=False)
+
+
+def s_takeover(ctx):
+    """A pod status left by another node for the same pod (a StatefulSet pod that moved): taken over."""
+    name = f"moved-{NS}-azure-kv-secrets"
+    create({"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClassPodStatus",
+            "metadata": {"name": name, "namespace": NS,
+                         "labels": {"internal.secrets-store.csi.k8s.io/node-name": "old-node"}},
+            "status": {"podName": "moved", "secretProviderClassName": "azure-kv-secrets", "mounted": True,
+                       "targetPath": "/var/lib/kubelet/pods/old/volumes/x", "objects": []}})
+    apply(pod("moved", NS, [csi_volume("kv", "azure-kv-secrets")]))
+    wait_pod("moved", NS)
+    st = get("secretproviderclasspodstatus", name, NS)
+    node = get("pod", "moved", NS)["spec"]["nodeName"]
+    uid = get("pod", "moved", NS)["metadata"]["uid"]
+    if st["metadata"]["labels"].get("internal.secrets-store.csi.k8s.io/node-name") != node or \
+            uid not in st["status"]["targetPath"]:
+        raise Failure(f"not taken over: {st['metadata']['labels']} {st['status']['targetPath']}")
+    delete("pod", "moved", NS, wait=False)
+
+
+def s_rotation(ctx):
+    """The secret changed in the vault: the file and the synced Secret follow within one interval, with
+    MountRotationComplete and SecretRotationComplete events."""
+    apply(deployment("rot", NS, 1, [csi_volume("kv", "synced")]))
+    kubectl("rollout", "status", "deploy/rot", "-n", NS, "--timeout=120s", timeout=150)
+    p = next(x["metadata"]["name"] for x in get("pods", ns=NS)["items"]
+             if labels(x).get("app") == "rot" and not x["metadata"].get("deletionTimestamp"))
+    ctx["rot_pod"] = p
+    value = f"rotated-{int(time.time())}"
+    emu = ctx["emu"]
+    emu.set_secret("rotating", value)
+    t0 = time.time()
+    wait_for("the mounted file rotated", lambda: read(p, NS, "/mnt/kv/rotating") == value, POLL + 10)
+    file_s = time.time() - t0
+    wait_for("the synced Secret rotated", lambda: base64.b64decode(
+        get("secret", "e2e-synced", NS)["data"]["rotating"]).decode() == value, POLL + 10)
+    secret_s = time.time() - t0
+    wait_for("MountRotationComplete event", lambda: events(NS, p, "MountRotationComplete"), 20)
+    wait_for("SecretRotationComplete event", lambda: events(NS, p, "SecretRotationComplete"), 20)
+    FIGURES["rotation"] = f"file after {file_s:.1f} s, synced Secret after {secret_s:.1f} s (interval {POLL} s)"
+
+
+def s_unmount(ctx, inspector):
+    """Pod deleted: gone within 60 s, its tmpfs gone from the node's mount table, no error logged."""
+    since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    apply(pod("unmount-me", NS, [csi_volume("kv", "azure-kv-secrets")]))
+    wait_pod("unmount-me", NS)
+    uid = get("pod", "unmount-me", NS)["metadata"]["uid"]
+    if not inspector.tmpfs_mounts(uid):
+        raise Failure("the pod's tmpfs is not in the node's mount table")
+    t0 = time.time()
+    delete("pod", "unmount-me", NS, wait=False)
+    wait_for("pod gone", lambda: not exists("pod", "unmount-me", NS), 60)
+    wait_for("tmpfs gone from the node", lambda: not inspector.tmpfs_mounts(uid), 10)
+    if exists("secretproviderclasspodstatus", f"unmount-me-{NS}-azure-kv-secrets", NS):
+        wait_for("pod status deleted", lambda: not exists(
+            "secretproviderclasspodstatus", f"unmount-me-{NS}-azure-kv-secrets", NS), 30)
+    FIGURES["unmount"] = f"pod deleted and its tmpfs gone in {time.time() - t0:.1f} s"
+    logs = kubectl("logs", driver_pod(), "-n", DRIVER_NS, "-c", "secrets-store", f"--since-time={since}")
+    bad = [line for line in logs.splitlines() if re.search(r"\bERROR\b", line)]
+    if bad:
+        raise Failure(f"errors in the driver's log: {bad[:3]}")
+
+
+def s_driver_restart(ctx, inspector):
+    """The driver pod deleted mid-rotation: the DaemonSet brings it back, mounted pods keep reading,
+    rotation resumes, and a volume of a pod deleted meanwhile still unmounts."""
+    p = ctx["rot_pod"]
+    apply(pod("restart-victim", NS, [csi_volume("kv", "azure-kv-secrets")]))
+    wait_pod("restart-victim", NS)
+    victim_uid = get("pod", "restart-victim", NS)["metadata"]["uid"]
+    value = f"during-restart-{int(time.time())}"
+    ctx["emu"].set_secret("rotating", value)
+    old = driver_pod()
+    kubectl("delete", "pod", old, "-n", DRIVER_NS, "--wait=false")
+    delete("pod", "restart-victim", NS, wait=False)
+    # Files stay readable while the driver is away (the tmpfs is the kernel's, not ours).
+    end = time.time() + 5
+    while time.time() < end:
+        if read(p, NS, "/mnt/kv/db-password") != "Pa55w0rd-e2e":
+            raise Failure("a mounted file was unreadable while the driver restarted")
+        time.sleep(0.5)
+    wait_for("a new driver pod Ready", lambda: driver_ready() and driver_pod() != old, 120)
+    wait_for("rotation resumed after the restart", lambda: read(p, NS, "/mnt/kv/rotating") == value, POLL * 2 + 15)
+    wait_for("the deleted pod gone", lambda: not exists("pod", "restart-victim", NS), 90)
+    wait_for("its tmpfs gone", lambda: not inspector.tmpfs_mounts(victim_uid), 15)
+
+
+def s_metrics(ctx):
+    """The driver's /metrics (through the API server's pod proxy) carries upstream's names."""
+    m = metrics()
+    for name in ("node_publish_total", "node_unpublish_total", "rotation_reconcile_total"):
+        if metric_sum(m, name) <= 0:
+            raise Failure(f"{name} missing or zero")
+    ready = pod_proxy(driver_pod(), 8095, "/readyz")
+    if "ok" not in ready.lower():
+        raise Failure(f"/readyz answered {ready!r}")
+
+
+def s_scale(ctx, inspector):
+    """A 50-replica Deployment with a secrets volume: time from apply to all Ready; driver RSS and CPU."""
+    rss0, cpu0 = inspector.driver_process()
+    t0 = time.time()
+    apply(deployment("fifty", NS, 50, [csi_volume("kv", "azure-kv-secrets")]))
+    kubectl("rollout", "status", "deploy/fifty", "-n", NS, "--timeout=300s", timeout=330)
+    took = time.time() - t0
+    rss, cpu = inspector.driver_process()
+    FIGURES["scale"] = (f"50 replicas Ready in {took:.1f} s; driver RSS {rss0:.1f} -> {rss:.1f} MiB, "
+                        f"CPU {cpu - cpu0:.2f} s for the burst")
+    t0 = time.time()
+    delete("deployment", "fifty", NS)
+    wait_for("the 50 pods gone", lambda: not [p for p in get("pods", ns=NS)["items"]
+                                            if labels(p).get("app") == "fifty"], 180)
+    FIGURES["scale"] += f"; deleted in {time.time() - t0:.1f} s"
+
+
+def s_upgrade_uninstall(ctx):
+    """helm upgrade with pods mounted (files readable throughout), then helm uninstall: nothing of ours
+    left but the CRDs, as Helm does."""
+    p = ctx["rot_pod"]
+    reader = subprocess.Popen(
+        ["kubectl", "exec", p, "-n", NS, "--", "sh", "-c",
+         "i=0; while [ $i -lt 600 ]; do cat /mnt/kv/db-password >/dev/null || echo FAIL; i=$((i+1)); sleep 0.1; done; echo DONE"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    h = helm()
+    values = chart_values(ctx["emu"], logVerbosity=2)
+    old = driver_pod()
+    h.upgrade(str(CHART), RELEASE, values, namespace=DRIVER_NS, timeout=180, wait="watcher")
+    wait_for("the upgraded driver Ready", lambda: driver_ready() and driver_pod() != old, 120)
+    out, _ = reader.communicate(timeout=120)
+    if b"FAIL" in out or b"DONE" not in out:
+        raise Failure(f"files unreadable during the upgrade: {out[-200:]!r}")
+    if read(p, NS, "/mnt/kv/db-password") != "Pa55w0rd-e2e":
+        raise Failure("after the upgrade")
+    remove_workloads()
+    h.uninstall(RELEASE, wait="watcher", timeout=120)
+    wait_for("driver pods gone", lambda: not driver_pods(), 90)
+    left = []
+    for kind, name, ns in (("daemonset", DS, DRIVER_NS), ("csidriver", "secrets-store.csi.k8s.io", None),
+                           ("serviceaccount", DS, DRIVER_NS), ("clusterrole", "secretproviderclasses-role", None),
+                           ("clusterrolebinding", "secretproviderclasses-rolebinding", None),
+                           ("clusterrole", "secretprovidersyncing-role", None)):
+        if exists(kind, name, ns):
+            left.append(f"{kind}/{name}")
+    if left:
+        raise Failure(f"left after uninstall: {left}")
+    for crd in ("secretproviderclasses.secrets-store.csi.x-k8s.io",
+                "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io"):
+        if not exists("crd", crd):
+            raise Failure(f"CRD {crd} removed (Helm keeps CRDs)")
+    ctx["uninstalled"] = True
+
+
+def remove_workloads():
+    """Workloads go before the driver, while it can still unmount their volumes (as an operator must
+    do before uninstalling any CSI driver)."""
+    for ns in (NS, NS2):
+        kubectl("delete", "deployments", "--all", "-n", ns, "--wait=true", check=False, timeout=180)
+        kubectl("delete", "pods", "--all", "-n", ns, "--wait=true", "--grace-period=2", check=False, timeout=180)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def main():
+    only = {s for s in os.environ.get("E2E_ONLY", "").split(",") if s}
+    results = []
+    started = time.time()
+    emu = Emulator()
+    inspector = Inspector()
+    ctx = {"emu": emu}
+    failing_pods = []
+
+    def run(name, fn, *args):
+        if only and name not in only:
+            return
+        t0 = time.time()
+        try:
+            fn(ctx, *args)
+            results.append((name, True, time.time() - t0, ""))
+            print(f"PASS {name} ({time.time() - t0:.1f} s)", flush=True)
+        except Exception as e:  # noqa: BLE001 - a scenario's every failure is reported, the rest still run
+            reason = str(e) if isinstance(e, Failure) else f"{type(e).__name__}: {e}"
+            results.append((name, False, time.time() - t0, reason))
+            print(f"FAIL {name}: {reason} ({time.time() - t0:.1f} s)", flush=True)
+            if not isinstance(e, Failure):
+                traceback.print_exc()
+            pods = [(p["metadata"]["namespace"], p["metadata"]["name"]) for ns in (NS, NS2)
+                    for p in (get("pods", ns=ns, check=False) or {"items": []})["items"]
+                    if not pod_ready(p["metadata"]["name"], ns)]
+            failing_pods.extend(pods)
+            print(dump([NS, NS2, DRIVER_NS], DRIVER_NS, "keyvault-csi", pods), flush=True)
+
+    def setup(ctx):
+        for ns in (NS, NS2, EMU_NS):
+            kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", timeout=180)
+        emu.start()
+        kubectl("create", "namespace", NS)
+        apply(sp_creds(NS))
+        t0 = time.time()
+        helm().install(str(CHART), RELEASE, chart_values(emu), namespace=DRIVER_NS, timeout=180, wait="watcher")
+        wait_for("the DaemonSet Ready (registrar in CSINode, /readyz 200)", driver_ready, 120)
+        # The liveness probe answers the kubelet through the healthz port.
+        FIGURES["install"] = f"helm install to Ready in {time.time() - t0:.1f} s"
+        inspector.start()
+
+    run("install", setup)
+    if results and not results[-1][1]:
+        print(f"0 passed, 1 failed (install) in {time.time() - started:.0f} s")
+        return 1
+    run("classic-exercise", s_classic)
+    run("workload-identity", s_workload_identity)
+    run("sp-key-cert-alias", s_keys_certs_alias)
+    run("secret-sync", s_sync)
+    run("namespaces-missing-two-classes", s_namespaces)
+    run("pod-status-takeover", s_takeover)
+    run("rotation", s_rotation)
+    run("unmount", s_unmount, inspector)
+    if "rot_pod" in ctx:
+        run("driver-restart-mid-rotation", s_driver_restart, inspector)
+    run("metrics", s_metrics)
+    run("scale-50", s_scale, inspector)
+    if "rot_pod" in ctx:
+        run("helm-upgrade-uninstall", s_upgrade_uninstall)
+
+    # Teardown: our namespaces and, unless uninstalled above, the release.
+    if env_flag("E2E_KEEP"):
+        print("E2E_KEEP: leaving everything installed")
+        return 1 if any(not r[1] for r in results) else 0
+    try:
+        if not ctx.get("uninstalled"):
+            remove_workloads()
+            helm().uninstall(RELEASE, wait="watcher", timeout=120, ignore_not_found=True)
+        for ns in (NS, NS2, EMU_NS):
+            kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
+        kubectl("delete", "configmap", "kv-emulator-ca", "-n", DRIVER_NS, "--ignore-not-found", check=False)
+    finally:
+        emu.stop()
+
+    passed = sum(1 for r in results if r[1])
+    failed = len(results) - passed
+    for k, v in FIGURES.items():
+        print(f"figure {k}: {v}")
+    print(f"{passed} passed, {failed} failed in {time.time() - started:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Small helpers over kubectl for the end-to-end scenarios: JSON reads, applies from Python objects,
+waits with a reason, and the debugging dump a failing scenario prints. kubectl rather than a client
+library, so what runs here is what an operator would type."""
+
+import json
+import os
+import subprocess
+import time
+
+
+class Failure(Exception):
+    """A scenario's expectation that did not hold; the message says what and what was seen."""
+
+
+def kubectl(*args, input=None, check=True, timeout=120):
+    r = subprocess.run(
+        ["kubectl", *args],
+        input=input.encode() if isinstance(input, str) else input,
+        capture_output=True,
+        timeout=timeout,
+    )
+    if check and r.returncode != 0:
+        raise Failure(f"kubectl {' '.join(args)}: {r.stderr.decode().strip() or r.stdout.decode().strip()}")
+    return r.stdout.decode()
+
+
+def get(kind, name=None, ns=None, check=True):
+    args = ["get", kind] + ([name] if name else []) + (["-n", ns] if ns else []) + ["-o", "json"]
+    out = kubectl(*args, check=check)
+    return json.loads(out) if out.strip() else None
+
+
+def exists(kind, name, ns=None):
+    args = ["get", kind, name, "--ignore-not-found", "-o", "name"] + (["-n", ns] if ns else [])
+    return bool(kubectl(*args).strip())
+
+
+def apply(*objects):
+    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=e2e", "-f", "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+
+
+def create(obj):
+    kubectl("create", "-f", "-", input=json.dumps(obj))
+
+
+def delete(kind, name, ns=None, wait=True, grace=None):
+    args = ["delete", kind, name, "--ignore-not-found", f"--wait={str(wait).lower()}"]
+    if ns:
+        args += ["-n", ns]
+    if grace is not None:
+        args += [f"--grace-period={grace}"]
+    kubectl(*args, timeout=180)
+
+
+def wait_for(what, fn, timeout, interval=0.5):
+    """Polls `fn` until it returns a truthy value (returned) or `timeout` seconds pass (Failure naming
+    `what` and the last value or error seen)."""
+    deadline = time.time() + timeout
+    last = None
+    while True:
+        try:
+            v = fn()
+            if v:
+                return v
+            last = v
+        except Failure as e:
+            last = e
+        if time.time() > deadline:
+            raise Failure(f"{what}: not within {timeout:.0f} s (last: {str(last)[:300]})")
+        time.sleep(interval)
+
+
+def pod_ready(name, ns):
+    p = get("pod", name, ns, check=False)
+    if not p:
+        return False
+    conds = {c["type"]: c["status"] for c in p.get("status", {}).get("conditions", [])}
+    return conds.get("Ready") == "True"
+
+
+def events(ns, involved=None, reason=None):
+    items = get("events", ns=ns)["items"]
+    return [
+        e for e in items
+        if (involved is None or e["involvedObject"].get("name") == involved)
+        and (reason is None or e.get("reason") == reason)
+    ]
+
+
+def raw(path):
+    return kubectl("get", "--raw", path)
+
+
+def exec_(pod, ns, *cmd, container=None, check=True):
+    args = ["exec", pod, "-n", ns] + (["-c", container] if container else []) + ["--", *cmd]
+    return kubectl(*args, check=check, timeout=60)
+
+
+def dump(ns_list, driver_ns, driver_selector, pods=()):
+    """What an operator would look at: the driver's logs, events, and `describe` of failing pods."""
+    out = []
+    for p in get("pods", ns=driver_ns)["items"]:
+        if p["metadata"].get("labels", {}).get("app.kubernetes.io/name") != driver_selector:
+            continue
+        name = p["metadata"]["name"]
+        out.append(f"--- logs {driver_ns}/{name} (secrets-store, last 60 lines)")
+        out.append(kubectl("logs", name, "-n", driver_ns, "-c", "secrets-store", "--tail=60", check=False))
+    for ns in ns_list:
+        out.append(f"--- events in {ns}")
+        out.append("\n".join(kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).splitlines()[-25:]))
+    for ns, name in pods:
+        out.append(f"--- describe pod {ns}/{name}")
+        out.append(kubectl("describe", "pod", name, "-n", ns, check=False)[-3000:])
+    return "\n".join(out)
+
+
+def env_flag(name):
+    return os.environ.get(name, "") not in ("", "0", "false")
