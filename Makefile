@@ -21,11 +21,6 @@ soak:
 crds:
 	cargo run -q -p keyvault-csi -- crds > charts/keyvault-csi/crds/crds.yaml
 
-## e2e: the chart installed with Helm on a real cluster (KUBECONFIG, or the k8s kit in ../shared/k8s,
-## started and stopped around the run), real pods under the real kubelet (hack/e2e.sh)
-e2e: $(VENV)/.installed
-	hack/e2e.sh
-
 .PHONY: e2e crds chart soak bench demo test lint fmt-check clippy unit conformance build release clean
 
 ## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts, the
@@ -65,6 +60,11 @@ conformance: $(VENV)/.installed
 chart: $(VENV)/.installed
 	$(CARGO) test --workspace --locked --no-run
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/chart
+
+## e2e: the chart installed with Helm on a real cluster (KUBECONFIG, or the k8s kit in ../shared/k8s,
+## started and stopped around the run), real pods under the real kubelet (hack/e2e.sh)
+e2e: $(VENV)/.installed
+	hack/e2e.sh
 
 build:
 	$(CARGO) build --workspace --locked

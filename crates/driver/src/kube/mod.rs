@@ -7,8 +7,8 @@
 mod cache;
 mod classes;
 mod cluster;
-mod credentials;
 pub mod crd;
+mod credentials;
 mod events;
 mod podstatus;
 pub mod secrets;
