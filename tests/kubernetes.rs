@@ -437,8 +437,27 @@ async fn after_a_crash_the_driver_takes_its_volumes_back_from_the_pod_statuses()
     api.put("secretproviderclasses", class("default", "spc", "e2e-provider", &[("x", "y")]));
     let mut pod = kube_fake::pod("default", "web-0", "node-1", None);
     pod["spec"]["volumes"] = json!([{ "name": "secrets-store-inline", "csi": { "driver": "secrets-store.csi.k8s.io",
-        "readOnly": true, "volumeAttributes": { "secretProviderClass": "spc" } } }]);
+        "readOnly": true, "volumeAttributes": { "secretProviderClass": "spc" },
+        "nodePublishSecretRef": { "name": "creds" } } }]);
     let pod = api.put("pods", pod);
+    // kubelet's credentials for the volume: a nodePublishSecretRef Secret and the CSIDriver's tokens.
+    api.put(
+        "secrets",
+        json!({ "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "creds", "namespace": "default" }, "data": { "clientid": "c3AtY2xpZW50" } }),
+    );
+    api.put(
+        "csidrivers",
+        json!({ "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+        "metadata": { "name": "secrets-store.csi.k8s.io", "namespace": "" },
+        "spec": { "tokenRequests": [{ "audience": "api://AzureADTokenExchange" }] } }),
+    );
+    api.put(
+        "serviceaccounts",
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": { "name": "default", "namespace": "default" } }),
+    );
+    api.set_token_minter(|ns, sa, aud| Some(format!("minted-for-{ns}-{sa}-{aud}")));
     let mut vol = PodVolume::new("web-0", "spc");
     vol.uid = pod["metadata"]["uid"].as_str().unwrap().into();
     let target = vol.target(&node);
@@ -459,6 +478,15 @@ async fn after_a_crash_the_driver_takes_its_volumes_back_from_the_pod_statuses()
     let request = provider.last_request();
     assert!(request.attributes.contains(r#""csi.storage.k8s.io/pod.name":"web-0""#), "{}", request.attributes);
     assert!(request.attributes.contains(&vol.uid), "the pod's identity is rebuilt from the pod");
+    // kubelet's credentials are never persisted: they come back as kubelet got them (a GET of the
+    // nodePublishSecretRef, a TokenRequest for the pod's service account), so rotation needs no republish.
+    assert!(request.secrets.contains(r#""clientid":"sp-client""#), "nodePublishSecretRef recovered");
+    assert!(
+        request.attributes.contains("minted-for-default-default-api://AzureADTokenExchange"),
+        "tokens requested for the pod: {}",
+        request.attributes
+    );
+    assert!(api.requests().iter().any(|r| r.contains("/serviceaccounts/default/token")));
 
     // Kubelet's unpublish still cleans up everything.
     vol.unpublish(&node, &mut driver.node_client().await).await.unwrap();

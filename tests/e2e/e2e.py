@@ -589,6 +589,11 @@ def s_rotation(ctx):
     p = next(x["metadata"]["name"] for x in get("pods", ns=NS)["items"]
              if labels(x).get("app") == "rot" and not x["metadata"].get("deletionTimestamp"))
     ctx["rot_pod"] = p
+    # Someone else's label and annotation on the synced Secret: the rotation's read-modify-write
+    # (optimistic locking on resourceVersion) must keep them.
+    wait_for("e2e-synced re-created", lambda: exists("secret", "e2e-synced", NS), 30)
+    kubectl("label", "secret", "e2e-synced", "-n", NS, "owner-team=platform")
+    kubectl("annotate", "secret", "e2e-synced", "-n", NS, "example.com/audit=kept")
     value = f"rotated-{int(time.time())}"
     emu = ctx["emu"]
     emu.set_secret("rotating", value)
@@ -598,6 +603,10 @@ def s_rotation(ctx):
     wait_for("the synced Secret rotated", lambda: base64.b64decode(
         get("secret", "e2e-synced", NS)["data"]["rotating"]).decode() == value, POLL + 10)
     secret_s = time.time() - t0
+    meta = get("secret", "e2e-synced", NS)["metadata"]
+    if labels({"metadata": meta}).get("owner-team") != "platform" or \
+            (meta.get("annotations") or {}).get("example.com/audit") != "kept":
+        raise Failure(f"the rotation's update dropped foreign metadata: {meta.get('labels')} {meta.get('annotations')}")
     wait_for("MountRotationComplete event", lambda: events(NS, p, "MountRotationComplete"), 20)
     wait_for("SecretRotationComplete event", lambda: events(NS, p, "SecretRotationComplete"), 20)
     FIGURES["rotation"] = f"file after {file_s:.1f} s, synced Secret after {secret_s:.1f} s (interval {POLL} s)"
