@@ -659,7 +659,11 @@ def s_driver_restart(ctx, inspector):
 
 
 def s_metrics(ctx):
-    """The driver's /metrics (through the API server's pod proxy) carries upstream's names."""
+    """The driver's /metrics (through the API server's pod proxy) carries upstream's names. A pod is
+    mounted and deleted first: the driver may have restarted (counters start at zero)."""
+    apply(pod("metrics-probe", NS, [csi_volume("kv", "azure-kv-secrets")]))
+    wait_pod("metrics-probe", NS)
+    delete("pod", "metrics-probe", NS)
     m = metrics()
     for name in ("node_publish_total", "node_unpublish_total", "rotation_reconcile_total"):
         if metric_sum(m, name) <= 0:
@@ -772,7 +776,8 @@ def main():
         t0 = time.time()
         helm().install(str(CHART), RELEASE, chart_values(emu), namespace=DRIVER_NS, timeout=180, wait="watcher")
         wait_for("the DaemonSet Ready (registrar in CSINode, /readyz 200)", driver_ready, 120)
-        # The liveness probe answers the kubelet through the healthz port.
+        # The liveness-probe sidecar answers on the healthz port after probing the driver's CSI socket.
+        wait_for("the liveness probe healthy", lambda: "ok" in pod_proxy(driver_pod(), 9808, "/healthz").lower(), 30)
         FIGURES["install"] = f"helm install to Ready in {time.time() - t0:.1f} s"
         inspector.start()
 
