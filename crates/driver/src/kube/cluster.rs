@@ -84,7 +84,12 @@ impl KubeCluster {
     /// volume whose name is in the target path (`.../volumes/kubernetes.io~csi/<name>/mount`), its
     /// attributes and kubelet's pod attributes. Service-account tokens are not known until kubelet's
     /// next republish.
-    async fn volume_params(&self, ns: &str, s: &super::crd::PodStatusStatus) -> Option<PublishParams> {
+    async fn volume_params(
+        &self,
+        ns: &str,
+        s: &super::crd::PodStatusStatus,
+        token_requests: &[credentials::CsiTokenRequest],
+    ) -> Option<PublishParams> {
         use crate::volume_context as vc;
         let pod = Api::<Pod>::namespaced(self.client.clone(), ns).get_opt(&s.pod_name).await.ok()??;
         let target = std::path::PathBuf::from(&s.target_path);
@@ -111,7 +116,7 @@ impl KubeCluster {
             Some(name) => credentials::publish_secret(&self.client, ns, &name).await,
             None => None,
         };
-        let tokens = credentials::pod_tokens(&self.client, &self.driver_name, ns, &sa, &s.pod_name, &uid).await;
+        let tokens = credentials::pod_tokens(&self.client, token_requests, ns, &sa, &s.pod_name, &uid).await;
         Some(PublishParams {
             volume_id: String::new(),
             target_path: target,
@@ -250,11 +255,12 @@ impl Cluster for KubeCluster {
                 return Vec::new();
             }
         };
+        let token_requests = credentials::token_requests(&self.client, &self.driver_name).await;
         let mut out = Vec::new();
         for st in statuses {
             let Some(s) = st.status.filter(|s| s.mounted && !s.target_path.is_empty()) else { continue };
             let ns = st.metadata.namespace.clone().unwrap_or_default();
-            match self.volume_params(&ns, &s).await {
+            match self.volume_params(&ns, &s, &token_requests).await {
                 Some(p) => out.push(p),
                 None => {
                     tracing::debug!(pod = %s.pod_name, namespace = %ns, "pod status without a matching pod volume; skipped")

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret as KubeSecret, ServiceAccount};
 use k8s_openapi::api::storage::v1::CSIDriver;
+/// One of the CSIDriver's `tokenRequests` (audience, lifetime).
+pub use k8s_openapi::api::storage::v1::TokenRequest as CsiTokenRequest;
 use kube::Api;
 use kube::api::PostParams;
 
@@ -38,25 +40,29 @@ pub async fn publish_secret(
     }
 }
 
-/// Tokens for the CSIDriver's `tokenRequests` audiences, for the pod's service account and bound to the
-/// pod, in kubelet's JSON form (`{"<audience>": {"token": ..., "expirationTimestamp": ...}}`). `None`
-/// when the driver requests no tokens or they cannot be had.
+/// The CSIDriver's `tokenRequests` (audiences and lifetimes): read once per rediscovery, not once per
+/// volume. Empty when the driver requests no tokens or the CSIDriver cannot be read.
+pub async fn token_requests(client: &kube::Client, driver: &str) -> Vec<CsiTokenRequest> {
+    match Api::<CSIDriver>::all(client.clone()).get_opt(driver).await {
+        Ok(d) => d.and_then(|d| d.spec.token_requests).unwrap_or_default(),
+        Err(e) => {
+            tracing::debug!(error = %super::describe(&e), "cannot read the CSIDriver's tokenRequests");
+            Vec::new()
+        }
+    }
+}
+
+/// Tokens for `requests`, for the pod's service account and bound to the pod, in kubelet's JSON form
+/// (`{"<audience>": {"token": ..., "expirationTimestamp": ...}}`). `None` when there are no requests
+/// or a token cannot be had.
 pub async fn pod_tokens(
     client: &kube::Client,
-    driver: &str,
+    requests: &[CsiTokenRequest],
     namespace: &str,
     service_account: &str,
     pod: &str,
     pod_uid: &str,
 ) -> Option<Secret<String>> {
-    let csidriver = match Api::<CSIDriver>::all(client.clone()).get_opt(driver).await {
-        Ok(d) => d?,
-        Err(e) => {
-            tracing::debug!(error = %super::describe(&e), "cannot read the CSIDriver's tokenRequests");
-            return None;
-        }
-    };
-    let requests = csidriver.spec.token_requests.unwrap_or_default();
     if requests.is_empty() {
         return None;
     }
@@ -79,7 +85,7 @@ pub async fn pod_tokens(
         match api.create_token_request(service_account, &PostParams::default(), &req).await {
             Ok(TokenRequest { status: Some(st), .. }) => {
                 out.insert(
-                    r.audience,
+                    r.audience.clone(),
                     serde_json::json!({ "token": st.token, "expirationTimestamp": st.expiration_timestamp.0 }),
                 );
             }
