@@ -1,13 +1,10 @@
 //! Key Vault objects → file contents, exactly as the upstream provider writes them (reference §2):
-//! secret encodings; certificate-backed secrets as PEM (PKCS#8 keys first, then the chain rebuilt
-//! leaf → root by AKI/SKI, falling back to the original order) or PFX; `cert` as the leaf PEM; `key`
-//! as an SPKI `PUBLIC KEY` PEM for RSA and EC.
+//! secret encodings; certificate-backed secrets as PEM (PKCS#8 keys first, then every certificate,
+//! the chain rebuilt leaf → root by AKI/SKI: see the `pfx` crate) or PFX; `cert` as the leaf PEM;
+//! `key` as an SPKI `PUBLIC KEY` PEM for RSA and EC.
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use x509_parser::extensions::ParsedExtension;
-use x509_parser::prelude::{FromDer, X509Certificate};
-
 use crate::params::{Encoding, Format};
 
 /// `application/x-pkcs12`.
@@ -15,9 +12,7 @@ pub const PKCS12: &str = "application/x-pkcs12";
 /// `application/x-pem-file`.
 pub const PEM_FILE: &str = "application/x-pem-file";
 
-fn pem_block(tag: &str, der: &[u8]) -> String {
-    pem::encode_config(&pem::Pem::new(tag, der.to_vec()), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
-}
+use pfx::pem_block;
 
 /// Applies `objectEncoding` to the final content of a secret.
 pub fn decode(content: Vec<u8>, encoding: Encoding) -> Result<Vec<u8>, String> {
@@ -40,98 +35,12 @@ pub fn cert_secret(value: &str, content_type: &str, format: Format, construct_ch
     }
 }
 
-/// Base64 PFX (empty password) → private keys (PKCS#8 PEM) followed by certificates.
+/// Base64 PFX (empty password) → every private key (PKCS#8 PEM), then every certificate: leaf →
+/// intermediates → root with `construct_chain` and the others after them, else the stored order.
+/// Never an empty file: a PFX without a key or a certificate is an error.
 pub fn pfx_to_pem(value: &str, construct_chain: bool) -> Result<String, String> {
-    let der = STANDARD.decode(value.trim()).map_err(|e| format!("failed to decode pfx: {e}"))?;
-    let ks = p12_keystore::KeyStore::from_pkcs12(&der, "", p12_keystore::Pkcs12ImportPolicy::Relaxed)
-        .map_err(|e| format!("failed to decode pfx: {e}"))?;
-    let mut keys = Vec::new();
-    let mut certs: Vec<Vec<u8>> = Vec::new();
-    for (_, entry) in ks.entries() {
-        match entry {
-            p12_keystore::KeyStoreEntry::PrivateKeyChain(chain) => {
-                keys.push(chain.key().as_der().to_vec());
-                certs.extend(chain.certs().iter().map(|c| c.as_der().to_vec()));
-            }
-            p12_keystore::KeyStoreEntry::Certificate(c) => certs.push(c.as_der().to_vec()),
-            _ => {}
-        }
-    }
-    let certs = if construct_chain { build_chain(certs)? } else { certs };
-    let mut out = String::new();
-    for k in &keys {
-        out.push_str(&pem_block("PRIVATE KEY", k));
-    }
-    for c in &certs {
-        out.push_str(&pem_block("CERTIFICATE", c));
-    }
-    Ok(out)
-}
-
-/// (Authority Key Identifier, Subject Key Identifier) of a certificate.
-type KeyIds = (Option<Vec<u8>>, Option<Vec<u8>>);
-
-fn key_ids(der: &[u8]) -> Result<KeyIds, String> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("failed to parse certificate: {e}"))?;
-    let (mut aki, mut ski) = (None, None);
-    for ext in cert.extensions() {
-        match ext.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => aki = a.key_identifier.as_ref().map(|k| k.0.to_vec()),
-            ParsedExtension::SubjectKeyIdentifier(k) => ski = Some(k.0.to_vec()),
-            _ => {}
-        }
-    }
-    Ok((aki, ski))
-}
-
-/// Orders certificates leaf → intermediates → root by AKI/SKI (upstream §2.3). An incomplete chain
-/// keeps the original order; a set without a leaf or with a cycle is an error, as upstream.
-pub fn build_chain(certs: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
-    if certs.len() < 2 {
-        return Ok(certs);
-    }
-    let ids = certs.iter().map(|c| key_ids(c)).collect::<Result<Vec<_>, _>>()?;
-    let n = certs.len();
-    let mut parent = vec![None; n];
-    for i in 0..n {
-        for j in 0..n {
-            if i == j {
-                continue;
-            }
-            let (aki, _) = &ids[i];
-            let (_, ski) = &ids[j];
-            if aki.is_none() && ski.is_none() {
-                continue;
-            }
-            if aki == ski {
-                parent[i] = Some(j);
-                break;
-            }
-        }
-    }
-    let is_parent: Vec<bool> = (0..n).map(|j| parent.contains(&Some(j))).collect();
-    let leaf = (0..n).find(|i| !is_parent[*i]).ok_or("no leaf found")?;
-    let mut order = vec![leaf];
-    let mut cur = leaf;
-    while let Some(p) = parent[cur] {
-        if order.len() > n {
-            return Err("constructing chain resulted in cycle".into());
-        }
-        if p == cur || order.contains(&p) {
-            // A self-signed root names itself as parent: the walk ends there.
-            if p == cur {
-                break;
-            }
-            return Err("constructing chain resulted in cycle".into());
-        }
-        order.push(p);
-        cur = p;
-    }
-    if order.len() != n {
-        tracing::warn!(chained = order.len(), total = n, "certificate chain is incomplete; keeping the original order");
-        return Ok(certs);
-    }
-    Ok(order.into_iter().map(|i| certs[i].clone()).collect())
+    let bundle = pfx::Bundle::from_base64(value, "").map_err(|e| format!("failed to decode pfx: {e}"))?;
+    bundle.to_pem(construct_chain).map_err(|e| format!("failed to decode pfx: {e}"))
 }
 
 /// `cert` objects: the `cer` (standard base64 DER of the leaf) as one PEM block.

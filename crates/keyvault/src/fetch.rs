@@ -163,10 +163,16 @@ async fn history(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, Vec
     versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     let start = if o.version.is_empty() || o.version.eq_ignore_ascii_case("latest") {
         0
+    } else if let Some(i) = versions.iter().position(|(_, v)| v.eq_ignore_ascii_case(&o.version)) {
+        i
     } else {
-        versions.iter().position(|(_, v)| v.eq_ignore_ascii_case(&o.version)).ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("version {} is not an enabled version of {}", o.version, o.name))
-        })?
+        // Upstream writes no file for the object and the mount succeeds; so do we, but say so.
+        tracing::warn!(
+            object = %o.name,
+            version = %o.version,
+            "objectVersion is not an enabled version of the object: objectVersionHistory writes no file for it"
+        );
+        versions.len()
     };
     let selected: Vec<String> = versions.into_iter().skip(start).take(o.history as usize).map(|(_, v)| v).collect();
     let fetches = selected.iter().enumerate().map(|(i, v)| {

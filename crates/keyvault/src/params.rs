@@ -320,7 +320,9 @@ fn check_object(raw: &RawObject, default_mode: u32) -> (ObjectSpec, String, Vec<
         "pfx" => spec.format = Format::Pfx,
         _ => problem("objectFormat", format!("invalid objectFormat: {format_text}, should be PEM or PFX")),
     }
-    if spec.format == Format::Pfx && kind.is_some_and(|k| k != ObjectType::Secret) {
+    // Upstream compares the raw text with lower-case `pfx` only, so `PFX` on a cert or key passes
+    // (and is ignored: those types have one output format). Kept, so such classes keep mounting.
+    if format_text == "pfx" && kind.is_some_and(|k| k != ObjectType::Secret) {
         problem("objectFormat", "PFX format only supported for objectType: secret".into());
     }
     let encoding_text = raw.object_encoding.text();

@@ -179,14 +179,8 @@ async fn every_object_type_and_format_matches_the_emulators_material() {
     let subjects: Vec<String> =
         blocks[1..].iter().map(|b| X509Certificate::from_der(b.contents()).unwrap().1.subject().to_string()).collect();
     assert_eq!(subjects, ["CN=tls.example.com", "CN=Emulator Intermediate CA", "CN=Emulator Root CA"]);
-    let ks = p12_keystore::KeyStore::from_pkcs12(
-        &STANDARD.decode(&pfx_b64).unwrap(),
-        "",
-        p12_keystore::Pkcs12ImportPolicy::Relaxed,
-    )
-    .unwrap();
-    let (_, chain) = ks.private_key_chain().unwrap();
-    assert_eq!(blocks[0].contents(), chain.key().as_der(), "the key written is the vault's key");
+    let stored = pfx::Bundle::from_base64(&pfx_b64, "").unwrap();
+    assert_eq!(blocks[0].contents(), stored.keys[0].pkcs8, "the key written is the vault's key");
 
     // PFX as stored (base64 text), and decoded to binary.
     assert_eq!(file(&r, "tls.pfx.b64").contents, pfx_b64.as_bytes());
@@ -230,6 +224,26 @@ async fn version_history_writes_exactly_n_enabled_versions_newest_first() {
     );
     assert_eq!(r.object_versions.len(), 3);
     assert!(r.object_versions.contains_key("secret/history/2"));
+}
+
+#[tokio::test]
+async fn version_history_from_a_version_that_is_not_enabled_writes_nothing_and_succeeds() {
+    let (_h, p) = setup(|_| {}).await;
+    let r = p
+        .mount(request(
+            &objects(&[
+                "objectName: history\nobjectType: secret\nobjectVersionHistory: 3\nobjectVersion: 00000000000000000000000000000000",
+                "objectName: db-password\nobjectType: secret",
+            ]),
+            &[],
+            SP,
+        ))
+        .await
+        .unwrap();
+    // Upstream: zero files for that object, no error; the other objects are written.
+    let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["db-password"]);
+    assert!(r.object_versions.keys().all(|k| !k.starts_with("secret/history")), "{:?}", r.object_versions);
 }
 
 #[tokio::test]

@@ -24,39 +24,24 @@ fn pem_blocks(file: &[u8]) -> Option<Vec<pem::Pem>> {
     pem::parse_many(file).ok().filter(|b| !b.is_empty())
 }
 
-/// What a PKCS#12 file holds: the PKCS#8 DER of its key, and its certificates' DER.
-struct Pkcs12Contents {
-    key: Option<Vec<u8>>,
-    certs: Vec<Vec<u8>>,
-}
-
-/// A PKCS#12 file (raw DER or base64, empty password).
-fn pkcs12(file: &[u8]) -> Result<Pkcs12Contents, String> {
-    use base64::Engine;
-    let text = std::str::from_utf8(file).ok().map(|s| s.split_whitespace().collect::<String>());
-    let decoded = text.and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok());
-    let der = decoded.as_deref().unwrap_or(file);
-    let ks = p12_keystore::KeyStore::from_pkcs12(der, "", p12_keystore::Pkcs12ImportPolicy::Relaxed)
-        .map_err(|e| format!("the file is neither PEM nor PKCS#12: {e}"))?;
-    let mut key = None;
-    let mut certs = Vec::new();
-    for (_, entry) in ks.entries() {
-        match entry {
-            p12_keystore::KeyStoreEntry::PrivateKeyChain(chain) => {
-                key = Some(chain.key().as_der().to_vec());
-                certs.extend(chain.certs().iter().map(|c| c.as_der().to_vec()));
-            }
-            p12_keystore::KeyStoreEntry::Certificate(c) => certs.push(c.as_der().to_vec()),
-            _ => {}
-        }
-    }
-    Ok(Pkcs12Contents { key, certs })
+/// A PKCS#12 file (raw DER or base64, empty password), every bag kept.
+fn pkcs12(file: &[u8]) -> Result<pfx::Bundle, String> {
+    let text = std::str::from_utf8(file).ok();
+    let bundle = match text.map(|t| pfx::Bundle::from_base64(t, "")) {
+        Some(Ok(b)) => b,
+        _ => pfx::Bundle::from_der(file, "").map_err(|e| format!("the file is neither PEM nor PKCS#12: {e}"))?,
+    };
+    Ok(bundle)
 }
 
 fn certificates(file: &[u8]) -> Result<Vec<u8>, String> {
     let certs: Vec<Vec<u8>> = match pem_blocks(file) {
         Some(blocks) => blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE").map(|b| b.into_contents()).collect(),
-        None => pkcs12(file)?.certs,
+        None => {
+            // The leaf (the certificate of the file's key) first, then its issuers, then the rest.
+            let bundle = pkcs12(file)?;
+            bundle.ordered_certs(true).map_err(|e| e.to_string())?.into_iter().map(<[u8]>::to_vec).collect()
+        }
     };
     if certs.is_empty() {
         return Err("no certificate found in the file".into());
@@ -74,7 +59,11 @@ fn private_key(file: &[u8]) -> Result<Vec<u8>, String> {
                 .ok_or("no private key found in the file")?;
             (b.tag().to_string(), b.into_contents())
         }
-        None => ("PRIVATE KEY".to_string(), pkcs12(file)?.key.ok_or("no private key found in the PKCS#12 file")?),
+        None => {
+            let bundle = pkcs12(file)?;
+            let key = bundle.leaf_key().ok_or("no private key found in the PKCS#12 file")?;
+            ("PRIVATE KEY".to_string(), key.pkcs8.clone())
+        }
     };
     let pem = match tag.as_str() {
         "RSA PRIVATE KEY" | "EC PRIVATE KEY" => encode(&tag, der),
@@ -157,6 +146,17 @@ mod tests {
             assert_eq!(tags(&tls_value("tls.crt", &file).unwrap()), ["CERTIFICATE"; 3]);
             assert_eq!(tags(&tls_value("tls.key", &file).unwrap()), ["EC PRIVATE KEY"]);
         }
+    }
+
+    #[test]
+    fn pkcs12_without_local_key_ids_in_any_order_gives_leaf_first_and_the_key() {
+        let m = CertMaterial::generate("CN=web", KeySpec::P256).unwrap();
+        let (leaf, int, root) = (&m.chain[0], &m.chain[1], &m.chain[2]);
+        let der = pfx::Writer::new("").cert(root, None).cert(leaf, None).cert(int, None).key(&m.key_pkcs8, None);
+        let crt = tls_value("tls.crt", &der.to_der().unwrap()).unwrap();
+        let blocks: Vec<Vec<u8>> = pem::parse_many(&crt).unwrap().into_iter().map(|b| b.into_contents()).collect();
+        assert_eq!(&blocks, &[leaf.clone(), int.clone(), root.clone()]);
+        assert_eq!(tags(&tls_value("tls.key", &der.to_der().unwrap()).unwrap()), ["EC PRIVATE KEY"]);
     }
 
     #[test]
