@@ -238,9 +238,10 @@ fn route(ctx: &Ctx<'_>, claims: &AccessClaims) -> Response<Body> {
         (&Method::GET, []) | (&Method::GET, [""]) => ("list", None),
         (&Method::GET, [_]) | (&Method::GET, [_, ""]) => ("get", None),
         (&Method::GET, [_, "versions"]) => ("list", None),
+        (&Method::GET, [_, "pending"]) if kind == "certificates" => ("get", Some("pending")),
         (&Method::GET, [_, v]) => ("get", Some(*v)),
         (&Method::PUT, [_]) if kind == "secrets" => ("set", None),
-        (&Method::POST, [_, "create"]) if kind == "keys" => ("create", None),
+        (&Method::POST, [_, "create"]) if kind == "keys" || kind == "certificates" => ("create", None),
         (&Method::POST, [_, "import"]) if kind == "certificates" => ("import", None),
         _ => return bad_parameter(&format!("The request URI is not valid: {} /{}", req.method, segs.join("/"))),
     };
@@ -257,12 +258,14 @@ fn route(ctx: &Ctx<'_>, claims: &AccessClaims) -> Response<Body> {
     let base = format!("https://{}", req.host);
     let api_version = req.query.get("api-version").cloned().unwrap_or_default();
     match op {
+        "get" if version == Some("pending") => certificate_operation(vault, &base, name, false),
         "get" => get_object(vault, &base, kind, name, version),
         "list" if segs.len() <= 2 && segs.get(1).is_none_or(|s| s.is_empty()) => {
             list_objects(vault, &base, kind, &req.query, &api_version)
         }
         "list" => list_versions(vault, &base, kind, name, &req.query, &api_version),
         "set" => set_secret(vault, &base, name, req.body),
+        "create" if kind == "certificates" => create_certificate(vault, &base, name, req.body),
         "create" => create_key(vault, &base, name, req.body),
         "import" => import_certificate(vault, &base, name, req.body),
         _ => unreachable!("every op is matched above"),
@@ -533,17 +536,113 @@ fn import_certificate(vault: &mut crate::state::Vault, base: &str, name: &str, b
         return bad_parameter("Property 'value' is required.");
     };
     let pwd = b.get("pwd").and_then(Value::as_str).unwrap_or("");
-    let material = match CertMaterial::import(value, pwd) {
+    let preserve_order = b.get("preserveCertOrder").and_then(Value::as_bool).unwrap_or(false);
+    let material = match CertMaterial::import(value, pwd, preserve_order) {
         Ok(m) => m,
         Err(e) => return bad_parameter(&e),
     };
-    let default_ct = if value.contains("-----BEGIN") { PEM } else { PKCS12 };
-    let ct = b.pointer("/policy/secret_props/contentType").and_then(Value::as_str).unwrap_or(default_ct).to_string();
-    if ct != PEM && ct != PKCS12 {
-        return bad_parameter(&format!("The content type {ct} is not supported."));
-    }
-    match vault.add_certificate(name, &material, &ct) {
+    let ct = match secret_content_type(&b) {
+        Ok(ct) => ct.unwrap_or(if value.contains("-----BEGIN") { PEM } else { PKCS12 }),
+        Err(r) => return r,
+    };
+    match vault.add_certificate(name, &material, ct) {
         Ok(c) => json_response(StatusCode::OK, &cert_json(base, name, &c, true)),
         Err(e) => kv_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &e, None),
     }
+}
+
+/// `policy.secret_props.contentType`, if given; only the two Key Vault knows.
+fn secret_content_type(body: &Value) -> Result<Option<&'static str>, Response<Body>> {
+    match body.pointer("/policy/secret_props/contentType").and_then(Value::as_str) {
+        None => Ok(None),
+        Some(PEM) => Ok(Some(PEM)),
+        Some(PKCS12) => Ok(Some(PKCS12)),
+        Some(other) => Err(bad_parameter(&format!("The content type {other} is not supported."))),
+    }
+}
+
+/// `POST /certificates/{name}/create`: a self-signed certificate from the policy. Key Vault answers
+/// 202 with an operation in progress; the SDKs poll `GET …/pending` until it is `completed`.
+/// Certificates from a CA issuer (or `Unknown`, merged later) are not emulated.
+fn create_certificate(vault: &mut crate::state::Vault, base: &str, name: &str, body: &[u8]) -> Response<Body> {
+    let b = match body_json(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(policy) = b.get("policy").filter(|p| p.is_object()) else {
+        return bad_parameter("Property 'policy' is required.");
+    };
+    let issuer = policy.pointer("/issuer/name").and_then(Value::as_str).unwrap_or("");
+    if !issuer.eq_ignore_ascii_case("Self") {
+        return bad_parameter(&format!("Issuer '{issuer}' is not supported by this emulator: only 'Self' is."));
+    }
+    let Some(subject) = policy.pointer("/x509_props/subject").and_then(Value::as_str).filter(|s| !s.is_empty()) else {
+        return bad_parameter("Property 'x509_props.subject' is required.");
+    };
+    let dns_names = policy
+        .pointer("/x509_props/sans/dns_names")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default();
+    let key_props = policy.get("key_props").cloned().unwrap_or(Value::Null);
+    let kty = key_props.get("kty").and_then(Value::as_str).unwrap_or("RSA");
+    let size = key_props.get("key_size").and_then(Value::as_u64).map(|s| s as u32);
+    let key = match KeySpec::parse(kty, size, key_props.get("crv").and_then(Value::as_str)) {
+        Ok(k) => k,
+        Err(e) => return bad_parameter(&e),
+    };
+    let ct = match secret_content_type(&b) {
+        Ok(ct) => ct.unwrap_or(PKCS12),
+        Err(r) => return r,
+    };
+    let validity_months = policy.pointer("/x509_props/validity_months").and_then(Value::as_u64).unwrap_or(12) as u32;
+    let spec = crate::model::SelfSignedPolicy { subject: subject.to_string(), dns_names, validity_months, key };
+    let (material, csr) = match CertMaterial::self_signed(&spec) {
+        Ok(m) => m,
+        Err(e) => return bad_parameter(&e),
+    };
+    if let Err(e) = vault.add_certificate(name, &material, ct) {
+        return kv_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", &e, None);
+    }
+    let op = crate::state::CertOperation {
+        request_id: uuid::Uuid::new_v4().simple().to_string(),
+        csr,
+        issuer: "Self".into(),
+    };
+    vault.operations.insert(name.to_string(), op);
+    let mut resp = certificate_operation(vault, base, name, true);
+    *resp.status_mut() = StatusCode::ACCEPTED;
+    let location =
+        format!("{base}/certificates/{name}/pending?api-version=7.4&request_id={}", vault.operations[name].request_id);
+    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).expect("ascii location"));
+    resp
+}
+
+/// The certificate operation: `inProgress` when just created, `completed` on every later look.
+fn certificate_operation(vault: &crate::state::Vault, base: &str, name: &str, just_created: bool) -> Response<Body> {
+    let Some(op) = vault.operations.get(name) else {
+        return kv_error(
+            StatusCode::NOT_FOUND,
+            "PendingCertificateNotFound",
+            &format!("Pending certificate not found: {name}"),
+            None,
+        );
+    };
+    let mut j = json!({
+        "id": format!("{base}/certificates/{name}/pending"),
+        "issuer": { "name": op.issuer },
+        "csr": STANDARD.encode(&op.csr),
+        "cancellation_requested": false,
+        "request_id": op.request_id,
+    });
+    if just_created {
+        j["status"] = json!("inProgress");
+        j["status_details"] = json!(
+            "Pending certificate created. Certificate request is in progress. This may take some time based on the issuer provider. Please check again later."
+        );
+    } else {
+        j["status"] = json!("completed");
+        j["target"] = json!(format!("{base}/certificates/{name}"));
+    }
+    json_response(StatusCode::OK, &j)
 }

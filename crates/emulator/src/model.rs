@@ -295,24 +295,40 @@ pub fn generate_key(spec: KeySpec) -> Result<Jwk, String> {
 /// A certificate with its chain and private key, as Key Vault stores it.
 #[derive(Clone, Debug)]
 pub struct CertMaterial {
-    /// Leaf first, then intermediates, then the root.
-    pub chain: Vec<Vec<u8>>,
+    /// Every certificate, in the order the certificate's secret stores them.
+    pub certs: Vec<Vec<u8>>,
+    /// Index in `certs` of the certificate that belongs to the private key.
+    pub leaf: usize,
     /// PKCS#8 DER of the leaf's private key.
     pub key_pkcs8: Vec<u8>,
 }
 
+/// A certificate policy's `x509_props` and `key_props`, for a self-signed certificate.
+#[derive(Clone, Debug)]
+pub struct SelfSignedPolicy {
+    /// `subject`, e.g. `CN=example.com`.
+    pub subject: String,
+    /// `sans.dns_names`.
+    pub dns_names: Vec<String>,
+    /// `validity_months` (Key Vault's default is 12).
+    pub validity_months: u32,
+    /// Key type and size or curve.
+    pub key: KeySpec,
+}
+
+fn ca_params(cn: &str) -> Result<CertificateParams, String> {
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    p.distinguished_name = dn(cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
 impl CertMaterial {
-    /// Generates root → intermediate → leaf, each with SKI, and AKI on the issued ones.
+    /// Generates root → intermediate → leaf, each with SKI, and AKI on the issued ones; stored leaf first.
     pub fn generate(subject: &str, spec: KeySpec) -> Result<Self, String> {
         let e = |e: rcgen::Error| e.to_string();
-        let ca_params = |cn: &str| -> Result<CertificateParams, String> {
-            let mut p = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
-            p.distinguished_name = dn(cn);
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            p.use_authority_key_identifier_extension = true;
-            Ok(p)
-        };
         let root = CertifiedIssuer::self_signed(ca_params("Emulator Root CA")?, keypair(KeySpec::P256)?).map_err(e)?;
         let intermediate =
             CertifiedIssuer::signed_by(ca_params("Emulator Intermediate CA")?, keypair(KeySpec::P256)?, &root)
@@ -325,82 +341,97 @@ impl CertMaterial {
         let leaf_key = keypair(spec)?;
         let leaf = leaf_params.signed_by(&leaf_key, &intermediate).map_err(e)?;
         Ok(Self {
-            chain: vec![leaf.der().to_vec(), intermediate.der().to_vec(), root.der().to_vec()],
+            certs: vec![leaf.der().to_vec(), intermediate.der().to_vec(), root.der().to_vec()],
+            leaf: 0,
             key_pkcs8: leaf_key.serialize_der(),
         })
     }
 
-    /// Reads an imported PFX (base64) or PEM bundle.
-    pub fn import(value: &str, password: &str) -> Result<Self, String> {
-        if value.contains("-----BEGIN") {
-            let blocks = pem::parse_many(value).map_err(|e| e.to_string())?;
-            let chain: Vec<Vec<u8>> =
-                blocks.iter().filter(|b| b.tag() == "CERTIFICATE").map(|b| b.contents().to_vec()).collect();
-            let key = blocks.iter().find(|b| b.tag() == "PRIVATE KEY").ok_or(
-                "The specified PEM X.509 certificate content is in an unexpected format: no PKCS#8 PRIVATE KEY",
-            )?;
-            if chain.is_empty() {
-                return Err("The specified PEM X.509 certificate content has no certificate".into());
-            }
-            return Ok(Self { chain, key_pkcs8: key.contents().to_vec() });
-        }
-        let der =
-            STANDARD.decode(value.trim()).map_err(|_| "The specified PFX content is not valid base64".to_string())?;
-        let ks = p12_keystore::KeyStore::from_pkcs12(&der, password, p12_keystore::Pkcs12ImportPolicy::Relaxed)
-            .map_err(|e| format!("The specified PKCS#12 X.509 certificate content can not be read: {e}"))?;
-        let (_, chain) = ks.private_key_chain().ok_or("The specified PKCS#12 content has no private key")?;
-        Ok(Self {
-            chain: chain.certs().iter().map(|c| c.as_der().to_vec()).collect(),
-            key_pkcs8: chain.key().as_der().to_vec(),
-        })
+    /// A self-signed certificate from a policy whose issuer is `Self`, as `create` makes it.
+    pub fn self_signed(policy: &SelfSignedPolicy) -> Result<(Self, Vec<u8>), String> {
+        let e = |e: rcgen::Error| e.to_string();
+        let cn = policy.subject.strip_prefix("CN=").unwrap_or(&policy.subject);
+        let mut params = CertificateParams::new(policy.dns_names.clone()).map_err(e)?;
+        params.distinguished_name = dn(cn);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.not_before = time::OffsetDateTime::now_utc();
+        params.not_after = params.not_before + time::Duration::days(30 * i64::from(policy.validity_months.max(1)));
+        let key = keypair(policy.key)?;
+        let csr = params.serialize_request(&key).map_err(e)?.der().to_vec();
+        let cert = params.self_signed(&key).map_err(e)?;
+        Ok((Self { certs: vec![cert.der().to_vec()], leaf: 0, key_pkcs8: key.serialize_der() }, csr))
     }
 
-    /// The backing secret's value: a base64 PFX (empty password, legacy 3DES as Key Vault writes) or PEM.
+    /// The certificate that belongs to the private key.
+    pub fn leaf(&self) -> &[u8] {
+        &self.certs[self.leaf]
+    }
+
+    /// Reads an imported PFX (DER or base64) or PEM bundle, keeping every certificate. Key Vault puts
+    /// the leaf first unless `preserve_order` (`preserveCertOrder`), and keeps the others' order.
+    pub fn import(value: &str, password: &str, preserve_order: bool) -> Result<Self, String> {
+        let (mut certs, key_pkcs8) = match pem_text(value) {
+            Some(text) => {
+                let blocks = pem::parse_many(text).map_err(|e| e.to_string())?;
+                let certs: Vec<Vec<u8>> =
+                    blocks.iter().filter(|b| b.tag() == "CERTIFICATE").map(|b| b.contents().to_vec()).collect();
+                let key = blocks.iter().find(|b| b.tag() == "PRIVATE KEY").ok_or(
+                    "The specified PEM X.509 certificate content is in an unexpected format: no PKCS#8 PRIVATE KEY",
+                )?;
+                if certs.is_empty() {
+                    return Err("The specified PEM X.509 certificate content has no certificate".into());
+                }
+                (certs, key.contents().to_vec())
+            }
+            None => {
+                let bundle = pfx::Bundle::from_base64(value, password)
+                    .map_err(|e| format!("The specified PKCS#12 X.509 certificate content can not be read: {e}"))?;
+                let key = bundle.leaf_key().ok_or("The specified PKCS#12 content has no private key")?.pkcs8.clone();
+                if bundle.certs.is_empty() {
+                    return Err("The specified PKCS#12 content has no certificate".into());
+                }
+                (bundle.certs.into_iter().map(|c| c.der).collect(), key)
+            }
+        };
+        let key = KeyPair::try_from(key_pkcs8.as_slice())
+            .map_err(|e| format!("The specified private key can not be read: {e}"))?;
+        let public = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let leaf = certs
+            .iter()
+            .position(|c| X509Certificate::from_der(c).is_ok_and(|(_, c)| c.public_key().raw == public.as_slice()))
+            .ok_or("The private key does not match any certificate in the content")?;
+        let leaf = if preserve_order || leaf == 0 {
+            leaf
+        } else {
+            let l = certs.remove(leaf);
+            certs.insert(0, l);
+            0
+        };
+        Ok(Self { certs, leaf, key_pkcs8 })
+    }
+
+    /// The backing secret's value: a base64 PFX in Key Vault's shape (empty password, 3DES key, RC2
+    /// certificates, HMAC-SHA1, which Go's `x/crypto/pkcs12` reads) or PEM (key, then certificates).
     pub fn secret_value(&self, content_type: &str) -> Result<String, String> {
         if content_type == PEM {
-            let mut out = pem::encode_config(
-                &pem::Pem::new("PRIVATE KEY", self.key_pkcs8.clone()),
-                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-            );
-            for c in &self.chain {
-                out.push_str(&pem::encode_config(
-                    &pem::Pem::new("CERTIFICATE", c.clone()),
-                    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-                ));
+            let mut out = pfx::pem_block("PRIVATE KEY", &self.key_pkcs8);
+            for c in &self.certs {
+                out.push_str(&pfx::pem_block("CERTIFICATE", c));
             }
             return Ok(out);
         }
-        let e = |e: p12_keystore::error::Error| e.to_string();
-        let certs = self
-            .chain
-            .iter()
-            .map(|c| p12_keystore::Certificate::from_der(c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(e)?;
-        let key = p12_keystore::PrivateKey::from_der(&self.key_pkcs8).map_err(e)?;
-        let mut ks = p12_keystore::KeyStore::new();
-        let local_id = sha1_digest(&self.chain[0]);
-        ks.add_entry(
-            "1",
-            p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(local_id, key, certs)),
-        );
-        let der = ks
-            .writer("")
-            .encryption_algorithm(p12_keystore::EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc)
-            .write()
-            .map_err(e)?;
-        Ok(STANDARD.encode(der))
+        pfx::Writer::key_vault(&self.key_pkcs8, &self.certs, self.leaf).to_base64().map_err(|e| e.to_string())
     }
 
     /// JWK of the leaf's public key.
     pub fn jwk(&self) -> Result<Jwk, String> {
-        let (_, cert) = X509Certificate::from_der(&self.chain[0]).map_err(|e| e.to_string())?;
+        let (_, cert) = X509Certificate::from_der(self.leaf()).map_err(|e| e.to_string())?;
         jwk_from_spki(cert.public_key().raw, &["sign", "verify"])
     }
 
     /// The leaf's subject, e.g. `CN=example.com`.
     pub fn subject(&self) -> String {
-        X509Certificate::from_der(&self.chain[0]).map(|(_, c)| c.subject().to_string()).unwrap_or_default()
+        X509Certificate::from_der(self.leaf()).map(|(_, c)| c.subject().to_string()).unwrap_or_default()
     }
 
     /// Key type of the leaf, for the policy.
@@ -413,6 +444,17 @@ impl CertMaterial {
             Err(_) => KeySpec::Rsa(2048),
         }
     }
+}
+
+/// The text of a PEM bundle: raw PEM, or PEM in base64 (what Azure's SDKs send for
+/// `application/x-pem-file` imports).
+fn pem_text(text: &str) -> Option<String> {
+    if text.contains("-----BEGIN") {
+        return Some(text.to_string());
+    }
+    let compact: String = text.split_whitespace().collect();
+    let decoded = String::from_utf8(STANDARD.decode(compact).ok()?).ok()?;
+    decoded.contains("-----BEGIN").then_some(decoded)
 }
 
 fn dn(cn: &str) -> DistinguishedName {
@@ -439,8 +481,8 @@ mod tests {
     #[test]
     fn generated_chain_links_by_aki_and_ski() {
         let m = CertMaterial::generate("CN=example.com", KeySpec::Rsa(2048)).unwrap();
-        assert_eq!(m.chain.len(), 3);
-        let certs: Vec<_> = m.chain.iter().map(|d| X509Certificate::from_der(d).unwrap().1).collect();
+        assert_eq!(m.certs.len(), 3);
+        let certs: Vec<_> = m.certs.iter().map(|d| X509Certificate::from_der(d).unwrap().1).collect();
         let ski = |c: &X509Certificate| {
             c.extensions().iter().find_map(|e| match e.parsed_extension() {
                 x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
@@ -465,10 +507,43 @@ mod tests {
         let m = CertMaterial::generate("CN=a", KeySpec::P256).unwrap();
         for ct in [PKCS12, PEM] {
             let v = m.secret_value(ct).unwrap();
-            let back = CertMaterial::import(&v, "").unwrap();
-            assert_eq!(back.chain, m.chain, "{ct}");
+            let back = CertMaterial::import(&v, "", false).unwrap();
+            assert_eq!(back.certs, m.certs, "{ct}");
             assert_eq!(back.key_pkcs8, m.key_pkcs8, "{ct}");
         }
+    }
+
+    #[test]
+    fn import_keeps_every_certificate_and_puts_the_leaf_first_unless_told_to_preserve_order() {
+        let m = CertMaterial::generate("CN=a", KeySpec::P256).unwrap();
+        let (leaf, int, root) = (m.certs[0].clone(), m.certs[1].clone(), m.certs[2].clone());
+        let other = CertMaterial::generate("CN=b", KeySpec::P256).unwrap().certs[2].clone();
+        let given = [root.clone(), other.clone(), leaf.clone(), int.clone()];
+        let pfx = pfx::Writer::new("pw").key(&m.key_pkcs8, None);
+        let pfx = given.iter().fold(pfx, |w, c| w.cert(c, None)).to_base64().unwrap();
+        let moved = CertMaterial::import(&pfx, "pw", false).unwrap();
+        assert_eq!(moved.certs, [leaf.clone(), root.clone(), other.clone(), int.clone()]);
+        assert_eq!(moved.leaf, 0);
+        let kept = CertMaterial::import(&pfx, "pw", true).unwrap();
+        assert_eq!(kept.certs, given);
+        assert_eq!(kept.leaf(), leaf.as_slice());
+        // The stored PFX keeps that order too.
+        let stored = pfx::Bundle::from_base64(&kept.secret_value(PKCS12).unwrap(), "").unwrap();
+        assert_eq!(stored.ordered_certs(false).unwrap(), given.iter().map(|c| c.as_slice()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn pem_import_accepts_raw_and_base64_pem_as_the_sdks_send_it() {
+        let m = CertMaterial::generate("CN=a", KeySpec::P256).unwrap();
+        let pem_text = m.secret_value(PEM).unwrap();
+        for value in [pem_text.clone(), STANDARD.encode(&pem_text)] {
+            let back = CertMaterial::import(&value, "", false).unwrap();
+            assert_eq!(back.certs, m.certs);
+        }
+        let wrong_key = CertMaterial::generate("CN=b", KeySpec::P256).unwrap().key_pkcs8;
+        let mismatched =
+            format!("{}{}", pfx::pem_block("PRIVATE KEY", &wrong_key), pfx::pem_block("CERTIFICATE", &m.certs[0]));
+        assert!(CertMaterial::import(&mismatched, "", false).unwrap_err().contains("does not match"));
     }
 
     #[test]

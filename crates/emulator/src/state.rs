@@ -62,12 +62,25 @@ pub struct Vault {
     pub keys: Versions<KeyVersion>,
     /// Certificates.
     pub certificates: Versions<CertVersion>,
+    /// Certificate operations (`create`), by certificate name: what `GET …/pending` reports.
+    pub operations: BTreeMap<String, CertOperation>,
     /// Throttle: limit per window.
     pub throttle_limit: u64,
     /// Throttle window.
     pub throttle_window: Duration,
     window_start: Instant,
     window_count: u64,
+}
+
+/// A certificate's latest `create` operation.
+#[derive(Clone, Debug)]
+pub struct CertOperation {
+    /// `request_id`.
+    pub request_id: String,
+    /// The CSR (DER) the operation made.
+    pub csr: Vec<u8>,
+    /// The issuer named in the policy.
+    pub issuer: String,
 }
 
 /// Azure's per-vault limit for GETs: 4,000 per 10 s.
@@ -83,6 +96,7 @@ impl Vault {
             secrets: BTreeMap::new(),
             keys: BTreeMap::new(),
             certificates: BTreeMap::new(),
+            operations: BTreeMap::new(),
             throttle_limit: DEFAULT_THROTTLE.0,
             throttle_window: Duration::from_secs(DEFAULT_THROTTLE.1),
             window_start: Instant::now(),
@@ -172,7 +186,7 @@ impl Vault {
         let value = material.secret_value(content_type)?;
         let cert = CertVersion {
             version: version.clone(),
-            cer: material.chain[0].clone(),
+            cer: material.leaf().to_vec(),
             content_type: content_type.to_string(),
             subject: material.subject(),
             key_spec: material.key_spec(),

@@ -3,9 +3,9 @@
 //! the chain rebuilt leaf → root by AKI/SKI: see the `pfx` crate) or PFX; `cert` as the leaf PEM;
 //! `key` as an SPKI `PUBLIC KEY` PEM for RSA and EC.
 
+use crate::params::{Encoding, Format};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use crate::params::{Encoding, Format};
 
 /// `application/x-pkcs12`.
 pub const PKCS12: &str = "application/x-pkcs12";

@@ -168,7 +168,7 @@ fn incomplete_chain_puts_the_leaf_first_and_keeps_the_rest() {
 fn two_keys_are_both_written_first() {
     let p = pki();
     let other = KeyPair::generate().unwrap().serialize_der();
-    let w = Writer::key_vault(&p.leaf_key, &[p.leaf.clone()], 0).key(&other, None);
+    let w = Writer::key_vault(&p.leaf_key, std::slice::from_ref(&p.leaf), 0).key(&other, None);
     assert_eq!(read(&w).to_pem(true).unwrap(), expected(&[&p.leaf_key, &other], &[&p.leaf]));
 }
 
@@ -189,7 +189,7 @@ fn no_key_no_certificate_and_garbage_are_errors_not_empty_files() {
 #[test]
 fn key_material_is_not_in_debug_output() {
     let p = pki();
-    let b = read(&Writer::key_vault(&p.leaf_key, &[p.leaf.clone()], 0));
+    let b = read(&Writer::key_vault(&p.leaf_key, std::slice::from_ref(&p.leaf), 0));
     let text = format!("{b:?}");
     assert!(text.contains("<redacted>"));
     assert!(!text.contains(&format!("{:?}", &p.leaf_key[..8])));
@@ -234,6 +234,31 @@ fn stored_order_matches_openssl() {
         let ours = Bundle::from_der(&std::fs::read(&path).unwrap(), "").unwrap();
         assert_eq!(ours.ordered_certs(false).unwrap(), openssl_certs, "{name}");
         assert_eq!(ours.keys.iter().map(|k| k.pkcs8.as_slice()).collect::<Vec<_>>(), openssl_keys, "{name}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Key Vault's shape, as OpenSSL describes it: SHA-1 MAC, 3DES-shrouded key, RC2-40 certificates,
+/// 2000 iterations — the algorithms Go's `x/crypto/pkcs12` (upstream's decoder) supports.
+#[test]
+fn key_vault_shape_uses_the_legacy_algorithms_go_reads() {
+    let p = pki();
+    let dir = tempdir();
+    let path = dir.join("kv.pfx");
+    std::fs::write(&path, Writer::key_vault(&p.leaf_key, std::slice::from_ref(&p.leaf), 0).to_der().unwrap()).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["pkcs12", "-info", "-legacy", "-noout", "-passin", "pass:", "-in"])
+        .arg(&path)
+        .output()
+        .expect("the openssl CLI");
+    let info = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{info}");
+    for line in [
+        "MAC: sha1, Iteration 2000",
+        "Shrouded Keybag: pbeWithSHA1And3-KeyTripleDES-CBC, Iteration 2000",
+        "PKCS7 Encrypted data: pbeWithSHA1And40BitRC2-CBC, Iteration 2000",
+    ] {
+        assert!(info.contains(line), "{line:?} not in:\n{info}");
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -113,7 +113,7 @@ mod tests {
         let file = pem_bundle(&m);
         let crt = tls_value("tls.crt", &file).unwrap();
         assert_eq!(tags(&crt), ["CERTIFICATE"; 3]);
-        assert_eq!(pem::parse_many(&crt).unwrap()[0].contents(), m.chain[0].as_slice());
+        assert_eq!(pem::parse_many(&crt).unwrap()[0].contents(), m.certs[0].as_slice());
         let key = tls_value("tls.key", &file).unwrap();
         let block = pem::parse(&key).unwrap();
         assert_eq!(block.tag(), "RSA PRIVATE KEY");
@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn pkcs12_without_local_key_ids_in_any_order_gives_leaf_first_and_the_key() {
         let m = CertMaterial::generate("CN=web", KeySpec::P256).unwrap();
-        let (leaf, int, root) = (&m.chain[0], &m.chain[1], &m.chain[2]);
+        let (leaf, int, root) = (&m.certs[0], &m.certs[1], &m.certs[2]);
         let der = pfx::Writer::new("").cert(root, None).cert(leaf, None).cert(int, None).key(&m.key_pkcs8, None);
         let crt = tls_value("tls.crt", &der.to_der().unwrap()).unwrap();
         let blocks: Vec<Vec<u8>> = pem::parse_many(&crt).unwrap().into_iter().map(|b| b.into_contents()).collect();
