@@ -1,11 +1,15 @@
 """Azure's own SDKs against kv-emulator: challenge auth, client secret and client assertion, reads,
 writes and paging of secrets, keys and certificates, and the SDKs' error types."""
+import base64
 import datetime
+import os
+import re
+import subprocess
 
 import pytest
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.identity import ClientAssertionCredential, ClientSecretCredential
-from azure.keyvault.certificates import CertificateClient, CertificatePolicy
+from azure.keyvault.certificates import CertificateClient, CertificateContentType, CertificatePolicy
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.secrets import SecretClient
 from cryptography import x509
@@ -14,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from conftest import control
+from conftest import ROOT, control
 
 # The SDKs check that the challenge's resource domain matches the vault's host, comparing the host
 # *with its port*; the emulator cannot listen on 443 here, so that one check is turned off with the
@@ -112,3 +116,138 @@ def test_sdk_error_types(emulator):
     with pytest.raises(HttpResponseError) as denied:
         secrets(emulator, credential(emulator, "reader-client", "reader-secret")).get_secret("seeded")
     assert denied.value.status_code == 403 and "Forbidden" in str(denied.value)
+
+
+# --- Certificates written by the SDK, mounted by the provider -------------------------------------------------
+# The SDK writes three certificates the ways users do (PEM import, PFX import with preserveCertOrder,
+# create from a self-signed policy); `keyvault-csi mount` then mounts their secrets, and every file is
+# checked with `cryptography`, an independent PKCS#12/PEM/X.509 implementation.
+
+def _ca_chain():
+    """root → intermediate → leaf (EC P-256), each with SKI and AKI, as a CA issues them."""
+    def issue(cn, key, issuer_name, issuer_key, ca):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                .issuer_name(issuer_name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+                .sign(issuer_key, hashes.SHA256()))
+    root_key, int_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SDK Root")])
+    root = issue("SDK Root", root_key, root_name, root_key, True)
+    intermediate = issue("SDK Intermediate", int_key, root.subject, root_key, True)
+    leaf = issue("sdk.example.com", leaf_key, intermediate.subject, int_key, False)
+    return leaf_key, leaf, intermediate, root
+
+
+def _der(cert):
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _pem_blocks(data):
+    """(keys, certificates) of a PEM file, in file order; certificates as DER."""
+    keys, certs = [], []
+    for match in re.finditer(rb"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----\n", data, re.S):
+        if match.group(1) == b"CERTIFICATE":
+            certs.append(_der(x509.load_pem_x509_certificate(match.group(0))))
+        else:
+            keys.append(serialization.load_pem_private_key(match.group(0), None))
+    assert sum(len(m.group(0)) for m in re.finditer(rb"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----\n", data, re.S)) == len(data), \
+        "nothing but PEM blocks in the file"
+    return keys, certs
+
+
+def _public(key):
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _mount(emulator, tmp_path, objects, *flags):
+    binary = os.environ.get("KEYVAULT_CSI", os.path.join(ROOT, "target", "debug", "keyvault-csi"))
+    if not os.path.exists(binary):
+        pytest.fail(f"{binary} not built: run `cargo build` (make test does)")
+    items = "".join(f"      - |\n        objectName: {o}\n        objectType: secret\n" for o in objects)
+    spc = tmp_path / "spc.yaml"
+    spc.write_text(
+        "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata: {name: sdk-certs}\n"
+        "spec:\n  provider: azure\n  parameters:\n    keyvaultName: conformance\n"
+        f"    tenantId: {emulator['tenant']}\n    objects: |\n      array:\n{items}")
+    (tmp_path / "client-secret").write_text("sdk-secret")
+    target = tmp_path / ("files" + "".join(f.replace("=", "-").replace("-", "") for f in flags))
+    port = str(emulator["port"])
+    run = subprocess.run(
+        [binary, "mount", "--class", str(spc), "--target", str(target), "--no-tmpfs",
+         "--client-id", "sdk-client", "--client-secret-file", str(tmp_path / "client-secret"),
+         "--azure-extra-ca-file", emulator["ca"], "--azure-resolve-to", "127.0.0.1", "--azure-vault-port", port,
+         "--azure-authority-host", emulator["authority"], *flags],
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return target
+
+
+def test_sdk_written_certificates_mount_with_every_certificate(emulator, tmp_path):
+    client = CertificateClient(emulator["vault_url"], credential(emulator), connection_verify=emulator["ca"], **CHALLENGE)
+
+    # 1. PEM import: the SDK sends base64 of the PEM text with contentType application/x-pem-file.
+    key, leaf, intermediate, root = _ca_chain()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem += b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, intermediate, root))
+    imported = client.import_certificate(
+        "sdk-pem", pem, policy=CertificatePolicy(
+            issuer_name="Self", subject="CN=sdk.example.com", content_type=CertificateContentType.pem))
+    assert bytes(imported.cer) == _der(leaf)
+
+    # 2. PFX import with preserveCertOrder: root, leaf, intermediate; no localKeyId on any bag.
+    pkey, pleaf, pint, proot = _ca_chain()
+    pfx = pkcs12.serialize_key_and_certificates(b"sdk", pkey, None, [proot, pleaf, pint], serialization.NoEncryption())
+    preserved = client.import_certificate("sdk-preserved", pfx, preserve_order=True)
+    assert bytes(preserved.cer) == _der(pleaf)
+    moved = client.import_certificate("sdk-moved", pfx)
+    assert bytes(moved.cer) == _der(pleaf)
+
+    # 3. Create from a self-signed policy: the SDK polls the pending operation until it completes.
+    created = client.begin_create_certificate("sdk-created", CertificatePolicy.get_default()).result()
+    assert created.policy.issuer_name == "Self"
+    created_leaf = x509.load_der_x509_certificate(bytes(created.cer))
+    assert created_leaf.subject.rfc4514_string() == "CN=DefaultPolicy"
+    op = client.get_certificate_operation("sdk-created")
+    assert op.status == "completed"
+
+    # The Key Vault PFX the emulator serves is readable by an independent PKCS#12 parser.
+    stored = secrets(emulator).get_secret("sdk-created")
+    assert stored.properties.content_type == "application/x-pkcs12"
+    loaded = pkcs12.load_pkcs12(base64.b64decode(stored.value), None)
+    assert _der(loaded.cert.certificate) == bytes(created.cer)
+
+    objects = ["sdk-pem", "sdk-preserved", "sdk-moved", "sdk-created"]
+    files = _mount(emulator, tmp_path, objects)
+    stored_order = _mount(emulator, tmp_path, objects, "--construct-pem-chain=false")
+
+    # PEM-backed: written exactly as stored, the key and all three certificates in the order given.
+    keys, certs = _pem_blocks((files / "sdk-pem").read_bytes())
+    assert [_public(k) for k in keys] == [_public(key)]
+    assert certs == [_der(leaf), _der(intermediate), _der(root)]
+
+    # PFX-backed, stored root, leaf, intermediate: the key, then leaf → intermediate → root with
+    # chain construction (upstream's order for a complete chain); the stored order without it.
+    keys, certs = _pem_blocks((files / "sdk-preserved").read_bytes())
+    assert [_public(k) for k in keys] == [_public(pkey)]
+    assert certs == [_der(pleaf), _der(pint), _der(proot)]
+    keys, certs = _pem_blocks((stored_order / "sdk-preserved").read_bytes())
+    assert [_public(k) for k in keys] == [_public(pkey)]
+    assert certs == [_der(proot), _der(pleaf), _der(pint)]
+    # Without preserveCertOrder Key Vault puts the leaf first and keeps the others' order.
+    _, certs = _pem_blocks((stored_order / "sdk-moved").read_bytes())
+    assert certs == [_der(pleaf), _der(proot), _der(pint)]
+
+    # Created from a policy: the key and its self-signed certificate.
+    keys, certs = _pem_blocks((files / "sdk-created").read_bytes())
+    assert certs == [bytes(created.cer)]
+    assert [_public(k) for k in keys] == [_public_of_cert(created_leaf)]
+
+
+def _public_of_cert(cert):
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
