@@ -20,32 +20,14 @@ TAG=e2e-$(date -u +%Y%m%d%H%M%S)
 
 log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
-started_kit=""
-if [ -z "${KUBECONFIG:-}" ]; then
-  KUBE_BIN_DIR=${KUBE_BIN_DIR:-}
-  if [ -z "$KUBE_BIN_DIR" ] && [ -d "$ROOT/../shared/k8s" ]; then KUBE_BIN_DIR=$ROOT/../shared/k8s; fi
-  if [ -z "$KUBE_BIN_DIR" ]; then
-    echo "e2e: no cluster: set KUBECONFIG, or KUBE_BIN_DIR to the k8s kit (../shared/k8s)" >&2
-    exit 2
-  fi
-  [ "$(id -u)" = 0 ] || { echo "e2e: the kit runs kubelet and containerd and needs root" >&2; exit 2; }
-  log "starting the k8s kit from $KUBE_BIN_DIR"
-  KUBECONFIG=$("$KUBE_BIN_DIR/up.sh" | tail -n 1)
-  export KUBECONFIG
-  K8S_KIT_HOME=${K8S_KIT_HOME:-/var/tmp/k8s-kit}
-  export PATH=$K8S_KIT_HOME/bin:$PATH
-  started_kit=$KUBE_BIN_DIR
-  export E2E_KIT=1
-fi
-export KUBECONFIG
-command -v kubectl >/dev/null || { echo "e2e: kubectl not found on PATH" >&2; exit 2; }
+. hack/cluster.sh
+KEEP_CLUSTER=${E2E_KEEP_CLUSTER:-}
+cluster_start e2e
+if [ -n "$started_kit" ]; then export E2E_KIT=1; fi
 
 finish() {
   local rc=$?
-  if [ -n "$started_kit" ] && [ -z "${E2E_KEEP_CLUSTER:-}" ]; then
-    log "stopping the k8s kit"
-    WIPE=1 "$started_kit/down.sh" >"$OUT/down.log" 2>&1 || { log "down.sh failed:"; tail -n 20 "$OUT/down.log"; }
-  fi
+  cluster_stop "$OUT/down.log"
   exit $rc
 }
 trap finish EXIT
