@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `make bench`: performance figures, printed.
+#   1. the provider's mount latency against the emulator (20 ms per Key Vault request), in process;
+#   2. rotation at node scale: the real binary with 1,000 tmpfs volumes;
+#   3. side by side with the upstream driver (v1.6) and its mock provider on a real kube-apiserver
+#      (KUBECONFIG, or the kit: see hack/cluster.sh), then tables and an SVG (hack/bench-report.py).
+# BENCH_ONLY=sidebyside runs only part 3. BENCH_REPEATS, BENCH_VOLUMES tune it; BENCH_README=1 rewrites
+# the README's comparison from the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CARGO=${CARGO:-cargo}
+OUT=$ROOT/target/bench
+mkdir -p "$OUT"
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+
+if [ "${BENCH_ONLY:-}" != sidebyside ]; then
+  $CARGO bench --locked -p keyvault --bench mount
+  $CARGO bench --locked -p keyvault-csi --bench rotation --no-run
+  hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench rotation
+fi
+
+UPSTREAM_DIR=${UPSTREAM_DIR:-$ROOT/../shared/upstream}
+for f in secrets-store-csi-driver e2e-provider; do
+  [ -f "$UPSTREAM_DIR/$f.xz" ] || { echo "bench: $UPSTREAM_DIR/$f.xz not found: set UPSTREAM_DIR to the upstream binaries" >&2; exit 2; }
+  if [ ! -x "$OUT/upstream/$f" ] || [ "$UPSTREAM_DIR/$f.xz" -nt "$OUT/upstream/$f" ]; then
+    mkdir -p "$OUT/upstream"
+    xz -dc "$UPSTREAM_DIR/$f.xz" >"$OUT/upstream/$f.tmp" && chmod +x "$OUT/upstream/$f.tmp" && mv "$OUT/upstream/$f.tmp" "$OUT/upstream/$f"
+  fi
+done
+export UPSTREAM_DRIVER=$OUT/upstream/secrets-store-csi-driver UPSTREAM_PROVIDER=$OUT/upstream/e2e-provider
+
+. hack/cluster.sh
+KEEP_CLUSTER=${BENCH_KEEP_CLUSTER:-}
+cluster_start bench
+trap 'cluster_stop "$OUT/down.log"' EXIT
+
+$CARGO bench --locked -p keyvault-csi --bench sidebyside --no-run
+log "side by side: upstream v1.6 + mock provider, keyvault-csi + the same provider, keyvault-csi + Azure (emulated)"
+hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench sidebyside
+args=(--svg docs/bench.svg)
+[ -n "${BENCH_README:-}" ] && args+=(--readme README.md)
+python3 hack/bench-report.py "$OUT/sidebyside.json" "${args[@]}"
