@@ -7,11 +7,9 @@ demo:
 	$(CARGO) build --locked --bin keyvault-csi --bin kv-emulator
 	hack/demo.sh
 
-## bench: performance figures (printed, not asserted)
+## bench: performance figures (printed, not asserted), side by side with the upstream driver on a real API server (hack/bench.sh)
 bench:
-	$(CARGO) bench --locked -p keyvault --bench mount
-	$(CARGO) bench --locked -p keyvault-csi --bench rotation --no-run
-	hack/in-mount-ns.sh $(CARGO) bench --locked -p keyvault-csi --bench rotation
+	CARGO=$(CARGO) hack/bench.sh
 
 ## soak: SOAK_VOLUMES volumes for SOAK_SECS seconds under constant secret changes (defaults 200, 600)
 soak:

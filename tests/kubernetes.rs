@@ -82,7 +82,9 @@ async fn pod_status_is_recorded_updated_taken_over_and_deleted() {
     assert!(api.get(GV, SPCPS, "default", "api-0-default-spc").is_some(), "created when absent");
 
     vol.unpublish(&node, &mut client).await.unwrap();
-    assert!(api.get(GV, SPCPS, "default", "web-0-default-spc").is_none(), "deleted on unpublish");
+    // Deleted right after unpublish returns (kubelet does not wait for it).
+    wait_for("pod status deleted after unpublish", || api.get(GV, SPCPS, "default", "web-0-default-spc").is_none())
+        .await;
 
     let long = PodVolume::new(&"p".repeat(250), "spc");
     let err = long.publish(&node, &mut client).await.unwrap_err();

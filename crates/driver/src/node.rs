@@ -89,8 +89,13 @@ impl Providers {
 /// Secrets (`secretObjects`) and events. Only the pod status can fail a mount, as upstream.
 #[async_trait::async_trait]
 pub trait Cluster: Send + Sync + 'static {
-    /// A volume was published (or refreshed) with these object versions.
-    async fn record(&self, params: &PublishParams, versions: &BTreeMap<String, String>) -> Result<(), String>;
+    /// A volume was published (or, with `refresh`, a published volume got new versions).
+    async fn record(
+        &self,
+        params: &PublishParams,
+        versions: &BTreeMap<String, String>,
+        refresh: bool,
+    ) -> Result<(), String>;
     /// A volume was unpublished.
     async fn remove(&self, params: &PublishParams) -> Result<(), String>;
     /// The volume's files were written: on its first publish, or by a rotation that changed them
@@ -479,9 +484,10 @@ impl Driver {
                 }
             };
             if let Some(sink) = &self.cluster {
-                let unchanged = self.volumes.get(target).is_some_and(|v| v.object_versions == response.object_versions);
+                let known = self.volumes.get(target);
+                let unchanged = known.as_ref().is_some_and(|v| v.object_versions == response.object_versions);
                 if !unchanged {
-                    sink.record(params, &response.object_versions)
+                    sink.record(params, &response.object_versions, known.is_some())
                         .await
                         .map_err(|message| PublishError::PodStatus { pod: pod.clone(), message })?;
                 }
@@ -585,11 +591,19 @@ impl Driver {
         self.metrics.unpublish(result.is_ok());
         result?;
         if let Some(volume) = self.volumes.remove(&target)
-            && let Some(sink) = &self.cluster
-            && let Err(e) = sink.remove(&volume.params).await
+            && let Some(sink) = self.cluster.clone()
         {
-            // The API server also garbage-collects it with the pod.
-            tracing::warn!(target = %target.display(), error = %e, "failed to delete the pod status");
+            // Deleting the pod status is bookkeeping (the API server also garbage-collects it with the
+            // pod), so kubelet does not wait for an API round trip: upstream's unpublish makes none.
+            let volumes = self.volumes.clone();
+            tokio::spawn(async move {
+                if volumes.get(&target).is_some() {
+                    return; // published again meanwhile: the status describes the new mount
+                }
+                if let Err(e) = sink.remove(&volume.params).await {
+                    tracing::warn!(target = %target.display(), error = %e, "failed to delete the pod status");
+                }
+            });
         }
         Ok(())
     }

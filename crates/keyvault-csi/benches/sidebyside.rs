@@ -69,14 +69,32 @@ fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Requests the API server has served for the driver resources, from its own metrics.
+/// Requests the API server has served for the driver resources, from its own metrics, by
+/// `<verb> <resource>` (clients of the kit's own components, `system_client` set, are left out).
+fn api_requests_by_kind() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for l in kubectl(&["get", "--raw", "/metrics"], None).lines().filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |k: &str| l.split(&format!("{k}=\"")).nth(1).and_then(|v| v.split('"').next()).unwrap_or("");
+        if !RESOURCES.contains(&label("resource")) || !label("system_client").is_empty() {
+            continue;
+        }
+        let Some(n) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
+        *out.entry(format!("{} {}", label("verb"), label("resource"))).or_default() += n;
+    }
+    out
+}
+
 fn api_requests() -> f64 {
-    kubectl(&["get", "--raw", "/metrics"], None)
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| RESOURCES.iter().any(|r| l.contains(&format!("resource=\"{r}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    api_requests_by_kind().values().sum()
+}
+
+fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
 }
 
 /// utime + stime of a process, in seconds.
@@ -407,7 +425,7 @@ async fn rotation(column: Column, h: &emulator::Handle, uids: &[(String, String)
         }
     }
     let cpu0 = setup.cpu();
-    let api0 = api_requests();
+    let api0 = api_requests_by_kind();
     // kubelet: a republish wave over every volume every INTERVAL, for the whole window.
     let waves = {
         let reqs: Vec<csi::NodePublishVolumeRequest> = vols.iter().map(|v| v.publish_request(&setup.node)).collect();
@@ -445,7 +463,8 @@ async fn rotation(column: Column, h: &emulator::Handle, uids: &[(String, String)
     let republish_errors = waves.await.unwrap();
     let elapsed = since.elapsed().as_secs_f64();
     let cpu_per_min = (setup.cpu() - cpu0) / elapsed * 60.0;
-    let api = api_requests() - api0;
+    let api_by_kind = delta(&api0, &api_requests_by_kind());
+    let api: f64 = api_by_kind.values().sum();
     let rss = setup.rss();
     // Reset for the next column.
     match column {
@@ -461,6 +480,7 @@ async fn rotation(column: Column, h: &emulator::Handle, uids: &[(String, String)
         "window_s": elapsed,
         "cpu_s_per_min": cpu_per_min,
         "api_requests_per_min": api / elapsed * 60.0,
+        "api_requests_by_kind": api_by_kind,
         "republish_errors": republish_errors,
         "files": changed,
         "rss_mib": rss,
@@ -531,8 +551,12 @@ async fn main() {
     h.set_faults("kv-bench", Faults { latency_ms: 20, ..Default::default() });
     let token = h.service_account_token(ISSUER, NS, "app", "api://AzureADTokenExchange", 3600).unwrap();
 
+    let wanted = std::env::var("BENCH_COLUMNS").unwrap_or_else(|_| "upstream,ours-mock,ours-azure".into());
     let mut columns = Vec::new();
     for column in [Column::Upstream, Column::OursMock, Column::OursAzure] {
+        if !wanted.split(',').any(|w| w == column.name()) {
+            continue;
+        }
         eprintln!("== {}", column.name());
         let setup = Setup::start(column, "2m", (column == Column::OursAzure).then_some(&h)).await;
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -173,8 +173,13 @@ impl KubeCluster {
 
 #[async_trait]
 impl Cluster for KubeCluster {
-    async fn record(&self, params: &PublishParams, versions: &BTreeMap<String, String>) -> Result<(), String> {
-        self.statuses.record(params, versions).await
+    async fn record(
+        &self,
+        params: &PublishParams,
+        versions: &BTreeMap<String, String>,
+        refresh: bool,
+    ) -> Result<(), String> {
+        self.statuses.record(params, versions, refresh).await
     }
 
     async fn remove(&self, params: &PublishParams) -> Result<(), String> {

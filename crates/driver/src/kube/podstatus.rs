@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 
 use super::crd::v1::SecretProviderClassPodStatus;
 use super::crd::{ObjectVersion, PodStatusStatus};
@@ -55,8 +55,14 @@ pub fn status_name(p: &PublishParams) -> Result<String, String> {
 }
 
 impl KubePodStatus {
-    /// Creates (or takes over) the pod status of a published volume.
-    pub async fn record(&self, p: &PublishParams, versions: &BTreeMap<String, String>) -> Result<(), String> {
+    /// Creates (or takes over) the pod status of a published volume; with `refresh` (new versions of a
+    /// volume this driver published), replaces it in one request.
+    pub async fn record(
+        &self,
+        p: &PublishParams,
+        versions: &BTreeMap<String, String>,
+        refresh: bool,
+    ) -> Result<(), String> {
         let name = status_name(p)?;
         let api = self.api(&p.pod.namespace);
         let owner = OwnerReference {
@@ -83,6 +89,19 @@ impl KubePodStatus {
             },
             status.clone(),
         );
+        if refresh {
+            // Our own status with new versions: one merge patch per rotated volume (labels merged, owner
+            // and status replaced) instead of create, conflict, get and update.
+            let patch = serde_json::json!({
+                "metadata": { "labels": obj.metadata.labels, "ownerReferences": obj.metadata.owner_references },
+                "status": obj.status,
+            });
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => return Ok(()),
+                Err(e) if super::api_code(&e) == Some(404) => {} // deleted meanwhile: create it below
+                Err(e) => return Err(super::describe(&e)),
+            }
+        }
         match api.create(&PostParams::default(), &obj).await {
             Ok(_) => Ok(()),
             Err(e) if super::api_code(&e) == Some(409) => {
