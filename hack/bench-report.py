@@ -157,7 +157,8 @@ def svg(data, path):
 def report(data):
     v = data["versions"]
     return "\n\n".join([
-        f"Measured by `make bench` on {data['date']}: {data['machine']}; keyvault-csi {v['keyvault-csi']}, upstream "
+        f"Measured by `make bench` on {data['date']}: {data['machine']}; keyvault-csi {v['keyvault-csi']} "
+        f"({v.get('keyvault-csi-binary', 'cargo bench build')}), upstream "
         f"driver {v['upstream'] or 'v1.6'}, kube-apiserver {v['kube-apiserver']}; {data['repeats']} runs per row "
         "(median, range in brackets). The same kubelet-like client calls each driver's CSI socket; the mock "
         "provider is upstream's e2e provider over the v1alpha1 socket.",

@@ -35,6 +35,12 @@ KEEP_CLUSTER=${BENCH_KEEP_CLUSTER:-}
 cluster_start bench
 trap 'cluster_stop "$OUT/down.log"' EXIT
 
+# Our column runs the binary the image ships (static musl); elsewhere than amd64, the bench's own build.
+if [ "$(uname -m)" = x86_64 ] && [ -z "${KEYVAULT_CSI_BIN:-}" ]; then
+  log "building the static release binary (hack/release.sh, amd64)"
+  RELEASE_ARCHES=amd64 hack/release.sh >"$OUT/release.log" 2>&1 || { tail -n 40 "$OUT/release.log"; exit 1; }
+  export KEYVAULT_CSI_BIN=$ROOT/target/release-static/keyvault-csi-linux-amd64
+fi
 $CARGO bench --locked -p keyvault-csi --bench sidebyside --no-run
 log "side by side: upstream v1.6 + mock provider, keyvault-csi + the same provider, keyvault-csi + Azure (emulated)"
 hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench sidebyside

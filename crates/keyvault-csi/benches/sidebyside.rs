@@ -202,7 +202,7 @@ impl Setup {
         ];
         let program = match column {
             Column::Upstream => env("UPSTREAM_DRIVER"),
-            _ => binary().to_string(),
+            _ => ours_binary(),
         };
         if let Some(h) = azure {
             args.extend(azure_flags(&node, h));
@@ -230,6 +230,12 @@ impl Setup {
     async fn client(&self) -> csi::node_client::NodeClient<tonic::transport::Channel> {
         csi::node_client::NodeClient::new(channel(&self.socket).await.unwrap())
     }
+}
+
+/// The keyvault-csi binary measured: `KEYVAULT_CSI_BIN` (hack/bench.sh passes the static musl release
+/// build, what the image ships), else this bench's own build.
+fn ours_binary() -> String {
+    std::env::var("KEYVAULT_CSI_BIN").unwrap_or_else(|_| binary().to_string())
 }
 
 async fn wait_for(path: &Path, what: &str) {
@@ -624,6 +630,7 @@ async fn main() {
         "machine": machine(),
         "versions": {
             "keyvault-csi": env!("CARGO_PKG_VERSION"),
+            "keyvault-csi-binary": if std::env::var("KEYVAULT_CSI_BIN").is_ok() { "static musl release build (as shipped)" } else { "cargo bench build (glibc)" },
             "upstream": upstream_version,
             "kube-apiserver": server["serverVersion"]["gitVersion"],
         },
