@@ -36,6 +36,7 @@ const TENANT: &str = "bench-tenant";
 const ISSUER: &str = "https://oidc.bench.test/";
 const NODE: &str = "bench-node";
 const PROVIDER_HTTP: &str = "127.0.0.1:8080";
+const MOCK_OBJECTS: &str = "array:\n  - |\n    objectName: foo\n  - |\n    objectName: fookey\n";
 /// Resources a Secrets Store driver touches; counted in `apiserver_request_total` (other clients of
 /// the kit — kubelet, controllers — touch none of them but pods, whose reads they rarely make).
 const RESOURCES: &[&str] = &[
@@ -151,6 +152,9 @@ impl Drop for Proc {
 enum Column {
     Upstream,
     OursMock,
+    /// Ours with the same provider but no API server (classes from files, no pod status): with
+    /// `ours-mock`, the split between time in our code and time waiting on the API server.
+    OursMockNoApi,
     OursAzure,
 }
 
@@ -159,6 +163,7 @@ impl Column {
         match self {
             Column::Upstream => "upstream",
             Column::OursMock => "ours-mock",
+            Column::OursMockNoApi => "ours-mock-no-api",
             Column::OursAzure => "ours-azure",
         }
     }
@@ -197,9 +202,14 @@ impl Setup {
             "--enable-secret-rotation=true".into(),
             format!("--rotation-poll-interval={rotation_interval}"),
             format!("--metrics-addr=127.0.0.1:{}", free_port()),
-            format!("--kubeconfig={}", env("KUBECONFIG")),
             "-v=2".into(),
         ];
+        if column == Column::OursMockNoApi {
+            node.add_class(NS, "mock", "e2e-provider", &[("objects", MOCK_OBJECTS)]);
+            args.push(format!("--class-dir={}", node.path("classes").display()));
+        } else {
+            args.push(format!("--kubeconfig={}", env("KUBECONFIG")));
+        }
         let program = match column {
             Column::Upstream => env("UPSTREAM_DRIVER"),
             _ => ours_binary(),
@@ -510,7 +520,7 @@ fn setup_api(pods: usize) -> Vec<(String, String)> {
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": NS}}),
         json!({"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
-               "metadata": {"name": "mock", "namespace": NS}, "spec": {"provider": "e2e-provider", "parameters": {"objects": "array:\n  - |\n    objectName: foo\n  - |\n    objectName: fookey\n"}}}),
+               "metadata": {"name": "mock", "namespace": NS}, "spec": {"provider": "e2e-provider", "parameters": {"objects": MOCK_OBJECTS}}}),
         json!({"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
                "metadata": {"name": "azure", "namespace": NS},
                "spec": {"provider": "azure", "parameters": {
@@ -557,9 +567,10 @@ async fn main() {
     h.set_faults("kv-bench", Faults { latency_ms: 20, ..Default::default() });
     let token = h.service_account_token(ISSUER, NS, "app", "api://AzureADTokenExchange", 3600).unwrap();
 
-    let wanted = std::env::var("BENCH_COLUMNS").unwrap_or_else(|_| "upstream,ours-mock,ours-azure".into());
+    let wanted =
+        std::env::var("BENCH_COLUMNS").unwrap_or_else(|_| "upstream,ours-mock,ours-mock-no-api,ours-azure".into());
     let mut columns = Vec::new();
-    for column in [Column::Upstream, Column::OursMock, Column::OursAzure] {
+    for column in [Column::Upstream, Column::OursMock, Column::OursMockNoApi, Column::OursAzure] {
         if !wanted.split(',').any(|w| w == column.name()) {
             continue;
         }
@@ -597,6 +608,11 @@ async fn main() {
         let tail: Vec<&str> = driver_log_tail.lines().rev().take(5).collect();
         let rss_end = setup.rss();
         drop(setup);
+        if column == Column::OursMockNoApi {
+            columns
+                .push(json!({ "name": column.name(), "rss_idle_mib": idle, "rss_end_mib": rss_end, "phases": phases }));
+            continue;
+        }
         eprintln!("  rotation of {max} volumes");
         let rot = rotation(column, &h, &uids[..max], &token).await;
         eprintln!(
