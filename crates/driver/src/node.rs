@@ -145,6 +145,8 @@ pub struct Driver {
     metrics: Metrics,
     cycles: std::sync::atomic::AtomicU64,
     cluster: Option<Arc<dyn Cluster>>,
+    /// Bounds the API calls unpublish leaves to the background (pod-status deletes).
+    background_api: Arc<tokio::sync::Semaphore>,
 }
 
 enum TargetState {
@@ -164,6 +166,7 @@ impl Driver {
             metrics: Metrics::default(),
             cycles: std::sync::atomic::AtomicU64::new(1),
             cluster: None,
+            background_api: Arc::new(tokio::sync::Semaphore::new(4)),
         }
     }
 
@@ -595,8 +598,11 @@ impl Driver {
         {
             // Deleting the pod status is bookkeeping (the API server also garbage-collects it with the
             // pod), so kubelet does not wait for an API round trip: upstream's unpublish makes none.
-            let volumes = self.volumes.clone();
+            // A few at a time: 500 pods going away at once must not open 500 API connections (each
+            // HTTP/1.1 connection kube's client opens keeps its buffers in the pool).
+            let (volumes, limit) = (self.volumes.clone(), self.background_api.clone());
             tokio::spawn(async move {
+                let Ok(_permit) = limit.acquire_owned().await else { return };
                 if volumes.get(&target).is_some() {
                     return; // published again meanwhile: the status describes the new mount
                 }
