@@ -20,6 +20,12 @@ if [ "${BENCH_ONLY:-}" != sidebyside ]; then
   hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench rotation
 fi
 
+. hack/cluster.sh
+KEEP_CLUSTER=${BENCH_KEEP_CLUSTER:-}
+cluster_start bench
+trap 'cluster_stop "$OUT/down.log"' EXIT
+
+command -v xz >/dev/null || { apt-get update -qq && apt-get install -y -qq xz-utils; }
 UPSTREAM_DIR=${UPSTREAM_DIR:-$ROOT/../shared/upstream}
 for f in secrets-store-csi-driver e2e-provider; do
   [ -f "$UPSTREAM_DIR/$f.xz" ] || { echo "bench: $UPSTREAM_DIR/$f.xz not found: set UPSTREAM_DIR to the upstream binaries" >&2; exit 2; }
@@ -30,10 +36,6 @@ for f in secrets-store-csi-driver e2e-provider; do
 done
 export UPSTREAM_DRIVER=$OUT/upstream/secrets-store-csi-driver UPSTREAM_PROVIDER=$OUT/upstream/e2e-provider
 
-. hack/cluster.sh
-KEEP_CLUSTER=${BENCH_KEEP_CLUSTER:-}
-cluster_start bench
-trap 'cluster_stop "$OUT/down.log"' EXIT
 
 # Our column runs the binary the image ships (static musl); elsewhere than amd64, the bench's own build.
 if [ "$(uname -m)" = x86_64 ] && [ -z "${KEYVAULT_CSI_BIN:-}" ]; then
