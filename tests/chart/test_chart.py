@@ -185,8 +185,9 @@ def test_rbac_is_least_privilege():
         ("", "events"): ["create", "patch"],
         ("", "pods"): ["get", "list", "watch"],
         ("secrets-store.csi.x-k8s.io", "secretproviderclasses"): ["get", "list", "watch"],
+        # patch: a rotated volume's status is one merge patch.
         ("secrets-store.csi.x-k8s.io", "secretproviderclasspodstatuses"): sorted(
-            ["create", "delete", "get", "list", "update", "watch"]
+            ["create", "delete", "get", "list", "patch", "update", "watch"]
         ),
     }
     assert rules(docs, "secretprovidersyncing-role") == {("", "secrets"): ["create", "get", "update"]}
