@@ -13,7 +13,7 @@ use cms::cert::x509::spki::AlgorithmIdentifierOwned;
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::encrypted_data::EncryptedData;
 use cms::enveloped_data::EncryptedContentInfo;
-use der::asn1::{BmpString, ObjectIdentifier, OctetString, SetOfVec};
+use der::asn1::{ObjectIdentifier, OctetString, SetOfVec};
 use der::{Any, Decode, Encode};
 use hmac::{KeyInit, Mac as _};
 use pkcs12::pbe_params::{EncryptedPrivateKeyInfo, Pkcs12PbeParams};
@@ -29,7 +29,6 @@ const KEY_BAG: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1
 const SHROUDED_KEY_BAG: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.2");
 const CERT_BAG: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.3");
 const X509_CERT: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.22.1");
-const FRIENDLY_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.20");
 const LOCAL_KEY_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.21");
 const PBE_SHA1_3DES: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.1.3");
 const PBE_SHA1_RC2_40: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.1.6");
@@ -65,7 +64,6 @@ pub enum Mac {
 struct Bag {
     der: Vec<u8>,
     local_key_id: Option<Vec<u8>>,
-    friendly_name: Option<String>,
 }
 
 /// A PKCS#12 file in the making: keys and certificates in the order they will be stored.
@@ -111,25 +109,13 @@ impl Writer {
 
     /// Adds a private key (PKCS#8 DER) with an optional `localKeyId`.
     pub fn key(mut self, pkcs8: &[u8], local_key_id: Option<&[u8]>) -> Self {
-        self.keys.push(Bag {
-            der: pkcs8.to_vec(),
-            local_key_id: local_key_id.map(<[u8]>::to_vec),
-            friendly_name: None,
-        });
+        self.keys.push(Bag { der: pkcs8.to_vec(), local_key_id: local_key_id.map(<[u8]>::to_vec) });
         self
     }
 
     /// Adds a certificate (X.509 DER) with an optional `localKeyId`.
     pub fn cert(mut self, der: &[u8], local_key_id: Option<&[u8]>) -> Self {
-        self.certs.push(Bag { der: der.to_vec(), local_key_id: local_key_id.map(<[u8]>::to_vec), friendly_name: None });
-        self
-    }
-
-    /// Gives the last added key or certificate a `friendlyName`.
-    pub fn friendly_name(mut self, name: &str) -> Self {
-        if let Some(b) = self.certs.last_mut().or(self.keys.last_mut()) {
-            b.friendly_name = Some(name.to_string());
-        }
+        self.certs.push(Bag { der: der.to_vec(), local_key_id: local_key_id.map(<[u8]>::to_vec) });
         self
     }
 
@@ -297,10 +283,6 @@ fn cert_bag(c: &Bag) -> Result<SafeBag, Box<dyn std::error::Error>> {
 
 fn attributes(b: &Bag) -> Result<Option<Attributes>, Box<dyn std::error::Error>> {
     let mut attrs = Attributes::new();
-    if let Some(name) = &b.friendly_name {
-        let value = Any::from_der(&BmpString::from_utf8(name)?.to_der()?)?;
-        attrs.insert(Attribute { oid: FRIENDLY_NAME, values: SetOfVec::from_iter([value])? })?;
-    }
     if let Some(id) = &b.local_key_id {
         let value = Any::from_der(&OctetString::new(id.clone())?.to_der()?)?;
         attrs.insert(Attribute { oid: LOCAL_KEY_ID, values: SetOfVec::from_iter([value])? })?;

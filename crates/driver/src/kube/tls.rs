@@ -15,9 +15,7 @@ pub fn tls_value(key: &str, file: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-fn encode(tag: &str, der: Vec<u8>) -> String {
-    pem::encode_config(&pem::Pem::new(tag, der), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
-}
+use pfx::pem_block;
 
 /// PEM blocks of the file, or `None` when it holds none.
 fn pem_blocks(file: &[u8]) -> Option<Vec<pem::Pem>> {
@@ -46,7 +44,7 @@ fn certificates(file: &[u8]) -> Result<Vec<u8>, String> {
     if certs.is_empty() {
         return Err("no certificate found in the file".into());
     }
-    Ok(certs.into_iter().map(|c| encode("CERTIFICATE", c)).collect::<String>().into_bytes())
+    Ok(certs.into_iter().map(|c| pem_block("CERTIFICATE", &c)).collect::<String>().into_bytes())
 }
 
 fn private_key(file: &[u8]) -> Result<Vec<u8>, String> {
@@ -66,10 +64,10 @@ fn private_key(file: &[u8]) -> Result<Vec<u8>, String> {
         }
     };
     let pem = match tag.as_str() {
-        "RSA PRIVATE KEY" | "EC PRIVATE KEY" => encode(&tag, der),
+        "RSA PRIVATE KEY" | "EC PRIVATE KEY" => pem_block(&tag, &der),
         "PRIVATE KEY" => {
             let (tag, der) = from_pkcs8(&der)?;
-            encode(tag, der)
+            pem_block(tag, &der)
         }
         other => return Err(format!("unsupported private key block {other:?}")),
     };
