@@ -77,10 +77,28 @@ fn check_reports_the_three_classic_mistakes_precisely() {
     let (code, out, _) = check(&["tests/classes/broken-object-type.yaml"]);
     assert_eq!(code, Some(1));
     assert!(
-        out.contains("spec.parameters.objects[1].objectType: \"secrets\" is not one of secret, key, cert"),
+        out.contains("spec.parameters.objects[1].objectType: failed to get objectType:secrets, objectName:api-key, objectVersion:: Invalid vaultObjectTypes. Should be secret, key, or cert"),
         "{out}"
     );
     assert!(out.contains("fix: did you mean objectType: secret?"), "{out}");
+}
+
+#[test]
+fn check_finds_every_mistake_of_the_classic_exercise_in_one_run() {
+    let (code, out, _) = check(&["--output", "json", "tests/classes/classic-exercise.yaml"]);
+    assert_eq!(code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let paths: Vec<&str> = v[0]["findings"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    for want in [
+        "spec.provider",
+        "spec.parameters.usePodIdentity",
+        "spec.parameters.objects[0].objectType",
+        "spec.parameters.keyvaultName",
+        "spec.parameters.tenantId",
+        "spec.parameters.objects[1].objectName",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {paths:?}");
+    }
 }
 
 #[test]

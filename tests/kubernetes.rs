@@ -117,7 +117,7 @@ async fn an_unreachable_api_server_is_a_clear_error_and_probe_still_answers() {
     assert!(err.message().contains("--kubeconfig"), "{}", err.message());
 }
 
-// §12.1 scenarios: secret sync, ownership and garbage collection, namespaced classes, several classes
+// The upstream e2e suite's scenarios: secret sync, ownership and garbage collection, namespaced classes, several classes
 // in one pod; plus what upstream gets wrong (foreign owners and metadata, unmanaged Secrets).
 
 const SECRETS: &str = "secrets";

@@ -263,3 +263,55 @@ async fn a_restart_mid_rotation_neither_orphans_nor_double_mounts() {
         assert!(d.mounts_at(&v.target(&node)).is_empty(), "unpublish still cleans up");
     }
 }
+
+/// kubelet's calls win over the poller: 500 volumes unpublished while a rotation cycle refreshes them
+/// (Key Vault slowed down so the cycle is in flight) get no `ABORTED`, and no tmpfs is left behind, not
+/// even one the poller was about to rewrite.
+#[tokio::test]
+async fn unpublishing_500_volumes_during_a_rotation_cycle_aborts_none_and_leaves_no_mount() {
+    let _one_at_a_time = HEAVY.lock().await;
+    let h = emulator(1).await;
+    let node = Node::new();
+    node.add_class(
+        "default",
+        "wi-class",
+        "azure",
+        &[("keyvaultName", "kv-rot"), ("tenantId", TENANT), ("clientID", "wi"), ("objects", &objects(2))],
+    );
+    let d = driver(&node, &h, "2s").await;
+    let vols: Vec<PodVolume> = (0..500).map(|i| wi_volume(&h, i, 0)).collect();
+    publish_all(&node, &d, &vols).await;
+    h.set_faults("kv-rot", Faults { latency_ms: 300, ..Default::default() });
+    h.set_secret("kv-rot", "s0", "rotated");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.logs().contains("rotation complete") {
+        assert!(Instant::now() < deadline, "no rotation started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut tasks = Vec::new();
+    for chunk in vols.chunks(32) {
+        let (mut client, reqs) =
+            (d.node_client().await, chunk.iter().map(|v| v.unpublish_request(&node)).collect::<Vec<_>>());
+        tasks.push(tokio::spawn(async move {
+            let mut aborted = 0;
+            for r in reqs {
+                match client.node_unpublish_volume(r).await {
+                    Ok(_) => {}
+                    Err(s) if s.code() == Code::Aborted => aborted += 1,
+                    Err(s) => panic!("unpublish failed: {s:?}"),
+                }
+            }
+            aborted
+        }));
+    }
+    let mut aborted = 0;
+    for t in tasks {
+        aborted += t.await.unwrap();
+    }
+    assert_eq!(aborted, 0, "kubelet never sees ABORTED because of our poller");
+    // Give a refresh that had already fetched time to (wrongly) write, then look for leftovers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let left: Vec<_> = vols.iter().filter(|v| !d.mounts_at(&v.target(&node)).is_empty()).collect();
+    assert!(left.is_empty(), "{} tmpfs mounts left behind", left.len());
+    assert!(vols.iter().all(|v| !v.target(&node).exists()), "every target directory is gone");
+}

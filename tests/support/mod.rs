@@ -340,14 +340,15 @@ impl PodVolume {
         client.node_publish_volume(self.publish_request(node)).await.map(|_| ())
     }
 
+    pub fn unpublish_request(&self, node: &Node) -> csi::NodeUnpublishVolumeRequest {
+        csi::NodeUnpublishVolumeRequest {
+            volume_id: format!("csi-{}", self.uid),
+            target_path: self.target(node).to_string_lossy().into_owned(),
+        }
+    }
+
     pub async fn unpublish(&self, node: &Node, client: &mut NodeClient<Channel>) -> Result<(), tonic::Status> {
-        client
-            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-                volume_id: format!("csi-{}", self.uid),
-                target_path: self.target(node).to_string_lossy().into_owned(),
-            })
-            .await
-            .map(|_| ())
+        client.node_unpublish_volume(self.unpublish_request(node)).await.map(|_| ())
     }
 }
 

@@ -239,7 +239,9 @@ fn fill_generation(gen_dir: &Path, files: &[File]) -> Result<(), WriteError> {
             .map_err(io_err("create file", &path))?;
         out.write_all(f.contents.expose()).map_err(io_err("write file", &path))?;
         drop(out);
-        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode & 0o7777)).map_err(io_err("chmod", &path))?;
+        // Permission bits only: setuid, setgid and sticky make no sense on secret data (the tmpfs is
+        // nosuid anyway) and a provider must not be able to set them.
+        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode & 0o777)).map_err(io_err("chmod", &path))?;
     }
     Ok(())
 }
@@ -251,7 +253,7 @@ fn generation_matches(gen_dir: &Path, files: &[File]) -> bool {
         return false;
     }
     files.iter().all(|f| match on_disk.get(&f.path) {
-        Some(mode) if *mode == f.mode & 0o7777 => {
+        Some(mode) if *mode == f.mode & 0o777 => {
             fs::read(gen_dir.join(&f.path)).map(|c| &c == f.contents.expose()).unwrap_or(false)
         }
         _ => false,
@@ -267,7 +269,7 @@ fn list_files(root: &Path, dir: &Path, out: &mut BTreeMap<String, u32>) -> io::R
             list_files(root, &path, out)?;
         } else {
             let rel = path.strip_prefix(root).map_err(io::Error::other)?;
-            out.insert(rel.to_string_lossy().into_owned(), meta.permissions().mode() & 0o7777);
+            out.insert(rel.to_string_lossy().into_owned(), meta.permissions().mode() & 0o777);
         }
     }
     Ok(())
@@ -366,6 +368,9 @@ mod tests {
         assert_eq!(mode_of(&t.join("password")), 0o600);
         assert_eq!(mode_of(&t.join("db/user")), 0o440);
         assert_eq!(mode_of(&t.join("zero")), 0);
+        write(t, &[file("suid", 0o4755, "x"), file("sticky", 0o1644, "y")]).unwrap();
+        assert_eq!((mode_of(&t.join("suid")), mode_of(&t.join("sticky"))), (0o755, 0o644), "no setuid/sticky bits");
+        write(t, &[file("password", 0o600, "s3cret"), file("db/user", 0o440, "admin"), file("zero", 0, "z")]).unwrap();
         assert_eq!(fs::read_link(t.join("password")).unwrap(), Path::new("..data/password"));
         assert_eq!(fs::read_link(t.join("db")).unwrap(), Path::new("..data/db"));
         let generation = fs::read_link(t.join("..data")).unwrap();

@@ -1,6 +1,6 @@
 //! The node service's errors and their one mapping to gRPC status codes.
 //!
-//! Messages keep upstream's wording where operators and e2e suites grep them (§14 of the reference);
+//! Messages keep upstream's wording where operators and e2e suites grep them (upstream's `pkg/secrets-store/nodeserver.go`);
 //! codes are more precise than upstream's blanket `Unknown`, which kubelet shows either way.
 
 use std::io;
@@ -141,20 +141,53 @@ impl PublishError {
             Self::Class(ClassError::Unavailable { .. }) => Code::Unavailable,
             Self::EnsureMountPoint { .. } | Self::Mount { .. } | Self::FileWrite { .. } => Code::Internal,
             Self::ProviderLookup { .. } => Code::FailedPrecondition,
-            Self::Provider { source, .. } => match source.kind {
-                ErrorKind::InvalidArgument => Code::InvalidArgument,
-                ErrorKind::NotFound => Code::NotFound,
-                ErrorKind::PermissionDenied => Code::PermissionDenied,
-                ErrorKind::ResourceExhausted => Code::ResourceExhausted,
-                ErrorKind::Unavailable => Code::Unavailable,
-                ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
-                ErrorKind::Internal => Code::Internal,
-            },
+            Self::Provider { source, .. } => source.kind.grpc_code(),
             Self::Payload { .. } => Code::InvalidArgument,
             Self::PodStatus { .. } => Code::Unavailable,
             Self::Busy(_) => Code::Aborted,
         };
         Status::new(code, self.to_string())
+    }
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 7] = [
+        Self::InvalidArgument,
+        Self::NotFound,
+        Self::PermissionDenied,
+        Self::ResourceExhausted,
+        Self::Unavailable,
+        Self::DeadlineExceeded,
+        Self::Internal,
+    ];
+
+    /// The gRPC code of a provider failure: the one map from kinds to codes, used for kubelet's status
+    /// and for the provider protocol alike.
+    pub fn grpc_code(self) -> Code {
+        match self {
+            Self::InvalidArgument => Code::InvalidArgument,
+            Self::NotFound => Code::NotFound,
+            Self::PermissionDenied => Code::PermissionDenied,
+            Self::ResourceExhausted => Code::ResourceExhausted,
+            Self::Unavailable => Code::Unavailable,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
+            Self::Internal => Code::Internal,
+        }
+    }
+
+    /// The kind of an external provider's status code: the inverse of [`Self::grpc_code`], plus the
+    /// codes it never produces folded into their nearest kind.
+    pub fn from_grpc_code(code: Code) -> Self {
+        if let Some(kind) = Self::ALL.into_iter().find(|k| k.grpc_code() == code) {
+            return kind;
+        }
+        match code {
+            Code::FailedPrecondition | Code::OutOfRange => Self::InvalidArgument,
+            Code::Unauthenticated => Self::PermissionDenied,
+            Code::Aborted => Self::Unavailable,
+            Code::Cancelled => Self::DeadlineExceeded,
+            _ => Self::Internal,
+        }
     }
 }
 
@@ -187,5 +220,19 @@ impl UnpublishError {
             Self::Busy(_) => Code::Aborted,
         };
         Status::new(code, self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_grpc_code() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_grpc_code(kind.grpc_code()), kind);
+        }
+        assert_eq!(ErrorKind::from_grpc_code(Code::Unauthenticated), ErrorKind::PermissionDenied);
+        assert_eq!(ErrorKind::from_grpc_code(Code::Unknown), ErrorKind::Internal);
     }
 }

@@ -1,6 +1,6 @@
 //! The client for external providers: the upstream v1alpha1 protocol over `<dir>/<provider>.sock`.
 //!
-//! Matches the upstream driver (§4.3–4.4): the socket is searched in `--additional-provider-volume-paths`
+//! Matches the upstream driver (`pkg/secrets-store/provider_client.go`): the socket is searched in `--additional-provider-volume-paths`
 //! first, then `--provider-volume`; the name must match `^[a-zA-Z0-9_-]{0,30}$`; HTTP/2 `:authority` is
 //! `localhost`; responses are capped at `--max-call-recv-msg-size`; `UNAVAILABLE` is retried 3 times
 //! (1 s backoff × 1.1, at most 10 s) within the caller's deadline; one client per provider per process.
@@ -125,19 +125,7 @@ fn to_wire(req: &MountRequest) -> pb::MountRequest {
     }
 }
 
-fn kind_of(code: Code) -> ErrorKind {
-    match code {
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => ErrorKind::InvalidArgument,
-        Code::NotFound => ErrorKind::NotFound,
-        Code::PermissionDenied | Code::Unauthenticated => ErrorKind::PermissionDenied,
-        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
-        Code::Unavailable | Code::Aborted => ErrorKind::Unavailable,
-        Code::DeadlineExceeded | Code::Cancelled => ErrorKind::DeadlineExceeded,
-        _ => ErrorKind::Internal,
-    }
-}
-
-/// Turns a provider's response into files and versions (upstream §4.4).
+/// Turns a provider's response into files and versions (as the upstream driver's provider client does).
 fn from_wire(provider: &str, resp: pb::MountResponse) -> Result<MountResponse, ProviderError> {
     if let Some(code) = resp.error.as_ref().map(|e| e.code.as_str()).filter(|c| !c.is_empty()) {
         return Err(ProviderError::new(
@@ -194,7 +182,7 @@ impl Provider for ExternalProvider {
                     {
                         tracing::warn!(provider = %self.name, "provider response exceeds --max-call-recv-msg-size; raise it");
                     }
-                    let kind = kind_of(status.code());
+                    let kind = ErrorKind::from_grpc_code(status.code());
                     return Err(ProviderError::new(kind, "GRPCProviderError", status.message().to_string()));
                 }
             }

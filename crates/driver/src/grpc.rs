@@ -171,13 +171,15 @@ impl Node for NodeService {
         &self,
         req: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let deadline = deadline_of(&req);
         let r = req.into_inner();
         let span = tracing::info_span!("node_unpublish", target = %r.target_path);
         let driver = self.driver.clone();
-        let result =
-            tokio::spawn(async move { driver.unpublish(&r.volume_id, &r.target_path).await }.instrument(span.clone()))
-                .await
-                .map_err(|e| Status::internal(format!("unpublish task failed: {e}")))?;
+        let result = tokio::spawn(
+            async move { driver.unpublish(&r.volume_id, &r.target_path, deadline).await }.instrument(span.clone()),
+        )
+        .await
+        .map_err(|e| Status::internal(format!("unpublish task failed: {e}")))?;
         let _enter = span.enter();
         match result {
             Ok(()) => {
@@ -209,12 +211,9 @@ impl Node for NodeService {
         &self,
         _: Request<csi::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
-        use csi::node_service_capability::{Rpc, Type, rpc::Type as RpcType};
-        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
-            capabilities: vec![csi::NodeServiceCapability {
-                r#type: Some(Type::Rpc(Rpc { r#type: RpcType::StageUnstageVolume as i32 })),
-            }],
-        }))
+        // Nothing optional is served: kubelet never stages an inline ephemeral volume, and advertising
+        // STAGE_UNSTAGE_VOLUME (as upstream does) makes csi-sanity expect NodeStageVolume to work.
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse { capabilities: vec![] }))
     }
 
     async fn node_get_info(

@@ -1,7 +1,7 @@
 //! The Secrets Store CSI node driver: everything between kubelet's `NodePublishVolume` and the files in
 //! a pod's volume, except the Azure specifics.
 //!
-//! Start reading at [`node::Driver`]: `publish` validates, resolves the SecretProviderClass
+//! Start reading at [`node::Driver`]: [`publish`] validates, resolves the SecretProviderClass
 //! ([`class::ClassSource`]), mounts a tmpfs ([`mounter::Mounter`]), asks a [`provider::Provider`] for
 //! the files (in-process, or [`external`] over the upstream v1alpha1 socket protocol) and swaps them in
 //! with the [`atomic_writer`]. [`grpc`] adapts it to the CSI services; [`error`] maps failures to gRPC
@@ -13,12 +13,16 @@ pub mod error;
 pub mod external;
 pub mod grpc;
 pub mod kube;
+pub mod lint;
 pub mod metrics;
 pub mod mounter;
 pub mod node;
 pub mod provider;
+pub mod provider_server;
+pub mod publish;
 pub mod redact;
 pub mod registry;
+pub mod rotation;
 pub mod volume_context;
 
 pub use node::{Config, Driver, Providers};

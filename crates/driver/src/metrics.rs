@@ -1,5 +1,5 @@
 //! The node driver's Prometheus metrics, with the upstream driver's wire names, types, labels and
-//! buckets (reference §8), so dashboards and alerts keep working; plus what users asked for: mounted
+//! buckets (upstream's `pkg/secrets-store/stats_reporter.go`), so dashboards and alerts keep working; plus what users asked for: mounted
 //! volumes and rotation lag. `sync_k8s_secret_total` and `k8s_secret_duration_sec` are defined here for
 //! the secret-sync code to record (upstream defines them and never records them).
 

@@ -72,7 +72,7 @@ impl fmt::Debug for File {
 /// A provider's answer.
 #[derive(Clone, Debug, Default)]
 pub struct MountResponse {
-    /// Files to write. Empty means a legacy provider wrote the files itself (upstream §4.4, deprecated).
+    /// Files to write. Empty means a legacy provider wrote the files itself (the upstream driver's legacy path, deprecated).
     pub files: Vec<File>,
     /// Object id (`secret/db-password`) → version. Duplicate ids collapse, as upstream.
     pub object_versions: BTreeMap<String, String>,

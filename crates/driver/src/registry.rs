@@ -1,9 +1,19 @@
 //! The node's volumes: what was published where, and one operation per target at a time.
+//!
+//! Operations on a target are serialised by a claim. kubelet serialises its own calls per volume, so
+//! the only contention is between kubelet and our rotation poller, and kubelet must win: a kubelet
+//! claim on a target the poller holds cancels the poller's refresh and waits for it to let go (the
+//! refresh stops at its next cancellation point, before or during the provider call; a file swap in
+//! progress finishes first, which takes milliseconds). Only two kubelet calls on one target at once
+//! (which kubelet never makes) see `ABORTED`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::volume_context::PublishParams;
 
@@ -15,7 +25,7 @@ pub struct Volume {
     /// Provider that serves it.
     pub provider: String,
     /// Object id → version, as last fetched.
-    pub object_versions: std::collections::BTreeMap<String, String>,
+    pub object_versions: BTreeMap<String, String>,
     /// When the provider last answered successfully for this volume: the rotation clock.
     pub last_fetch: Instant,
     /// Consecutive failed refreshes (reset by a success).
@@ -24,11 +34,34 @@ pub struct Volume {
     pub retry_at: Option<Instant>,
 }
 
-/// Volumes by target path, plus the set of targets with an operation in flight.
+impl Volume {
+    /// A volume fetched just now.
+    pub fn fresh(params: PublishParams, provider: String, object_versions: BTreeMap<String, String>) -> Self {
+        Self { params, provider, object_versions, last_fetch: Instant::now(), failures: 0, retry_at: None }
+    }
+}
+
+/// Who holds a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// A kubelet call (`NodePublishVolume`, `NodeUnpublishVolume`).
+    Kubelet,
+    /// The rotation poller: background work that yields to kubelet.
+    Poller,
+}
+
+#[derive(Debug)]
+struct Claim {
+    holder: Holder,
+    cancel: watch::Sender<bool>,
+    released: Arc<Notify>,
+}
+
+/// Volumes by target path, plus the claims of the operations in flight.
 #[derive(Debug, Default)]
 pub struct VolumeRegistry {
     volumes: Mutex<HashMap<PathBuf, Volume>>,
-    busy: Mutex<HashSet<PathBuf>>,
+    claims: Mutex<HashMap<PathBuf, Claim>>,
 }
 
 /// Held while an operation runs on a target; releases it on drop.
@@ -36,19 +69,94 @@ pub struct VolumeRegistry {
 pub struct TargetGuard {
     registry: Arc<VolumeRegistry>,
     target: PathBuf,
+    cancelled: watch::Receiver<bool>,
+}
+
+impl TargetGuard {
+    /// Resolves when kubelet wants the target: the holder (the poller) should stop at its next
+    /// cancellation point. Never resolves for a kubelet claim.
+    pub async fn cancelled(&self) {
+        let mut rx = self.cancelled.clone();
+        // An error means the sender is gone, which only happens when this guard is dropped.
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Whether kubelet asked for the target.
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancelled.borrow()
+    }
 }
 
 impl Drop for TargetGuard {
     fn drop(&mut self) {
-        self.registry.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.target);
+        let claim = self.registry.claims.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.target);
+        if let Some(claim) = claim {
+            claim.released.notify_waiters();
+        }
     }
 }
 
+/// Why a claim was not granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contended {
+    /// Another kubelet call holds the target.
+    ByKubelet,
+    /// The poller did not let go in time.
+    PollerTimedOut,
+}
+
 impl VolumeRegistry {
-    /// Claims `target`, or returns `None` when another operation holds it (CSI wants `ABORTED` then).
-    pub fn try_claim(self: &Arc<Self>, target: &Path) -> Option<TargetGuard> {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        busy.insert(target.to_path_buf()).then(|| TargetGuard { registry: self.clone(), target: target.to_path_buf() })
+    /// Claims `target` if it is free.
+    pub fn try_claim(self: &Arc<Self>, target: &Path, holder: Holder) -> Option<TargetGuard> {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        if claims.contains_key(target) {
+            return None;
+        }
+        Some(self.insert_claim(&mut claims, target, holder))
+    }
+
+    /// Claims `target` for kubelet: a poller holding it is cancelled and awaited for up to `wait`.
+    pub async fn claim_for_kubelet(self: &Arc<Self>, target: &Path, wait: Duration) -> Result<TargetGuard, Contended> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let released = {
+                let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+                match claims.get(target) {
+                    None => return Ok(self.insert_claim(&mut claims, target, Holder::Kubelet)),
+                    Some(c) if c.holder == Holder::Kubelet => return Err(Contended::ByKubelet),
+                    Some(c) => {
+                        c.cancel.send_replace(true);
+                        c.released.clone()
+                    }
+                }
+            };
+            let notified = released.notified();
+            tokio::pin!(notified);
+            // Register before looking again, so a release between the two is not missed.
+            notified.as_mut().enable();
+            if !self.claims.lock().unwrap_or_else(|e| e.into_inner()).contains_key(target) {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Contended::PollerTimedOut);
+            }
+        }
+    }
+
+    fn insert_claim(
+        self: &Arc<Self>,
+        claims: &mut HashMap<PathBuf, Claim>,
+        target: &Path,
+        holder: Holder,
+    ) -> TargetGuard {
+        let (cancel, cancelled) = watch::channel(false);
+        claims.insert(target.to_path_buf(), Claim { holder, cancel, released: Arc::new(Notify::new()) });
+        TargetGuard { registry: self.clone(), target: target.to_path_buf(), cancelled }
+    }
+
+    /// Who holds `target`, if anyone.
+    pub fn holder(&self, target: &Path) -> Option<Holder> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner()).get(target).map(|c| c.holder)
     }
 
     /// The volume at `target`, if published.
@@ -96,10 +204,39 @@ mod tests {
     #[test]
     fn a_target_can_be_claimed_once_until_released() {
         let r = Arc::new(VolumeRegistry::default());
-        let g = r.try_claim(Path::new("/t")).unwrap();
-        assert!(r.try_claim(Path::new("/t")).is_none());
-        assert!(r.try_claim(Path::new("/u")).is_some());
+        let g = r.try_claim(Path::new("/t"), Holder::Poller).unwrap();
+        assert!(r.try_claim(Path::new("/t"), Holder::Poller).is_none());
+        assert!(r.try_claim(Path::new("/u"), Holder::Poller).is_some());
         drop(g);
-        assert!(r.try_claim(Path::new("/t")).is_some());
+        assert!(r.try_claim(Path::new("/t"), Holder::Poller).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kubelet_cancels_the_poller_and_gets_the_target_when_it_lets_go() {
+        let r = Arc::new(VolumeRegistry::default());
+        let poller = r.try_claim(Path::new("/t"), Holder::Poller).unwrap();
+        assert!(!poller.is_cancelled());
+        let (r2, t) = (r.clone(), PathBuf::from("/t"));
+        let kubelet = tokio::spawn(async move { r2.claim_for_kubelet(&t, Duration::from_secs(30)).await });
+        // The poller sees the cancellation and lets go a little later.
+        tokio::time::timeout(Duration::from_secs(1), poller.cancelled()).await.expect("cancelled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!kubelet.is_finished(), "kubelet waits while the poller finishes its step");
+        drop(poller);
+        let guard = kubelet.await.unwrap().expect("kubelet gets the target");
+        assert_eq!(r.holder(Path::new("/t")), Some(Holder::Kubelet));
+        drop(guard);
+        assert_eq!(r.holder(Path::new("/t")), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poller_that_never_lets_go_times_out_and_two_kubelet_calls_conflict() {
+        let r = Arc::new(VolumeRegistry::default());
+        let _poller = r.try_claim(Path::new("/t"), Holder::Poller).unwrap();
+        let err = r.claim_for_kubelet(Path::new("/t"), Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err, Contended::PollerTimedOut);
+        let _k = r.claim_for_kubelet(Path::new("/u"), Duration::from_secs(5)).await.unwrap();
+        let err = r.claim_for_kubelet(Path::new("/u"), Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err, Contended::ByKubelet);
     }
 }

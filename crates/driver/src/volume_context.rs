@@ -10,8 +10,6 @@ use crate::redact::{Secret, TOKENS_KEY};
 
 /// Volume-context key naming the SecretProviderClass (user attribute, case-sensitive).
 pub const CLASS_KEY: &str = "secretProviderClass";
-/// Volume-context key of the (test-only) provider override; `mock_provider` is csi-sanity's.
-pub const PROVIDER_NAME_KEY: &str = "providerName";
 /// Pod name attribute sent by kubelet (`podInfoOnMount`).
 pub const POD_NAME_KEY: &str = "csi.storage.k8s.io/pod.name";
 /// Pod namespace attribute.
@@ -47,11 +45,9 @@ pub struct PublishParams {
     pub readonly: bool,
     /// SecretProviderClass name (may be empty: reported after the mount-state checks, as upstream).
     pub class_name: String,
-    /// `providerName` attribute, if any.
-    pub provider_name: Option<String>,
     /// The pod.
     pub pod: PodInfo,
-    /// The whole volume context; copied into provider attributes.
+    /// The volume context without the tokens (they are in `tokens`); copied into provider attributes.
     pub volume_context: BTreeMap<String, String>,
     /// Node-publish secrets; `None` when kubelet sent none.
     pub secrets: Option<Secret<BTreeMap<String, String>>>,
@@ -78,21 +74,17 @@ impl PublishParams {
         if !target_path.is_absolute() {
             return Err(PublishError::InvalidArgument(format!("Target path {} is not absolute", req.target_path)));
         }
-        let volume_context: BTreeMap<String, String> = req.volume_context.into_iter().collect();
+        let mut volume_context: BTreeMap<String, String> = req.volume_context.into_iter().collect();
         let secrets: BTreeMap<String, String> = req.secrets.into_iter().collect();
-        let tokens = secrets
-            .get(TOKENS_KEY)
-            .or_else(|| volume_context.get(TOKENS_KEY))
-            .filter(|t| !t.is_empty())
-            .cloned()
-            .map(Secret::new);
+        // Tokens leave the plain-text map at once: `volume_context` is stored, logged and debug-printed.
+        let context_tokens = volume_context.remove(TOKENS_KEY);
+        let tokens = secrets.get(TOKENS_KEY).cloned().or(context_tokens).filter(|t| !t.is_empty()).map(Secret::new);
         let get = |k: &str| volume_context.get(k).cloned().unwrap_or_default();
         Ok(Self {
             volume_id: req.volume_id,
             target_path,
             readonly: req.readonly,
             class_name: get(CLASS_KEY),
-            provider_name: volume_context.get(PROVIDER_NAME_KEY).cloned(),
             pod: PodInfo {
                 name: get(POD_NAME_KEY),
                 namespace: get(POD_NAMESPACE_KEY),
@@ -196,5 +188,8 @@ mod tests {
         let p = PublishParams::parse(r).unwrap();
         assert_eq!(p.tokens.as_ref().unwrap().expose(), "from-secrets");
         assert_eq!(p.attributes(&BTreeMap::new())[TOKENS_KEY], "from-secrets");
+        assert!(!p.volume_context.contains_key(TOKENS_KEY), "the stored context holds no token");
+        let debug = format!("{p:?}");
+        assert!(!debug.contains("from-secrets") && !debug.contains("from-context"), "no token in Debug output");
     }
 }

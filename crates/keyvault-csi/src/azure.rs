@@ -100,24 +100,26 @@ impl AzureArgs {
     }
 }
 
-/// The Azure provider behind the driver's `Provider` interface.
+/// The Azure provider behind the driver's `Provider` interface: the one place where its types meet
+/// the driver's (requests, files, and the one map of error kinds).
 pub struct AzureProvider {
     /// The provider.
     pub provider: Arc<keyvault::Provider>,
-    /// Where `grpc_request` is recorded (as if the call had crossed the upstream socket).
-    pub metrics: crate::metrics::ProviderMetrics,
+    /// Where `grpc_request` is recorded for in-process calls (as if the call had crossed the upstream
+    /// socket); `None` when the v1alpha1 server records it.
+    pub metrics: Option<keyvault::metrics::ProviderMetrics>,
 }
 
-/// Maps a provider error kind to the gRPC code an external provider would return.
-pub fn grpc_code(kind: keyvault::ErrorKind) -> tonic::Code {
+/// The driver's kind of a Key Vault failure (which decides the gRPC status code).
+fn driver_kind(kind: keyvault::ErrorKind) -> ErrorKind {
     match kind {
-        keyvault::ErrorKind::InvalidInput => tonic::Code::InvalidArgument,
-        keyvault::ErrorKind::NotFound => tonic::Code::NotFound,
-        keyvault::ErrorKind::Forbidden => tonic::Code::PermissionDenied,
-        keyvault::ErrorKind::Throttled => tonic::Code::ResourceExhausted,
-        keyvault::ErrorKind::Unavailable => tonic::Code::Unavailable,
-        keyvault::ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
-        keyvault::ErrorKind::Internal => tonic::Code::Internal,
+        keyvault::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
+        keyvault::ErrorKind::NotFound => ErrorKind::NotFound,
+        keyvault::ErrorKind::Forbidden => ErrorKind::PermissionDenied,
+        keyvault::ErrorKind::Throttled => ErrorKind::ResourceExhausted,
+        keyvault::ErrorKind::Unavailable => ErrorKind::Unavailable,
+        keyvault::ErrorKind::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+        keyvault::ErrorKind::Internal => ErrorKind::Internal,
     }
 }
 
@@ -128,16 +130,13 @@ impl Provider for AzureProvider {
             attributes: request.attributes,
             secrets: request.secrets.map(Secret::into_inner).unwrap_or_default(),
             default_mode: request.permission,
-            current_versions: request.current_object_versions,
             deadline: request.deadline,
             priority: if request.background { keyvault::Priority::Background } else { keyvault::Priority::Mount },
             cycle: request.cycle,
         };
         let started = std::time::Instant::now();
         let result = self.provider.mount(req).await;
-        let code = result.as_ref().err().map(|e| grpc_code(e.kind)).unwrap_or(tonic::Code::Ok);
-        self.metrics.grpc("/v1alpha1.CSIDriverProvider/Mount", code, started.elapsed());
-        match result {
+        let result = match result {
             Ok(r) => Ok(MountResponse {
                 files: r
                     .files
@@ -146,19 +145,13 @@ impl Provider for AzureProvider {
                     .collect(),
                 object_versions: r.object_versions,
             }),
-            Err(e) => {
-                let kind = match e.kind {
-                    keyvault::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
-                    keyvault::ErrorKind::NotFound => ErrorKind::NotFound,
-                    keyvault::ErrorKind::Forbidden => ErrorKind::PermissionDenied,
-                    keyvault::ErrorKind::Throttled => ErrorKind::ResourceExhausted,
-                    keyvault::ErrorKind::Unavailable => ErrorKind::Unavailable,
-                    keyvault::ErrorKind::DeadlineExceeded => ErrorKind::DeadlineExceeded,
-                    keyvault::ErrorKind::Internal => ErrorKind::Internal,
-                };
-                Err(ProviderError::new(kind, "ProviderError", mount_failure(&e)))
-            }
+            Err(e) => Err(ProviderError::new(driver_kind(e.kind), "ProviderError", mount_failure(&e))),
+        };
+        if let Some(metrics) = &self.metrics {
+            let code = result.as_ref().err().map_or(tonic::Code::Ok, |e| e.kind.grpc_code());
+            metrics.grpc("/v1alpha1.CSIDriverProvider/Mount", &format!("{code:?}"), started.elapsed());
         }
+        result
     }
 }
 
@@ -166,4 +159,34 @@ impl Provider for AzureProvider {
 /// two DaemonSets.
 pub fn mount_failure(e: &keyvault::Error) -> String {
     format!("failed to mount objects, error: {}", e.message)
+}
+
+/// The Azure provider's parameter linter, for `keyvault-csi check`.
+pub struct AzureLint;
+
+impl driver::lint::ParametersLint for AzureLint {
+    fn provider(&self) -> &str {
+        "azure"
+    }
+
+    fn aliases(&self) -> &[&str] {
+        keyvault::lint::PROVIDER_ALIASES
+    }
+
+    fn recognises(&self, spec: &driver::class::SecretProviderClassSpec) -> bool {
+        keyvault::lint::looks_like_azure(&spec.parameters)
+    }
+
+    fn lint(&self, spec: &driver::class::SecretProviderClassSpec) -> driver::lint::ParametersReport {
+        let lint = keyvault::lint::lint(&spec.parameters, false);
+        let findings = lint
+            .findings
+            .iter()
+            .map(|f| match f.severity {
+                keyvault::params::Severity::Error => driver::lint::Finding::error(&f.field, &f.message, &f.fix),
+                keyvault::params::Severity::Warning => driver::lint::Finding::warning(&f.field, &f.message, &f.fix),
+            })
+            .collect();
+        driver::lint::ParametersReport { findings, files: lint.files().cloned() }
+    }
 }

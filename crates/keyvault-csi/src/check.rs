@@ -1,14 +1,13 @@
 //! `keyvault-csi check`: finds everything wrong with SecretProviderClass manifests before a pod gets
-//! stuck in ContainerCreating, using the same parsers as the mount path, and reports every problem
-//! with its field path and the fix. Exit codes: 0 clean, 1 problems found, 2 unreadable input.
+//! stuck in ContainerCreating, and reports every problem with its field path and the fix. The rules
+//! live with what they describe (`driver::lint`, `keyvault::lint`, the latter on the mount's own
+//! parameter reader); this module reads files, prints and sets the exit code: 0 clean, 1 problems
+//! found, 2 unreadable input.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use driver::class::SecretProviderClass;
-use keyvault::params;
-use serde::Serialize;
 
 mod live;
 
@@ -40,286 +39,11 @@ pub enum Output {
     Json,
 }
 
-/// One finding.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Finding {
-    /// Field path, e.g. `spec.parameters.objects[1].objectType`.
-    pub path: String,
-    /// `error` (the mount will fail) or `warning` (it will not do what you expect).
-    pub severity: &'static str,
-    /// What is wrong.
-    pub message: String,
-    /// How to fix it.
-    pub fix: String,
-}
+pub use driver::lint::Finding;
 
-fn err(path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Finding {
-    Finding { path: path.into(), severity: "error", message: message.into(), fix: fix.into() }
-}
-
-fn warn(path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Finding {
-    Finding { path: path.into(), severity: "warning", message: message.into(), fix: fix.into() }
-}
-
-/// Levenshtein distance, case-insensitive (typo detection).
-fn distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.to_lowercase().chars().collect(), b.to_lowercase().chars().collect());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-const KNOWN: &[&str] = &[
-    "keyvaultName",
-    "tenantID",
-    "tenantId",
-    "cloudName",
-    "cloudEnvFileName",
-    "usePodIdentity",
-    "useVMManagedIdentity",
-    "useAzureTokenProxy",
-    "userAssignedIdentityID",
-    "clientID",
-    "objects",
-    "resourceGroup",
-    "subscriptionId",
-];
-const DRIVER_SETTINGS: &[&str] =
-    &["enableSecretRotation", "rotationPollInterval", "syncSecret", "syncSecretEnabled", "filteredWatchSecret"];
-const AZURE_ALIASES: &[&str] =
-    &["azurekeyvault", "azure-keyvault", "azure_keyvault", "azure-key-vault", "keyvault", "akv", "azurekv"];
-
-/// Checks one manifest.
+/// Lints one manifest: the driver's part and the Azure provider's parameters.
 pub fn check_class(spc: &SecretProviderClass) -> Vec<Finding> {
-    let mut f = Vec::new();
-    if spc.kind != "SecretProviderClass" {
-        f.push(err("kind", format!("{:?} is not SecretProviderClass", spc.kind), "set kind: SecretProviderClass"));
-    }
-    match spc.api_version.as_str() {
-        "secrets-store.csi.x-k8s.io/v1" => {}
-        "secrets-store.csi.x-k8s.io/v1alpha1" => f.push(warn(
-            "apiVersion",
-            "secrets-store.csi.x-k8s.io/v1alpha1 is deprecated",
-            "use apiVersion: secrets-store.csi.x-k8s.io/v1",
-        )),
-        other => f.push(err(
-            "apiVersion",
-            format!("{other:?} is not a SecretProviderClass API version"),
-            "use apiVersion: secrets-store.csi.x-k8s.io/v1",
-        )),
-    }
-    if spc.metadata.name.is_empty() {
-        f.push(err("metadata.name", "the class has no name", "set metadata.name"));
-    }
-    let provider = spc.spec.provider.as_str();
-    if provider.is_empty() {
-        f.push(err(
-            "spec.provider",
-            "provider not set (mounts fail with \"provider not set in <ns>/<name>\")",
-            "set spec.provider: azure",
-        ));
-    } else if provider != "azure"
-        && (AZURE_ALIASES.contains(&provider.to_ascii_lowercase().as_str()) || distance(provider, "azure") <= 2)
-    {
-        f.push(err(
-            "spec.provider",
-            format!("{provider:?} is not a provider; did you mean \"azure\"?"),
-            "set spec.provider: azure",
-        ));
-    } else if !driver::external::valid_provider_name(provider) {
-        f.push(err(
-            "spec.provider",
-            format!("{provider:?} is not a valid provider name (letters, digits, - and _, at most 30)"),
-            "use the provider's socket name, e.g. azure",
-        ));
-    }
-    if spc.spec.parameters.is_empty() {
-        f.push(err(
-            "spec.parameters",
-            "parameters not set (mounts fail with \"parameters not set in <ns>/<name>\")",
-            "add the provider's parameters",
-        ));
-    }
-    let mut files: Option<BTreeSet<String>> = None;
-    if provider == "azure" && !spc.spec.parameters.is_empty() {
-        files = Some(check_azure(spc, &mut f));
-    }
-    for (i, so) in spc.spec.secret_objects.iter().enumerate() {
-        let base = format!("spec.secretObjects[{i}]");
-        if so.secret_name.trim().is_empty() {
-            f.push(err(format!("{base}.secretName"), "secretName is empty", "name the Kubernetes Secret to create"));
-        }
-        if so.type_.trim().is_empty() {
-            f.push(err(format!("{base}.type"), "secret type is empty", "set type: Opaque (or kubernetes.io/tls, ...)"));
-        }
-        for (j, d) in so.data.iter().enumerate() {
-            let p = format!("{base}.data[{j}]");
-            if d.key.trim().is_empty() {
-                f.push(err(format!("{p}.key"), "key is empty", "name the key in the Secret's data"));
-            }
-            let name = d.object_name.trim();
-            if name.is_empty() {
-                f.push(err(format!("{p}.objectName"), "objectName is empty", "name a file this class mounts"));
-            } else if let Some(files) = &files {
-                let split = name.strip_suffix(".crt").or_else(|| name.strip_suffix(".key"));
-                if !files.contains(name) {
-                    if split.is_some_and(|s| files.contains(s)) {
-                        f.push(warn(
-                            format!("{p}.objectName"),
-                            format!("{name:?} exists only with --write-cert-and-key-in-separate-files"),
-                            "enable writeCertAndKeyInSeparateFiles, or sync the combined file",
-                        ));
-                    } else {
-                        let list: Vec<&str> = files.iter().map(String::as_str).collect();
-                        f.push(err(
-                            format!("{p}.objectName"),
-                            format!("{name:?} is not a file this class mounts (files: {})", list.join(", ")),
-                            "use an objectName or objectAlias of spec.parameters.objects",
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    f
-}
-
-/// The Azure parameters; returns the file paths the class mounts.
-fn check_azure(spc: &SecretProviderClass, f: &mut Vec<Finding>) -> BTreeSet<String> {
-    let params = &spc.spec.parameters;
-    let get = |k: &str| params.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
-    let p = |k: &str| format!("spec.parameters.{k}");
-    for key in params.keys() {
-        if KNOWN.contains(&key.as_str()) {
-            continue;
-        }
-        if key.starts_with("csi.storage.k8s.io/") {
-            f.push(err(p(key), "reserved for kubelet's pod attributes; the driver drops it", "remove it"));
-        } else if let Some(s) = DRIVER_SETTINGS.iter().find(|s| s.eq_ignore_ascii_case(key)) {
-            f.push(warn(
-                p(key),
-                format!("{s} is a driver setting (Helm value or flag), not a class parameter; it has no effect here"),
-                "remove it and set it on the driver",
-            ));
-        } else if let Some(k) = KNOWN.iter().find(|k| distance(key, k) <= 2) {
-            f.push(warn(p(key), format!("unknown parameter; did you mean {k:?}?"), format!("rename it to {k}")));
-        } else {
-            f.push(warn(p(key), "unknown parameter, ignored by the Azure provider", "remove it"));
-        }
-    }
-    let vault = get("keyvaultName");
-    if vault.is_empty() {
-        f.push(err(
-            p("keyvaultName"),
-            "keyvaultName is not provided",
-            "set keyvaultName to the vault's name (not its URL)",
-        ));
-    } else if let Err(e) = params::validate_vault_name(&vault) {
-        f.push(err(p("keyvaultName"), e.message, "use the vault's name: 3-24 letters, digits and dashes"));
-    }
-    if get("tenantID").is_empty() && get("tenantId").is_empty() {
-        f.push(err(p("tenantId"), "tenantId is not provided", "set tenantId to the vault's Entra ID tenant"));
-    }
-    if let Err(e) = keyvault::cloud::resolve(&get("cloudName"), &get("cloudEnvFileName"), "AzurePublicCloud") {
-        f.push(err(
-            p("cloudName"),
-            e.message,
-            "use AzurePublicCloud, AzureUSGovernmentCloud, AzureChinaCloud or AzureStackCloud",
-        ));
-    }
-    let mut enabled = Vec::new();
-    for flag in ["usePodIdentity", "useVMManagedIdentity", "useAzureTokenProxy"] {
-        match params::parse_bool(&get(flag)) {
-            Ok(true) => enabled.push(flag),
-            Ok(false) => {}
-            Err(e) => {
-                f.push(err(p(flag), format!("failed to parse {flag} flag, error: {e}"), "use \"true\" or \"false\""))
-            }
-        }
-    }
-    if enabled.len() > 1 {
-        f.push(err(
-            p(enabled[1]),
-            format!("only one identity mode can be enabled at a time; {} are", enabled.join(" and ")),
-            "keep one",
-        ));
-    }
-    if enabled.contains(&"usePodIdentity") {
-        f.push(warn(
-            p("usePodIdentity"),
-            "usePodIdentity (aad-pod-identity) is deprecated and fails on clusters without NMI",
-            "use workload identity: remove usePodIdentity, set clientID and a service account federated with it",
-        ));
-    }
-    if enabled.contains(&"useAzureTokenProxy") {
-        f.push(err(
-            p("useAzureTokenProxy"),
-            "identity binding is not supported by keyvault-csi",
-            "use workload identity (clientID)",
-        ));
-    }
-    if !get("userAssignedIdentityID").is_empty() && !enabled.contains(&"useVMManagedIdentity") {
-        f.push(warn(
-            p("userAssignedIdentityID"),
-            "ignored unless useVMManagedIdentity is \"true\"",
-            "set useVMManagedIdentity: \"true\", or use clientID for workload identity",
-        ));
-    }
-    if !get("clientID").is_empty() && enabled.contains(&"useVMManagedIdentity") {
-        f.push(warn(
-            p("clientID"),
-            "with clientID set, the provider also requires a workload identity token",
-            "remove clientID (use userAssignedIdentityID) or useVMManagedIdentity",
-        ));
-    }
-    let mut files = BTreeSet::new();
-    let objects = get("objects");
-    if objects.is_empty() {
-        f.push(err(p("objects"), "objects is not set", "list the objects under objects: array:"));
-        return files;
-    }
-    let checked = match params::check_objects(&objects) {
-        Ok(c) => c,
-        Err(e) => {
-            f.push(err(p("objects"), e.message, "write objects as `array:` followed by `- |` blocks, one per object"));
-            return files;
-        }
-    };
-    if checked.is_empty() {
-        f.push(err(p("objects"), "the array lists no object", "add objects"));
-    }
-    for (i, (spec, type_text, problems)) in checked.iter().enumerate() {
-        for prob in problems {
-            let path = format!("{}[{i}].{}", p("objects"), prob.field);
-            if prob.field == "objectType" {
-                let guess = ["secret", "key", "cert"]
-                    .into_iter()
-                    .find(|t| distance(type_text, t) <= 2 || type_text.to_lowercase().starts_with(t));
-                let fix = guess
-                    .map(|g| format!("did you mean objectType: {g}?"))
-                    .unwrap_or_else(|| "use secret, key or cert".into());
-                f.push(err(path, format!("{type_text:?} is not one of secret, key, cert"), fix));
-            } else {
-                f.push(err(path, prob.message.clone(), "see the Azure provider's object fields"));
-            }
-        }
-        for out in params::output_paths(spec, false) {
-            if !files.insert(out.clone()) {
-                f.push(err(
-                    format!("{}[{i}].objectAlias", p("objects")),
-                    format!("file {out:?} is also written by another object"),
-                    "give one of them a different objectAlias",
-                ));
-            }
-        }
-    }
-    files
+    driver::lint::lint_class(spc, &[&crate::azure::AzureLint])
 }
 
 /// Runs `keyvault-csi check` and returns the exit code.
@@ -439,6 +163,7 @@ mod tests {
     #[test]
     fn the_three_classic_mistakes_get_precise_messages() {
         let f = check_class(&class("azurekeyvault", &clean()));
+        assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].path, "spec.provider");
         assert_eq!(f[0].message, "\"azurekeyvault\" is not a provider; did you mean \"azure\"?");
 
@@ -458,8 +183,44 @@ mod tests {
         let f = check_class(&class("azure", &p));
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].path, "spec.parameters.objects[1].objectType");
-        assert_eq!(f[0].message, "\"secrets\" is not one of secret, key, cert");
+        assert!(f[0].message.ends_with("Invalid vaultObjectTypes. Should be secret, key, or cert"), "{f:?}");
         assert_eq!(f[0].fix, "did you mean objectType: secret?");
+    }
+
+    /// The classic troubleshooting exercise, all three mistakes and the tutorial's placeholders in one
+    /// class: one run names every one of them.
+    #[test]
+    fn the_classic_exercise_gets_every_finding_in_one_run() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/classes/classic-exercise.yaml"))
+                .unwrap();
+        let f = check_class(&driver::class::parse_manifest(&text).unwrap());
+        let got: Vec<(&str, &str)> = f.iter().map(|x| (x.path.as_str(), x.severity)).collect();
+        assert_eq!(
+            got,
+            [
+                ("spec.provider", "error"),
+                ("spec.parameters.keyvaultName", "error"),
+                ("spec.parameters.tenantId", "error"),
+                ("spec.parameters.objects[0].objectType", "error"),
+                ("spec.parameters.objects[1].objectName", "error"),
+                ("spec.parameters.usePodIdentity", "warning"),
+            ],
+            "{f:#?}"
+        );
+        assert!(f[1].message.contains("\"<KEY_VAULT_NAME>\" is an unfilled placeholder"));
+    }
+
+    #[test]
+    fn a_wrong_provider_with_azure_parameters_or_none_at_all_still_gets_them_linted() {
+        let bad = [("keyvaultName", "kv1"), ("tenantId", "t"), ("clientID", "c"), ("objects", "nope")];
+        for provider in ["\"\"", "azur", "my/provider", "vault"] {
+            let f = check_class(&class(provider, &bad));
+            assert!(f.iter().any(|x| x.path == "spec.parameters.objects"), "{provider}: {f:?}");
+            assert_eq!(f[0].path, "spec.provider", "{provider}: {f:?}");
+        }
+        let f = check_class(&class("vault", &clean()));
+        assert_eq!((f.len(), f[0].severity), (1, "warning"), "{f:?}");
     }
 
     #[test]

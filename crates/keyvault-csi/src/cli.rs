@@ -1,4 +1,4 @@
-//! Command-line flags. Names and defaults follow the upstream driver (reference §7) so existing
+//! Command-line flags. Names and defaults follow the upstream driver (upstream's `cmd/secrets-store-csi-driver/main.go`) so existing
 //! DaemonSet manifests and Helm values keep working; Go-style values (`--flag=true`, `2m`) are accepted.
 
 use std::path::PathBuf;

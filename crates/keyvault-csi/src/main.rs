@@ -161,18 +161,18 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let max_recv = args.max_call_recv_msg_size as usize;
     let external =
         ExternalProviders::new(args.additional_provider_volume_paths.clone(), args.provider_volume.clone(), max_recv);
-    let provider_metrics = metrics::ProviderMetrics::default();
+    let provider_metrics = keyvault::metrics::ProviderMetrics::default();
     let azure =
         keyvault::Provider::new(args.azure.config(args.enable_secret_rotation.then_some(args.rotation_poll_interval))?)
             .map_err(|e| anyhow::anyhow!("Azure provider: {e}"))?
             .with_observer(Arc::new(provider_metrics.clone()));
     let azure = Arc::new(azure);
     let mut registry = prometheus_client::registry::Registry::default();
-    metrics::register_provider(&mut registry, &provider_metrics, azure.stats().clone());
+    keyvault::metrics::register_provider(&mut registry, &provider_metrics, azure.stats().clone());
     let mut providers = Providers::new(external);
     if args.builtin_azure_provider {
         providers = providers
-            .with_builtin("azure", Arc::new(azure::AzureProvider { provider: azure, metrics: provider_metrics }));
+            .with_builtin("azure", Arc::new(azure::AzureProvider { provider: azure, metrics: Some(provider_metrics) }));
     }
     let driver_metrics = driver::metrics::Metrics::default();
     let mut driver =

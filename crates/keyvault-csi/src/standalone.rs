@@ -94,7 +94,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
     let provider = Arc::new(keyvault::Provider::new(args.azure.config(rotation)?).map_err(|e| anyhow::anyhow!("{e}"))?);
     let providers =
         Providers::new(ExternalProviders::new(vec![], "/var/run/secrets-store-csi-providers".into(), 4 << 20))
-            .with_builtin("azure", Arc::new(AzureProvider { provider, metrics: Default::default() }));
+            .with_builtin("azure", Arc::new(AzureProvider { provider, metrics: Some(Default::default()) }));
     let mounter: Arc<dyn Mounter> = if args.no_tmpfs { Arc::new(PlainDirMounter) } else { Arc::new(TmpfsMounter) };
     let classes = Arc::new(OneClass { namespace: namespace.clone(), name: spc.metadata.name.clone(), spec: spc.spec });
     let config = Config {
@@ -132,7 +132,6 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
         target_path: target.clone(),
         readonly: true,
         class_name: spc.metadata.name.clone(),
-        provider_name: None,
         pod: PodInfo {
             name: args.pod_name.clone(),
             namespace: namespace.clone(),

@@ -1,4 +1,4 @@
-//! Key Vault objects → file contents, exactly as the upstream provider writes them (reference §2):
+//! Key Vault objects → file contents, exactly as the upstream provider writes them (`pkg/provider/provider.go` of the upstream Azure provider):
 //! secret encodings; certificate-backed secrets as PEM (PKCS#8 keys first, then every certificate,
 //! the chain rebuilt leaf → root by AKI/SKI: see the `pfx` crate) or PFX; `cert` as the leaf PEM;
 //! `key` as an SPKI `PUBLIC KEY` PEM for RSA and EC.

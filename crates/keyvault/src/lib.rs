@@ -12,6 +12,8 @@ pub mod cloud;
 pub mod convert;
 pub mod error;
 pub mod identity;
+pub mod lint;
+pub mod metrics;
 pub mod params;
 pub mod transport;
 pub mod vault;
@@ -64,7 +66,7 @@ impl Default for Config {
 }
 
 /// One mount.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct MountRequest {
     /// Class parameters overlaid with pod attributes and the tokens JSON.
     pub attributes: BTreeMap<String, String>,
@@ -72,8 +74,6 @@ pub struct MountRequest {
     pub secrets: BTreeMap<String, String>,
     /// Default file mode (0o644).
     pub default_mode: u32,
-    /// Versions currently mounted (`<type>/<name>` → version).
-    pub current_versions: BTreeMap<String, String>,
     /// When the caller gives up.
     pub deadline: Option<Instant>,
     /// Mount (a pod waits) or background refresh (rotation).
@@ -81,6 +81,25 @@ pub struct MountRequest {
     /// A rotation cycle: fetches of the same cycle (and identity) share results for as long as the
     /// cycle runs, whatever `dedup_window` says, so a cycle costs one request per distinct object.
     pub cycle: Option<u64>,
+}
+
+impl std::fmt::Debug for MountRequest {
+    /// Attribute values except the tokens, and the names of the secrets: never a token or a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let attributes: BTreeMap<&str, &str> = self
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), if k == params::TOKENS_KEY { "<redacted>" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("MountRequest")
+            .field("attributes", &attributes)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("default_mode", &format_args!("{:o}", self.default_mode))
+            .field("deadline", &self.deadline)
+            .field("priority", &self.priority)
+            .field("cycle", &self.cycle)
+            .finish()
+    }
 }
 
 /// One file to write.

@@ -1,4 +1,4 @@
-//! Chain order for `--construct-pem-chain` (reference §2.3), keeping every certificate.
+//! Chain order for `--construct-pem-chain` (the upstream Azure provider's `fetchCertChains`), keeping every certificate.
 //!
 //! Links are upstream's: certificate `j` is the parent of `i` when `i`'s Authority Key Identifier
 //! equals `j`'s Subject Key Identifier, the first such `j` in stored order winning. Where upstream

@@ -2,7 +2,7 @@
 //!
 //! * [`Bundle::from_der`] reads **every** key and certificate bag in stored order, with or without
 //!   `localKeyId`, under SHA-1 or SHA-2 MACs and 3DES, RC2 or AES (PBES2) bag encryption.
-//! * [`Bundle::to_pem`] writes them as the upstream provider does (reference §2.2–2.3): all private
+//! * [`Bundle::to_pem`] writes them as the upstream provider does (`pkg/provider/provider.go` of the upstream Azure provider): all private
 //!   keys first (PKCS#8 `PRIVATE KEY`), then the certificates, either in stored order or with the chain
 //!   rebuilt leaf → intermediates → root by AKI/SKI. Unlike upstream, certificates that are not on the
 //!   leaf's chain (a cross-signed intermediate, an unrelated CA) follow the chain in stored order

@@ -1,7 +1,7 @@
 //! Every PFX shape the provider meets, built here with [`Writer`] from certificates made with rcgen.
 //!
-//! Expected output is derived from the fixture's own inputs by upstream's rule (reference §2.2: keys
-//! as PKCS#8 first, then certificates; §2.3 for the order), never from this crate's reader; where
+//! Expected output is derived from the fixture's own inputs by upstream's rule (the upstream Azure provider's rule: keys
+//! as PKCS#8 first, then certificates; the AKI/SKI chain for the order), never from this crate's reader; where
 //! the order differs from upstream's, the test says so. `stored_order_matches_openssl` cross-checks
 //! the reader against an independent parser (the OpenSSL CLI).
 

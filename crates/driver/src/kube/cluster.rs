@@ -122,7 +122,6 @@ impl KubeCluster {
             target_path: target,
             readonly: true,
             class_name: s.secret_provider_class_name.clone(),
-            provider_name: ctx.get(vc::PROVIDER_NAME_KEY).cloned(),
             pod: PodInfo { name: s.pod_name.clone(), namespace: ns.into(), uid, service_account: sa },
             volume_context: ctx,
             secrets,

@@ -1,7 +1,7 @@
 //! Typed `secrets-store.csi.x-k8s.io` resources (v1 and the deprecated v1alpha1) and their
 //! CustomResourceDefinitions.
 //!
-//! The CRDs are the upstream ones in substance (reference §3): namespaced, `v1` served and stored,
+//! The CRDs are the upstream ones in substance (upstream's `apis/v1/*_types.go`): namespaced, `v1` served and stored,
 //! `v1alpha1` served and deprecated, no subresources, no validation beyond types, every field
 //! optional. They are built here from one schema per type, and `tests` check that the schema covers
 //! exactly what the types serialize, so the chart's `crds/` (generated with `keyvault-csi crds`)
@@ -462,7 +462,7 @@ mod tests {
         assert_eq!(serde_json::to_value(&alpha).unwrap()["apiVersion"], "secrets-store.csi.x-k8s.io/v1alpha1");
     }
 
-    /// Reference §3: the upstream schema, as facts (path → type), for both versions of both CRDs.
+    /// The upstream CRD schema (`config/crd` of the upstream driver), as facts (path → type), for both versions of both CRDs.
     #[test]
     fn schemas_match_upstreams_fields_and_types() {
         let class_fields = [

@@ -2,7 +2,7 @@
 //! `SecretProviderClassPodStatus` that records each mounted volume (how upstream tooling, and a
 //! restarted driver, find a node's volumes), Secrets synced from `secretObjects`, and events.
 //!
-//! The wire formats are upstream's (reference §3, §6); the typed CRDs are in [`crd`].
+//! The wire formats are upstream's (the upstream driver's); the typed CRDs are in [`crd`].
 
 mod cache;
 mod classes;

@@ -1,4 +1,4 @@
-//! Sync of `secretObjects` into Kubernetes Secrets (reference §6).
+//! Sync of `secretObjects` into Kubernetes Secrets (upstream's `pkg/util/secretutil` and the pod status controller).
 //!
 //! Like upstream: the data comes from the mounted files, the Secret carries
 //! `secrets-store.csi.k8s.io/managed=true` and the class's labels and annotations, and it is owned by
@@ -113,7 +113,7 @@ pub fn mounted_files(target: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>
     Ok(out)
 }
 
-/// The Secret's `data` for one class entry (§6.3).
+/// The Secret's `data` for one class entry (upstream's `secretutil.GetSecretData`).
 pub fn secret_data(
     object: &SecretObject,
     files: &BTreeMap<String, Vec<u8>>,

@@ -1,4 +1,4 @@
-//! `kubernetes.io/tls` Secrets from a mounted certificate file (reference §6.3): `tls.crt` is every
+//! `kubernetes.io/tls` Secrets from a mounted certificate file (as upstream's `pkg/util/secretutil`): `tls.crt` is every
 //! PEM `CERTIFICATE` block (or, for a PKCS#12 file, its certificates); `tls.key` is the last other PEM
 //! block (or the PKCS#12 private key) re-encoded as `RSA PRIVATE KEY` (PKCS#1) or `EC PRIVATE KEY`
 //! (SEC1), which is what ingress controllers expect.

@@ -190,8 +190,9 @@ fn per_object_validation_messages() {
         "failed to get objectType:cert, objectName:x, objectVersion:: PFX format only supported for objectType: secret"
     );
     // Upper-case `PFX` on a cert passes upstream's check (it compares lower-case `pfx` only).
-    let ok = parse_objects(&objects(&["objectName: x\nobjectType: cert\nobjectFormat: PFX"]), 0o644).unwrap();
-    assert_eq!(ok[0].kind, ObjectType::Cert);
+    let o = objects(&["objectName: x\nobjectType: cert\nobjectFormat: PFX"]);
+    let ok = parse(&attrs(&[("objects", &o)]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
+    assert_eq!(ok.objects[0].kind, ObjectType::Cert);
     assert_eq!(
         e("objectName: x\nobjectType: secret\nobjectEncoding: rot13"),
         "failed to get objectType:secret, objectName:x, objectVersion:: invalid objectEncoding: rot13, should be hex, base64 or utf-8"

@@ -1,0 +1,490 @@
+//! kubelet's calls: `NodePublishVolume` and `NodeUnpublishVolume`.
+//!
+//! A publish is decided by [`plan`], a pure function of who asked, what the target looks like and
+//! when the volume was last fetched; one executor then carries the plan out. The rotation poller uses
+//! the same executor with [`Trigger::Poller`] (see [`crate::rotation`]).
+//!
+//! The algorithm is upstream's (`pkg/secrets-store/nodeserver.go`) with its known bugs fixed:
+//! * the rotation skip uses this driver's record of the last *successful fetch* of a *live, published*
+//!   mount, not the target directory's mtime (which let a retry after a failed first publish return
+//!   success for an empty, unmounted directory, and which re-fetched on every republish once the content
+//!   was older than the interval);
+//! * the class's parameters are copied, never mutated in place;
+//! * any failure on a republish of a healthy, populated volume keeps the files and reports success,
+//!   because kubelet deletes the mount directory when a republish fails (kubernetes#121271);
+//! * kubelet's calls never see `ABORTED` because our own poller is refreshing the same volume.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::atomic_writer::{self, WriteError, WriteOutcome};
+use crate::class::SecretProviderClassSpec;
+use crate::error::{PublishError, UnpublishError};
+use crate::mounter::Mounter;
+use crate::node::{DEFAULT_FILE_MODE, Driver, PublishOutcome, blocking};
+use crate::provider::{ErrorKind, MountRequest, ProviderError};
+use crate::registry::{Contended, Holder, TargetGuard, Volume};
+use crate::volume_context::PublishParams;
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+/// How long a kubelet call waits for the poller to let go of its target when kubelet set no deadline.
+const KUBELET_WAIT: Duration = Duration::from_secs(30);
+
+/// Who asked for a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// kubelet's `NodePublishVolume` (a first mount, or a `requiresRepublish` republish).
+    Kubelet,
+    /// The rotation poller, in cycle `cycle` (identical fetches of one cycle may share results).
+    Poller {
+        /// Cycle number.
+        cycle: u64,
+    },
+}
+
+/// What the target path looks like before a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetState {
+    /// No mount there (the directory may or may not exist).
+    NotMounted,
+    /// A readable mount; `populated` when it holds a generation of files (`..data`).
+    Mounted {
+        /// Whether files were written there.
+        populated: bool,
+    },
+}
+
+/// What a publish must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing: a republish within the interval, rotation off, or a refresh of a volume that is gone.
+    Skip,
+    /// Ask the provider and write the files.
+    Fetch {
+        /// Mount a tmpfs first.
+        mount: bool,
+        /// The target already serves files: a failure keeps them (and kubelet is told "success").
+        keep_on_error: bool,
+    },
+}
+
+/// Decides what a publish must do. `last_fetch_age` is how long ago this driver last fetched the volume
+/// (`None`: it does not know the volume); `interval` is the rotation interval (`None`: rotation off).
+pub fn plan(
+    trigger: Trigger,
+    state: TargetState,
+    last_fetch_age: Option<Duration>,
+    interval: Option<Duration>,
+) -> Plan {
+    let populated = matches!(state, TargetState::Mounted { populated: true });
+    match (trigger, state, last_fetch_age) {
+        (Trigger::Kubelet, TargetState::NotMounted, _) => Plan::Fetch { mount: true, keep_on_error: false },
+        // The poller never mounts: a volume without its mount was unpublished (or kubelet will repair it).
+        (Trigger::Poller { .. }, TargetState::NotMounted, _) | (Trigger::Poller { .. }, _, None) => Plan::Skip,
+        (trigger, TargetState::Mounted { .. }, Some(age)) => {
+            // kubelet's republish waits a full interval; the poller batches from about half of it.
+            let min_age = match (trigger, interval) {
+                (_, None) => return Plan::Skip,
+                (Trigger::Kubelet, Some(i)) => i,
+                (Trigger::Poller { .. }, Some(i)) => crate::rotation::cycle_join_age(i),
+            };
+            if age < min_age { Plan::Skip } else { Plan::Fetch { mount: false, keep_on_error: populated } }
+        }
+        // Mounted and populated but unknown to us (the driver restarted): with rotation off this is
+        // upstream's "already mounted" success; with rotation on, refresh it.
+        (Trigger::Kubelet, TargetState::Mounted { .. }, None) if populated && interval.is_none() => Plan::Skip,
+        (Trigger::Kubelet, TargetState::Mounted { .. }, None) => Plan::Fetch { mount: false, keep_on_error: populated },
+    }
+}
+
+/// The result of one executed publish and the provider it concerned (for metric labels).
+pub(crate) struct Attempt {
+    pub(crate) provider: String,
+    pub(crate) result: Result<PublishOutcome, PublishError>,
+}
+
+impl Driver {
+    /// `NodePublishVolume`. `deadline` is kubelet's (from `grpc-timeout`), applied to the provider call.
+    /// Records `node_publish*` and `rotation_reconcile*` metrics.
+    pub async fn publish(
+        &self,
+        params: PublishParams,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<PublishOutcome, PublishError> {
+        let started = std::time::Instant::now();
+        let target = params.target_path.clone();
+        let known = self.volumes.get(&target);
+        if let Some(volume) = &known
+            && self.volumes.holder(&target) == Some(Holder::Poller)
+        {
+            // Our poller is refreshing this very volume: the republish has nothing left to do. Keep
+            // kubelet's fresh service-account tokens for the next refresh.
+            self.remember_credentials(&params);
+            self.metrics.publish_ok(&volume.provider);
+            return Ok(PublishOutcome::Skipped);
+        }
+        let guard = match self.volumes.claim_for_kubelet(&target, wait_budget(deadline)).await {
+            Ok(g) => g,
+            Err(Contended::ByKubelet | Contended::PollerTimedOut) => {
+                let e = PublishError::Busy(target);
+                self.metrics.publish_error(known.as_ref().map_or("", |v| &v.provider), &e.label());
+                return Err(e);
+            }
+        };
+        let attempt = self.execute(params.clone(), Trigger::Kubelet, deadline.map(Instant::from_std), &guard).await;
+        drop(guard);
+        let m = &self.metrics;
+        match &attempt.result {
+            Ok(PublishOutcome::Published { remount, changed, .. }) => {
+                m.publish_ok(&attempt.provider);
+                if *remount {
+                    m.rotation(&attempt.provider, *changed, started);
+                }
+            }
+            Ok(PublishOutcome::Skipped) => m.publish_ok(&attempt.provider),
+            Ok(PublishOutcome::KeptAfterError(e)) => {
+                m.publish_error(&attempt.provider, &e.label());
+                m.rotation_error(&attempt.provider, &e.label());
+                if let Some(cluster) = &self.cluster {
+                    cluster.rotation_failed(&params, &e.to_string()).await;
+                }
+            }
+            Err(e) => m.publish_error(&attempt.provider, &e.label()),
+        }
+        attempt.result
+    }
+
+    /// kubelet sends fresh service-account tokens (and node-publish secrets) on every republish: keep
+    /// them for rotation.
+    fn remember_credentials(&self, params: &PublishParams) {
+        self.volumes.update(&params.target_path, |v| {
+            v.params.tokens = params.tokens.clone();
+            v.params.secrets = params.secrets.clone();
+        });
+    }
+
+    /// Inspects the target, plans, and carries the plan out. The caller holds `guard`.
+    pub(crate) async fn execute(
+        &self,
+        params: PublishParams,
+        trigger: Trigger,
+        deadline: Option<Instant>,
+        guard: &TargetGuard,
+    ) -> Attempt {
+        let target = params.target_path.clone();
+        let known = self.volumes.get(&target);
+        let provider = known.as_ref().map(|v| v.provider.clone()).unwrap_or_default();
+        let repair = trigger == Trigger::Kubelet;
+        let mounter = self.mounter.clone();
+        let t = target.clone();
+        let state = match blocking(move || inspect_target(&*mounter, &t, repair)).await {
+            Ok(s) => s,
+            Err(source) => {
+                return Attempt { provider, result: Err(PublishError::EnsureMountPoint { path: target, source }) };
+            }
+        };
+        if known.is_some() && trigger == Trigger::Kubelet {
+            self.remember_credentials(&params);
+        }
+        let age = known.as_ref().map(|v| Instant::now().saturating_duration_since(v.last_fetch));
+        match plan(trigger, state, age, self.config.rotation_interval) {
+            Plan::Skip => Attempt { provider, result: Ok(PublishOutcome::Skipped) },
+            Plan::Fetch { mount, keep_on_error } => {
+                let spec = match self.resolve_class(&params).await {
+                    Ok(spec) => spec,
+                    Err(e) => return Attempt { provider, result: Err(e).or_else(|e| keep(e, keep_on_error)) },
+                };
+                let result = self.fetch_and_write(&params, &spec, mount, keep_on_error, trigger, deadline, guard).await;
+                Attempt { provider: spec.provider.clone(), result: result.or_else(|e| keep(e, keep_on_error)) }
+            }
+        }
+    }
+
+    /// Resolves the class and checks what upstream checks before mounting, in upstream's order.
+    async fn resolve_class(&self, params: &PublishParams) -> Result<SecretProviderClassSpec, PublishError> {
+        if params.class_name.is_empty() {
+            return Err(PublishError::ClassNotSet);
+        }
+        let (namespace, name) = (params.pod.namespace.clone(), params.class_name.clone());
+        let spec = self.classes.get(&namespace, &name).await?;
+        if spec.provider.is_empty() {
+            return Err(PublishError::ProviderNotSet { namespace, name });
+        }
+        if spec.parameters.is_empty() {
+            return Err(PublishError::ParametersNotSet { namespace, name });
+        }
+        if !params.readonly {
+            return Err(PublishError::NotReadonly);
+        }
+        Ok(spec)
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the arguments
+    async fn fetch_and_write(
+        &self,
+        params: &PublishParams,
+        spec: &SecretProviderClassSpec,
+        mount: bool,
+        remount: bool,
+        trigger: Trigger,
+        deadline: Option<Instant>,
+        guard: &TargetGuard,
+    ) -> Result<PublishOutcome, PublishError> {
+        let target = &params.target_path;
+        if mount {
+            self.mount(target).await?;
+        }
+        let result = self.fetch_and_write_mounted(params, spec, remount, trigger, deadline, guard).await;
+        if result.is_err() && mount {
+            // Leave no mount behind, so kubelet's retry starts clean. The directory stays, as upstream.
+            let mounter = self.mounter.clone();
+            let t = target.clone();
+            if let Err(e) = blocking(move || mounter.unmount(&t)).await {
+                tracing::error!(target = %target.display(), error = %e, "failed to unmount after a failed publish");
+            }
+        }
+        result
+    }
+
+    async fn fetch_and_write_mounted(
+        &self,
+        params: &PublishParams,
+        spec: &SecretProviderClassSpec,
+        remount: bool,
+        trigger: Trigger,
+        deadline: Option<Instant>,
+        guard: &TargetGuard,
+    ) -> Result<PublishOutcome, PublishError> {
+        let target = &params.target_path;
+        let pod = format!("{}/{}", params.pod.namespace, params.pod.name);
+        let provider = self.providers.get(&spec.provider).map_err(|source| PublishError::ProviderLookup {
+            pod: pod.clone(),
+            provider: spec.provider.clone(),
+            source,
+        })?;
+        let background = matches!(trigger, Trigger::Poller { .. });
+        let request = MountRequest {
+            attributes: params.attributes(&spec.parameters),
+            secrets: params.secrets.clone(),
+            target_path: target.clone(),
+            permission: DEFAULT_FILE_MODE,
+            current_object_versions: self.volumes.get(target).map(|v| v.object_versions).unwrap_or_default(),
+            deadline: deadline.map(Instant::into_std),
+            background,
+            cycle: match trigger {
+                Trigger::Poller { cycle } => Some(cycle),
+                Trigger::Kubelet => None,
+            },
+        };
+        let late = || {
+            let why = if background { "within one rotation interval" } else { "before kubelet's deadline" };
+            ProviderError::new(
+                ErrorKind::DeadlineExceeded,
+                "ProviderError",
+                format!("provider {:?} did not answer {why}", spec.provider),
+            )
+        };
+        let call = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, provider.mount(request)).await.unwrap_or_else(|_| Err(late())),
+                None => provider.mount(request).await,
+            }
+        };
+        // The provider call is where a refresh spends its time; kubelet overtaking it stops it here.
+        let response = tokio::select! {
+            biased;
+            () = guard.cancelled() => return Ok(PublishOutcome::Skipped),
+            r = call => r.map_err(|source| PublishError::Provider { pod: pod.clone(), source })?,
+        };
+
+        let files = response.files.len();
+        let changed = if response.files.is_empty() {
+            // A legacy provider wrote the files itself (deprecated upstream path, kept for compatibility).
+            true
+        } else {
+            let target = target.clone();
+            match blocking(move || atomic_writer::write(&target, &response.files)).await {
+                Ok(outcome) => outcome == WriteOutcome::Written,
+                Err(WriteError::Payload(source)) => return Err(PublishError::Payload { pod, source }),
+                Err(source) => return Err(PublishError::FileWrite { pod, source }),
+            }
+        };
+        let known = self.volumes.get(target);
+        if let Some(sink) = &self.cluster
+            && known.as_ref().is_none_or(|v| v.object_versions != response.object_versions)
+        {
+            sink.record(params, &response.object_versions, known.is_some())
+                .await
+                .map_err(|message| PublishError::PodStatus { pod: pod.clone(), message })?;
+        }
+        let mut volume = Volume::fresh(params.clone(), spec.provider.clone(), response.object_versions);
+        if let Some(known) = known
+            && background
+        {
+            // The poller replays stored parameters: keep the credentials kubelet may have refreshed meanwhile.
+            volume.params = known.params;
+        }
+        self.volumes.insert(target.clone(), volume);
+        if let Some(cluster) = &self.cluster
+            && (changed || !remount)
+        {
+            let started = std::time::Instant::now();
+            let synced = cluster.written(params, spec, remount).await;
+            self.metrics.secrets_synced(&spec.provider, synced, started);
+        }
+        Ok(PublishOutcome::Published { provider: spec.provider.clone(), files, changed, remount })
+    }
+
+    async fn mount(&self, target: &Path) -> Result<(), PublishError> {
+        let mounter = self.mounter.clone();
+        let t = target.to_path_buf();
+        blocking(move || mounter.mount(&t))
+            .await
+            .map_err(|source| PublishError::Mount { path: target.to_path_buf(), source })
+    }
+
+    /// After a restart: takes back the volumes the cluster says this node published whose tmpfs is
+    /// still mounted and populated, so the poller rotates them again without waiting for kubelet's
+    /// republish (which also brings fresh service-account tokens). A volume kubelet already
+    /// republished, or one whose mount is gone, is left alone: nothing is mounted twice. Returns the
+    /// number adopted.
+    pub async fn adopt(&self, volumes: Vec<PublishParams>) -> usize {
+        let mut adopted = 0;
+        for params in volumes {
+            let target = params.target_path.clone();
+            if self.volumes.get(&target).is_some() {
+                continue;
+            }
+            let mounter = self.mounter.clone();
+            let t = target.clone();
+            let populated =
+                blocking(move || Ok::<_, io::Error>(mounter.mount_point(&t)?.is_some() && t.join("..data").exists()))
+                    .await;
+            if !matches!(populated, Ok(true)) {
+                continue;
+            }
+            let Some(_claim) = self.volumes.try_claim(&target, Holder::Poller) else { continue };
+            if self.volumes.get(&target).is_none() {
+                self.volumes.insert(target.clone(), Volume::fresh(params, String::new(), Default::default()));
+                adopted += 1;
+            }
+        }
+        adopted
+    }
+
+    /// `NodeUnpublishVolume`: remove the files, unmount, remove the directory, forget the volume.
+    /// Idempotent: an unknown or already removed target succeeds. A refresh of the same volume by the
+    /// poller is cancelled and awaited, never reported as a conflict.
+    pub async fn unpublish(
+        &self,
+        volume_id: &str,
+        target_path: &str,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), UnpublishError> {
+        if volume_id.is_empty() {
+            return Err(UnpublishError::InvalidArgument("Volume ID missing in request".into()));
+        }
+        if target_path.is_empty() {
+            return Err(UnpublishError::InvalidArgument("Target path missing in request".into()));
+        }
+        let target = PathBuf::from(target_path);
+        let _claim = self
+            .volumes
+            .claim_for_kubelet(&target, wait_budget(deadline))
+            .await
+            .map_err(|_| UnpublishError::Busy(target.clone()))?;
+        let mounter = self.mounter.clone();
+        let t = target.clone();
+        let result = blocking(move || clean_and_unmount(&*mounter, &t))
+            .await
+            .map_err(|source| UnpublishError::Cleanup { path: target.clone(), source });
+        self.metrics.unpublish(result.is_ok());
+        result?;
+        if let Some(volume) = self.volumes.remove(&target)
+            && let Some(sink) = self.cluster.clone()
+        {
+            // Deleting the pod status is bookkeeping (the API server also garbage-collects it with the
+            // pod), so kubelet does not wait for an API round trip: upstream's unpublish makes none.
+            // A few at a time: 500 pods going away at once must not open 500 API connections (each
+            // HTTP/1.1 connection kube's client opens keeps its buffers in the pool).
+            let (volumes, limit) = (self.volumes.clone(), self.background_api.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = limit.acquire_owned().await else { return };
+                if volumes.get(&target).is_some() {
+                    return; // published again meanwhile: the status describes the new mount
+                }
+                if let Err(e) = sink.remove(&volume.params).await {
+                    tracing::warn!(target = %target.display(), error = %e, "failed to delete the pod status");
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A failure of a publish that found the target serving files keeps them and reports success.
+fn keep(e: PublishError, keep_on_error: bool) -> Result<PublishOutcome, PublishError> {
+    if keep_on_error { Ok(PublishOutcome::KeptAfterError(e)) } else { Err(e) }
+}
+
+/// How long a kubelet call may wait for the poller: most of kubelet's own deadline, else a default.
+fn wait_budget(deadline: Option<std::time::Instant>) -> Duration {
+    deadline.map_or(KUBELET_WAIT, |d| d.saturating_duration_since(std::time::Instant::now()).mul_f32(0.8))
+}
+
+/// Upstream's `ensureMountPoint`: a readable mount is "mounted". With `repair` (kubelet's calls), a
+/// broken mount is unmounted and a missing directory is created with mode 0750; the poller only looks.
+fn inspect_target(mounter: &dyn Mounter, target: &Path, repair: bool) -> io::Result<TargetState> {
+    match mounter.mount_point(target)? {
+        Some(_) => match fs::read_dir(target) {
+            Ok(_) => Ok(TargetState::Mounted { populated: target.join("..data").exists() }),
+            Err(_) if !repair => Ok(TargetState::NotMounted),
+            Err(e) => {
+                tracing::warn!(target = %target.display(), error = %e, "target is a broken mount point; remounting");
+                mounter.unmount(target)?;
+                Ok(TargetState::NotMounted)
+            }
+        },
+        None => {
+            if repair && !target.exists() {
+                fs::create_dir_all(target)?;
+                fs::set_permissions(target, fs::Permissions::from_mode(0o750))?;
+            }
+            Ok(TargetState::NotMounted)
+        }
+    }
+}
+
+/// Deletes the contents first (fixes "directory not empty" unmount failures, upstream #936), then
+/// unmounts and removes the directory. `ENOENT` anywhere means someone already did it.
+fn clean_and_unmount(mounter: &dyn Mounter, target: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(target) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let res = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        if let Err(e) = res {
+            tracing::warn!(path = %path.display(), error = %e, "failed to remove volume entry");
+        }
+    }
+    if mounter.mount_point(target)?.is_some() {
+        mounter.unmount(target)?;
+    }
+    match fs::remove_dir(target) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
