@@ -103,12 +103,13 @@ pub enum PublishError {
         source: WriteError,
     },
     /// The pod status could not be written.
-    #[error("failed to create secret provider class pod status for pod {pod}, err: {message}")]
+    #[error("failed to create secret provider class pod status for pod {pod}, err: {source}")]
     PodStatus {
         /// `<namespace>/<name>` of the pod.
         pod: String,
         /// Cause.
-        message: String,
+        #[source]
+        source: crate::kube::PodStatusError,
     },
     /// Another operation on the same target is in progress (CSI: `ABORTED`).
     #[error("an operation on target path {0} is already in progress")]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::class::{ClassSource, SecretProviderClassSpec};
 use crate::error::PublishError;
 use crate::external::{ExternalProviders, LookupError};
+use crate::kube::PodStatusError;
 use crate::metrics::Metrics;
 use crate::mounter::Mounter;
 use crate::provider::Provider;
@@ -70,9 +71,9 @@ pub trait Cluster: Send + Sync + 'static {
         params: &PublishParams,
         versions: &BTreeMap<String, String>,
         refresh: bool,
-    ) -> Result<(), String>;
+    ) -> Result<(), PodStatusError>;
     /// A volume was unpublished.
-    async fn remove(&self, params: &PublishParams) -> Result<(), String>;
+    async fn remove(&self, params: &PublishParams) -> Result<(), PodStatusError>;
     /// The volume's files were written: on its first publish, or by a rotation that changed them
     /// (`rotated`). Syncs the class's `secretObjects` and reports events; failures are reported there,
     /// never returned. Returns the number of Secrets synced.

@@ -322,7 +322,7 @@ impl Driver {
         {
             sink.record(params, &response.object_versions, known.is_some())
                 .await
-                .map_err(|message| PublishError::PodStatus { pod: pod.clone(), message })?;
+                .map_err(|source| PublishError::PodStatus { pod: pod.clone(), source })?;
         }
         let mut volume = Volume::fresh(params.clone(), spec.provider.clone(), response.object_versions);
         if let Some(known) = known

@@ -35,30 +35,84 @@ impl ErrorKind {
     }
 }
 
+/// Who answered (or failed to answer) with the error: lets callers tell an identity Entra ID refused
+/// from an object Key Vault refused without reading the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The class's parameters or the pod's identity material, before any request.
+    Parameters,
+    /// Entra ID's token endpoint (workload identity, service principal).
+    EntraId,
+    /// The instance metadata service (managed identity).
+    Imds,
+    /// aad-pod-identity's NMI.
+    Nmi,
+    /// Key Vault's data plane.
+    KeyVault,
+    /// No HTTP answer at all: DNS, connect, TLS, timeouts.
+    Network,
+    /// This provider: configuration, conversion of what Key Vault returned, deadlines.
+    Provider,
+}
+
+impl Origin {
+    /// Whether the error came from an identity service refusing or failing to issue a token.
+    pub fn is_token_service(self) -> bool {
+        matches!(self, Self::EntraId | Self::Imds | Self::Nmi)
+    }
+}
+
 /// A provider error.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
     /// Class.
     pub kind: ErrorKind,
+    /// Who failed.
+    pub origin: Origin,
     /// Message: what, which object, why.
     pub message: String,
+    /// The underlying error (an HTTP client error), when there is one.
+    #[source]
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl Error {
-    /// Builds an error.
+    /// Builds an error of this provider's own making.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, origin: Origin::Provider, message: message.into(), source: None }
     }
 
-    /// Invalid input.
+    /// Invalid parameters or identity material.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::InvalidInput, message)
+        Self::new(ErrorKind::InvalidInput, message).from(Origin::Parameters)
     }
 
-    /// Prefixes the message, keeping the kind.
+    /// Sets who failed.
+    pub fn from(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Attaches the underlying error.
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
+    }
+
+    /// The class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// A stable, bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        self.kind.label()
+    }
+
+    /// Prefixes the message, keeping the rest.
     pub fn context(self, prefix: impl std::fmt::Display) -> Self {
-        Self { kind: self.kind, message: format!("{prefix}{}", self.message) }
+        Self { message: format!("{prefix}{}", self.message), ..self }
     }
 }
 

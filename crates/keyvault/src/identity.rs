@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use sha2::Digest;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Origin, Result};
 use crate::params::{Identity, Sensitive};
 use crate::transport::{NetworkConfig, Transport};
 
@@ -141,7 +141,7 @@ impl TokenCache {
     }
 }
 
-fn token_error(what: &str, status: u16, body: &[u8]) -> Error {
+fn token_error(origin: Origin, what: &str, status: u16, body: &[u8]) -> Error {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let detail = v["error_description"]
         .as_str()
@@ -153,7 +153,7 @@ fn token_error(what: &str, status: u16, body: &[u8]) -> Error {
         500..=599 => ErrorKind::Unavailable,
         _ => ErrorKind::Forbidden,
     };
-    Error::new(kind, format!("{what}: {status}: {detail}"))
+    Error::new(kind, format!("{what}: {status}: {detail}")).from(origin)
 }
 
 async fn acquire(
@@ -199,9 +199,9 @@ async fn acquire(
                 client_id.as_ref().map(|c| format!(" for client id {c}")).unwrap_or_default()
             );
             if !r.status.is_success() {
-                return Err(token_error(&who, r.status.as_u16(), &r.body));
+                return Err(token_error(Origin::Imds, &who, r.status.as_u16(), &r.body));
             }
-            parse_token(&r.body, &who)
+            parse_token(&r.body, &who).map_err(|e| e.from(Origin::Imds))
         }
         Identity::PodIdentity { pod, namespace } => {
             let base = src.net.nmi_url.as_deref().unwrap_or("http://localhost:2579").trim_end_matches('/');
@@ -218,16 +218,18 @@ async fn acquire(
                         r.status.as_u16(),
                         body.trim()
                     ),
-                ));
+                )
+                .from(Origin::Nmi));
             }
             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
             if v["token"].is_null() || v["clientid"].as_str().is_none() {
                 return Err(Error::new(
                     ErrorKind::Internal,
                     "nmi did not return expected values in response: token and clientid",
-                ));
+                )
+                .from(Origin::Nmi));
             }
-            parse_token(v["token"].to_string().as_bytes(), "nmi")
+            parse_token(v["token"].to_string().as_bytes(), "nmi").map_err(|e| e.from(Origin::Nmi))
         }
     }
 }
@@ -243,9 +245,9 @@ async fn entra(
     let r = src.transport.send(None, Method::POST, &url, &[], Some(form), src.deadline).await?;
     let who = format!("failed to acquire a token for client {client_id} in tenant {tenant}");
     if !r.status.is_success() {
-        return Err(token_error(&who, r.status.as_u16(), &r.body));
+        return Err(token_error(Origin::EntraId, &who, r.status.as_u16(), &r.body));
     }
-    parse_token(&r.body, &who)
+    parse_token(&r.body, &who).map_err(|e| e.from(Origin::EntraId))
 }
 
 fn parse_token(body: &[u8], who: &str) -> Result<(Sensitive, Duration)> {

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Origin, Result};
 pub use stats::Stats;
 pub use transport::{NetworkConfig, Priority, RetryPolicy, VaultLimits};
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Origin, Result};
 
 /// How requests are retried.
 #[derive(Clone, Debug)]
@@ -292,7 +292,7 @@ fn transport_error(method: &Method, url: &str, e: reqwest::Error) -> Error {
         msg.push_str(&format!(": {s}"));
         src = s.source();
     }
-    Error::new(kind, msg)
+    Error::new(kind, msg).from(Origin::Network).caused_by(e)
 }
 
 /// `Retry-After` (seconds), `retry-after-ms`, `x-ms-retry-after-ms`.

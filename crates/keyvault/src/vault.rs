@@ -6,7 +6,7 @@ use std::time::Instant;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Origin, Result};
 use crate::identity::TokenSource;
 use crate::params::MountParams;
 use crate::transport::Reply;
@@ -37,6 +37,7 @@ pub fn kv_error(url: &str, r: &Reply) -> Error {
     };
     let status = r.status;
     Error::new(kind, format!("GET {url}: {status} {code}{inner}: {msg} (x-ms-request-id: {request_id})"))
+        .from(Origin::KeyVault)
 }
 
 /// Parses `WWW-Authenticate: Bearer authorization="…", resource="…"` (or `scope="…"`) into a scope,
@@ -71,7 +72,8 @@ pub fn challenge_scope(header: &str, vault_host: &str) -> Result<String> {
         return Err(Error::new(
             ErrorKind::Forbidden,
             format!("challenge resource {resource_host:?} doesn't match the requested domain {host:?}"),
-        ));
+        )
+        .from(Origin::KeyVault));
     }
     Ok(scope)
 }

@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 
 use super::cache::Cache;
 use super::events::{EventType, ROTATION_COMPONENT, Recorder, SYNC_COMPONENT};
-use super::podstatus::KubePodStatus;
+use super::podstatus::{KubePodStatus, PodStatusError};
 use super::secrets::{SecretWriter, Synced, mounted_files, secret_data};
 use crate::class::SecretProviderClassSpec;
 use crate::node::{Cluster, blocking};
@@ -177,11 +177,11 @@ impl Cluster for KubeCluster {
         params: &PublishParams,
         versions: &BTreeMap<String, String>,
         refresh: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), PodStatusError> {
         self.statuses.record(params, versions, refresh).await
     }
 
-    async fn remove(&self, params: &PublishParams) -> Result<(), String> {
+    async fn remove(&self, params: &PublishParams) -> Result<(), PodStatusError> {
         self.statuses.remove(params).await
     }
 

@@ -17,7 +17,7 @@ mod tls;
 pub use cache::Cache;
 pub use classes::KubeClassSource;
 pub use cluster::KubeCluster;
-pub use podstatus::KubePodStatus;
+pub use podstatus::{KubePodStatus, PodStatusError};
 
 /// `secrets-store.csi.x-k8s.io`.
 pub const GROUP: &str = "secrets-store.csi.x-k8s.io";

@@ -16,6 +16,27 @@ use crate::volume_context::PublishParams;
 /// Longest object name Kubernetes accepts.
 const MAX_NAME: usize = 253;
 
+/// Why a pod status could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PodStatusError {
+    /// `<pod>-<namespace>-<class>` is longer than Kubernetes allows.
+    #[error(
+        "the SecretProviderClassPodStatus name {prefix:?}… is {len} characters, more than Kubernetes' {MAX_NAME}; shorten the pod, namespace or class name"
+    )]
+    NameTooLong {
+        /// The name's first 40 characters.
+        prefix: String,
+        /// Its length.
+        len: usize,
+    },
+    /// The API server refused or could not be reached.
+    #[error("{}", super::describe(.0))]
+    Api(#[source] kube::Error),
+    /// The stored status has no uid.
+    #[error("pod status {0} has no uid")]
+    NoUid(String),
+}
+
 /// Writes pod statuses through the API.
 #[derive(Clone)]
 pub struct KubePodStatus {
@@ -30,10 +51,10 @@ impl KubePodStatus {
     }
 
     /// The pod status's uid (to own the Secrets of a bare pod).
-    pub async fn uid(&self, p: &PublishParams) -> Result<String, String> {
+    pub async fn uid(&self, p: &PublishParams) -> Result<String, PodStatusError> {
         let name = status_name(p)?;
-        let obj = self.api(&p.pod.namespace).get(&name).await.map_err(|e| super::describe(&e))?;
-        obj.metadata.uid.ok_or_else(|| format!("pod status {name} has no uid"))
+        let obj = self.api(&p.pod.namespace).get(&name).await.map_err(PodStatusError::Api)?;
+        obj.metadata.uid.ok_or(PodStatusError::NoUid(name))
     }
 
     fn api(&self, namespace: &str) -> Api<SecretProviderClassPodStatus> {
@@ -42,14 +63,11 @@ impl KubePodStatus {
 }
 
 /// `<pod>-<namespace>-<class>`, refused when Kubernetes would refuse it.
-pub fn status_name(p: &PublishParams) -> Result<String, String> {
+pub fn status_name(p: &PublishParams) -> Result<String, PodStatusError> {
     let name = format!("{}-{}-{}", p.pod.name, p.pod.namespace, p.class_name);
     if name.len() > MAX_NAME {
-        return Err(format!(
-            "the SecretProviderClassPodStatus name {:?}… is {} characters, more than Kubernetes' {MAX_NAME}; shorten the pod, namespace or class name",
-            &name[..40],
-            name.len()
-        ));
+        let prefix = name.chars().take(40).collect();
+        return Err(PodStatusError::NameTooLong { prefix, len: name.len() });
     }
     Ok(name)
 }
@@ -62,7 +80,7 @@ impl KubePodStatus {
         p: &PublishParams,
         versions: &BTreeMap<String, String>,
         refresh: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), PodStatusError> {
         let name = status_name(p)?;
         let api = self.api(&p.pod.namespace);
         let owner = OwnerReference {
@@ -99,31 +117,31 @@ impl KubePodStatus {
             match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => return Ok(()),
                 Err(e) if super::api_code(&e) == Some(404) => {} // deleted meanwhile: create it below
-                Err(e) => return Err(super::describe(&e)),
+                Err(e) => return Err(PodStatusError::Api(e)),
             }
         }
         match api.create(&PostParams::default(), &obj).await {
             Ok(_) => Ok(()),
             Err(e) if super::api_code(&e) == Some(409) => {
                 // It exists (a republish, or the pod moved here from another node): take it over.
-                let mut current = api.get(&name).await.map_err(|e| super::describe(&e))?;
+                let mut current = api.get(&name).await.map_err(PodStatusError::Api)?;
                 let meta = &mut current.metadata;
                 meta.labels.get_or_insert_with(Default::default).insert(super::NODE_LABEL.into(), self.node.clone());
                 meta.owner_references = Some(vec![owner]);
                 current.status = Some(status);
-                api.replace(&name, &PostParams::default(), &current).await.map(|_| ()).map_err(|e| super::describe(&e))
+                api.replace(&name, &PostParams::default(), &current).await.map(|_| ()).map_err(PodStatusError::Api)
             }
-            Err(e) => Err(super::describe(&e)),
+            Err(e) => Err(PodStatusError::Api(e)),
         }
     }
 
     /// Deletes the pod status of an unpublished volume.
-    pub async fn remove(&self, p: &PublishParams) -> Result<(), String> {
+    pub async fn remove(&self, p: &PublishParams) -> Result<(), PodStatusError> {
         let name = status_name(p)?;
         match self.api(&p.pod.namespace).delete(&name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
             Err(e) if super::api_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(super::describe(&e)),
+            Err(e) => Err(PodStatusError::Api(e)),
         }
     }
 }

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::storage::v1::{CSIDriver, CSINode};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use driver::kube::describe;
 
@@ -95,9 +95,8 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Serialize)]
 struct ObjectsArray {
-    #[serde(default)]
     array: Vec<String>,
 }
 
@@ -136,7 +135,10 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     // 2. The driver is installed and registered on the nodes.
     checks.push(driver_registration(&client).await);
     let params = &spc.spec.spec.parameters;
-    let workload_identity = is_workload_identity(params, args.node_publish_secret_ref.is_some());
+    let lint = keyvault::lint::lint(params, args.azure.write_cert_and_key_in_separate_files);
+    let mode = lint.class.as_ref().map(|c| &c.identity);
+    let workload_identity =
+        matches!(mode, Some(keyvault::params::IdentityMode::Workload { .. })) && args.node_publish_secret_ref.is_none();
     if workload_identity {
         checks.push(token_audience(&client).await);
     }
@@ -207,19 +209,11 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
             Ok(p) => p,
             Err(e) => return Err(format!("Azure provider: {e}")),
         };
-    let items = match params.get("objects").map(|o| serde_saphyr::from_str::<ObjectsArray>(o)) {
-        Some(Ok(a)) => a.array,
-        // The offline findings already explain a missing or malformed `objects`.
-        _ => Vec::new(),
-    };
+    // Objects the reader could not read are explained by the offline findings.
     let mut identity_ok = None;
-    for item in items {
-        let name = item
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("objectName:"))
-            .map(|n| n.trim().trim_matches(['"', '\'']).to_string())
-            .unwrap_or_default();
-        let one = ObjectsArray { array: vec![item] };
+    for object in lint.objects() {
+        let name = object.spec.name.clone();
+        let one = ObjectsArray { array: vec![object.source.clone()] };
         let mut attrs = attributes.clone();
         attrs.insert("objects".into(), serde_saphyr::to_string(&one).unwrap_or_default());
         let request = keyvault::MountRequest {
@@ -240,7 +234,7 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
                 checks.push(pass(check, format!("{} ({} file(s), {bytes} bytes)", versions.join(", "), r.files.len())));
             }
             Err(e) => {
-                if matches!(e.kind, keyvault::ErrorKind::Forbidden) && e.to_string().contains("AADSTS") {
+                if e.origin.is_token_service() {
                     identity_ok.get_or_insert(false);
                 }
                 let prevents = format!(
@@ -254,21 +248,12 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
         Some(true) => checks.push(pass("identity", "Key Vault accepted the identity")),
         Some(false) => checks.push(fail(
             "identity",
-            "Entra ID refused the identity (see the object checks): check the client ID, tenant and, for workload identity, the federated credential's issuer and subject",
+            "no token for the identity (see the object checks): check the client ID, tenant and, for workload identity, the federated credential's issuer and subject",
             None,
         )),
         None => {}
     }
     Ok(report)
-}
-
-/// Workload identity: a client ID, no pod identity, no VM identity, no node-publish secret.
-fn is_workload_identity(params: &BTreeMap<String, String>, secret_ref: bool) -> bool {
-    let on = |k: &str| params.get(k).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    params.get("clientID").is_some_and(|v| !v.trim().is_empty())
-        && !on("usePodIdentity")
-        && !on("useVMManagedIdentity")
-        && !secret_ref
 }
 
 async fn driver_registration(client: &kube::Client) -> Check {
@@ -369,19 +354,5 @@ async fn synced_secret(client: &kube::Client, ns: &str, name: &str) -> Check {
         }
         Err(kube::Error::Api(s)) if s.code == 403 => skip(c, format!("cannot read Secrets here: {}", s.message)),
         Err(e) => fail(c, describe(&e), None),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn workload_identity_is_a_client_id_without_other_identities() {
-        let p = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        assert!(is_workload_identity(&p(&[("clientID", "x")]), false));
-        assert!(!is_workload_identity(&p(&[("clientID", "x")]), true));
-        assert!(!is_workload_identity(&p(&[("clientID", "x"), ("useVMManagedIdentity", "true")]), false));
-        assert!(!is_workload_identity(&p(&[("usePodIdentity", "false")]), false));
     }
 }
