@@ -186,7 +186,7 @@ async fn the_provider_subcommand_serves_v1alpha1_to_the_external_provider_client
     ]);
     let req = driver::provider::MountRequest {
         attributes: attributes.clone(),
-        secrets: Some(driver::redact::Secret::new(secrets)),
+        secrets: Some(driver::redact::secret_map(secrets)),
         target_path: "/unused".into(),
         permission: 0o644,
         current_object_versions: BTreeMap::new(),
@@ -197,7 +197,7 @@ async fn the_provider_subcommand_serves_v1alpha1_to_the_external_provider_client
     let resp = client.mount(req.clone()).await.unwrap();
     assert_eq!(resp.files.len(), 1);
     assert_eq!((resp.files[0].path.as_str(), resp.files[0].mode), ("db-password", 0o400));
-    assert_eq!(resp.files[0].contents.expose(), b"metrics-secret-value-1");
+    assert_eq!(driver::redact::ExposeSecret::expose_secret(&resp.files[0].contents), b"metrics-secret-value-1");
     assert_eq!(
         resp.object_versions["secret/db-password"],
         h.latest_version("kv-metrics", "secrets", "db-password").unwrap()

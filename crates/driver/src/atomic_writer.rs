@@ -21,6 +21,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
 use crate::provider::File;
+use crate::redact::ExposeSecret;
 
 const DATA_DIR: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
@@ -237,7 +238,7 @@ fn fill_generation(gen_dir: &Path, files: &[File]) -> Result<(), WriteError> {
             .mode(0o600)
             .open(&path)
             .map_err(io_err("create file", &path))?;
-        out.write_all(f.contents.expose()).map_err(io_err("write file", &path))?;
+        out.write_all(f.contents.expose_secret()).map_err(io_err("write file", &path))?;
         drop(out);
         // Permission bits only: setuid, setgid and sticky make no sense on secret data (the tmpfs is
         // nosuid anyway) and a provider must not be able to set them.
@@ -254,7 +255,7 @@ fn generation_matches(gen_dir: &Path, files: &[File]) -> bool {
     }
     files.iter().all(|f| match on_disk.get(&f.path) {
         Some(mode) if *mode == f.mode & 0o777 => {
-            fs::read(gen_dir.join(&f.path)).map(|c| &c == f.contents.expose()).unwrap_or(false)
+            fs::read(gen_dir.join(&f.path)).map(|c| c == f.contents.expose_secret()).unwrap_or(false)
         }
         _ => false,
     })
@@ -305,12 +306,11 @@ fn cleanup(target: &Path, top_level: &BTreeSet<&str>, live: &str, previous: Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redact::Secret;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     fn file(path: &str, mode: u32, contents: &str) -> File {
-        File { path: path.into(), mode, contents: Secret::new(contents.as_bytes().to_vec()) }
+        File::new(path, mode, contents.as_bytes().to_vec())
     }
 
     fn mode_of(p: &Path) -> u32 {

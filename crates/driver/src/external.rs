@@ -19,7 +19,7 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::provider::{ErrorKind, File, MountRequest, MountResponse, Provider, ProviderError};
-use crate::redact::Secret;
+use crate::redact::expose_map;
 
 const RETRY_ATTEMPTS: u32 = 3;
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -112,7 +112,7 @@ fn to_wire(req: &MountRequest) -> pb::MountRequest {
         // serde_json on a BTreeMap sorts keys, as Go's encoding/json does for maps.
         attributes: serde_json::to_string(&req.attributes).unwrap_or_else(|_| "{}".into()),
         secrets: match &req.secrets {
-            Some(s) => serde_json::to_string(s.expose()).unwrap_or_else(|_| "{}".into()),
+            Some(s) => serde_json::to_string(&expose_map(s)).unwrap_or_else(|_| "{}".into()),
             None => "null".into(),
         },
         target_path: req.target_path.to_string_lossy().into_owned(),
@@ -154,7 +154,7 @@ fn from_wire(provider: &str, resp: pb::MountResponse) -> Result<MountResponse, P
                     format!("file {:?} has invalid mode {}", f.path, f.mode),
                 )
             })?;
-            Ok(File { path: f.path, mode, contents: Secret::new(f.contents) })
+            Ok(File::new(f.path, mode, f.contents))
         })
         .collect::<Result<Vec<_>, ProviderError>>()?;
     let object_versions = resp.object_version.into_iter().map(|v| (v.id, v.version)).collect();

@@ -74,10 +74,17 @@ pub trait Cluster: Send + Sync + 'static {
     ) -> Result<(), PodStatusError>;
     /// A volume was unpublished.
     async fn remove(&self, params: &PublishParams) -> Result<(), PodStatusError>;
-    /// The volume's files were written: on its first publish, or by a rotation that changed them
-    /// (`rotated`). Syncs the class's `secretObjects` and reports events; failures are reported there,
-    /// never returned. Returns the number of Secrets synced.
-    async fn written(&self, params: &PublishParams, spec: &SecretProviderClassSpec, rotated: bool) -> usize;
+    /// The volume's `files` were written: on its first publish, or by a rotation that changed them
+    /// (`rotated`). Syncs the class's `secretObjects` from `files` (empty: a legacy provider wrote the
+    /// volume itself, read it back) and reports events; failures are reported there, never returned.
+    /// Returns the number of Secrets synced.
+    async fn written(
+        &self,
+        params: &PublishParams,
+        spec: &SecretProviderClassSpec,
+        rotated: bool,
+        files: &[crate::provider::File],
+    ) -> usize;
     /// A rotation of the volume failed; its files were kept.
     async fn rotation_failed(&self, params: &PublishParams, message: &str);
     /// The volumes this node had published before a restart (from its pod statuses), for

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use crate::redact::{Secret, sanitized_map};
+use crate::redact::{ExposeSecret, SecretMap, SecretSlice, sanitized_map};
 
 /// Everything a provider needs for one mount.
 #[derive(Clone)]
@@ -19,7 +19,7 @@ pub struct MountRequest {
     pub attributes: BTreeMap<String, String>,
     /// Node-publish secrets (`nodePublishSecretRef` contents, and tokens on Kubernetes ≥ 1.35).
     /// `None` when kubelet sent none: the v1alpha1 wire form is then the JSON `null`, as upstream.
-    pub secrets: Option<Secret<BTreeMap<String, String>>>,
+    pub secrets: Option<SecretMap>,
     /// Where the files will be written. Providers must not write there themselves.
     pub target_path: PathBuf,
     /// Default file mode (0o644).
@@ -38,7 +38,7 @@ impl fmt::Debug for MountRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MountRequest")
             .field("attributes", &sanitized_map(&self.attributes))
-            .field("secrets", &self.secrets.as_ref().map(|s| s.expose().len()))
+            .field("secrets", &self.secrets.as_ref().map(|s| s.keys().collect::<Vec<_>>()))
             .field("target_path", &self.target_path)
             .field("permission", &format_args!("{:o}", self.permission))
             .field("current_object_versions", &self.current_object_versions)
@@ -49,14 +49,14 @@ impl fmt::Debug for MountRequest {
 }
 
 /// One file of a mount: a relative path, a mode and the contents (secret).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct File {
     /// Path relative to the volume root, validated by the atomic writer.
     pub path: String,
     /// Permission bits (e.g. 0o644).
     pub mode: u32,
     /// File contents.
-    pub contents: Secret<Vec<u8>>,
+    pub contents: SecretSlice<u8>,
 }
 
 impl fmt::Debug for File {
@@ -64,8 +64,23 @@ impl fmt::Debug for File {
         f.debug_struct("File")
             .field("path", &self.path)
             .field("mode", &format_args!("{:o}", self.mode))
-            .field("len", &self.contents.expose().len())
+            .field("len", &self.contents.expose_secret().len())
             .finish()
+    }
+}
+
+impl File {
+    /// A file with `contents`.
+    pub fn new(path: impl Into<String>, mode: u32, contents: Vec<u8>) -> Self {
+        Self { path: path.into(), mode, contents: SecretSlice::from(contents) }
+    }
+}
+
+impl PartialEq for File {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+            && self.mode == other.mode
+            && self.contents.expose_secret() == other.contents.expose_secret()
     }
 }
 

@@ -13,7 +13,7 @@ use csi_proto::provider::{self as pb, csi_driver_provider_server::CsiDriverProvi
 use tonic::{Request, Response, Status};
 
 use crate::provider::{MountRequest, Provider};
-use crate::redact::Secret;
+use crate::redact::{ExposeSecret, secret_map};
 
 /// Called after each `Mount` with the status code and the time it took.
 pub type Observer = Arc<dyn Fn(tonic::Code, Duration) + Send + Sync>;
@@ -54,7 +54,7 @@ pub fn decode(r: pb::MountRequest, deadline: Option<Instant>) -> Result<MountReq
     let current: BTreeMap<String, String> = r.current_object_version.into_iter().map(|v| (v.id, v.version)).collect();
     Ok(MountRequest {
         attributes,
-        secrets: secrets.map(Secret::new),
+        secrets: secrets.map(secret_map),
         target_path: r.target_path.into(),
         permission,
         background: !current.is_empty(),
@@ -90,7 +90,11 @@ impl CsiDriverProvider for ProviderService {
                 files: resp
                     .files
                     .into_iter()
-                    .map(|f| pb::File { path: f.path, mode: f.mode as i32, contents: f.contents.into_inner() })
+                    .map(|f| pb::File {
+                        path: f.path,
+                        mode: f.mode as i32,
+                        contents: f.contents.expose_secret().to_vec(),
+                    })
                     .collect(),
             })
         }
@@ -129,7 +133,7 @@ mod tests {
         assert_eq!((r.attributes["a"].as_str(), r.permission, r.secrets.is_none()), ("b", 0o644, true));
         assert!(!r.background);
         let r = decode(wire("{}", r#"{"clientsecret":"hunter2"}"#, "420"), None).unwrap();
-        assert_eq!(r.secrets.unwrap().expose()["clientsecret"], "hunter2");
+        assert_eq!(r.secrets.unwrap()["clientsecret"].expose_secret(), "hunter2");
         let e = decode(wire("{}", r#"{"clientsecret":hunter2}"#, "420"), None).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(!e.message().contains("hunter2"), "{}", e.message());

@@ -304,13 +304,13 @@ impl Driver {
             r = call => r.map_err(|source| PublishError::Provider { pod: pod.clone(), source })?,
         };
 
-        let files = response.files.len();
-        let changed = if response.files.is_empty() {
+        let files = std::sync::Arc::new(response.files);
+        let changed = if files.is_empty() {
             // A legacy provider wrote the files itself (deprecated upstream path, kept for compatibility).
             true
         } else {
-            let target = target.clone();
-            match blocking(move || atomic_writer::write(&target, &response.files)).await {
+            let (target, files) = (target.clone(), files.clone());
+            match blocking(move || atomic_writer::write(&target, &files)).await {
                 Ok(outcome) => outcome == WriteOutcome::Written,
                 Err(WriteError::Payload(source)) => return Err(PublishError::Payload { pod, source }),
                 Err(source) => return Err(PublishError::FileWrite { pod, source }),
@@ -336,10 +336,10 @@ impl Driver {
             && (changed || !remount)
         {
             let started = std::time::Instant::now();
-            let synced = cluster.written(params, spec, remount).await;
+            let synced = cluster.written(params, spec, remount, &files).await;
             self.metrics.secrets_synced(&spec.provider, synced, started);
         }
-        Ok(PublishOutcome::Published { provider: spec.provider.clone(), files, changed, remount })
+        Ok(PublishOutcome::Published { provider: spec.provider.clone(), files: files.len(), changed, remount })
     }
 
     async fn mount(&self, target: &Path) -> Result<(), PublishError> {

@@ -1,42 +1,24 @@
-//! Types that hold secret material and refuse to print it.
+//! Secret material and how it is printed.
 //!
-//! Tokens, node-publish secrets and file contents travel through the driver inside these wrappers so
-//! that a stray `{:?}` in a log line, an error or a panic message prints `<redacted>` instead of a value.
+//! Tokens, node-publish secrets and file contents travel through the driver (and the Azure provider)
+//! in `secrecy`'s types: a stray `{:?}` in a log line, an error or a panic message prints a redaction
+//! instead of a value, every read is an auditable `expose_secret()`, and the memory is zeroed on drop.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-/// A value that must never appear in logs, events, metrics or error messages.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret<T>(T);
+pub use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
-impl<T> Secret<T> {
-    /// Wraps a secret value.
-    pub fn new(value: T) -> Self {
-        Self(value)
-    }
+/// Node-publish secrets: names in the clear, every value secret.
+pub type SecretMap = BTreeMap<String, SecretString>;
 
-    /// Gives access to the value. Call sites are easy to audit with `grep expose`.
-    pub fn expose(&self) -> &T {
-        &self.0
-    }
-
-    /// Unwraps the value.
-    pub fn into_inner(self) -> T {
-        self.0
-    }
+/// Wraps every value of a plain map.
+pub fn secret_map(map: BTreeMap<String, String>) -> SecretMap {
+    map.into_iter().map(|(k, v)| (k, SecretString::from(v))).collect()
 }
 
-impl<T> fmt::Debug for Secret<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl<T> fmt::Display for Secret<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
+/// The values of a secret map, exposed (for the provider protocol's JSON and the provider's parser).
+pub fn expose_map(map: &SecretMap) -> BTreeMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.expose_secret().to_string())).collect()
 }
 
 /// The volume-context key under which kubelet passes service-account tokens (CVE-2023-2878: never log it).
@@ -71,12 +53,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secret_never_prints_its_value() {
-        let s = Secret::new("hunter2".to_string());
-        assert_eq!(format!("{s:?}"), "<redacted>");
-        assert_eq!(format!("{s}"), "<redacted>");
-        assert_eq!(format!("{:?}", Some(&s)), "Some(<redacted>)");
-        assert_eq!(s.expose(), "hunter2");
+    fn secrets_never_print_their_values() {
+        let s = SecretString::from("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let m = secret_map([("clientsecret".to_string(), "hunter2".to_string())].into());
+        assert!(!format!("{m:?}").contains("hunter2"), "{m:?}");
+        assert_eq!(expose_map(&m)["clientsecret"], "hunter2");
+        let bytes = SecretSlice::from(b"p@ss".to_vec());
+        assert!(!format!("{bytes:?}").contains("p@ss"));
     }
 
     #[test]

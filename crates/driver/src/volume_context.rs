@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use csi_proto::csi::NodePublishVolumeRequest;
 
 use crate::error::PublishError;
-use crate::redact::{Secret, TOKENS_KEY};
+use crate::redact::{ExposeSecret, SecretMap, SecretString, TOKENS_KEY, secret_map};
 
 /// Volume-context key naming the SecretProviderClass (user attribute, case-sensitive).
 pub const CLASS_KEY: &str = "secretProviderClass";
@@ -50,9 +50,9 @@ pub struct PublishParams {
     /// The volume context without the tokens (they are in `tokens`); copied into provider attributes.
     pub volume_context: BTreeMap<String, String>,
     /// Node-publish secrets; `None` when kubelet sent none.
-    pub secrets: Option<Secret<BTreeMap<String, String>>>,
+    pub secrets: Option<SecretMap>,
     /// Service-account tokens JSON: from `secrets` first (Kubernetes ≥ 1.35), else the volume context.
-    pub tokens: Option<Secret<String>>,
+    pub tokens: Option<SecretString>,
 }
 
 impl PublishParams {
@@ -78,7 +78,8 @@ impl PublishParams {
         let secrets: BTreeMap<String, String> = req.secrets.into_iter().collect();
         // Tokens leave the plain-text map at once: `volume_context` is stored, logged and debug-printed.
         let context_tokens = volume_context.remove(TOKENS_KEY);
-        let tokens = secrets.get(TOKENS_KEY).cloned().or(context_tokens).filter(|t| !t.is_empty()).map(Secret::new);
+        let tokens =
+            secrets.get(TOKENS_KEY).cloned().or(context_tokens).filter(|t| !t.is_empty()).map(SecretString::from);
         let get = |k: &str| volume_context.get(k).cloned().unwrap_or_default();
         Ok(Self {
             volume_id: req.volume_id,
@@ -91,7 +92,7 @@ impl PublishParams {
                 uid: get(POD_UID_KEY),
                 service_account: get(SERVICE_ACCOUNT_KEY),
             },
-            secrets: if secrets.is_empty() { None } else { Some(Secret::new(secrets)) },
+            secrets: if secrets.is_empty() { None } else { Some(secret_map(secrets)) },
             volume_context,
             tokens,
         })
@@ -110,7 +111,7 @@ impl PublishParams {
             .collect();
         attrs.extend(self.volume_context.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(t) = &self.tokens {
-            attrs.insert(TOKENS_KEY.to_string(), t.expose().clone());
+            attrs.insert(TOKENS_KEY.to_string(), t.expose_secret().to_string());
         }
         attrs
     }
@@ -186,7 +187,7 @@ mod tests {
         r.volume_context.insert(TOKENS_KEY.into(), "from-context".into());
         r.secrets.insert(TOKENS_KEY.into(), "from-secrets".into());
         let p = PublishParams::parse(r).unwrap();
-        assert_eq!(p.tokens.as_ref().unwrap().expose(), "from-secrets");
+        assert_eq!(p.tokens.as_ref().unwrap().expose_secret(), "from-secrets");
         assert_eq!(p.attributes(&BTreeMap::new())[TOKENS_KEY], "from-secrets");
         assert!(!p.volume_context.contains_key(TOKENS_KEY), "the stored context holds no token");
         let debug = format!("{p:?}");

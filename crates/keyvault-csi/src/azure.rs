@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use clap::Args;
 use driver::provider::{ErrorKind, File, MountRequest, MountResponse, Provider, ProviderError};
-use driver::redact::Secret;
 
 use crate::cli::{parse_go_bool, parse_go_duration};
 
@@ -128,7 +127,7 @@ impl Provider for AzureProvider {
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
         let req = keyvault::MountRequest {
             attributes: request.attributes,
-            secrets: request.secrets.map(Secret::into_inner).unwrap_or_default(),
+            secrets: request.secrets.unwrap_or_default(),
             default_mode: request.permission,
             deadline: request.deadline,
             priority: if request.background { keyvault::Priority::Background } else { keyvault::Priority::Mount },
@@ -138,11 +137,7 @@ impl Provider for AzureProvider {
         let result = self.provider.mount(req).await;
         let result = match result {
             Ok(r) => Ok(MountResponse {
-                files: r
-                    .files
-                    .into_iter()
-                    .map(|f| File { path: f.path, mode: f.mode, contents: Secret::new(f.contents) })
-                    .collect(),
+                files: r.files.into_iter().map(|f| File::new(f.path, f.mode, f.contents)).collect(),
                 object_versions: r.object_versions,
             }),
             Err(e) => Err(ProviderError::new(driver_kind(e.kind), "ProviderError", mount_failure(&e))),
@@ -188,5 +183,116 @@ impl driver::lint::ParametersLint for AzureLint {
             })
             .collect();
         driver::lint::ParametersReport { findings, files: lint.files().cloned() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Where the driver's and the provider's types meet, so one test can print them all.
+
+    use std::collections::BTreeMap;
+
+    use csi_proto::csi::{NodePublishVolumeRequest, VolumeCapability};
+    use driver::volume_context::PublishParams;
+
+    /// A service-account JWT (`iss`, `sub`, `exp` in 2100); its signature is the marker searched for.
+    const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL29pZGMvIiwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50Om5zOnNhIiwiZXhwIjo0MTAyNDQ0ODAwfQ.sig-TOKEN-VALUE";
+    /// The same, expired in 1970.
+    const EXPIRED: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL29pZGMvIiwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50Om5zOnNhIiwiZXhwIjoxMDAwfQ.sig-TOKEN-VALUE";
+    const CLIENT_SECRET: &str = "client-secret-VALUE";
+    const FILE: &str = "file-contents-VALUE";
+
+    fn tokens_json(token: &str) -> String {
+        format!(
+            r#"{{"api://AzureADTokenExchange":{{"token":"{token}","expirationTimestamp":"2100-01-01T00:00:00Z"}}}}"#
+        )
+    }
+
+    fn assert_clean(what: &str, debug: String) {
+        for secret in [TOKEN, "sig-TOKEN-VALUE", CLIENT_SECRET, FILE] {
+            assert!(!debug.contains(secret), "{what} prints a secret in its Debug output: {debug}");
+        }
+    }
+
+    #[test]
+    fn no_debug_output_of_a_request_params_volume_or_error_holds_a_secret() {
+        let context: BTreeMap<String, String> = [
+            ("secretProviderClass", "spc"),
+            ("csi.storage.k8s.io/pod.name", "web"),
+            ("csi.storage.k8s.io/pod.namespace", "ns"),
+            ("csi.storage.k8s.io/serviceAccount.tokens", &tokens_json(TOKEN)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let request = NodePublishVolumeRequest {
+            volume_id: "csi-1".into(),
+            target_path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount".into(),
+            volume_capability: Some(VolumeCapability::default()),
+            readonly: true,
+            volume_context: context.into_iter().collect(),
+            secrets: [("clientid".to_string(), "id".to_string()), ("clientsecret".to_string(), CLIENT_SECRET.into())]
+                .into(),
+            ..Default::default()
+        };
+        let params = PublishParams::parse(request).unwrap();
+        assert_clean("PublishParams", format!("{params:?}"));
+        let volume = driver::registry::Volume::fresh(params.clone(), "azure".into(), BTreeMap::new());
+        assert_clean("Volume", format!("{volume:?}"));
+
+        let spc_parameters: BTreeMap<String, String> = [
+            ("keyvaultName", "kv1"),
+            ("tenantId", "t"),
+            ("clientID", "c"),
+            ("objects", "array:\n  - |\n    objectName: a\n    objectType: secret\n"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let driver_request = driver::provider::MountRequest {
+            attributes: params.attributes(&spc_parameters),
+            secrets: params.secrets.clone(),
+            target_path: params.target_path.clone(),
+            permission: 0o644,
+            current_object_versions: BTreeMap::new(),
+            deadline: None,
+            background: false,
+            cycle: None,
+        };
+        assert_clean("driver MountRequest", format!("{driver_request:?}"));
+        let file = driver::provider::File::new("a", 0o644, FILE.as_bytes().to_vec());
+        assert_clean("driver File", format!("{file:?}"));
+
+        let kv_request = keyvault::MountRequest {
+            attributes: driver_request.attributes.clone(),
+            secrets: driver_request.secrets.clone().unwrap_or_default(),
+            default_mode: 0o644,
+            ..Default::default()
+        };
+        assert_clean("keyvault MountRequest", format!("{kv_request:?}"));
+        // Workload identity (the token) and a service principal (the client secret).
+        let wi = keyvault::params::parse(&kv_request.attributes, &Default::default(), 0o644, "AzurePublicCloud", false);
+        let mut sp_attributes = kv_request.attributes.clone();
+        sp_attributes.remove("clientID");
+        let sp = keyvault::params::parse(&sp_attributes, &kv_request.secrets, 0o644, "AzurePublicCloud", false);
+        for parsed in [wi, sp] {
+            let parsed = parsed.expect("a class that parses");
+            assert_clean("MountParams", format!("{parsed:?}"));
+            assert_clean("Identity", format!("{:?}", parsed.identity));
+        }
+
+        // Errors a mount can fail with, as kubelet and the logs see them.
+        let provider_error = driver::provider::ProviderError::new(
+            driver::provider::ErrorKind::PermissionDenied,
+            "ProviderError",
+            "failed to mount objects, error: 403",
+        );
+        let publish_error = driver::error::PublishError::Provider { pod: "ns/web".into(), source: provider_error };
+        assert_clean("PublishError", format!("{publish_error:?} {publish_error} {:?}", publish_error.to_status()));
+        let mut expired = kv_request.attributes.clone();
+        expired.insert("csi.storage.k8s.io/serviceAccount.tokens".into(), tokens_json(EXPIRED));
+        let e = keyvault::params::parse(&expired, &Default::default(), 0o644, "AzurePublicCloud", false).unwrap_err();
+        assert!(e.message.contains("expired"), "{e}");
+        assert_clean("keyvault Error", format!("{e:?} {e}"));
     }
 }

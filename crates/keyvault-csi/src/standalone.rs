@@ -14,7 +14,7 @@ use driver::class::{ClassError, ClassSource, SecretProviderClassSpec};
 use driver::external::ExternalProviders;
 use driver::mounter::{Mounter, PlainDirMounter, TmpfsMounter};
 use driver::node::PublishOutcome;
-use driver::redact::{Secret, TOKENS_KEY};
+use driver::redact::{SecretString, TOKENS_KEY, secret_map};
 use driver::volume_context::{self as vc, PodInfo, PublishParams};
 use driver::{Config, Driver, Providers};
 
@@ -113,7 +113,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
     let tokens = match &args.service_account_token_file {
         Some(f) => {
             let jwt = read_secret_file(f, "--service-account-token-file")?;
-            Some(Secret::new(serde_json::json!({ "api://AzureADTokenExchange": { "token": jwt } }).to_string()))
+            Some(SecretString::from(serde_json::json!({ "api://AzureADTokenExchange": { "token": jwt } }).to_string()))
         }
         None => None,
     };
@@ -139,7 +139,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
             service_account: args.service_account.clone(),
         },
         volume_context,
-        secrets: (!secrets.is_empty()).then(|| Secret::new(secrets)),
+        secrets: (!secrets.is_empty()).then(|| secret_map(secrets)),
         tokens,
     };
     debug_assert!(!params.volume_context.contains_key(TOKENS_KEY));

@@ -50,8 +50,7 @@ fn request(n: usize) -> MountRequest {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let secrets =
-        [("clientid".to_string(), "bench".to_string()), ("clientsecret".to_string(), "bench-secret".to_string())]
-            .into();
+        [("clientid".to_string(), "bench".into()), ("clientsecret".to_string(), "bench-secret".into())].into();
     MountRequest { attributes, secrets, default_mode: 0o644, ..Default::default() }
 }
 

@@ -30,19 +30,44 @@ pub struct Flights {
     map: Mutex<HashMap<(String, IdentityKey), Arc<Flight>>>,
 }
 
+/// Whether a flight may still be shared with a fetch of `cycle`.
+fn fresh(f: &Flight, cycle: Option<u64>, now: Instant, window: Duration) -> bool {
+    f.done.lock().unwrap_or_else(|e| e.into_inner()).is_none_or(|d| {
+        let age = now.duration_since(d);
+        age <= window || (cycle.is_some() && f.cycle == cycle && age <= CYCLE_LIFETIME)
+    })
+}
+
 impl Flights {
+    /// Drops the results nobody may share any more, so fetched values do not wait in memory for the
+    /// next fetch to evict them. Returns how many are left.
+    pub fn evict_stale(&self, window: Duration) -> usize {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, f| fresh(f, f.cycle, now, window));
+        map.len()
+    }
+
+    /// Evicts every `window` (at least every second) until the flights are dropped.
+    pub fn start_janitor(self: &Arc<Self>, window: Duration) {
+        let weak = Arc::downgrade(self);
+        let period = window.clamp(Duration::from_secs(1), Duration::from_secs(30));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(flights) = weak.upgrade() else { return };
+                flights.evict_stale(window);
+            }
+        });
+    }
+
     async fn get(&self, call: &VaultCall<'_>, url: &str) -> Result<Arc<Value>> {
         let window = call.provider.config.dedup_window;
         let key = (url.to_string(), IdentityKey::of(&call.params.tenant_id, &call.params.identity));
         let (flight, hit) = {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            let fresh = |f: &Flight, cycle: Option<u64>| {
-                f.done.lock().unwrap_or_else(|e| e.into_inner()).is_none_or(|d| {
-                    let age = now.duration_since(d);
-                    age <= window || (cycle.is_some() && f.cycle == cycle && age <= CYCLE_LIFETIME)
-                })
-            };
+            let fresh = |f: &Flight, cycle: Option<u64>| fresh(f, cycle, now, window);
             map.retain(|_, f| fresh(f, f.cycle));
             match map.get(&key).filter(|f| fresh(f, call.cycle)) {
                 Some(f) => (f.clone(), true),

@@ -15,7 +15,7 @@ use reqwest::Method;
 use sha2::Digest;
 
 use crate::error::{Error, ErrorKind, Origin, Result};
-use crate::params::{Identity, Sensitive};
+use crate::params::{ExposeSecret, Identity, SecretString};
 use crate::transport::{NetworkConfig, Transport};
 
 /// Refresh this long before expiry.
@@ -71,7 +71,7 @@ impl IdentityKey {
             Identity::ServicePrincipal { client_id, secret } => Self::Secret {
                 tenant: tenant.into(),
                 client_id: client_id.clone(),
-                digest: hex::encode(sha2::Sha256::digest(secret.0.as_bytes())),
+                digest: hex::encode(sha2::Sha256::digest(secret.expose_secret().as_bytes())),
             },
             Identity::ManagedIdentity { client_id } => {
                 Self::Managed { client_id: client_id.clone().unwrap_or_else(|| "system".into()) }
@@ -83,7 +83,7 @@ impl IdentityKey {
 
 #[derive(Clone)]
 struct Cached {
-    token: Sensitive,
+    token: SecretString,
     refresh_at: Instant,
 }
 
@@ -119,7 +119,7 @@ impl TokenCache {
         identity: &Identity,
         scope: &str,
         stats: &crate::Stats,
-    ) -> Result<Sensitive> {
+    ) -> Result<SecretString> {
         let key = (IdentityKey::of(tenant, identity), scope.to_string());
         let slot = self.slots.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
         let mut guard = slot.lock().await;
@@ -161,7 +161,7 @@ async fn acquire(
     tenant: &str,
     identity: &Identity,
     scope: &str,
-) -> Result<(Sensitive, Duration)> {
+) -> Result<(SecretString, Duration)> {
     let resource = scope.trim_end_matches("/.default");
     match identity {
         Identity::Workload { client_id, token, .. } => {
@@ -170,7 +170,7 @@ async fn acquire(
                 ("client_id", client_id.as_str()),
                 ("scope", scope),
                 ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-                ("client_assertion", token.0.as_str()),
+                ("client_assertion", token.expose_secret()),
             ];
             entra(src, tenant, client_id, &form).await
         }
@@ -179,7 +179,7 @@ async fn acquire(
                 ("grant_type", "client_credentials"),
                 ("client_id", client_id.as_str()),
                 ("scope", scope),
-                ("client_secret", secret.0.as_str()),
+                ("client_secret", secret.expose_secret()),
             ];
             entra(src, tenant, client_id, &form).await
         }
@@ -239,7 +239,7 @@ async fn entra(
     tenant: &str,
     client_id: &str,
     form: &[(&str, &str)],
-) -> Result<(Sensitive, Duration)> {
+) -> Result<(SecretString, Duration)> {
     let authority = src.net.authority_override.as_deref().unwrap_or(src.authority_host);
     let url = format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'));
     let r = src.transport.send(None, Method::POST, &url, &[], Some(form), src.deadline).await?;
@@ -250,7 +250,7 @@ async fn entra(
     parse_token(&r.body, &who).map_err(|e| e.from(Origin::EntraId))
 }
 
-fn parse_token(body: &[u8], who: &str) -> Result<(Sensitive, Duration)> {
+fn parse_token(body: &[u8], who: &str) -> Result<(SecretString, Duration)> {
     let v: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| Error::new(ErrorKind::Internal, format!("{who}: malformed token response: {e}")))?;
     let token = v["access_token"]
@@ -259,7 +259,7 @@ fn parse_token(body: &[u8], who: &str) -> Result<(Sensitive, Duration)> {
     // Entra sends a number, IMDS and NMI a string.
     let expires_in =
         v["expires_in"].as_u64().or_else(|| v["expires_in"].as_str().and_then(|s| s.parse().ok())).unwrap_or(300);
-    Ok((Sensitive(token.to_string()), Duration::from_secs(expires_in)))
+    Ok((SecretString::from(token), Duration::from_secs(expires_in)))
 }
 
 /// Percent-encodes a query value.

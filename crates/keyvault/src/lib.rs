@@ -71,7 +71,7 @@ pub struct MountRequest {
     /// Class parameters overlaid with pod attributes and the tokens JSON.
     pub attributes: BTreeMap<String, String>,
     /// Node-publish secrets (`clientid`/`clientsecret`, ...).
-    pub secrets: BTreeMap<String, String>,
+    pub secrets: params::SecretMap,
     /// Default file mode (0o644).
     pub default_mode: u32,
     /// When the caller gives up.
@@ -142,7 +142,9 @@ pub struct Provider {
     tokens: identity::TokenCache,
     /// Vault base URL → the token scope from its challenge, discovered once (one challenge in flight).
     scopes: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<String>>>>,
-    flights: fetch::Flights,
+    flights: Arc<fetch::Flights>,
+    /// Started with the first mount (a runtime exists then): evicts shared results on a timer.
+    janitor: std::sync::OnceLock<()>,
     stats: Arc<Stats>,
     observer: Option<Arc<dyn Observer>>,
 }
@@ -158,7 +160,8 @@ impl Provider {
             transport,
             tokens: identity::TokenCache::default(),
             scopes: Mutex::new(HashMap::new()),
-            flights: fetch::Flights::default(),
+            flights: Arc::default(),
+            janitor: std::sync::OnceLock::new(),
             stats,
             observer: None,
         })
@@ -177,6 +180,7 @@ impl Provider {
 
     /// Validates the request, then fetches every object concurrently and converts it to files.
     pub async fn mount(&self, req: MountRequest) -> Result<MountResponse> {
+        self.janitor.get_or_init(|| self.flights.start_janitor(self.config.dedup_window));
         let params = params::parse(
             &req.attributes,
             &req.secrets,

@@ -7,7 +7,6 @@
 //! the same path are an error (upstream: the last one wins).
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use crate::cloud::Cloud;
 use crate::error::{Error, Result};
@@ -25,25 +24,20 @@ pub const WI_AUDIENCE: &str = "api://AzureADTokenExchange";
 const POD_NAME_KEY: &str = "csi.storage.k8s.io/pod.name";
 const POD_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pod.namespace";
 
-/// A string that must never be printed (tokens, client secrets).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sensitive(pub String);
+pub use secrecy::{ExposeSecret, SecretString};
 
-impl fmt::Debug for Sensitive {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+/// Node-publish secrets: names in the clear, every value secret.
+pub type SecretMap = BTreeMap<String, SecretString>;
 
 /// How the mount authenticates.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Identity {
     /// Workload identity: the pod's service-account token exchanged for an Entra token.
     Workload {
         /// App or user-assigned identity client id.
         client_id: String,
         /// The service-account JWT.
-        token: Sensitive,
+        token: SecretString,
         /// `sub` claim (`system:serviceaccount:<ns>:<sa>`), part of the cache key.
         subject: String,
         /// `iss` claim, part of the cache key.
@@ -54,7 +48,7 @@ pub enum Identity {
         /// Client id.
         client_id: String,
         /// Client secret.
-        secret: Sensitive,
+        secret: SecretString,
     },
     /// The node's managed identity through IMDS; `None` = system-assigned.
     ManagedIdentity {
@@ -68,6 +62,27 @@ pub enum Identity {
         /// Pod namespace.
         namespace: String,
     },
+}
+
+impl PartialEq for Identity {
+    /// Compares the secrets too (tests and cache keys; never on a hot path that an attacker times).
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Self::Workload { client_id: a, token: t, subject: s, issuer: i },
+                Self::Workload { client_id: b, token: u, subject: r, issuer: j },
+            ) => a == b && s == r && i == j && t.expose_secret() == u.expose_secret(),
+            (
+                Self::ServicePrincipal { client_id: a, secret: s },
+                Self::ServicePrincipal { client_id: b, secret: r },
+            ) => a == b && s.expose_secret() == r.expose_secret(),
+            (Self::ManagedIdentity { client_id: a }, Self::ManagedIdentity { client_id: b }) => a == b,
+            (Self::PodIdentity { pod: a, namespace: n }, Self::PodIdentity { pod: b, namespace: m }) => {
+                a == b && n == m
+            }
+            _ => false,
+        }
+    }
 }
 
 /// `objectType`.
@@ -247,7 +262,7 @@ fn now() -> i64 {
 fn build_identity(
     mode: &IdentityMode,
     attrs: &BTreeMap<String, String>,
-    secrets: &BTreeMap<String, String>,
+    secrets: &SecretMap,
     pod: (&str, &str),
 ) -> std::result::Result<Identity, String> {
     match mode {
@@ -257,8 +272,8 @@ fn build_identity(
             Err("identity binding (useAzureTokenProxy) is not supported by keyvault-csi; use workload identity (clientID) instead".into())
         }
         IdentityMode::Workload { client_id } => {
-            let tokens = attrs.get(TOKENS_KEY).or_else(|| secrets.get(TOKENS_KEY));
-            let token = wi_token(tokens.map(String::as_str)).map_err(|e| format!("failed to parse workload identity tokens, error: {e}"))?;
+            let tokens = attrs.get(TOKENS_KEY).map(String::as_str).or_else(|| secrets.get(TOKENS_KEY).map(|s| s.expose_secret()));
+            let token = wi_token(tokens).map_err(|e| format!("failed to parse workload identity tokens, error: {e}"))?;
             let (issuer, subject, exp) = jwt_claims(&token)
                 .ok_or("failed to parse workload identity tokens, error: the service account token is not a JWT with iss, sub and exp")?;
             if exp <= now() {
@@ -267,17 +282,20 @@ fn build_identity(
                     now() - exp
                 ));
             }
-            Ok(Identity::Workload { client_id: client_id.clone(), token: Sensitive(token), subject, issuer })
+            Ok(Identity::Workload { client_id: client_id.clone(), token: SecretString::from(token), subject, issuer })
         }
         IdentityMode::ServicePrincipal => {
-            let user: BTreeMap<String, &String> =
-                secrets.iter().filter(|(k, _)| k.as_str() != TOKENS_KEY).map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+            let user: BTreeMap<String, &str> = secrets
+                .iter()
+                .filter(|(k, _)| k.as_str() != TOKENS_KEY)
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.expose_secret()))
+                .collect();
             if user.is_empty() {
                 return Err("failed to get credentials, nodePublishSecretRef secret is not set".into());
             }
             let id = user.get("clientid").ok_or("could not find clientid in secrets")?;
             let secret = user.get("clientsecret").ok_or("could not find clientsecret in secrets")?;
-            Ok(Identity::ServicePrincipal { client_id: id.trim().to_string(), secret: Sensitive(secret.trim().to_string()) })
+            Ok(Identity::ServicePrincipal { client_id: id.trim().to_string(), secret: SecretString::from(secret.trim()) })
         }
     }
 }
@@ -286,7 +304,7 @@ fn build_identity(
 /// secrets, default mode. The first problem is the error, with upstream's message.
 pub fn parse(
     attrs: &BTreeMap<String, String>,
-    secrets: &BTreeMap<String, String>,
+    secrets: &SecretMap,
     default_mode: u32,
     default_cloud: &str,
     split_cert_and_key: bool,

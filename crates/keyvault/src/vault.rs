@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Origin, Result};
 use crate::identity::TokenSource;
-use crate::params::MountParams;
+use crate::params::{ExposeSecret, MountParams};
 use crate::transport::Reply;
 
 /// API version sent on every call (the upstream provider's).
@@ -139,7 +139,8 @@ impl VaultCall<'_> {
         let src = self.source();
         for attempt in 0..2 {
             let token = self.provider.tokens.get(&src, &p.tenant_id, &p.identity, &scope, &self.provider.stats).await?;
-            let auth = [("Authorization", format!("Bearer {}", token.0)), ("Accept", "application/json".into())];
+            let auth =
+                [("Authorization", format!("Bearer {}", token.expose_secret())), ("Accept", "application/json".into())];
             let r = self
                 .provider
                 .transport

@@ -109,7 +109,7 @@ fn request(objs: &str, extra: &[(&str, &str)], secrets: &[(&str, &str)]) -> Moun
     }
     MountRequest {
         attributes,
-        secrets: secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        secrets: secrets.iter().map(|(k, v)| (k.to_string(), v.to_string().into())).collect(),
         default_mode: 0o644,
         ..Default::default()
     }

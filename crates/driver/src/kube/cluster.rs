@@ -18,6 +18,8 @@ use super::podstatus::{KubePodStatus, PodStatusError};
 use super::secrets::{SecretWriter, Synced, mounted_files, secret_data};
 use crate::class::SecretProviderClassSpec;
 use crate::node::{Cluster, blocking};
+use crate::provider::File;
+use crate::redact::ExposeSecret;
 use crate::volume_context::{PodInfo, PublishParams};
 
 /// The driver's view of the cluster.
@@ -185,7 +187,13 @@ impl Cluster for KubeCluster {
         self.statuses.remove(params).await
     }
 
-    async fn written(&self, params: &PublishParams, spec: &SecretProviderClassSpec, rotated: bool) -> usize {
+    async fn written(
+        &self,
+        params: &PublishParams,
+        spec: &SecretProviderClassSpec,
+        rotated: bool,
+        written: &[File],
+    ) -> usize {
         let pod = &params.pod;
         let class = format!("{}/{}", pod.namespace, params.class_name);
         if rotated {
@@ -200,14 +208,19 @@ impl Cluster for KubeCluster {
         } else {
             ("FailedToCreateSecret", SYNC_COMPONENT)
         };
-        let target = params.target_path.clone();
-        let files = match blocking(move || mounted_files(&target)).await {
-            Ok(f) => f,
-            Err(e) => {
-                let msg = format!("failed to get mounted files, err: {e}");
-                self.events.pod_event(pod, component, EventType::Warning, reason, &msg).await;
-                return 0;
+        // What was just written, from memory: no second read of the volume, no symlink followed.
+        let files = if written.is_empty() {
+            let target = params.target_path.clone();
+            match blocking(move || mounted_files(&target)).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let msg = format!("failed to get mounted files, err: {e}");
+                    self.events.pod_event(pod, component, EventType::Warning, reason, &msg).await;
+                    return 0;
+                }
             }
+        } else {
+            written.iter().map(|f| (f.path.clone(), f.contents.expose_secret().to_vec())).collect()
         };
         let owners = self.owners(params).await;
         if owners.is_none() {

@@ -5,8 +5,6 @@
 //! Any failure (RBAC not granted, Secret gone) leaves the volume without them: its rotation then
 //! waits for kubelet's next republish, as before.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret as KubeSecret, ServiceAccount};
 use k8s_openapi::api::storage::v1::CSIDriver;
@@ -15,17 +13,13 @@ pub use k8s_openapi::api::storage::v1::TokenRequest as CsiTokenRequest;
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::redact::Secret;
+use crate::redact::{SecretMap, SecretString, secret_map};
 
 /// The data of Secret `namespace/name`, as kubelet passes it in `NodePublishVolumeRequest.secrets`.
-pub async fn publish_secret(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Option<Secret<BTreeMap<String, String>>> {
+pub async fn publish_secret(client: &kube::Client, namespace: &str, name: &str) -> Option<SecretMap> {
     let api: Api<KubeSecret> = Api::namespaced(client.clone(), namespace);
     match api.get(name).await {
-        Ok(s) => Some(Secret::new(
+        Ok(s) => Some(secret_map(
             s.data
                 .unwrap_or_default()
                 .into_iter()
@@ -62,7 +56,7 @@ pub async fn pod_tokens(
     service_account: &str,
     pod: &str,
     pod_uid: &str,
-) -> Option<Secret<String>> {
+) -> Option<SecretString> {
     if requests.is_empty() {
         return None;
     }
@@ -97,5 +91,5 @@ pub async fn pod_tokens(
             }
         }
     }
-    Some(Secret::new(serde_json::Value::Object(out).to_string()))
+    Some(SecretString::from(serde_json::Value::Object(out).to_string()))
 }

@@ -88,7 +88,8 @@ pub enum Synced {
 }
 
 /// The files of a mounted volume by relative path (`objectName`), following the atomic writer's
-/// symlinks and skipping its `..` entries.
+/// symlinks and skipping its `..` entries. Only for volumes a legacy provider wrote itself: otherwise
+/// the driver syncs from the payload it just wrote.
 pub fn mounted_files(target: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
     fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
@@ -249,7 +250,6 @@ mod tests {
     use super::*;
     use crate::class::SecretObjectData;
     use crate::provider::File;
-    use crate::redact::Secret;
 
     fn object(ty: &str, data: &[(&str, &str)]) -> SecretObject {
         SecretObject {
@@ -296,10 +296,7 @@ mod tests {
     #[test]
     fn mounted_files_follow_the_writers_layout() {
         let dir = tempfile::tempdir().unwrap();
-        let files = vec![
-            File { path: "foo".into(), contents: Secret::new(b"1".to_vec()), mode: 0o644 },
-            File { path: "d/bar".into(), contents: Secret::new(b"2".to_vec()), mode: 0o644 },
-        ];
+        let files = vec![File::new("foo", 0o644, b"1".to_vec()), File::new("d/bar", 0o644, b"2".to_vec())];
         crate::atomic_writer::write(dir.path(), &files).unwrap();
         let got = mounted_files(dir.path()).unwrap();
         assert_eq!(got.keys().collect::<Vec<_>>(), ["d/bar", "foo"]);

@@ -15,7 +15,7 @@ use crate::external::ExternalProviders;
 use crate::mounter::PlainDirMounter;
 use crate::node::{Config, Providers};
 use crate::provider::{File, MountResponse, Provider};
-use crate::redact::Secret;
+use crate::redact::{ExposeSecret, SecretString};
 use crate::volume_context::PodInfo;
 
 const INTERVAL: Duration = Duration::from_secs(120);
@@ -70,7 +70,7 @@ impl Provider for FakeProvider {
         }
         let value = self.value.lock().unwrap().clone();
         Ok(MountResponse {
-            files: vec![File { path: "a".into(), mode: 0o644, contents: Secret::new(value.clone().into_bytes()) }],
+            files: vec![File::new("a", 0o644, value.clone().into_bytes())],
             object_versions: [("secret/a".to_string(), value)].into(),
         })
     }
@@ -253,11 +253,11 @@ async fn a_republish_during_a_refresh_succeeds_at_once_and_keeps_kubelets_fresh_
         tokio::task::yield_now().await;
     }
     let mut republish = params(&f.target(0));
-    republish.tokens = Some(Secret::new("fresh-token".into()));
+    republish.tokens = Some(SecretString::from("fresh-token"));
     assert!(matches!(d.publish(republish, None).await.unwrap(), PublishOutcome::Skipped));
     poller.await.unwrap();
     let stored = d.volumes().get(Path::new(&f.target(0))).unwrap();
-    assert_eq!(stored.params.tokens.as_ref().map(|t| t.expose().as_str()), Some("fresh-token"));
+    assert_eq!(stored.params.tokens.as_ref().map(|t| t.expose_secret()), Some("fresh-token"));
     assert_eq!(f.calls(), 2);
 }
 

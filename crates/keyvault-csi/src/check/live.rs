@@ -159,12 +159,12 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     attributes.insert("csi.storage.k8s.io/pod.name".into(), "keyvault-csi-check".into());
     attributes.insert("csi.storage.k8s.io/pod.namespace".into(), ns.into());
     attributes.insert("csi.storage.k8s.io/serviceAccount.name".into(), args.service_account.clone());
-    let mut secrets = BTreeMap::new();
+    let mut secrets = keyvault::params::SecretMap::new();
     if let Some(name) = &args.node_publish_secret_ref {
         match Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await {
             Ok(Some(s)) => {
                 for (k, v) in s.data.unwrap_or_default() {
-                    secrets.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+                    secrets.insert(k, String::from_utf8_lossy(&v.0).into_owned().into());
                 }
                 checks.push(pass(
                     "nodePublishSecretRef",

@@ -81,7 +81,8 @@ fn the_mount_fails_with_the_first_error_the_linter_lists() {
     let first = lint(&p, false).findings.into_iter().find(|f| f.severity == Severity::Error).unwrap();
     p.insert("csi.storage.k8s.io/pod.name".into(), "p".into());
     p.insert("csi.storage.k8s.io/pod.namespace".into(), "ns".into());
-    let secrets = params(&[("clientid", "i"), ("clientsecret", "s")]);
+    let secrets: crate::params::SecretMap =
+        [("clientid".to_string(), "i".into()), ("clientsecret".to_string(), "s".into())].into();
     let mount = crate::params::parse(&p, &secrets, 0o644, "AzurePublicCloud", false).unwrap_err();
     assert_eq!(mount.message, first.message);
 }

@@ -21,11 +21,11 @@ fn attrs(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     m
 }
 
-fn sp() -> BTreeMap<String, String> {
-    [("ClientID".to_string(), "id".to_string()), ("ClientSecret".to_string(), "s".to_string())].into()
+fn sp() -> SecretMap {
+    [("ClientID".to_string(), "id".into()), ("ClientSecret".to_string(), "s".into())].into()
 }
 
-fn err(a: &[(&str, &str)], secrets: &BTreeMap<String, String>) -> String {
+fn err(a: &[(&str, &str)], secrets: &SecretMap) -> String {
     parse(&attrs(a), secrets, 0o644, "AzurePublicCloud", false).unwrap_err().message
 }
 
@@ -44,7 +44,7 @@ fn objects(items: &[&str]) -> String {
 fn a_minimal_service_principal_class_parses() {
     let p = parse(&attrs(&[]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
     assert_eq!(p.vault_name, "kv1");
-    assert_eq!(p.identity, Identity::ServicePrincipal { client_id: "id".into(), secret: Sensitive("s".into()) });
+    assert_eq!(p.identity, Identity::ServicePrincipal { client_id: "id".into(), secret: SecretString::from("s") });
     assert_eq!(p.objects[0].mode, 0o644);
     assert_eq!(p.objects[0].id(), "secret/db-password");
 }
@@ -80,7 +80,7 @@ fn identity_flags_use_go_parse_bool_and_are_exclusive() {
         err(&[("usePodIdentity", "true"), ("useVMManagedIdentity", "T")], &sp()),
         "only one identity mode can be enabled at a time: usePodIdentity, useVMManagedIdentity, or useAzureTokenProxy"
     );
-    let none = BTreeMap::new();
+    let none = SecretMap::new();
     let p = parse(
         &attrs(&[("useVMManagedIdentity", "1"), ("userAssignedIdentityID", "uami")]),
         &none,
@@ -99,12 +99,12 @@ fn identity_flags_use_go_parse_bool_and_are_exclusive() {
 
 #[test]
 fn service_principal_and_workload_identity_errors() {
-    let none = BTreeMap::new();
+    let none = SecretMap::new();
     assert_eq!(
         err(&[], &none),
         "failed to build auth config for mode None: failed to get credentials, nodePublishSecretRef secret is not set"
     );
-    let only_id: BTreeMap<String, String> = [("clientid".to_string(), "x".to_string())].into();
+    let only_id: SecretMap = [("clientid".to_string(), "x".into())].into();
     assert_eq!(err(&[], &only_id), "failed to build auth config for mode None: could not find clientsecret in secrets");
     assert_eq!(
         err(&[("clientID", "wi")], &none),
@@ -124,7 +124,7 @@ fn jwt(claims: &str) -> String {
 
 #[test]
 fn workload_identity_reads_subject_and_rejects_expired_tokens() {
-    let none = BTreeMap::new();
+    let none = SecretMap::new();
     let live = jwt(r#"{"iss":"https://oidc/","sub":"system:serviceaccount:default:app","exp":4102444800}"#);
     let tokens = format!(
         r#"{{"api://AzureADTokenExchange":{{"token":"{live}","expirationTimestamp":"2100-01-01T00:00:00Z"}}}}"#
