@@ -7,7 +7,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags};
+use sys_mount::{Mount, MountFlags, UnmountFlags};
 
 /// What the mount table says about a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,23 +35,21 @@ impl Mounter for TmpfsMounter {
         // Upstream mounts with no options at all (mode 1777, setuid/devices allowed). Files here are
         // never devices or setuid programs, so nosuid+nodev cost nothing; mode 0755 keeps the root of
         // the volume traversable by non-root containers without making it world-writable.
-        nix::mount::mount(
-            Some("tmpfs"),
-            target,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
-        )
-        .map_err(io::Error::from)
+        Mount::builder()
+            .fstype("tmpfs")
+            .flags(MountFlags::NOSUID | MountFlags::NODEV)
+            .data("mode=0755")
+            .mount("tmpfs", target)
+            .map(|_| ())
     }
 
     fn unmount(&self, target: &Path) -> io::Result<()> {
-        match nix::mount::umount2(target, MntFlags::empty()) {
+        match sys_mount::unmount(target, UnmountFlags::empty()) {
             Ok(()) => Ok(()),
             // A process still holds the volume open: detach it so the pod can terminate; the kernel
             // frees the tmpfs when the last user goes away.
-            Err(nix::errno::Errno::EBUSY) => nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(io::Error::from),
-            Err(e) => Err(io::Error::from(e)),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => sys_mount::unmount(target, UnmountFlags::DETACH),
+            Err(e) => Err(e),
         }
     }
 

@@ -21,6 +21,11 @@
 #[allow(unused_imports)]
 mod support;
 
+#[path = "sidebyside/host.rs"]
+mod host;
+#[path = "sidebyside/rotation.rs"]
+mod rotation;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +35,8 @@ use csi_proto::csi;
 use emulator::{Emulator, Faults, Seed};
 use serde_json::{Value, json};
 use support::*;
+
+use host::*;
 
 const NS: &str = "kvcsi-bench";
 const TENANT: &str = "bench-tenant";
@@ -48,105 +55,6 @@ const RESOURCES: &[&str] = &[
     "serviceaccounts",
     "csidrivers",
 ];
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set (hack/bench.sh sets it)"))
-}
-
-fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
-    let mut cmd = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd.spawn().expect("kubectl on PATH");
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Requests the API server has served for the driver resources, from its own metrics, by
-/// `<verb> <resource>` (clients of the kit's own components, `system_client` set, are left out).
-fn api_requests_by_kind() -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for l in kubectl(&["get", "--raw", "/metrics"], None).lines().filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |k: &str| l.split(&format!("{k}=\"")).nth(1).and_then(|v| v.split('"').next()).unwrap_or("");
-        if !RESOURCES.contains(&label("resource")) || !label("system_client").is_empty() {
-            continue;
-        }
-        let Some(n) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
-        *out.entry(format!("{} {}", label("verb"), label("resource"))).or_default() += n;
-    }
-    out
-}
-
-fn api_requests() -> f64 {
-    api_requests_by_kind().values().sum()
-}
-
-fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v > 0.0)
-        .collect()
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 =
-        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    proc_status_kb(&pid.to_string(), "VmRSS:") as f64 / 1024.0
-}
-
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &str, program: &str, args: &[String], log: &Path) -> Self {
-        let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(program)
-            .args(args)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {program}: {e}"));
-        Self { name: name.into(), child }
-    }
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Column {
@@ -386,120 +294,6 @@ async fn phase(setup: &Setup, vols: &[PodVolume], concurrency: usize) -> Value {
     })
 }
 
-/// Reads `path` under every volume's target until all hold `want`; the time it took from `since`.
-async fn all_changed(
-    setup: &Setup,
-    vols: &[PodVolume],
-    file: &str,
-    want: &[u8],
-    since: Instant,
-    limit: Duration,
-) -> Value {
-    let mut pending: Vec<PathBuf> = vols.iter().map(|v| v.target(&setup.node).join(file)).collect();
-    let mut firsts = Vec::new();
-    while !pending.is_empty() && since.elapsed() < limit {
-        pending.retain(|p| {
-            if std::fs::read(p).is_ok_and(|c| c == want) {
-                firsts.push(since.elapsed().as_secs_f64());
-                false
-            } else {
-                true
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    firsts.sort_by(f64::total_cmp);
-    json!({ "unchanged": pending.len(), "changed_at_s": firsts })
-}
-
-/// 500 volumes published; the secret changes; kubelet republishes every volume every `interval` (as
-/// `requiresRepublish` makes it do) for both drivers; ours also runs its own poller at `interval`.
-async fn rotation(column: Column, h: &emulator::Handle, uids: &[(String, String)], token: &str) -> Value {
-    const INTERVAL: Duration = Duration::from_secs(10);
-    const WINDOW: Duration = Duration::from_secs(60);
-    let setup = Setup::start(column, "10s", (column == Column::OursAzure).then_some(h)).await;
-    reset_api();
-    let vols: Vec<PodVolume> = uids
-        .iter()
-        .map(|(p, u)| volume(p, u, column.class(), (column == Column::OursAzure).then_some(token)))
-        .collect();
-    let publish = drive(&setup, calls(&setup, &vols, true), 16).await;
-    assert!(publish.errors.is_empty(), "{}: rotation publish errors {:?}", column.name(), publish.errors);
-    let (file, want): (&str, &[u8]) = match column {
-        Column::OursAzure => ("s0", b"rotated-0"),
-        _ => ("foo", b"rotated"),
-    };
-    // Change the secret.
-    let since = Instant::now();
-    match column {
-        Column::OursAzure => {
-            h.set_secret("kv-bench", "s0", "rotated-0");
-        }
-        _ => {
-            let (code, body) = http_get(PROVIDER_HTTP, "/rotation?rotated=true");
-            assert_eq!(code, 200, "mock provider rotation switch: {body}");
-        }
-    }
-    let cpu0 = setup.cpu();
-    let api0 = api_requests_by_kind();
-    // kubelet: a republish wave over every volume every INTERVAL, for the whole window.
-    let waves = {
-        let reqs: Vec<csi::NodePublishVolumeRequest> = vols.iter().map(|v| v.publish_request(&setup.node)).collect();
-        let socket = setup.socket.clone();
-        tokio::spawn(async move {
-            let mut errors = BTreeMap::<String, usize>::new();
-            let start = Instant::now();
-            while start.elapsed() < WINDOW {
-                let wave = Instant::now();
-                let mut tasks = Vec::new();
-                for w in 0..16 {
-                    let mut client = csi::node_client::NodeClient::new(channel(&socket).await.unwrap());
-                    let mine: Vec<_> = reqs.iter().skip(w).step_by(16).cloned().collect();
-                    tasks.push(tokio::spawn(async move {
-                        let mut errs = Vec::new();
-                        for r in mine {
-                            if let Err(e) = client.node_publish_volume(r).await {
-                                errs.push(format!("{:?}", e.code()));
-                            }
-                        }
-                        errs
-                    }));
-                }
-                for t in tasks {
-                    for e in t.await.unwrap() {
-                        *errors.entry(e).or_default() += 1;
-                    }
-                }
-                tokio::time::sleep(INTERVAL.saturating_sub(wave.elapsed())).await;
-            }
-            errors
-        })
-    };
-    let changed = all_changed(&setup, &vols, file, want, since, WINDOW).await;
-    let republish_errors = waves.await.unwrap();
-    let elapsed = since.elapsed().as_secs_f64();
-    let cpu_per_min = (setup.cpu() - cpu0) / elapsed * 60.0;
-    let api_by_kind = delta(&api0, &api_requests_by_kind());
-    let api: f64 = api_by_kind.values().sum();
-    let rss = setup.rss();
-    // Reset for the next column (the mock provider of the next column starts fresh).
-    if column == Column::OursAzure {
-        h.set_secret("kv-bench", "s0", "value-0");
-    }
-    drive(&setup, calls(&setup, &vols, false), 16).await;
-    json!({
-        "volumes": vols.len(),
-        "interval_s": INTERVAL.as_secs(),
-        "window_s": elapsed,
-        "cpu_s_per_min": cpu_per_min,
-        "api_requests_per_min": api / elapsed * 60.0,
-        "api_requests_by_kind": api_by_kind,
-        "republish_errors": republish_errors,
-        "files": changed,
-        "rss_mib": rss,
-    })
-}
-
 fn setup_api(pods: usize) -> Vec<(String, String)> {
     for crd in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/keyvault-csi/crds")).unwrap() {
         kubectl(&["apply", "--server-side", "-f", crd.unwrap().path().to_str().unwrap()], None);
@@ -611,7 +405,7 @@ async fn main() {
             continue;
         }
         eprintln!("  rotation of {max} volumes");
-        let rot = rotation(column, &h, &uids[..max], &token).await;
+        let rot = rotation::rotation(column, &h, &uids[..max], &token).await;
         eprintln!(
             "    every file changed after {:?} s ({} unchanged), {:.2} CPU s/min",
             rot["files"]["changed_at_s"].as_array().and_then(|a| a.last().cloned()),
@@ -655,29 +449,4 @@ async fn main() {
     std::fs::write(out.join("sidebyside.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
     kubectl(&["delete", "namespace", NS, "--wait=false"], None);
     eprintln!("wrote target/bench/sidebyside.json");
-}
-
-fn chrono_now() -> String {
-    String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().unwrap().stdout)
-        .trim()
-        .to_string()
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
-        .unwrap_or_default();
-    let mem_kb = proc_meminfo_kb();
-    format!("{cpus} cores ({model}), {:.0} GiB", mem_kb as f64 / 1024.0 / 1024.0)
-}
-
-fn proc_meminfo_kb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
