@@ -1,5 +1,6 @@
 //! `keyvault-csi`: parses flags, builds the driver, serves until SIGTERM/SIGINT, drains.
 
+mod app;
 mod azure;
 mod check;
 mod cli;
@@ -20,8 +21,8 @@ use driver::class::{ClassError, ClassSource, DirClassSource, SecretProviderClass
 use driver::external::ExternalProviders;
 use driver::mounter::TmpfsMounter;
 use driver::{Config, Driver, Providers};
-use tokio::sync::watch;
 
+use app::App;
 use cli::{Cli, NodeArgs};
 
 /// How long in-flight RPCs get to finish after SIGTERM before the process exits anyway.
@@ -116,19 +117,14 @@ impl ClassSource for NoClassSource {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT, shutting down"),
-    }
-}
-
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     if args.enable_pprof {
         tracing::warn!("--enable-pprof is accepted for compatibility but has no effect");
+    }
+    if args.provider_health_check {
+        // Upstream polls each provider's socket and only logs the result; a provider that is down
+        // shows here as a failed mount naming the provider, and in `grpc_request` by code.
+        tracing::warn!("--provider-health-check is accepted for compatibility but has no effect");
     }
     let config = Config {
         driver_name: args.drivername.clone(),
@@ -161,18 +157,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let max_recv = args.max_call_recv_msg_size as usize;
     let external =
         ExternalProviders::new(args.additional_provider_volume_paths.clone(), args.provider_volume.clone(), max_recv);
-    let provider_metrics = keyvault::metrics::ProviderMetrics::default();
-    let azure =
-        keyvault::Provider::new(args.azure.config(args.enable_secret_rotation.then_some(args.rotation_poll_interval))?)
-            .map_err(|e| anyhow::anyhow!("Azure provider: {e}"))?
-            .with_observer(Arc::new(provider_metrics.clone()));
-    let azure = Arc::new(azure);
-    let mut registry = prometheus_client::registry::Registry::default();
-    keyvault::metrics::register_provider(&mut registry, &provider_metrics, azure.stats().clone());
+    let mut app = App::new();
+    let (azure, _) = app.azure(&args.azure, config.rotation_interval, true)?;
     let mut providers = Providers::new(external);
     if args.builtin_azure_provider {
-        providers = providers
-            .with_builtin("azure", Arc::new(azure::AzureProvider { provider: azure, metrics: Some(provider_metrics) }));
+        providers = providers.with_builtin("azure", azure);
     }
     let driver_metrics = driver::metrics::Metrics::default();
     let mut driver =
@@ -180,9 +169,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(cluster) = cluster.clone() {
         driver = driver.with_cluster(cluster);
     }
-    driver_metrics.register(&mut registry, driver.volumes().clone());
+    driver_metrics.register(&mut app.registry, driver.volumes().clone());
     let driver = Arc::new(driver);
-    let driver_for_rotation = driver.clone();
     if let Some(cluster) = cluster {
         // After a restart: take back this node's volumes so rotation resumes at once.
         let driver = driver.clone();
@@ -193,56 +181,33 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         });
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let mut health = http::Health::with_registry(registry);
+    let mut health = http::Health::with_registry(std::mem::take(&mut app.registry));
     for (name, check) in readiness {
         health = health.with_check(name, check);
     }
-    let (http_addr, http_server) = http::bind(args.metrics_addr, health.clone(), stopped()).await?;
-    let csi_server = server::bind(&args.endpoint, driver, max_recv, stopped()).await?;
+    let (http_addr, http_server) = http::bind(args.metrics_addr, health.clone(), app.stopped()).await?;
+    let csi_server = server::bind(&args.endpoint, driver.clone(), max_recv, app.stopped()).await?;
     health.set_ready(true);
     tracing::info!(
         endpoint = %args.endpoint, metrics = %http_addr, driver = %args.drivername, node = %args.nodeid,
         version = env!("CARGO_PKG_VERSION"), rotation = args.enable_secret_rotation,
         rotation_poll_interval = ?args.rotation_poll_interval, "keyvault-csi node driver serving"
     );
-
-    let csi = tokio::spawn(csi_server);
-    let poller = tokio::spawn({
-        let enabled = args.rotation_poller;
-        let stop = stopped();
-        async move {
-            if enabled {
-                driver_for_rotation.run_rotation(stop).await;
-            }
-        }
-    });
-    let http = tokio::spawn(http_server);
-    shutdown_signal().await;
-    health.set_ready(false);
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        let csi = csi.await.context("CSI server task")?;
-        let _ = http.await;
-        let _ = poller.await;
-        csi.context("CSI server")
-    })
-    .await;
-    if let cli::Endpoint::Unix(path) = &args.endpoint {
-        let _ = std::fs::remove_file(path);
-    }
-    match drained {
-        Ok(result) => {
-            result?;
-            tracing::info!("shut down cleanly");
+    app.spawn("CSI server", async move { csi_server.await.context("CSI server") });
+    app.spawn("metrics server", async move { http_server.await.context("metrics server") });
+    if args.rotation_poller {
+        let stop = app.stopped();
+        app.spawn("rotation poller", async move {
+            driver.run_rotation(stop).await;
             Ok(())
-        }
-        Err(_) => anyhow::bail!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway"),
+        });
     }
+    if let cli::Endpoint::Unix(path) = args.endpoint.clone() {
+        app.on_exit(move || {
+            let _ = std::fs::remove_file(path);
+        });
+    }
+    app::shutdown_signal().await;
+    health.set_ready(false);
+    app.stop_and_drain(SHUTDOWN_GRACE).await
 }

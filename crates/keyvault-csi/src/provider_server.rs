@@ -10,10 +10,10 @@ use anyhow::Context;
 use clap::Args;
 use csi_proto::provider::csi_driver_provider_server::CsiDriverProviderServer;
 use driver::provider_server::ProviderService;
-use keyvault::metrics::ProviderMetrics;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::azure::{AzureArgs, AzureProvider};
+use crate::app::App;
+use crate::azure::AzureArgs;
 use crate::cli::{Endpoint, parse_endpoint, parse_go_duration, parse_listen_addr};
 
 /// Flags of `keyvault-csi provider` (the upstream Azure provider's names).
@@ -44,27 +44,13 @@ pub async fn run(args: ProviderArgs) -> anyhow::Result<()> {
     let Endpoint::Unix(path) = &args.endpoint else {
         anyhow::bail!("--endpoint: the provider protocol is served on a unix:// socket");
     };
-    let metrics = ProviderMetrics::default();
-    let provider = Arc::new(
-        keyvault::Provider::new(args.azure.config(None)?)
-            .map_err(|e| anyhow::anyhow!("Azure provider: {e}"))?
-            .with_observer(Arc::new(metrics.clone())),
-    );
-    let mut registry = prometheus_client::registry::Registry::default();
-    keyvault::metrics::register_provider(&mut registry, &metrics, provider.stats().clone());
-    let health = crate::http::Health::with_registry(registry);
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let (metrics_addr, metrics_server) = crate::http::bind(args.metrics_addr, health.clone(), stopped()).await?;
+    let mut app = App::new();
+    let (azure, metrics) = app.azure(&args.azure, None, false)?;
+    let health = crate::http::Health::with_registry(std::mem::take(&mut app.registry));
+    let (metrics_addr, metrics_server) = crate::http::bind(args.metrics_addr, health.clone(), app.stopped()).await?;
     let healthz = SocketAddr::new(args.metrics_addr.ip(), args.healthz_port);
     let (healthz_addr, healthz_server) =
-        crate::http::bind_as(healthz, "--healthz-port", health.clone(), stopped()).await?;
+        crate::http::bind_as(healthz, "--healthz-port", health.clone(), app.stopped()).await?;
 
     let _ = std::fs::remove_file(path);
     if let Some(dir) = path.parent() {
@@ -78,7 +64,6 @@ pub async fn run(args: ProviderArgs) -> anyhow::Result<()> {
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<CsiDriverProviderServer<ProviderService>>().await;
-    let azure = Arc::new(AzureProvider { provider, metrics: None });
     let observe = move |code: tonic::Code, took: Duration| {
         metrics.grpc("/v1alpha1.CSIDriverProvider/Mount", &format!("{code:?}"), took)
     };
@@ -87,25 +72,16 @@ pub async fn run(args: ProviderArgs) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped());
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), app.stopped());
     health.set_ready(true);
     tracing::info!(endpoint = %args.endpoint, metrics = %metrics_addr, healthz = %healthz_addr, "keyvault-csi Azure provider serving (v1alpha1)");
-    let grpc = tokio::spawn(server);
-    let m = tokio::spawn(metrics_server);
-    let h = tokio::spawn(healthz_server);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    let _ = stop_tx.send(true);
+    app.spawn("provider server", async move { server.await.context("provider server") });
+    app.spawn("metrics server", async move { metrics_server.await.context("metrics server") });
+    app.spawn("health server", async move { healthz_server.await.context("health server") });
+    let socket = path.clone();
+    app.on_exit(move || {
+        let _ = std::fs::remove_file(socket);
+    });
     // Clients (the driver) keep their connections open; in-flight mounts get a grace period.
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        let _ = grpc.await;
-        let _ = m.await;
-        let _ = h.await;
-    })
-    .await;
-    let _ = std::fs::remove_file(path);
-    Ok(())
+    app.run_until_signal(Duration::from_secs(10)).await
 }

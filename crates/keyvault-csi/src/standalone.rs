@@ -18,7 +18,8 @@ use driver::redact::{SecretString, TOKENS_KEY, secret_map};
 use driver::volume_context::{self as vc, PodInfo, PublishParams};
 use driver::{Config, Driver, Providers};
 
-use crate::azure::{AzureArgs, AzureProvider};
+use crate::app::App;
+use crate::azure::AzureArgs;
 use crate::cli::parse_go_duration;
 
 /// Flags of `keyvault-csi mount`.
@@ -91,10 +92,11 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
         if args.target.is_absolute() { args.target.clone() } else { std::env::current_dir()?.join(&args.target) };
 
     let rotation = (!args.rotation_poll_interval.is_zero()).then_some(args.rotation_poll_interval);
-    let provider = Arc::new(keyvault::Provider::new(args.azure.config(rotation)?).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let mut app = App::new();
+    let (azure, _) = app.azure(&args.azure, rotation, true)?;
     let providers =
         Providers::new(ExternalProviders::new(vec![], "/var/run/secrets-store-csi-providers".into(), 4 << 20))
-            .with_builtin("azure", Arc::new(AzureProvider { provider, metrics: Some(Default::default()) }));
+            .with_builtin("azure", azure);
     let mounter: Arc<dyn Mounter> = if args.no_tmpfs { Arc::new(PlainDirMounter) } else { Arc::new(TmpfsMounter) };
     let classes = Arc::new(OneClass { namespace: namespace.clone(), name: spc.metadata.name.clone(), spec: spc.spec });
     let config = Config {
@@ -165,14 +167,12 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     // The node driver's own poller keeps the volume fresh (failures keep the current files).
-    let stop = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
-    Arc::new(driver).run_rotation(stop).await;
+    let (driver, stop) = (Arc::new(driver), app.stopped());
+    app.spawn("rotation poller", async move {
+        driver.run_rotation(stop).await;
+        Ok(())
+    });
+    app.run_until_signal(std::time::Duration::from_secs(10)).await?;
     tracing::info!(target = %target.display(), "stopped; the files stay mounted");
     Ok(())
 }
