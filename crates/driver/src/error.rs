@@ -118,18 +118,18 @@ pub enum PublishError {
 
 impl PublishError {
     /// The `error_type` label of `node_publish_error_total`: bounded, stable, upstream's names.
-    pub fn label(&self) -> String {
+    pub fn label(&self) -> &'static str {
         match self {
-            Self::InvalidArgument(_) | Self::NotReadonly | Self::Busy(_) => "FailedToMount".into(),
+            Self::InvalidArgument(_) | Self::NotReadonly | Self::Busy(_) => "FailedToMount",
             Self::ClassNotSet | Self::Class(_) | Self::ProviderNotSet { .. } | Self::ParametersNotSet { .. } => {
-                "SecretProviderClassNotFound".into()
+                "SecretProviderClassNotFound"
             }
-            Self::EnsureMountPoint { .. } => "FailedToEnsureMountPoint".into(),
-            Self::Mount { .. } => "FailedToMount".into(),
-            Self::ProviderLookup { .. } => "FailedToLookupProviderGRPCClient".into(),
-            Self::Provider { source, .. } => source.code.clone(),
-            Self::Payload { .. } | Self::FileWrite { .. } => "FileWriteError".into(),
-            Self::PodStatus { .. } => "FailedToCreatePodStatus".into(),
+            Self::EnsureMountPoint { .. } => "FailedToEnsureMountPoint",
+            Self::Mount { .. } => "FailedToMount",
+            Self::ProviderLookup { .. } => "FailedToLookupProviderGRPCClient",
+            Self::Provider { source, .. } => source.code,
+            Self::Payload { .. } | Self::FileWrite { .. } => "FileWriteError",
+            Self::PodStatus { .. } => "FailedToCreatePodStatus",
         }
     }
 

@@ -130,7 +130,7 @@ fn from_wire(provider: &str, resp: pb::MountResponse) -> Result<MountResponse, P
     if let Some(code) = resp.error.as_ref().map(|e| e.code.as_str()).filter(|c| !c.is_empty()) {
         return Err(ProviderError::new(
             ErrorKind::Internal,
-            code,
+            crate::provider::provider_code_label(code),
             format!("mount request failed with provider error code {code}"),
         ));
     }

@@ -119,16 +119,43 @@ pub struct ProviderError {
     /// Status class.
     pub kind: ErrorKind,
     /// Stable, bounded label for the `error_type` metric (e.g. `GRPCProviderError`, or a provider's code).
-    pub code: String,
+    pub code: &'static str,
     /// Human-readable message.
     pub message: String,
 }
 
 impl ProviderError {
     /// Builds an error.
-    pub fn new(kind: ErrorKind, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { kind, code: code.into(), message: message.into() }
+    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        Self { kind, code, message: message.into() }
     }
+}
+
+/// At most this many distinct error codes from external providers become metric labels.
+const MAX_PROVIDER_CODES: usize = 32;
+
+/// An external provider's error code as a metric label: upstream reports it as `error_type`, but it is
+/// the provider's free text, so only short identifier-like codes are kept, and only the first
+/// [`MAX_PROVIDER_CODES`] distinct ones; anything else is `GRPCProviderError`.
+pub fn provider_code_label(code: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static CODES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    const FALLBACK: &str = "GRPCProviderError";
+    if code.is_empty() || code.len() > 64 || !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return FALLBACK;
+    }
+    let mut codes = CODES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = codes.get(code) {
+        return known;
+    }
+    if codes.len() >= MAX_PROVIDER_CODES {
+        return FALLBACK;
+    }
+    // Leaked once per distinct code, and the set is bounded: at most 32 short strings per process.
+    let interned: &'static str = Box::leak(code.to_string().into_boxed_str());
+    codes.insert(interned);
+    interned
 }
 
 /// A secrets provider.
@@ -136,4 +163,20 @@ impl ProviderError {
 pub trait Provider: Send + Sync + 'static {
     /// Fetches the objects described by the request and returns them as files.
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_codes_become_bounded_labels() {
+        assert_eq!(provider_code_label("ProviderBinaryNotFound"), "ProviderBinaryNotFound");
+        assert_eq!(provider_code_label("with spaces: and the secret value"), "GRPCProviderError");
+        assert_eq!(provider_code_label(&"X".repeat(65)), "GRPCProviderError");
+        let distinct: std::collections::HashSet<&str> =
+            (0..100).map(|i| provider_code_label(&format!("Code{i}"))).collect();
+        assert!(distinct.len() <= MAX_PROVIDER_CODES + 1, "{} labels", distinct.len());
+        assert!(distinct.contains("GRPCProviderError"));
+    }
 }
