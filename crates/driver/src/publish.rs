@@ -134,7 +134,7 @@ impl Driver {
             Ok(g) => g,
             Err(Contended::ByKubelet | Contended::PollerTimedOut) => {
                 let e = PublishError::Busy(target);
-                self.metrics.publish_error(known.as_ref().map_or("", |v| &v.provider), &e.label());
+                self.metrics.publish_error(known.as_ref().map_or("", |v| &v.provider), e.label());
                 return Err(e);
             }
         };
@@ -150,13 +150,13 @@ impl Driver {
             }
             Ok(PublishOutcome::Skipped) => m.publish_ok(&attempt.provider),
             Ok(PublishOutcome::KeptAfterError(e)) => {
-                m.publish_error(&attempt.provider, &e.label());
-                m.rotation_error(&attempt.provider, &e.label());
+                m.publish_error(&attempt.provider, e.label());
+                m.rotation_error(&attempt.provider, e.label());
                 if let Some(cluster) = &self.cluster {
                     cluster.rotation_failed(&params, &e.to_string()).await;
                 }
             }
-            Err(e) => m.publish_error(&attempt.provider, &e.label()),
+            Err(e) => m.publish_error(&attempt.provider, e.label()),
         }
         attempt.result
     }
