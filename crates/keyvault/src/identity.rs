@@ -18,6 +18,8 @@ use crate::error::{Error, ErrorKind, Origin, Result};
 use crate::params::{ExposeSecret, Identity, SecretString};
 use crate::transport::{NetworkConfig, Transport};
 
+mod entra;
+
 /// Refresh this long before expiry.
 const EXPIRY_SKEW: Duration = Duration::from_secs(300);
 
@@ -165,23 +167,10 @@ async fn acquire(
     let resource = scope.trim_end_matches("/.default");
     match identity {
         Identity::Workload { client_id, token, .. } => {
-            let form = [
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id.as_str()),
-                ("scope", scope),
-                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-                ("client_assertion", token.expose_secret()),
-            ];
-            entra(src, tenant, client_id, &form).await
+            entra_token(src, tenant, client_id, entra::Proof::Assertion(token), scope).await
         }
         Identity::ServicePrincipal { client_id, secret } => {
-            let form = [
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id.as_str()),
-                ("scope", scope),
-                ("client_secret", secret.expose_secret()),
-            ];
-            entra(src, tenant, client_id, &form).await
+            entra_token(src, tenant, client_id, entra::Proof::ClientSecret(secret), scope).await
         }
         Identity::ManagedIdentity { client_id } => {
             let base = src.net.imds_url.as_deref().unwrap_or("http://169.254.169.254").trim_end_matches('/');
@@ -234,20 +223,15 @@ async fn acquire(
     }
 }
 
-async fn entra(
+async fn entra_token(
     src: &TokenSource<'_>,
     tenant: &str,
     client_id: &str,
-    form: &[(&str, &str)],
+    proof: entra::Proof<'_>,
+    scope: &str,
 ) -> Result<(SecretString, Duration)> {
     let authority = src.net.authority_override.as_deref().unwrap_or(src.authority_host);
-    let url = format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'));
-    let r = src.transport.send(None, Method::POST, &url, &[], Some(form), src.deadline).await?;
-    let who = format!("failed to acquire a token for client {client_id} in tenant {tenant}");
-    if !r.status.is_success() {
-        return Err(token_error(Origin::EntraId, &who, r.status.as_u16(), &r.body));
-    }
-    parse_token(&r.body, &who).map_err(|e| e.from(Origin::EntraId))
+    entra::token(src.transport.http_client(), authority, tenant, client_id, proof, scope, src.deadline).await
 }
 
 fn parse_token(body: &[u8], who: &str) -> Result<(SecretString, Duration)> {

@@ -198,6 +198,11 @@ impl Transport {
         }
     }
 
+    /// The HTTP client itself, for SDK credentials that bring their own retries.
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Sends a request with retries. `vault` (if any) selects the throttle and the caller's priority.
     /// Returns the last response (success or not) or a transport error.
     pub async fn send(
