@@ -89,8 +89,9 @@ pub async fn token(
             );
         }
     };
-    let lifetime = (token.expires_on - azure_core::time::OffsetDateTime::now_utc()).unsigned_abs();
-    Ok((SecretString::from(token.token.secret()), Duration::try_from(lifetime).unwrap_or(Duration::from_secs(300))))
+    let remaining = token.expires_on - azure_core::time::OffsetDateTime::now_utc();
+    let lifetime = if remaining.is_positive() { remaining.unsigned_abs() } else { Duration::ZERO };
+    Ok((SecretString::from(token.token.secret()), lifetime))
 }
 
 /// The SDK's error as ours: Entra ID's refusal keeps its description (`AADSTS…`), without the trace
