@@ -55,10 +55,15 @@ fn b64u(field: &str, v: Option<&str>) -> Result<Vec<u8>, String> {
 }
 
 /// `key` objects: the public key as an SPKI `PUBLIC KEY` PEM, from the JWK.
-pub fn jwk_to_pem(jwk: &serde_json::Value) -> Result<String, String> {
-    let s = |k: &str| jwk.get(k).and_then(|v| v.as_str());
-    let kty = s("kty").unwrap_or("");
-    match kty {
+pub fn jwk_to_pem(jwk: &crate::model::JsonWebKey) -> Result<String, String> {
+    let s = |k: &str| match k {
+        "n" => jwk.n.as_deref(),
+        "e" => jwk.e.as_deref(),
+        "x" => jwk.x.as_deref(),
+        "y" => jwk.y.as_deref(),
+        _ => jwk.crv.as_deref(),
+    };
+    match jwk.kty.as_str() {
         "RSA" | "RSA-HSM" => {
             use rsa::pkcs8::EncodePublicKey;
             let n = rsa::BigUint::from_bytes_be(&b64u("n", s("n"))?);

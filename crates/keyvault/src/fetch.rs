@@ -5,17 +5,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use secrecy::{ExposeSecret, SecretSlice};
 
 use crate::File;
 use crate::convert;
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::IdentityKey;
+use crate::model::{CertificateBundle, KeyBundle, SecretBundle};
 use crate::params::{Encoding, ObjectSpec, ObjectType};
-use crate::vault::{API_VERSION, VaultCall};
+use crate::vault::{API_VERSION, VaultCall, parse};
 
 struct Flight {
-    cell: tokio::sync::OnceCell<Result<Arc<Value>>>,
+    /// The response body (secret bytes, zeroed when the last sharer drops it).
+    cell: tokio::sync::OnceCell<Result<Arc<SecretSlice<u8>>>>,
     done: Mutex<Option<Instant>>,
     cycle: Option<u64>,
 }
@@ -61,7 +63,7 @@ impl Flights {
         });
     }
 
-    async fn get(&self, call: &VaultCall<'_>, url: &str) -> Result<Arc<Value>> {
+    async fn get(&self, call: &VaultCall<'_>, url: &str) -> Result<Arc<SecretSlice<u8>>> {
         let window = call.provider.config.dedup_window;
         let key = (url.to_string(), IdentityKey::of(&call.params.tenant_id, &call.params.identity));
         let (flight, hit) = {
@@ -129,17 +131,18 @@ async fn single(
     id: String,
 ) -> Result<(Vec<File>, Vec<(String, String)>)> {
     let url = format!("{}/{}/{}/{version}?api-version={API_VERSION}", call.base, o.kind.collection(), o.name);
-    let doc = call.provider.flights.get(call, &url).await?;
+    let body = call.provider.flights.get(call, &url).await?;
     let config = &call.provider.config;
     let conv = |e: String| Error::new(ErrorKind::Internal, e);
     let file = |path: String, contents: Vec<u8>| File { path, mode: o.mode, contents };
     match o.kind {
         ObjectType::Secret => {
-            let value = doc["value"].as_str().ok_or_else(|| nil("secret value"))?;
-            let version = version_of(doc["id"].as_str().ok_or_else(|| nil("secret id"))?);
-            let cert_backed = doc["kid"].as_str().is_some_and(|k| !k.is_empty());
+            let doc: SecretBundle = parse(&url, &body)?;
+            let value = doc.value.as_ref().ok_or_else(|| nil("secret value"))?.expose_secret();
+            let version = version_of(doc.id.as_deref().ok_or_else(|| nil("secret id"))?);
+            let cert_backed = doc.kid.as_deref().is_some_and(|k| !k.is_empty());
             let content = if cert_backed {
-                let ct = doc["contentType"].as_str().unwrap_or("");
+                let ct = doc.content_type.as_deref().unwrap_or("");
                 convert::cert_secret(value, ct, o.format, config.construct_pem_chain).map_err(conv)?.into_bytes()
             } else {
                 value.as_bytes().to_vec()
@@ -160,14 +163,16 @@ async fn single(
             Ok((files, vec![(id, version)]))
         }
         ObjectType::Key => {
-            let key = doc.get("key").filter(|k| k.is_object()).ok_or_else(|| nil("key value"))?;
-            let version = version_of(key["kid"].as_str().ok_or_else(|| nil("key id"))?);
+            let doc: KeyBundle = parse(&url, &body)?;
+            let key = doc.key.as_ref().ok_or_else(|| nil("key value"))?;
+            let version = version_of(key.kid.as_deref().ok_or_else(|| nil("key id"))?);
             let pem = convert::jwk_to_pem(key).map_err(conv)?;
             Ok((vec![file(path.to_string(), pem.into_bytes())], vec![(id, version)]))
         }
         ObjectType::Cert => {
-            let cer = doc["cer"].as_str().ok_or_else(|| nil("certificate value"))?;
-            let version = version_of(doc["id"].as_str().ok_or_else(|| nil("certificate id"))?);
+            let doc: CertificateBundle = parse(&url, &body)?;
+            let cer = doc.cer.as_deref().ok_or_else(|| nil("certificate value"))?;
+            let version = version_of(doc.id.as_deref().ok_or_else(|| nil("certificate id"))?);
             let pem = convert::cer_to_pem(cer).map_err(conv)?;
             Ok((vec![file(path.to_string(), pem.into_bytes())], vec![(id, version)]))
         }
@@ -179,11 +184,13 @@ async fn single(
 /// which is what the parameter's documentation promises.)
 async fn history(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, Vec<(String, String)>)> {
     let items = call.list_versions(o.kind.collection(), &o.name).await?;
-    let id_field = if o.kind == ObjectType::Key { "kid" } else { "id" };
     let mut versions: Vec<(i64, String)> = items
         .iter()
-        .filter(|i| i["attributes"]["enabled"].as_bool() == Some(true))
-        .filter_map(|i| Some((i["attributes"]["created"].as_i64().unwrap_or(0), version_of(i[id_field].as_str()?))))
+        .filter(|i| i.attributes.enabled == Some(true))
+        .filter_map(|i| {
+            let id = if o.kind == ObjectType::Key { i.kid.as_deref() } else { i.id.as_deref() };
+            Some((i.attributes.created.unwrap_or(0), version_of(id?)))
+        })
         .collect();
     versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     let start = if o.version.is_empty() || o.version.eq_ignore_ascii_case("latest") {

@@ -15,6 +15,7 @@ use reqwest::Method;
 use sha2::Digest;
 
 use crate::error::{Error, ErrorKind, Origin, Result};
+use crate::model::{NmiResponse, OAuthError, TokenResponse};
 use crate::params::{ExposeSecret, Identity, SecretString};
 use crate::transport::{NetworkConfig, Transport};
 
@@ -144,12 +145,15 @@ impl TokenCache {
 }
 
 fn token_error(origin: Origin, what: &str, status: u16, body: &[u8]) -> Error {
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let detail = v["error_description"]
-        .as_str()
-        .map(|d| d.split(" Trace ID:").next().unwrap_or(d).trim().to_string())
-        .or_else(|| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect());
+    let v: OAuthError = serde_json::from_slice(body).unwrap_or_default();
+    let d = &v.error_description;
+    let detail = if !d.is_empty() {
+        d.split(" Trace ID:").next().unwrap_or(d).trim().to_string()
+    } else if !v.error.is_empty() {
+        v.error
+    } else {
+        String::from_utf8_lossy(body).chars().take(300).collect()
+    };
     let kind = match status {
         429 => ErrorKind::Throttled,
         500..=599 => ErrorKind::Unavailable,
@@ -210,15 +214,15 @@ async fn acquire(
                 )
                 .from(Origin::Nmi));
             }
-            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-            if v["token"].is_null() || v["clientid"].as_str().is_none() {
-                return Err(Error::new(
-                    ErrorKind::Internal,
-                    "nmi did not return expected values in response: token and clientid",
-                )
-                .from(Origin::Nmi));
+            let missing = || {
+                Error::new(ErrorKind::Internal, "nmi did not return expected values in response: token and clientid")
+                    .from(Origin::Nmi)
+            };
+            let v: NmiResponse = serde_json::from_slice(&r.body).map_err(|_| missing())?;
+            match (v.token, v.clientid) {
+                (Some(token), Some(_)) => Ok(lifetime_of(token)),
+                _ => Err(missing()),
             }
-            parse_token(v["token"].to_string().as_bytes(), "nmi").map_err(|e| e.from(Origin::Nmi))
         }
     }
 }
@@ -235,15 +239,22 @@ async fn entra_token(
 }
 
 fn parse_token(body: &[u8], who: &str) -> Result<(SecretString, Duration)> {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("{who}: malformed token response: {e}")))?;
-    let token = v["access_token"]
-        .as_str()
-        .ok_or_else(|| Error::new(ErrorKind::Internal, format!("{who}: the response has no access_token")))?;
-    // Entra sends a number, IMDS and NMI a string.
-    let expires_in =
-        v["expires_in"].as_u64().or_else(|| v["expires_in"].as_str().and_then(|s| s.parse().ok())).unwrap_or(300);
-    Ok((SecretString::from(token), Duration::from_secs(expires_in)))
+    // Only the category of a parse error: serde_json's own message can quote the token.
+    let v: TokenResponse = serde_json::from_slice(body).map_err(|e| {
+        let why = match e.classify() {
+            serde_json::error::Category::Data => "the response has no access_token".to_string(),
+            other => format!("malformed token response ({other:?} error)"),
+        };
+        Error::new(ErrorKind::Internal, format!("{who}: {why}"))
+    })?;
+    Ok(lifetime_of(v))
+}
+
+/// The token and how long it lives (a number from Entra ID, a string from IMDS and NMI; 5 minutes if
+/// neither).
+fn lifetime_of(v: TokenResponse) -> (SecretString, Duration) {
+    let expires_in = v.expires_in.and_then(|s| s.get()).unwrap_or(300);
+    (v.access_token, Duration::from_secs(expires_in))
 }
 
 /// Percent-encodes a query value.

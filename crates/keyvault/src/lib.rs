@@ -14,6 +14,7 @@ pub mod error;
 pub mod identity;
 pub mod lint;
 pub mod metrics;
+pub mod model;
 pub mod params;
 pub mod transport;
 pub mod vault;

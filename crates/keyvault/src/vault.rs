@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use secrecy::SecretSlice;
+use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Origin, Result};
 use crate::identity::TokenSource;
@@ -22,10 +23,9 @@ pub fn vault_base(params: &MountParams, port: Option<u16>) -> String {
 
 /// Turns a non-success Key Vault reply into an error naming status, code and message.
 pub fn kv_error(url: &str, r: &Reply) -> Error {
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
-    let code = v["error"]["code"].as_str().unwrap_or("");
-    let inner = v["error"]["innererror"]["code"].as_str().map(|c| format!(" ({c})")).unwrap_or_default();
-    let msg = v["error"]["message"].as_str().unwrap_or("");
+    let body: crate::model::ErrorBody = serde_json::from_slice(&r.body).unwrap_or_default();
+    let (code, msg) = (&body.error.code, &body.error.message);
+    let inner = body.error.innererror.as_ref().map(|i| format!(" ({})", i.code)).unwrap_or_default();
     let request_id = r.headers.get("x-ms-request-id").and_then(|h| h.to_str().ok()).unwrap_or("");
     let kind = match r.status.as_u16() {
         400 => ErrorKind::InvalidInput,
@@ -38,6 +38,16 @@ pub fn kv_error(url: &str, r: &Reply) -> Error {
     let status = r.status;
     Error::new(kind, format!("GET {url}: {status} {code}{inner}: {msg} (x-ms-request-id: {request_id})"))
         .from(Origin::KeyVault)
+}
+
+/// Parses a Key Vault document into its typed model.
+pub fn parse<T: DeserializeOwned>(url: &str, body: &SecretSlice<u8>) -> Result<T> {
+    use secrecy::ExposeSecret;
+    // Only the category and position of a parse error: serde_json's own message can quote content.
+    serde_json::from_slice(body.expose_secret()).map_err(|e| {
+        let what = format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column());
+        Error::new(ErrorKind::Internal, format!("GET {url}: malformed response: {what}")).from(Origin::KeyVault)
+    })
 }
 
 /// Parses `WWW-Authenticate: Bearer authorization="…", resource="…"` (or `scope="…"`) into a scope,
@@ -132,8 +142,9 @@ impl VaultCall<'_> {
         .cloned()
     }
 
-    /// GET a JSON document with auth; one retry with a fresh token if Key Vault rejects the cached one.
-    pub async fn get(&self, url: &str) -> Result<Value> {
+    /// GET a document with auth; one retry with a fresh token if Key Vault rejects the cached one.
+    /// The body is returned as secret bytes: it may hold a value, and is zeroed when dropped.
+    pub async fn get(&self, url: &str) -> Result<SecretSlice<u8>> {
         let scope = self.scope(url).await?;
         let p = self.params;
         let src = self.source();
@@ -153,20 +164,19 @@ impl VaultCall<'_> {
             if !r.status.is_success() {
                 return Err(kv_error(url, &r));
             }
-            return serde_json::from_slice(&r.body)
-                .map_err(|e| Error::new(ErrorKind::Internal, format!("GET {url}: malformed response: {e}")));
+            return Ok(SecretSlice::from(r.body));
         }
         unreachable!("the loop returns on its second pass")
     }
 
     /// Every version item of an object, following `nextLink` (only ever to the same vault).
-    pub async fn list_versions(&self, collection: &str, name: &str) -> Result<Vec<Value>> {
+    pub async fn list_versions(&self, collection: &str, name: &str) -> Result<Vec<crate::model::VersionItem>> {
         let mut url = format!("{}/{collection}/{name}/versions?api-version={API_VERSION}&maxresults=25", self.base);
         let mut items = Vec::new();
         loop {
-            let page = self.get(&url).await?;
-            items.extend(page["value"].as_array().cloned().unwrap_or_default());
-            match page["nextLink"].as_str().filter(|l| !l.is_empty()) {
+            let page: crate::model::VersionPage = parse(&url, &self.get(&url).await?)?;
+            items.extend(page.value);
+            match page.next_link.as_deref().filter(|l| !l.is_empty()) {
                 None => return Ok(items),
                 Some(next) if next.starts_with(&format!("{}/", self.base)) => url = next.to_string(),
                 Some(next) => {
