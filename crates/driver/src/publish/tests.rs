@@ -297,3 +297,29 @@ async fn unpublishing_500_volumes_during_a_rotation_cycle_aborts_none_and_remove
     assert!(left.is_empty(), "targets left behind: {left:?}");
     assert!(d.volumes().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_long_outage_backs_off_to_one_attempt_per_interval_and_recovers_within_one_interval() {
+    let f = Fixture::new(Some(INTERVAL));
+    let d = f.driver.clone();
+    d.publish(params(&f.target(0)), None).await.unwrap();
+    *f.provider.fail.lock().unwrap() = true;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let poller = tokio::spawn(d.clone().run_rotation(async move {
+        let _ = stop_rx.await;
+    }));
+    // Sixty intervals of outage, on paused time: the poller's own loop, its ticks and its backoff.
+    tokio::time::sleep(60 * INTERVAL).await;
+    let attempts = f.calls() - 1;
+    assert!((55..=70).contains(&attempts), "{attempts} refreshes in 60 intervals: the backoff caps at one interval");
+    assert_eq!(f.read(0).as_deref(), Some("v1"), "files kept through the outage");
+    *f.provider.fail.lock().unwrap() = false;
+    *f.provider.value.lock().unwrap() = "v2".into();
+    let back = Instant::now();
+    while f.read(0).as_deref() != Some("v2") {
+        tokio::time::sleep(crate::rotation::poll_tick(INTERVAL)).await;
+    }
+    assert!(back.elapsed() <= INTERVAL + crate::rotation::poll_tick(INTERVAL), "recovered in {:?}", back.elapsed());
+    let _ = stop_tx.send(());
+    poller.await.unwrap();
+}
