@@ -168,13 +168,14 @@ fn parse_metrics_backend(s: &str) -> Result<String, String> {
     }
 }
 
-/// Go's `strconv.ParseBool`.
+/// Go's `strconv.ParseBool` for a flag value (the same rule as class parameters, where an absent
+/// value is false; a flag given as `--flag=` is an error, as with Go's `flag` package).
 pub fn parse_go_bool(s: &str) -> Result<bool, String> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("invalid boolean {s:?}: use true or false")),
+    let invalid = || format!("invalid boolean {s:?}: use true or false");
+    if s.is_empty() {
+        return Err(invalid());
     }
+    keyvault::params::parse_bool(s).map_err(|_| invalid())
 }
 
 /// Go's `time.ParseDuration` for non-negative durations: `2m`, `1h30m`, `1.5s`, `300ms`, `0`.
