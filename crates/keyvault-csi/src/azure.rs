@@ -137,7 +137,7 @@ impl Provider for AzureProvider {
         let result = self.provider.mount(req).await;
         let result = match result {
             Ok(r) => Ok(MountResponse {
-                files: r.files.into_iter().map(|f| File::new(f.path, f.mode, f.contents)).collect(),
+                files: r.files.into_iter().map(|f| File { path: f.path, mode: f.mode, contents: f.contents }).collect(),
                 object_versions: r.object_versions,
             }),
             Err(e) => Err(ProviderError::new(driver_kind(e.kind), "ProviderError", mount_failure(&e))),

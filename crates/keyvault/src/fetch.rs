@@ -134,7 +134,7 @@ async fn single(
     let body = call.provider.flights.get(call, &url).await?;
     let config = &call.provider.config;
     let conv = |e: String| Error::new(ErrorKind::Internal, e);
-    let file = |path: String, contents: Vec<u8>| File { path, mode: o.mode, contents };
+    let file = |path: String, contents: Vec<u8>| File { path, mode: o.mode, contents: SecretSlice::from(contents) };
     match o.kind {
         ObjectType::Secret => {
             let doc: SecretBundle = parse(&url, &body)?;

@@ -104,19 +104,20 @@ impl std::fmt::Debug for MountRequest {
 }
 
 /// One file to write.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct File {
     /// Relative path.
     pub path: String,
     /// Mode.
     pub mode: u32,
     /// Contents (secret).
-    pub contents: Vec<u8>,
+    pub contents: secrecy::SecretSlice<u8>,
 }
 
 impl std::fmt::Debug for File {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "File({:?}, {:o}, {} bytes)", self.path, self.mode, self.contents.len())
+        use secrecy::ExposeSecret;
+        write!(f, "File({:?}, {:o}, {} bytes)", self.path, self.mode, self.contents.expose_secret().len())
     }
 }
 

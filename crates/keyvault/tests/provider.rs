@@ -1,6 +1,7 @@
 //! The provider against the emulator: every identity mode, object type and format, checked with an
 //! independent parser against the emulator's own material, and the error paths.
 
+use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,13 +142,13 @@ async fn every_object_type_and_format_matches_the_emulators_material() {
     let r = p.mount(request(&objs, &[], SP)).await.unwrap();
 
     let pw = file(&r, "db/password");
-    assert_eq!((pw.contents.as_slice(), pw.mode), (&b"s3cr3t-db"[..], 0o440));
-    assert_eq!(file(&r, "b64").contents, b"hello world");
-    assert_eq!(file(&r, "hexed").contents, b"hello");
+    assert_eq!((pw.contents.expose_secret(), pw.mode), (&b"s3cr3t-db"[..], 0o440));
+    assert_eq!(file(&r, "b64").contents.expose_secret(), b"hello world");
+    assert_eq!(file(&r, "hexed").contents.expose_secret(), b"hello");
 
     // Keys: SPKI PEM, parsed independently and compared with the emulator's JWK.
     for (name, crv) in [("ec256", "P-256"), ("ec384", "P-384"), ("ec521", "P-521")] {
-        let pem = pem::parse(&file(&r, name).contents).unwrap();
+        let pem = pem::parse(file(&r, name).contents.expose_secret()).unwrap();
         assert_eq!(pem.tag(), "PUBLIC KEY");
         let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(pem.contents()).unwrap();
         let jwk = h.key_jwk("kv1", name).unwrap();
@@ -155,7 +156,7 @@ async fn every_object_type_and_format_matches_the_emulators_material() {
         let x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
         assert_eq!(&point[1..1 + x.len()], x.as_slice(), "{crv}");
     }
-    let rsa_pem = pem::parse(&file(&r, "rsa").contents).unwrap();
+    let rsa_pem = pem::parse(file(&r, "rsa").contents.expose_secret()).unwrap();
     let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(rsa_pem.contents()).unwrap();
     match spki.parsed().unwrap() {
         x509_parser::public_key::PublicKey::RSA(k) => {
@@ -166,14 +167,14 @@ async fn every_object_type_and_format_matches_the_emulators_material() {
     }
 
     // cert: the leaf only.
-    let leaf = pem::parse_many(&file(&r, "tls-leaf.pem").contents).unwrap();
+    let leaf = pem::parse_many(file(&r, "tls-leaf.pem").contents.expose_secret()).unwrap();
     assert_eq!(leaf.len(), 1);
     assert_eq!(X509Certificate::from_der(leaf[0].contents()).unwrap().1.subject().to_string(), "CN=tls.example.com");
 
     // PFX-backed secret as PEM: the PKCS#8 key first, then leaf → intermediate → root.
     let (pfx_b64, ct) = h.certificate_secret("kv1", "tls").unwrap();
     assert_eq!(ct.as_deref(), Some("application/x-pkcs12"));
-    let blocks = pem::parse_many(&file(&r, "tls").contents).unwrap();
+    let blocks = pem::parse_many(file(&r, "tls").contents.expose_secret()).unwrap();
     let tags: Vec<&str> = blocks.iter().map(|b| b.tag()).collect();
     assert_eq!(tags, ["PRIVATE KEY", "CERTIFICATE", "CERTIFICATE", "CERTIFICATE"]);
     let subjects: Vec<String> =
@@ -183,11 +184,14 @@ async fn every_object_type_and_format_matches_the_emulators_material() {
     assert_eq!(blocks[0].contents(), stored.keys[0].pkcs8, "the key written is the vault's key");
 
     // PFX as stored (base64 text), and decoded to binary.
-    assert_eq!(file(&r, "tls.pfx.b64").contents, pfx_b64.as_bytes());
-    assert_eq!(file(&r, "tls.pfx").contents, STANDARD.decode(&pfx_b64).unwrap());
+    assert_eq!(file(&r, "tls.pfx.b64").contents.expose_secret(), pfx_b64.as_bytes());
+    assert_eq!(file(&r, "tls.pfx").contents.expose_secret(), STANDARD.decode(&pfx_b64).unwrap());
 
     // PEM-backed secret: exactly as stored.
-    assert_eq!(file(&r, "tls-pem").contents, h.certificate_secret("kv1", "tls-pem").unwrap().0.as_bytes());
+    assert_eq!(
+        file(&r, "tls-pem").contents.expose_secret(),
+        h.certificate_secret("kv1", "tls-pem").unwrap().0.as_bytes()
+    );
 
     // Versions: <type>/<name> → the vault's latest version ids.
     assert_eq!(r.object_versions["secret/db-password"], h.latest_version("kv1", "secrets", "db-password").unwrap());
@@ -205,8 +209,8 @@ async fn split_cert_and_key_files_and_chain_order_flag() {
     let r = p.mount(request(&objects(&["objectName: tls\nobjectType: secret"]), &[], SP)).await.unwrap();
     let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["tls.crt", "tls.key", "tls"]);
-    assert_eq!(pem::parse_many(&file(&r, "tls.crt").contents).unwrap().len(), 3);
-    assert_eq!(pem::parse_many(&file(&r, "tls.key").contents).unwrap()[0].tag(), "PRIVATE KEY");
+    assert_eq!(pem::parse_many(file(&r, "tls.crt").contents.expose_secret()).unwrap().len(), 3);
+    assert_eq!(pem::parse_many(file(&r, "tls.key").contents.expose_secret()).unwrap()[0].tag(), "PRIVATE KEY");
 }
 
 #[tokio::test]
@@ -216,8 +220,11 @@ async fn version_history_writes_exactly_n_enabled_versions_newest_first() {
         .mount(request(&objects(&["objectName: history\nobjectType: secret\nobjectVersionHistory: 3"]), &[], SP))
         .await
         .unwrap();
-    let got: Vec<(String, String)> =
-        r.files.iter().map(|f| (f.path.clone(), String::from_utf8(f.contents.clone()).unwrap())).collect();
+    let got: Vec<(String, String)> = r
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), String::from_utf8(f.contents.expose_secret().to_vec()).unwrap()))
+        .collect();
     assert_eq!(
         got,
         [("history/0".into(), "h5".into()), ("history/1".into(), "h4".into()), ("history/2".into(), "h2".into())]
@@ -256,7 +263,7 @@ async fn workload_identity_exchanges_the_service_account_token() {
     let objs = objects(&["objectName: db-password\nobjectType: secret"]);
     let ok = tokens("app", 3600);
     let r = p.mount(request(&objs, &[("clientID", "wi"), (TOKENS, &ok)], &[])).await.unwrap();
-    assert_eq!(r.files[0].contents, b"s3cr3t-db");
+    assert_eq!(r.files[0].contents.expose_secret(), b"s3cr3t-db");
     let wrong = tokens("intruder", 3600);
     let e = p.mount(request(&objs, &[("clientID", "wi"), (TOKENS, &wrong)], &[])).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Forbidden);
@@ -282,7 +289,7 @@ async fn managed_and_pod_identities_through_imds_and_nmi() {
         vec![("useVMManagedIdentity", "true")],
     ] {
         let r = p.mount(request(&objs, &extra, &[])).await.unwrap();
-        assert_eq!(r.files[0].contents, b"s3cr3t-db", "{extra:?}");
+        assert_eq!(r.files[0].contents.expose_secret(), b"s3cr3t-db", "{extra:?}");
     }
     let e = p
         .mount(request(&objs, &[("useVMManagedIdentity", "true"), ("userAssignedIdentityID", "ghost")], &[]))
@@ -291,7 +298,7 @@ async fn managed_and_pod_identities_through_imds_and_nmi() {
     assert!(e.message.contains("Identity not found"), "{}", e.message);
     let mut legacy = request(&objs, &[("usePodIdentity", "true")], &[]);
     legacy.attributes.insert("csi.storage.k8s.io/pod.namespace".into(), "legacy".into());
-    assert_eq!(p.mount(legacy).await.unwrap().files[0].contents, b"s3cr3t-db");
+    assert_eq!(p.mount(legacy).await.unwrap().files[0].contents.expose_secret(), b"s3cr3t-db");
     let e = p.mount(request(&objs, &[("usePodIdentity", "true")], &[])).await.unwrap_err();
     assert!(e.message.contains("nmi response failed with status code: 404"), "{}", e.message);
 }
@@ -432,8 +439,8 @@ async fn object_version_pins_a_version() {
     h.set_secret("kv1", "pinned", "second").unwrap();
     let objs = objects(&[&format!("objectName: pinned\nobjectType: secret\nobjectVersion: {v1}")]);
     let r = p.mount(request(&objs, &[], SP)).await.unwrap();
-    assert_eq!(r.files[0].contents, b"first");
+    assert_eq!(r.files[0].contents.expose_secret(), b"first");
     assert_eq!(r.object_versions["secret/pinned"], v1);
     let latest = p.mount(request(&objects(&["objectName: pinned\nobjectType: secret"]), &[], SP)).await.unwrap();
-    assert_eq!(latest.files[0].contents, b"second");
+    assert_eq!(latest.files[0].contents.expose_secret(), b"second");
 }
