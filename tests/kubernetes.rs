@@ -493,5 +493,7 @@ async fn after_a_crash_the_driver_takes_its_volumes_back_from_the_pod_statuses()
     // Kubelet's unpublish still cleans up everything.
     vol.unpublish(&node, &mut driver.node_client().await).await.unwrap();
     assert!(driver.mounts_at(&target).is_empty());
-    assert!(api.get(GV, SPCPS, "default", "web-0-default-spc").is_none());
+    // The pod status is deleted in the background of the unpublish.
+    wait_for("pod status deleted after unpublish", || api.get(GV, SPCPS, "default", "web-0-default-spc").is_none())
+        .await;
 }
