@@ -497,3 +497,23 @@ async fn after_a_crash_the_driver_takes_its_volumes_back_from_the_pod_statuses()
     wait_for("pod status deleted after unpublish", || api.get(GV, SPCPS, "default", "web-0-default-spc").is_none())
         .await;
 }
+
+/// A provider's empty version is a missing optional object: the pod status lists it and the pod gets
+/// one `OptionalObjectNotFound` event naming it; the mount itself succeeds.
+#[tokio::test]
+async fn a_missing_optional_object_is_named_in_the_pod_status_and_an_event() {
+    let (node, provider, api, driver) = setup().await;
+    provider.set_files(&[("present", 0o644, "value-present")], "v1");
+    provider.state.lock().unwrap().versions.push(csi_proto::provider::ObjectVersion { id: "secret/later".into(), version: String::new() });
+    api.put("secretproviderclasses", class("default", "spc", "e2e-provider", &[("x", "y")]));
+    let vol = PodVolume::new("web-0", "spc");
+    vol.publish(&node, &mut driver.node_client().await).await.unwrap();
+    let status = api.get(GV, SPCPS, "default", "web-0-default-spc").expect("pod status");
+    let objects = status["status"]["objects"].as_array().unwrap().clone();
+    assert!(objects.contains(&json!({ "id": "secret/later", "version": "" })), "{objects:?}");
+    wait_for("OptionalObjectNotFound", || !events(&api, "default", "OptionalObjectNotFound").is_empty()).await;
+    let e = &events(&api, "default", "OptionalObjectNotFound")[0];
+    assert_eq!(e["type"], "Warning");
+    assert!(e["message"].as_str().unwrap().contains("optional object secret/later was not found"), "{e}");
+    assert!(!e["message"].as_str().unwrap().contains("value-present"), "no values in events");
+}

@@ -112,7 +112,8 @@ fn nil(what: &str) -> Error {
     Error::new(ErrorKind::Internal, format!("{what} is nil"))
 }
 
-/// Files and versions of one object of the class. Errors carry upstream's `failed to get objectType:…` prefix.
+/// Files and versions of one object of the class. Errors carry upstream's `failed to get objectType:…`
+/// prefix. A missing optional object is no file and an empty version.
 pub async fn object(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, Vec<(String, String)>)> {
     let started = Instant::now();
     let result =
@@ -120,7 +121,15 @@ pub async fn object(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, 
     if let Some(obs) = &call.provider.observer {
         obs.object_fetched(o.kind.as_str(), &o.name, started.elapsed(), result.as_ref().err().map(|e| e.kind));
     }
-    result.map_err(|e| e.context(format!("{}: ", o.describe())))
+    match result {
+        // An optional object that does not exist: no file, and an empty version so that the pod status
+        // (and the driver's event) say what is missing; a later fetch that finds it writes the file.
+        Err(e) if o.optional && e.kind == ErrorKind::NotFound && e.origin == crate::Origin::KeyVault => {
+            tracing::warn!(object = %o.name, kind = o.kind.as_str(), "optional object not found; mounting without it");
+            Ok((Vec::new(), vec![(o.id(), String::new())]))
+        }
+        r => r.map_err(|e| e.context(format!("{}: ", o.describe()))),
+    }
 }
 
 async fn single(

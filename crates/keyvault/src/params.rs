@@ -154,6 +154,9 @@ pub struct ObjectSpec {
     pub history: u32,
     /// File mode.
     pub mode: u32,
+    /// `optional: "true"` (ours; the upstream provider ignores the field, so a class stays portable):
+    /// a missing object (404) lets the mount succeed without its file.
+    pub optional: bool,
 }
 
 impl ObjectSpec {

@@ -444,3 +444,35 @@ async fn object_version_pins_a_version() {
     let latest = p.mount(request(&objects(&["objectName: pinned\nobjectType: secret"]), &[], SP)).await.unwrap();
     assert_eq!(latest.files[0].contents.expose_secret(), b"second");
 }
+
+/// `optional: "true"` (ours): a missing object lets the mount succeed without its file and with an
+/// empty version; it appears once it exists; anything but a 404 still fails the mount.
+#[tokio::test]
+async fn a_missing_optional_object_is_skipped_and_appears_once_it_exists() {
+    let (h, p) = setup(|c| c.dedup_window = Duration::ZERO).await;
+    let objs = objects(&[
+        "objectName: db-password\nobjectType: secret",
+        "objectName: later\nobjectType: secret\noptional: \"true\"",
+        "objectName: not-yet\nobjectType: key\noptional: true\nobjectVersionHistory: 2",
+    ]);
+    let r = p.mount(request(&objs, &[], SP)).await.expect("optional objects do not fail the mount");
+    let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["db-password"]);
+    assert_eq!(r.object_versions["secret/later"], "", "the pod status says what is missing");
+    assert_eq!(r.object_versions["key/not-yet"], "");
+
+    h.set_secret("kv1", "later", "here-now");
+    let r = p.mount(request(&objs, &[], SP)).await.unwrap();
+    assert_eq!(file(&r, "later").contents.expose_secret(), b"here-now");
+    assert!(!r.object_versions["secret/later"].is_empty());
+
+    // Not optional: the 404 fails the mount, naming the object.
+    let strict = objects(&["objectName: missing\nobjectType: secret"]);
+    let e = p.mount(request(&strict, &[], SP)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.contains("objectName:missing"), "{}", e.message);
+    // Optional, but forbidden: still an error (sp2 may not list versions, and `denied` may read nothing).
+    let forbidden = objects(&["objectName: db-password\nobjectType: secret\noptional: \"true\""]);
+    let e = p.mount(request(&forbidden, &[], &[("clientid", "denied"), ("clientsecret", "denied-secret")])).await;
+    assert_eq!(e.unwrap_err().kind, ErrorKind::Forbidden);
+}

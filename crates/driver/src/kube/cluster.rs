@@ -13,7 +13,7 @@ use kube::Api;
 use kube::runtime::watcher;
 
 use super::cache::Cache;
-use super::events::{EventType, ROTATION_COMPONENT, Recorder, SYNC_COMPONENT};
+use super::events::{EventType, MOUNT_COMPONENT, ROTATION_COMPONENT, Recorder, SYNC_COMPONENT};
 use super::podstatus::{KubePodStatus, PodStatusError};
 use super::secrets::{SecretWriter, Synced, mounted_files, secret_data};
 use crate::class::SecretProviderClassSpec;
@@ -180,7 +180,17 @@ impl Cluster for KubeCluster {
         versions: &BTreeMap<String, String>,
         refresh: bool,
     ) -> Result<(), PodStatusError> {
-        self.statuses.record(params, versions, refresh).await
+        self.statuses.record(params, versions, refresh).await?;
+        // A provider reports a missing optional object as an empty version (keyvault-csi's Azure
+        // provider does; upstream providers never send one): say which, on the pod.
+        for id in versions.iter().filter(|(_, v)| v.is_empty()).map(|(id, _)| id) {
+            let msg = format!(
+                "optional object {id} was not found; the volume is mounted without its file, which appears once the object exists (with rotation enabled)"
+            );
+            let (component, kind) = (MOUNT_COMPONENT, EventType::Warning);
+            self.events.pod_event(&params.pod, component, kind, "OptionalObjectNotFound", &msg).await;
+        }
+        Ok(())
     }
 
     async fn remove(&self, params: &PublishParams) -> Result<(), PodStatusError> {

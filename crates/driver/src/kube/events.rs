@@ -12,6 +12,8 @@ use crate::volume_context::PodInfo;
 pub const SYNC_COMPONENT: &str = "csi-secrets-store-controller";
 /// Upstream's component for rotation events.
 pub const ROTATION_COMPONENT: &str = "csi-secrets-store-rotation";
+/// Component of events about a mount that upstream has no event for (ours).
+pub const MOUNT_COMPONENT: &str = "keyvault-csi";
 
 /// `Normal` or `Warning`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -34,6 +34,8 @@ struct RawObject {
     object_version_history: Scalar,
     #[serde(default)]
     file_permission: Scalar,
+    #[serde(default)]
+    optional: Scalar,
 }
 
 /// A YAML scalar read as its text, whatever its YAML type (`filePermission: 0755` stays `0755`).
@@ -134,6 +136,7 @@ fn read_object(
         encoding: Encoding::Utf8,
         history: 0,
         mode: default_mode,
+        optional: false,
     };
     let prefix =
         format!("failed to get objectType:{type_text}, objectName:{}, objectVersion:{}: ", spec.name, spec.version);
@@ -206,6 +209,15 @@ fn read_object(
                 "use a number of versions, e.g. 3".into(),
             )?,
         }
+    }
+    let optional = raw.optional.text();
+    match super::parse_bool(&optional) {
+        Ok(b) => spec.optional = b,
+        Err(_) => problem(
+            "optional",
+            format!("invalid optional: {optional}, should be true or false"),
+            "use optional: \"true\"".into(),
+        )?,
     }
     let perm = raw.file_permission.text();
     if !perm.is_empty() {

@@ -240,3 +240,14 @@ fn whitespace_is_trimmed_and_secret_keys_are_case_insensitive() {
     let debug = format!("{:?}", p.identity);
     assert!(debug.contains("REDACTED") && !debug.contains("\"s\""), "{debug}");
 }
+
+#[test]
+fn optional_is_a_go_boolean_and_defaults_to_false() {
+    let o = objects(&["objectName: a\nobjectType: secret\noptional: \"true\"", "objectName: b\nobjectType: secret"]);
+    let p = parse(&attrs(&[("objects", &o)]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
+    assert_eq!((p.objects[0].optional, p.objects[1].optional), (true, false));
+    assert_eq!(
+        err(&[("objects", &objects(&["objectName: a\nobjectType: secret\noptional: maybe"]))], &sp()),
+        "failed to get objectType:secret, objectName:a, objectVersion:: invalid optional: maybe, should be true or false"
+    );
+}
