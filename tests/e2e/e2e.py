@@ -485,6 +485,29 @@ def s_keys_certs_alias(ctx):
         raise Failure(f"filePermission 0440 -> {mode}")
 
 
+def s_optional(ctx):
+    """Ours: an optional object missing from the vault lets the pod start without its file; the pod
+    status lists it without a version and the pod gets a Warning event naming it."""
+    apply(spc("optional", NS, [
+        {"objectName": "db-password", "objectType": "secret"},
+        {"objectName": "not-created-yet", "objectType": "secret", "optional": '"true"'},
+    ]))
+    apply(pod("optional", NS, [csi_volume("kv", "optional")]))
+    wait_pod("optional", NS)
+    if read("optional", NS, "/mnt/kv/db-password") != "Pa55w0rd-e2e":
+        raise Failure("the present object is mounted")
+    files = exec_("optional", NS, "ls", "/mnt/kv").split()
+    if "not-created-yet" in files:
+        raise Failure(f"a missing optional object has a file: {files}")
+    st = get("secretproviderclasspodstatus", f"optional-{NS}-optional", NS)
+    listed = [o for o in st["status"].get("objects", []) if o["id"] == "secret/not-created-yet"]
+    if not listed or listed[0].get("version"):
+        raise Failure(f"pod status objects {st['status'].get('objects')}")
+    wait_for("Warning OptionalObjectNotFound naming the object", lambda: [
+        e for e in events(NS, "optional", "OptionalObjectNotFound")
+        if "secret/not-created-yet" in e["message"] and e["type"] == "Warning"], 30)
+
+
 def s_sync(ctx):
     """secretObjects synced and used from env by two Deployments; owners 2 -> 1 -> deleted by the real
     garbage collector; a same-named unmanaged Secret left untouched with a Warning event."""
@@ -789,6 +812,7 @@ def main():
     run("classic-exercise", s_classic)
     run("workload-identity", s_workload_identity)
     run("sp-key-cert-alias", s_keys_certs_alias)
+    run("optional-object", s_optional)
     run("secret-sync", s_sync)
     run("namespaces-missing-two-classes", s_namespaces)
     run("pod-status-takeover", s_takeover)
