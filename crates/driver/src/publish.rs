@@ -138,7 +138,7 @@ impl Driver {
                 return Err(e);
             }
         };
-        let attempt = self.execute(params.clone(), Trigger::Kubelet, deadline.map(Instant::from_std), &guard).await;
+        let attempt = self.execute(&params, Trigger::Kubelet, deadline.map(Instant::from_std), &guard).await;
         drop(guard);
         let m = &self.metrics;
         match &attempt.result {
@@ -173,7 +173,7 @@ impl Driver {
     /// Inspects the target, plans, and carries the plan out. The caller holds `guard`.
     pub(crate) async fn execute(
         &self,
-        params: PublishParams,
+        params: &PublishParams,
         trigger: Trigger,
         deadline: Option<Instant>,
         guard: &TargetGuard,
@@ -191,17 +191,17 @@ impl Driver {
             }
         };
         if known.is_some() && trigger == Trigger::Kubelet {
-            self.remember_credentials(&params);
+            self.remember_credentials(params);
         }
         let age = known.as_ref().map(|v| Instant::now().saturating_duration_since(v.last_fetch));
         match plan(trigger, state, age, self.config.rotation_interval) {
             Plan::Skip => Attempt { provider, result: Ok(PublishOutcome::Skipped) },
             Plan::Fetch { mount, keep_on_error } => {
-                let spec = match self.resolve_class(&params).await {
+                let spec = match self.resolve_class(params).await {
                     Ok(spec) => spec,
-                    Err(e) => return Attempt { provider, result: Err(e).or_else(|e| keep(e, keep_on_error)) },
+                    Err(e) => return Attempt { provider, result: keep(e, keep_on_error) },
                 };
-                let result = self.fetch_and_write(&params, &spec, mount, keep_on_error, trigger, deadline, guard).await;
+                let result = self.fetch_and_write(params, &spec, mount, keep_on_error, trigger, deadline, guard).await;
                 Attempt { provider: spec.provider.clone(), result: result.or_else(|e| keep(e, keep_on_error)) }
             }
         }

@@ -80,7 +80,7 @@ impl Driver {
         // A refresh never outlives one interval: retries against a vault that is down stop, and the
         // poller's next attempt (backoff capped at one interval) finds it back within one interval.
         let deadline = Instant::now() + self.interval().max(Duration::from_secs(1));
-        let attempt = self.execute(params.clone(), Trigger::Poller { cycle }, Some(deadline), &guard).await;
+        let attempt = self.execute(&params, Trigger::Poller { cycle }, Some(deadline), &guard).await;
         let outcome = match attempt.result {
             Ok(o) => o,
             Err(e) => PublishOutcome::KeptAfterError(e),
@@ -114,6 +114,7 @@ impl Driver {
         };
         let cycle = self.cycles.fetch_add(1, Ordering::Relaxed);
         let n = due.len();
+        let due: std::collections::HashSet<PathBuf> = due.into_iter().collect();
         let due = snapshot.into_iter().filter(|(t, _)| due.contains(t)).map(|(_, v)| v.params);
         futures_util::stream::iter(due)
             .for_each_concurrent(ROTATION_CONCURRENCY, |params| async move {

@@ -42,12 +42,10 @@ fn fresh(f: &Flight, cycle: Option<u64>, now: Instant, window: Duration) -> bool
 
 impl Flights {
     /// Drops the results nobody may share any more, so fetched values do not wait in memory for the
-    /// next fetch to evict them. Returns how many are left.
-    pub fn evict_stale(&self, window: Duration) -> usize {
+    /// next fetch to evict them.
+    pub fn evict_stale(&self, window: Duration) {
         let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, f| fresh(f, f.cycle, now, window));
-        map.len()
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, f| fresh(f, f.cycle, now, window));
     }
 
     /// Evicts every `window` (at least every second) until the flights are dropped.
@@ -69,9 +67,9 @@ impl Flights {
         let (flight, hit) = {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            let fresh = |f: &Flight, cycle: Option<u64>| fresh(f, cycle, now, window);
-            map.retain(|_, f| fresh(f, f.cycle));
-            match map.get(&key).filter(|f| fresh(f, call.cycle)) {
+            // Stale entries are evicted by the janitor, not by scanning the map on every fetch; a
+            // stale entry for this key is simply replaced.
+            match map.get(&key).filter(|f| fresh(f, call.cycle, now, window)) {
                 Some(f) => (f.clone(), true),
                 None => {
                     let f = Arc::new(Flight {

@@ -123,8 +123,9 @@ fn sdk_error(who: &str, e: azure_core::Error) -> Error {
             Error::new(ErrorKind::Unavailable, message).from(Origin::Network).caused_by(e)
         }
         Sdk::DataConversion => {
-            let message = format!("{who}: malformed token response: {inner}");
-            Error::new(ErrorKind::Internal, message).from(Origin::EntraId).caused_by(e)
+            // Not the parser's own text: a successful token response holds the token.
+            let message = format!("{who}: malformed token response");
+            Error::new(ErrorKind::Internal, message).from(Origin::EntraId)
         }
         Sdk::Credential => {
             let message = format!("{who}: {inner}");
