@@ -315,3 +315,96 @@ pub fn nmi(state: &State, headers: &HeaderMap, query: &BTreeMap<String, String>)
     count(state, "nmi", &format!("{ns}/{pod}"), "GET", &resp, "");
     resp
 }
+
+/// `POST /{tenant}/oauth2/v2.0/token` at AKS's identity binding proxy of `cluster`: the assertion is
+/// a service-account token for `api://AKSIdentityBinding`, checked against the cluster's issuer, the
+/// binding and the service account's grant; the answer is Entra ID's, for the bound identity.
+pub fn binding_token(state: &Arc<State>, cluster: &str, tenant: &str, form: &BTreeMap<String, String>) -> Response<Body> {
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    let resp = exchange_binding(state, cluster, tenant, form);
+    let identity = if resp.status().is_success() { client_id.clone() } else { String::new() };
+    count(state, "binding-token", &client_id, "POST", &resp, &identity);
+    resp
+}
+
+fn exchange_binding(state: &State, cluster: &str, tenant: &str, form: &BTreeMap<String, String>) -> Response<Body> {
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return aad_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.");
+    }
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    if scope.strip_suffix("/.default").map(|r| r.trim_end_matches('/')) != Some(KEYVAULT_RESOURCE) {
+        return aad_error(StatusCode::BAD_REQUEST, "invalid_scope", 1002012, &format!("The provided value for scope {scope} is not valid."));
+    }
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    let forbidden = |msg: String| proxy_error(StatusCode::FORBIDDEN, "unauthorized_client", &msg);
+    let Some(assertion) = form.get("client_assertion").filter(|_| {
+        form.get("client_assertion_type").map(String::as_str) == Some(ASSERTION_TYPE)
+    }) else {
+        return proxy_error(StatusCode::BAD_REQUEST, "invalid_request", "a jwt-bearer client_assertion is required");
+    };
+    let w = state.world();
+    let Some(binding) = w.bindings.iter().find(|b| b.cluster_id == cluster && b.client_id == client_id).cloned() else {
+        return forbidden(format!("no identity binding for client id '{client_id}' in this cluster"));
+    };
+    let Some(issuer) = w.issuers.get(&binding.issuer) else {
+        return forbidden(format!("the cluster's issuer '{}' is unknown", binding.issuer));
+    };
+    let claims = match issuer.verify(assertion) {
+        Ok(c) => c,
+        Err(e) => {
+            return proxy_error(StatusCode::UNAUTHORIZED, "invalid_client", &format!("invalid service account token: {e}"));
+        }
+    };
+    if claims.exp <= now() {
+        return proxy_error(StatusCode::UNAUTHORIZED, "invalid_client", "the service account token has expired");
+    }
+    if !claims.aud.iter().any(|a| a == crate::proxy::BINDING_AUDIENCE) {
+        // No quotes: the Rust SDK reads `error_description` as a borrowed string, which cannot hold escapes.
+        let why = format!(
+            "the service account token's audience '{}' is not {}",
+            claims.aud.join(","),
+            crate::proxy::BINDING_AUDIENCE
+        );
+        return proxy_error(StatusCode::UNAUTHORIZED, "invalid_client", &why);
+    }
+    if !binding.service_accounts.iter().any(|s| s == "*" || *s == claims.sub) {
+        return forbidden(format!(
+            "{} is not allowed to use managed identity '{client_id}' (use-managed-identity on cid.wi.aks.azure.com)",
+            claims.sub
+        ));
+    }
+    if binding.tenant != tenant {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'."),
+        );
+    }
+    let app = w.tenants.get(tenant).and_then(|apps| apps.get(&client_id)).map(|a| a.object_id.clone());
+    let uami = w.managed.iter().find(|m| m.client_id == client_id && m.tenant == tenant).map(|m| m.object_id.clone());
+    let Some(oid) = app.or(uami) else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'."),
+        );
+    };
+    drop(w);
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "token_type": "Bearer",
+            "expires_in": TOKEN_LIFETIME,
+            "ext_expires_in": TOKEN_LIFETIME,
+            "access_token": access_token(state, tenant, &oid, &client_id),
+        }),
+    )
+}
+
+/// The proxy's own refusals, in Entra ID's error shape (the SDKs parse `error_codes` and
+/// `error_description`), without an AADSTS code: they are not Entra ID's.
+fn proxy_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
+    json_response(status, &json!({ "error": error, "error_description": description, "error_codes": [] }))
+}

@@ -10,6 +10,8 @@ pub struct Handle {
     pub https_addr: SocketAddr,
     /// Plain HTTP address (IMDS, NMI).
     pub http_addr: SocketAddr,
+    /// HTTPS address of the identity binding token proxy.
+    pub token_proxy_addr: SocketAddr,
     /// CA certificate (PEM) clients must trust.
     pub ca_pem: String,
     pub(crate) vault_suffix: String,
@@ -18,6 +20,7 @@ pub struct Handle {
     pub(crate) tls: axum_server::tls_rustls::RustlsConfig,
     pub(crate) app_state: AppState,
     pub(crate) http_task: tokio::task::JoinHandle<()>,
+    pub(crate) proxy_task: tokio::task::JoinHandle<()>,
 }
 
 impl Handle {
@@ -36,6 +39,10 @@ impl Handle {
     /// Authority host name.
     pub fn authority_host(&self) -> &str {
         &self.authority_host
+    }
+    /// The token proxy's port (its URL names the API server's host; resolve it to the emulator).
+    pub fn token_proxy_port(&self) -> u16 {
+        self.token_proxy_addr.port()
     }
     /// `http://127.0.0.1:<port>` for IMDS and NMI.
     pub fn http_url(&self) -> String {
@@ -146,5 +153,6 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.stop_listening();
         self.http_task.abort();
+        self.proxy_task.abort();
     }
 }

@@ -18,6 +18,7 @@ mod handle;
 mod http;
 mod kv;
 pub mod model;
+pub mod proxy;
 pub mod seed;
 
 pub use handle::Handle;
@@ -56,6 +57,7 @@ impl Emulator {
             seed: Seed::default(),
             https_addr: "127.0.0.1:0".parse().expect("literal"),
             http_addr: "127.0.0.1:0".parse().expect("literal"),
+            token_proxy_addr: "127.0.0.1:0".parse().expect("literal"),
             vault_suffix: DEFAULT_VAULT_SUFFIX.into(),
             authority_host: DEFAULT_AUTHORITY_HOST.into(),
             ca: None,
@@ -69,6 +71,7 @@ pub struct Builder {
     seed: Seed,
     https_addr: SocketAddr,
     http_addr: SocketAddr,
+    token_proxy_addr: SocketAddr,
     vault_suffix: String,
     authority_host: String,
     ca: Option<(String, String)>,
@@ -105,6 +108,11 @@ impl Builder {
         self.http_addr = addr;
         self
     }
+    /// HTTPS address of AKS's identity binding token proxy (and the API server it stands behind).
+    pub fn token_proxy_addr(mut self, addr: SocketAddr) -> Self {
+        self.token_proxy_addr = addr;
+        self
+    }
     /// Use this CA (certificate PEM, PKCS#8 key PEM) instead of generating one.
     pub fn ca(mut self, cert_pem: String, key_pem: String) -> Self {
         self.ca = Some((cert_pem, key_pem));
@@ -120,8 +128,16 @@ impl Builder {
     pub async fn start(self) -> Result<Handle, StartError> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let state = Arc::new(State::from_seed(&self.seed).map_err(StartError::Seed)?);
-        let (ca_pem, server_cert, server_key) =
+        let (ca_pem, server_cert, server_key, issuer) =
             tls_material(self.ca.as_ref(), &self.vault_suffix, &self.authority_host)?;
+        let clusters: Vec<String> = {
+            let mut ids: Vec<String> = self.seed.identity_bindings.iter().map(|b| b.cluster_id.clone()).collect();
+            ids.dedup();
+            ids
+        };
+        let proxy_tls = proxy::tls_config(&clusters, &issuer)?;
+        let (proxy_listener, token_proxy_addr) = proxy::bind(self.token_proxy_addr).await?;
+        let proxy_task = proxy::serve(proxy_listener, proxy_tls, state.clone());
         if let Some(path) = &self.ca_file {
             std::fs::write(path, &ca_pem)?;
         }
@@ -149,6 +165,7 @@ impl Builder {
             state,
             https_addr,
             http_addr,
+            token_proxy_addr,
             ca_pem,
             vault_suffix: self.vault_suffix,
             authority_host: self.authority_host,
@@ -156,15 +173,19 @@ impl Builder {
             tls,
             app_state,
             http_task,
+            proxy_task,
         })
     }
 }
+
+/// CA PEM, server certificate PEM, server key PEM, and the CA to sign more with.
+type Material = (String, String, String, rcgen::Issuer<'static, KeyPair>);
 
 fn tls_material(
     ca: Option<&(String, String)>,
     suffix: &str,
     authority: &str,
-) -> Result<(String, String, String), StartError> {
+) -> Result<Material, StartError> {
     let e = |e: rcgen::Error| StartError::Tls(e.to_string());
     let issuer = match ca {
         Some((cert, key)) => {
@@ -191,14 +212,14 @@ fn finish(
     issuer: rcgen::Issuer<'static, KeyPair>,
     suffix: &str,
     authority: &str,
-) -> Result<(String, String, String), StartError> {
+) -> Result<Material, StartError> {
     let e = |e: rcgen::Error| StartError::Tls(e.to_string());
     let sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), authority.to_string(), format!("*.{suffix}")];
     let mut params = CertificateParams::new(sans).map_err(e)?;
     params.distinguished_name.push(DnType::CommonName, format!("*.{suffix}"));
     let key = KeyPair::generate().map_err(e)?;
     let cert = params.signed_by(&key, &issuer).map_err(e)?;
-    Ok((ca_pem, cert.pem(), key.serialize_pem()))
+    Ok((ca_pem, cert.pem(), key.serialize_pem(), issuer))
 }
 
 fn serve_https(

@@ -18,6 +18,9 @@ struct Args {
     /// Plain HTTP address for IMDS and NMI.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
+    /// HTTPS address of AKS's identity binding token proxy (SNI-routed, as on AKS).
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    token_proxy_addr: SocketAddr,
     /// Where to write the CA certificate clients must trust.
     #[arg(long, default_value = "kv-emulator-ca.pem")]
     ca_file: PathBuf,
@@ -47,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         .seed(seed)
         .https_addr(args.https_addr)
         .http_addr(args.http_addr)
+        .token_proxy_addr(args.token_proxy_addr)
         .ca_file(&args.ca_file);
     if let (Some(c), Some(k)) = (&args.ca_cert, &args.ca_key) {
         b = b.ca(std::fs::read_to_string(c)?, std::fs::read_to_string(k)?);
@@ -55,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let info = serde_json::json!({
         "https": h.https_addr.to_string(),
         "http": h.http_addr.to_string(),
+        "tokenProxy": h.token_proxy_addr.to_string(),
         "authority": h.authority_url(),
         "vaultSuffix": h.vault_suffix(),
         "caFile": args.ca_file,

@@ -19,6 +19,12 @@
 //! issuers:                                  # service-account issuers (public keys)
 //!   - { url: https://oidc.cluster.local/, publicKeyPem: "-----BEGIN PUBLIC KEY-----..." }
 //!   - { url: https://kubernetes.default.svc.cluster.local, jwks: '{"keys":[...]}' }  # a real cluster's keys
+//! identityBindings:                        # AKS identity binding, served by the token proxy
+//!   - clusterId: 64f1c0de                   # API server certificate: hcp-kubernetes.<id>.svc.cluster.local
+//!     issuer: https://oidc.cluster.local/
+//!     tenant: 72f988bf-...
+//!     clientId: uami-client
+//!     serviceAccounts: [system:serviceaccount:default:app]   # the RBAC grants; "*" = any
 //! vaults:
 //!   - name: kv1
 //!     tenant: 72f988bf-...
@@ -56,6 +62,28 @@ pub struct Seed {
     /// Vaults.
     #[serde(default)]
     pub vaults: Vec<VaultSeed>,
+    /// AKS identity bindings, served by the token proxy.
+    #[serde(default)]
+    pub identity_bindings: Vec<IdentityBindingSeed>,
+}
+
+/// An AKS identity binding: a user-assigned identity bound to one cluster, and the service accounts
+/// the cluster grants it to (the `use-managed-identity` verb on `cid.wi.aks.azure.com`, which the
+/// proxy checks).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityBindingSeed {
+    /// The cluster's id (its API server certificate names `hcp-kubernetes.<id>.svc.cluster.local`).
+    pub cluster_id: String,
+    /// The cluster's service-account issuer (its tokens are checked against it).
+    pub issuer: String,
+    /// Tenant of the identity.
+    pub tenant: String,
+    /// Client id of the bound identity (a managed identity or an application of the tenant).
+    pub client_id: String,
+    /// `system:serviceaccount:<ns>:<name>` granted the identity; `*` grants every service account.
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
 }
 
 /// A tenant.

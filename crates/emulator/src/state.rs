@@ -285,6 +285,8 @@ pub struct World {
     pub faults: HashMap<String, Faults>,
     /// Request counts.
     pub stats: BTreeMap<StatKey, u64>,
+    /// AKS identity bindings.
+    pub bindings: Vec<crate::seed::IdentityBindingSeed>,
 }
 
 /// The shared state.
@@ -308,6 +310,7 @@ impl State {
             vaults: HashMap::new(),
             faults: HashMap::new(),
             stats: BTreeMap::new(),
+            bindings: seed.identity_bindings.clone(),
         };
         for t in &seed.tenants {
             let apps = world.tenants.entry(t.id.clone()).or_default();

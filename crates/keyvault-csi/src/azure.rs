@@ -52,6 +52,18 @@ pub struct AzureArgs {
     /// aad-pod-identity NMI endpoint (default `http://localhost:2579`).
     #[arg(long, value_name = "URL")]
     pub azure_nmi_endpoint: Option<String>,
+    /// URL of the token proxy endpoint for identity binding. If not set, defaults to the in-cluster
+    /// Kubernetes API server endpoint.
+    #[arg(long, value_name = "URL")]
+    pub token_proxy_url: Option<String>,
+    /// TLS server name for identity binding proxy connection. If not set, it is computed from the API
+    /// server's serving certificate.
+    #[arg(long, value_name = "NAME")]
+    pub sni_name: Option<String>,
+    /// CA certificate (PEM) the identity binding proxy's certificate is checked against (ours; upstream
+    /// always uses the service-account CA).
+    #[arg(long, value_name = "FILE", default_value = keyvault::identity::proxy::DEFAULT_CA_FILE)]
+    pub token_proxy_ca_file: PathBuf,
 }
 
 impl AzureArgs {
@@ -80,6 +92,12 @@ impl AzureArgs {
                 authority_override: self.azure_authority_host.clone(),
                 imds_url: self.azure_imds_endpoint.clone(),
                 nmi_url: self.azure_nmi_endpoint.clone(),
+                token_proxy: keyvault::identity::proxy::TokenProxyConfig {
+                    url: self.token_proxy_url.clone().filter(|u| !u.is_empty()),
+                    sni_name: self.sni_name.clone().filter(|s| !s.is_empty()),
+                    ca_file: self.token_proxy_ca_file.clone(),
+                    ..Default::default()
+                },
             },
             dedup_window: match poll_interval {
                 Some(p) => self.keyvault_dedup_window.min(p / 4),

@@ -21,8 +21,7 @@ fn provider(h: &Handle, concurrency: usize) -> Provider {
             resolve_all_to: Some("127.0.0.1".parse().unwrap()),
             vault_port: Some(h.https_addr.port()),
             authority_override: Some(h.authority_url()),
-            imds_url: None,
-            nmi_url: None,
+            ..NetworkConfig::default()
         },
         // Every mount must really fetch: no sharing between the repeated mounts being timed.
         dedup_window: Duration::ZERO,

@@ -47,6 +47,8 @@ pub enum Origin {
     Imds,
     /// aad-pod-identity's NMI.
     Nmi,
+    /// AKS's identity binding token proxy (`useAzureTokenProxy`).
+    TokenProxy,
     /// Key Vault's data plane.
     KeyVault,
     /// No HTTP answer at all: DNS, connect, TLS, timeouts.
@@ -58,7 +60,7 @@ pub enum Origin {
 impl Origin {
     /// Whether the error came from an identity service refusing or failing to issue a token.
     pub fn is_token_service(self) -> bool {
-        matches!(self, Self::EntraId | Self::Imds | Self::Nmi)
+        matches!(self, Self::EntraId | Self::Imds | Self::Nmi | Self::TokenProxy)
     }
 }
 

@@ -20,6 +20,7 @@ use crate::params::{ExposeSecret, Identity, SecretString};
 use crate::transport::{NetworkConfig, Transport};
 
 mod entra;
+pub mod proxy;
 
 /// Refresh this long before expiry.
 const EXPIRY_SKEW: Duration = Duration::from_secs(300);
@@ -52,6 +53,17 @@ pub enum IdentityKey {
         /// Client id or `system`.
         client_id: String,
     },
+    /// Identity binding (through the token proxy).
+    Binding {
+        /// Tenant.
+        tenant: String,
+        /// Client id.
+        client_id: String,
+        /// Token issuer.
+        issuer: String,
+        /// Service-account subject.
+        subject: String,
+    },
     /// aad-pod-identity.
     Pod {
         /// Namespace.
@@ -66,6 +78,12 @@ impl IdentityKey {
     pub fn of(tenant: &str, identity: &Identity) -> Self {
         match identity {
             Identity::Workload { client_id, subject, issuer, .. } => Self::Workload {
+                tenant: tenant.into(),
+                client_id: client_id.clone(),
+                issuer: issuer.clone(),
+                subject: subject.clone(),
+            },
+            Identity::Binding { client_id, subject, issuer, .. } => Self::Binding {
                 tenant: tenant.into(),
                 client_id: client_id.clone(),
                 issuer: issuer.clone(),
@@ -109,6 +127,8 @@ pub struct TokenSource<'a> {
     pub authority_host: &'a str,
     /// The cloud's Key Vault resource (`https://vault.azure.net/`), for NMI.
     pub keyvault_resource: &'a str,
+    /// AKS's token proxy, for identity binding.
+    pub token_proxy: &'a proxy::TokenProxy,
     /// Deadline.
     pub deadline: Instant,
 }
@@ -173,6 +193,14 @@ async fn acquire(
         Identity::Workload { client_id, token, .. } => {
             entra_token(src, tenant, client_id, entra::Proof::Assertion(token), scope).await
         }
+        Identity::Binding { client_id, token, .. } => {
+            let http = src.token_proxy.client(src.deadline).await?;
+            let authority = src.net.authority_override.as_deref().unwrap_or(src.authority_host);
+            let (proof, deadline) = (entra::Proof::Assertion(token), src.deadline);
+            entra::token(http, authority, tenant, client_id, proof, scope, deadline)
+                .await
+                .map_err(|e| if e.origin == Origin::EntraId { e.from(Origin::TokenProxy) } else { e })
+        }
         Identity::ServicePrincipal { client_id, secret } => {
             entra_token(src, tenant, client_id, entra::Proof::ClientSecret(secret), scope).await
         }
@@ -235,7 +263,8 @@ async fn entra_token(
     scope: &str,
 ) -> Result<(SecretString, Duration)> {
     let authority = src.net.authority_override.as_deref().unwrap_or(src.authority_host);
-    entra::token(src.transport.http_client(), authority, tenant, client_id, proof, scope, src.deadline).await
+    let http: std::sync::Arc<dyn azure_core::http::HttpClient> = std::sync::Arc::new(src.transport.http_client().clone());
+    entra::token(http, authority, tenant, client_id, proof, scope, src.deadline).await
 }
 
 fn parse_token(body: &[u8], who: &str) -> Result<(SecretString, Duration)> {

@@ -142,6 +142,7 @@ pub struct Provider {
     config: Config,
     transport: transport::Transport,
     tokens: identity::TokenCache,
+    token_proxy: identity::proxy::TokenProxy,
     /// Vault base URL → the token scope from its challenge, discovered once (one challenge in flight).
     scopes: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<String>>>>,
     flights: Arc<fetch::Flights>,
@@ -157,10 +158,13 @@ impl Provider {
         let stats = Arc::new(Stats::default());
         let transport =
             transport::Transport::new(&config.network, config.retry.clone(), config.limits.clone(), stats.clone())?;
+        let token_proxy =
+            identity::proxy::TokenProxy::new(config.network.token_proxy.clone(), config.network.resolve_all_to);
         Ok(Self {
             config,
             transport,
             tokens: identity::TokenCache::default(),
+            token_proxy,
             scopes: Mutex::new(HashMap::new()),
             flights: Arc::default(),
             janitor: std::sync::OnceLock::new(),

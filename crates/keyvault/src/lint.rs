@@ -161,11 +161,11 @@ fn identity(mode: &IdentityMode, parameters: &BTreeMap<String, String>, f: &mut 
             "usePodIdentity (aad-pod-identity) is deprecated and fails on clusters without NMI",
             "use workload identity: remove usePodIdentity, set clientID and a service account federated with it",
         ),
-        IdentityMode::TokenProxy => {
+        IdentityMode::TokenProxy { client_id } if client_id.is_empty() => {
             let _ = f.error(
-                "useAzureTokenProxy",
-                "identity binding (useAzureTokenProxy) is not supported by keyvault-csi",
-                "use workload identity (clientID)",
+                "clientID",
+                "clientID is required for identity binding",
+                "set clientID to the client id of the user-assigned identity bound to this cluster",
             );
         }
         IdentityMode::ManagedIdentity { .. } if set("clientID") => f.warning(

@@ -21,6 +21,8 @@ pub use read::{ClassParameters, Finding, Findings, IdentityMode, ReadOptions, Se
 pub const TOKENS_KEY: &str = "csi.storage.k8s.io/serviceAccount.tokens";
 /// The audience Azure workload identity exchanges.
 pub const WI_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// The audience AKS's identity binding proxy exchanges.
+pub use crate::identity::proxy::BINDING_AUDIENCE;
 const POD_NAME_KEY: &str = "csi.storage.k8s.io/pod.name";
 const POD_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pod.namespace";
 
@@ -55,6 +57,18 @@ pub enum Identity {
         /// User-assigned identity client id.
         client_id: Option<String>,
     },
+    /// Identity binding: the pod's token for `api://AKSIdentityBinding`, exchanged by AKS's token
+    /// proxy (`useAzureTokenProxy`).
+    Binding {
+        /// The user-assigned identity's client id.
+        client_id: String,
+        /// The service-account JWT.
+        token: SecretString,
+        /// `sub` claim, part of the cache key.
+        subject: String,
+        /// `iss` claim, part of the cache key.
+        issuer: String,
+    },
     /// aad-pod-identity (NMI), deprecated.
     PodIdentity {
         /// Pod name.
@@ -71,6 +85,10 @@ impl PartialEq for Identity {
             (
                 Self::Workload { client_id: a, token: t, subject: s, issuer: i },
                 Self::Workload { client_id: b, token: u, subject: r, issuer: j },
+            ) => a == b && s == r && i == j && t.expose_secret() == u.expose_secret(),
+            (
+                Self::Binding { client_id: a, token: t, subject: s, issuer: i },
+                Self::Binding { client_id: b, token: u, subject: r, issuer: j },
             ) => a == b && s == r && i == j && t.expose_secret() == u.expose_secret(),
             (
                 Self::ServicePrincipal { client_id: a, secret: s },
@@ -238,15 +256,29 @@ pub fn output_paths(o: &ObjectSpec, split_cert_and_key: bool) -> Vec<String> {
 }
 
 /// The service-account token for `audience` from kubelet's tokens JSON.
-fn wi_token(tokens: Option<&str>) -> std::result::Result<String, String> {
+fn sa_token(tokens: Option<&str>, audience: &str) -> std::result::Result<String, String> {
     let tokens = tokens.filter(|t| !t.trim().is_empty()).ok_or("service account tokens not found")?;
     let map: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(tokens).map_err(|e| format!("failed to unmarshal service account tokens, error: {e}"))?;
-    map.get(WI_AUDIENCE)
+    map.get(audience)
         .and_then(|v| v.get("token"))
         .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
         .map(str::to_string)
-        .ok_or_else(|| format!("token for audience {WI_AUDIENCE} not found"))
+        .ok_or_else(|| format!("token for audience {audience} not found"))
+}
+
+/// A service-account token's `iss` and `sub`, refused when it has expired.
+fn claims_of_live_token(token: &str, audience: &str, what: &str) -> std::result::Result<(String, String), String> {
+    let (issuer, subject, exp) = jwt_claims(token)
+        .ok_or_else(|| format!("{what}: the service account token is not a JWT with iss, sub and exp"))?;
+    if exp <= now() {
+        return Err(format!(
+            "the service account token for audience {audience} of {subject} expired {}s ago; kubelet refreshes it on republish (is requiresRepublish set on the CSIDriver?)",
+            now() - exp
+        ));
+    }
+    Ok((issuer, subject))
 }
 
 /// Reads `iss`, `sub` and `exp` of a JWT without verifying it (Entra ID verifies it).
@@ -262,6 +294,11 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// Kubelet's tokens JSON: an attribute, or (drivers that pass it so) a node-publish secret.
+fn tokens_of<'a>(attrs: &'a BTreeMap<String, String>, secrets: &'a SecretMap) -> Option<&'a str> {
+    attrs.get(TOKENS_KEY).map(String::as_str).or_else(|| secrets.get(TOKENS_KEY).map(|s| s.expose_secret()))
+}
+
 fn build_identity(
     mode: &IdentityMode,
     attrs: &BTreeMap<String, String>,
@@ -271,20 +308,24 @@ fn build_identity(
     match mode {
         IdentityMode::PodIdentity => Ok(Identity::PodIdentity { pod: pod.0.into(), namespace: pod.1.into() }),
         IdentityMode::ManagedIdentity { client_id } => Ok(Identity::ManagedIdentity { client_id: client_id.clone() }),
-        IdentityMode::TokenProxy => {
-            Err("identity binding (useAzureTokenProxy) is not supported by keyvault-csi; use workload identity (clientID) instead".into())
+        IdentityMode::TokenProxy { client_id } => {
+            // Upstream's checks and texts, in upstream's order.
+            if client_id.is_empty() {
+                return Err("clientID is required for identity binding".into());
+            }
+            let tokens = tokens_of(attrs, secrets).filter(|t| !t.trim().is_empty());
+            if tokens.is_none() {
+                return Err("service account tokens are required for identity binding".into());
+            }
+            let what = "failed to parse service account token for identity binding, error";
+            let token = sa_token(tokens, BINDING_AUDIENCE).map_err(|e| format!("{what}: {e}"))?;
+            let (issuer, subject) = claims_of_live_token(&token, BINDING_AUDIENCE, what)?;
+            Ok(Identity::Binding { client_id: client_id.clone(), token: SecretString::from(token), subject, issuer })
         }
         IdentityMode::Workload { client_id } => {
-            let tokens = attrs.get(TOKENS_KEY).map(String::as_str).or_else(|| secrets.get(TOKENS_KEY).map(|s| s.expose_secret()));
-            let token = wi_token(tokens).map_err(|e| format!("failed to parse workload identity tokens, error: {e}"))?;
-            let (issuer, subject, exp) = jwt_claims(&token)
-                .ok_or("failed to parse workload identity tokens, error: the service account token is not a JWT with iss, sub and exp")?;
-            if exp <= now() {
-                return Err(format!(
-                    "the service account token for audience {WI_AUDIENCE} of {subject} expired {}s ago; kubelet refreshes it on republish (is requiresRepublish set on the CSIDriver?)",
-                    now() - exp
-                ));
-            }
+            let what = "failed to parse workload identity tokens, error";
+            let token = sa_token(tokens_of(attrs, secrets), WI_AUDIENCE).map_err(|e| format!("{what}: {e}"))?;
+            let (issuer, subject) = claims_of_live_token(&token, WI_AUDIENCE, what)?;
             Ok(Identity::Workload { client_id: client_id.clone(), token: SecretString::from(token), subject, issuer })
         }
         IdentityMode::ServicePrincipal => {

@@ -80,6 +80,8 @@ pub struct NetworkConfig {
     pub imds_url: Option<String>,
     /// NMI base URL (default `http://localhost:2579`).
     pub nmi_url: Option<String>,
+    /// AKS's token proxy, for identity binding.
+    pub token_proxy: crate::identity::proxy::TokenProxyConfig,
 }
 
 struct Bucket {

@@ -111,6 +111,7 @@ impl VaultCall<'_> {
             net: &self.provider.config.network,
             authority_host: &self.params.cloud.authority_host,
             keyvault_resource: &self.params.cloud.keyvault_resource,
+            token_proxy: &self.provider.token_proxy,
             deadline: self.deadline,
         }
     }

@@ -74,6 +74,7 @@ async fn setup(config: impl FnOnce(&mut Config)) -> (Handle, Provider) {
             authority_override: Some(h.authority_url()),
             imds_url: Some(h.http_url()),
             nmi_url: Some(h.http_url()),
+            ..NetworkConfig::default()
         },
         ..Config::default()
     };

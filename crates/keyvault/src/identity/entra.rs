@@ -46,7 +46,7 @@ impl ClientAssertion for ServiceAccountToken {
 
 /// A token for `scope`, and how long it lives.
 pub async fn token(
-    http: &reqwest::Client,
+    http: Arc<dyn azure_core::http::HttpClient>,
     authority_host: &str,
     tenant: &str,
     client_id: &str,
@@ -57,8 +57,16 @@ pub async fn token(
     let who = format!("failed to acquire a token for client {client_id} in tenant {tenant}");
     let mut cloud = CustomConfiguration::default();
     cloud.authority_host = authority_host.to_string();
+    // A few quick retries of a failed connection or a 5xx: the mount's deadline bounds the rest, and
+    // the SDK's default (8 retries over a minute) would hold a mount on an unreachable endpoint.
+    let retry = azure_core::http::RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
+        max_retries: 3,
+        max_total_elapsed: azure_core::time::Duration::seconds(10),
+        ..Default::default()
+    });
     let client_options = ClientOptions {
-        transport: Some(Transport::new(Arc::new(http.clone()))),
+        transport: Some(Transport::new(http)),
+        retry,
         cloud: Some(Arc::new(cloud.into())),
         ..Default::default()
     };

@@ -121,7 +121,8 @@ fn identity_settings_that_do_nothing_or_are_gone_are_flagged() {
         fields(&lint(&p, false)).into_iter().map(|(f, s)| (f.to_string(), s)).collect::<Vec<_>>()
     };
     assert_eq!(with(&[("usePodIdentity", "true")]), [("usePodIdentity".into(), Severity::Warning)]);
-    assert_eq!(with(&[("useAzureTokenProxy", "true")]), [("useAzureTokenProxy".into(), Severity::Error)]);
+    assert_eq!(with(&[("useAzureTokenProxy", "true")]), [("clientID".into(), Severity::Error)]);
+    assert_eq!(with(&[("useAzureTokenProxy", "true"), ("clientID", "c")]), []);
     assert_eq!(with(&[("useVMManagedIdentity", "true"), ("clientID", "c")]), [("clientID".into(), Severity::Warning)]);
     assert_eq!(with(&[("userAssignedIdentityID", "u")]), [("userAssignedIdentityID".into(), Severity::Warning)]);
     assert_eq!(

@@ -115,8 +115,12 @@ pub enum IdentityMode {
     },
     /// `usePodIdentity` (aad-pod-identity), deprecated.
     PodIdentity,
-    /// `useAzureTokenProxy` (identity binding).
-    TokenProxy,
+    /// `useAzureTokenProxy` (identity binding): the pod's token for `api://AKSIdentityBinding`,
+    /// exchanged by AKS's token proxy.
+    TokenProxy {
+        /// `clientID` (empty when missing: an error at mount).
+        client_id: String,
+    },
 }
 
 impl IdentityMode {
@@ -126,7 +130,7 @@ impl IdentityMode {
             Self::Workload { .. } | Self::ServicePrincipal => "None",
             Self::ManagedIdentity { .. } => "VMManagedIdentity",
             Self::PodIdentity => "PodIdentity",
-            Self::TokenProxy => "AzureTokenProxy",
+            Self::TokenProxy { .. } => "AzureTokenProxy",
         }
     }
 }
@@ -213,7 +217,7 @@ pub(crate) fn read(
             let id = get(params, "userAssignedIdentityID");
             IdentityMode::ManagedIdentity { client_id: (!id.is_empty()).then_some(id) }
         }
-        Some(_) => IdentityMode::TokenProxy,
+        Some(_) => IdentityMode::TokenProxy { client_id: get(params, "clientID") },
         None => match get(params, "clientID") {
             id if id.is_empty() => IdentityMode::ServicePrincipal,
             client_id => IdentityMode::Workload { client_id },

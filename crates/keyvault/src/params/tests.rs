@@ -94,7 +94,45 @@ fn identity_flags_use_go_parse_bool_and_are_exclusive() {
     assert_eq!(p.identity, Identity::ManagedIdentity { client_id: None });
     let p = parse(&attrs(&[("usePodIdentity", "TRUE")]), &none, 0o644, "AzurePublicCloud", false).unwrap();
     assert!(matches!(p.identity, Identity::PodIdentity { .. }));
-    assert!(err(&[("useAzureTokenProxy", "true"), ("clientID", "c")], &none).contains("not supported"));
+}
+
+#[test]
+fn identity_binding_needs_a_client_id_and_the_binding_audience_token() {
+    let none = SecretMap::new();
+    let m = "failed to build auth config for mode AzureTokenProxy: ";
+    assert_eq!(err(&[("useAzureTokenProxy", "true")], &none), format!("{m}clientID is required for identity binding"));
+    assert_eq!(
+        err(&[("useAzureTokenProxy", "true"), ("clientID", "c")], &none),
+        format!("{m}service account tokens are required for identity binding")
+    );
+    let live = jwt(r#"{"iss":"https://oidc/","sub":"system:serviceaccount:default:app","exp":4102444800}"#);
+    let wi_only = format!(r#"{{"api://AzureADTokenExchange":{{"token":"{live}"}}}}"#);
+    assert_eq!(
+        err(&[("useAzureTokenProxy", "true"), ("clientID", "c"), (TOKENS_KEY, &wi_only)], &none),
+        format!(
+            "{m}failed to parse service account token for identity binding, error: token for audience api://AKSIdentityBinding not found"
+        )
+    );
+    let both = format!(r#"{{"api://AzureADTokenExchange":{{"token":"wi"}},"api://AKSIdentityBinding":{{"token":"{live}"}}}}"#);
+    let p = parse(
+        &attrs(&[("useAzureTokenProxy", "true"), ("clientID", "c"), (TOKENS_KEY, &both)]),
+        &none,
+        0o644,
+        "AzurePublicCloud",
+        false,
+    )
+    .unwrap();
+    match p.identity {
+        Identity::Binding { client_id, subject, token, .. } => {
+            assert_eq!((client_id.as_str(), subject.as_str()), ("c", "system:serviceaccount:default:app"));
+            assert_eq!(token.expose_secret(), live, "the binding audience's token, not workload identity's");
+        }
+        other => panic!("{other:?}"),
+    }
+    let dead = jwt(r#"{"iss":"https://oidc/","sub":"system:serviceaccount:default:app","exp":1000}"#);
+    let expired = format!(r#"{{"api://AKSIdentityBinding":{{"token":"{dead}"}}}}"#);
+    let e = err(&[("useAzureTokenProxy", "true"), ("clientID", "c"), (TOKENS_KEY, &expired)], &none);
+    assert!(e.contains("api://AKSIdentityBinding of system:serviceaccount:default:app expired"), "{e}");
 }
 
 #[test]
