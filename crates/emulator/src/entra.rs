@@ -319,7 +319,12 @@ pub fn nmi(state: &State, headers: &HeaderMap, query: &BTreeMap<String, String>)
 /// `POST /{tenant}/oauth2/v2.0/token` at AKS's identity binding proxy of `cluster`: the assertion is
 /// a service-account token for `api://AKSIdentityBinding`, checked against the cluster's issuer, the
 /// binding and the service account's grant; the answer is Entra ID's, for the bound identity.
-pub fn binding_token(state: &Arc<State>, cluster: &str, tenant: &str, form: &BTreeMap<String, String>) -> Response<Body> {
+pub fn binding_token(
+    state: &Arc<State>,
+    cluster: &str,
+    tenant: &str,
+    form: &BTreeMap<String, String>,
+) -> Response<Body> {
     let client_id = form.get("client_id").cloned().unwrap_or_default();
     let resp = exchange_binding(state, cluster, tenant, form);
     let identity = if resp.status().is_success() { client_id.clone() } else { String::new() };
@@ -329,17 +334,28 @@ pub fn binding_token(state: &Arc<State>, cluster: &str, tenant: &str, form: &BTr
 
 fn exchange_binding(state: &State, cluster: &str, tenant: &str, form: &BTreeMap<String, String>) -> Response<Body> {
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return aad_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.");
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        );
     }
     let scope = form.get("scope").cloned().unwrap_or_default();
     if scope.strip_suffix("/.default").map(|r| r.trim_end_matches('/')) != Some(KEYVAULT_RESOURCE) {
-        return aad_error(StatusCode::BAD_REQUEST, "invalid_scope", 1002012, &format!("The provided value for scope {scope} is not valid."));
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            &format!("The provided value for scope {scope} is not valid."),
+        );
     }
     let client_id = form.get("client_id").cloned().unwrap_or_default();
     let forbidden = |msg: String| proxy_error(StatusCode::FORBIDDEN, "unauthorized_client", &msg);
-    let Some(assertion) = form.get("client_assertion").filter(|_| {
-        form.get("client_assertion_type").map(String::as_str) == Some(ASSERTION_TYPE)
-    }) else {
+    let Some(assertion) = form
+        .get("client_assertion")
+        .filter(|_| form.get("client_assertion_type").map(String::as_str) == Some(ASSERTION_TYPE))
+    else {
         return proxy_error(StatusCode::BAD_REQUEST, "invalid_request", "a jwt-bearer client_assertion is required");
     };
     let w = state.world();
@@ -352,7 +368,11 @@ fn exchange_binding(state: &State, cluster: &str, tenant: &str, form: &BTreeMap<
     let claims = match issuer.verify(assertion) {
         Ok(c) => c,
         Err(e) => {
-            return proxy_error(StatusCode::UNAUTHORIZED, "invalid_client", &format!("invalid service account token: {e}"));
+            return proxy_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                &format!("invalid service account token: {e}"),
+            );
         }
     };
     if claims.exp <= now() {

@@ -181,11 +181,7 @@ impl Builder {
 /// CA PEM, server certificate PEM, server key PEM, and the CA to sign more with.
 type Material = (String, String, String, rcgen::Issuer<'static, KeyPair>);
 
-fn tls_material(
-    ca: Option<&(String, String)>,
-    suffix: &str,
-    authority: &str,
-) -> Result<Material, StartError> {
+fn tls_material(ca: Option<&(String, String)>, suffix: &str, authority: &str) -> Result<Material, StartError> {
     let e = |e: rcgen::Error| StartError::Tls(e.to_string());
     let issuer = match ca {
         Some((cert, key)) => {

@@ -263,7 +263,8 @@ async fn entra_token(
     scope: &str,
 ) -> Result<(SecretString, Duration)> {
     let authority = src.net.authority_override.as_deref().unwrap_or(src.authority_host);
-    let http: std::sync::Arc<dyn azure_core::http::HttpClient> = std::sync::Arc::new(src.transport.http_client().clone());
+    let http: std::sync::Arc<dyn azure_core::http::HttpClient> =
+        std::sync::Arc::new(src.transport.http_client().clone());
     entra::token(http, authority, tenant, client_id, proof, scope, src.deadline).await
 }
 

@@ -339,7 +339,10 @@ fn build_identity(
             }
             let id = user.get("clientid").ok_or("could not find clientid in secrets")?;
             let secret = user.get("clientsecret").ok_or("could not find clientsecret in secrets")?;
-            Ok(Identity::ServicePrincipal { client_id: id.trim().to_string(), secret: SecretString::from(secret.trim()) })
+            Ok(Identity::ServicePrincipal {
+                client_id: id.trim().to_string(),
+                secret: SecretString::from(secret.trim()),
+            })
         }
     }
 }

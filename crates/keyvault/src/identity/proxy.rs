@@ -117,7 +117,10 @@ impl TokenProxy {
     fn read_ca(&self) -> Result<Vec<u8>> {
         let path = &self.config.ca_file;
         std::fs::read(path).map_err(|e| {
-            unavailable(ErrorKind::InvalidInput, format!("read CA file {}: {e} (--token-proxy-ca-file)", path.display()))
+            unavailable(
+                ErrorKind::InvalidInput,
+                format!("read CA file {}: {e} (--token-proxy-ca-file)", path.display()),
+            )
         })
     }
 
@@ -145,7 +148,9 @@ impl TokenProxy {
     }
 
     async fn compute_sni_name(&self, deadline: Instant) -> Result<String> {
-        let wrap = |kind, m: String| unavailable(kind, format!("compute SNI name: extract cluster ID from API server certificate: {m}"));
+        let wrap = |kind, m: String| {
+            unavailable(kind, format!("compute SNI name: extract cluster ID from API server certificate: {m}"))
+        };
         let ca = std::fs::read(&self.config.ca_file).map_err(|e| {
             wrap(
                 ErrorKind::InvalidInput,
@@ -163,8 +168,9 @@ impl TokenProxy {
             let file = self.config.ca_file.display();
             return Err(wrap(ErrorKind::InvalidInput, format!("no valid certificates found in {file}")));
         }
-        let (host, port) = split_host_port(&self.config.api_server)
-            .ok_or_else(|| wrap(ErrorKind::InvalidInput, format!("bad API server address {:?}", self.config.api_server)))?;
+        let (host, port) = split_host_port(&self.config.api_server).ok_or_else(|| {
+            wrap(ErrorKind::InvalidInput, format!("bad API server address {:?}", self.config.api_server))
+        })?;
         let addrs = self.addresses(&host, port).await.map_err(|e| wrap(ErrorKind::Unavailable, e.message))?;
         let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
@@ -215,14 +221,19 @@ impl TokenProxy {
         let url = self.url()?;
         let sni = self.sni_name(deadline).await?;
         let ca = self.read_ca()?;
-        let cached = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        match cached.as_ref() {
-            // Empty mid-rotation: keep the client built from the last good CA (as the SDKs do).
-            Some((_, client)) if ca.is_empty() => return Ok(client.clone()),
-            Some((seen, client)) if *seen == ca => return Ok(client.clone()),
-            _ => {}
+        // The guard must not live across an await (the future would not be Send).
+        let reuse = {
+            let cached = self.client.lock().unwrap_or_else(|e| e.into_inner());
+            match cached.as_ref() {
+                // Empty mid-rotation: keep the client built from the last good CA (as the SDKs do).
+                Some((_, client)) if ca.is_empty() => Some(client.clone()),
+                Some((seen, client)) if *seen == ca => Some(client.clone()),
+                _ => None,
+            }
+        };
+        if let Some(client) = reuse {
+            return Ok(client);
         }
-        drop(cached);
         if ca.is_empty() {
             let file = self.config.ca_file.display();
             return Err(unavailable(ErrorKind::Unavailable, format!("CA file {file} is empty")));
@@ -287,7 +298,10 @@ impl HttpClient for ProxiedClient {
         let mut url = rewrite(&self.proxy, request.url());
         // Connect by the SNI name (pinned to the proxy's addresses), so TLS sends and checks it.
         url.set_host(Some(&self.sni)).map_err(|e| {
-            azure_core::Error::with_message(azure_core::error::ErrorKind::Other, format!("SNI name {:?}: {e}", self.sni))
+            azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Other,
+                format!("SNI name {:?}: {e}", self.sni),
+            )
         })?;
         *request.url_mut() = url;
         request.insert_header("host", self.host_header.clone());

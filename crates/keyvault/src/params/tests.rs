@@ -113,7 +113,8 @@ fn identity_binding_needs_a_client_id_and_the_binding_audience_token() {
             "{m}failed to parse service account token for identity binding, error: token for audience api://AKSIdentityBinding not found"
         )
     );
-    let both = format!(r#"{{"api://AzureADTokenExchange":{{"token":"wi"}},"api://AKSIdentityBinding":{{"token":"{live}"}}}}"#);
+    let both =
+        format!(r#"{{"api://AzureADTokenExchange":{{"token":"wi"}},"api://AKSIdentityBinding":{{"token":"{live}"}}}}"#);
     let p = parse(
         &attrs(&[("useAzureTokenProxy", "true"), ("clientID", "c"), (TOKENS_KEY, &both)]),
         &none,
