@@ -1,7 +1,8 @@
 //! `keyvault-csi check --live` against the fake API server and the Key Vault emulator: a healthy
 //! class passes every check; each classic failure (missing class, driver not registered, missing
 //! federated credential, missing object, denied identity, an unmanaged Secret in the way) fails with
-//! the error text it prevents; no secret value is ever printed.
+//! the error text it prevents; identity binding is checked through the emulated token proxy; no
+//! secret value is ever printed.
 
 mod support;
 
@@ -15,6 +16,7 @@ use support::*;
 
 const TENANT: &str = "44444444-2222-3333-4444-555555555555";
 const ISSUER: &str = "https://oidc.check.test/";
+const CLUSTER: &str = "c0ffee42";
 const OBJECTS: &str = "array:\n  - |\n    objectName: db-password\n    objectType: secret\n  - |\n    objectName: api-key\n    objectType: secret\n";
 
 async fn emulator() -> Handle {
@@ -27,13 +29,18 @@ tenants:
         objectId: wi-oid
         federatedCredentials: [ {{ issuer: "{ISSUER}", subject: "system:serviceaccount:apps:web" }} ]
       - {{ clientId: reader, objectId: reader-oid, clientSecret: reader-secret-value }}
+managedIdentities:
+  - {{ tenant: {TENANT}, clientId: uami, objectId: uami-oid }}
 issuers:
   - url: "{ISSUER}"
+identityBindings:
+  - {{ clusterId: {CLUSTER}, issuer: "{ISSUER}", tenant: {TENANT}, clientId: uami, serviceAccounts: [ "system:serviceaccount:apps:web" ] }}
 vaults:
   - name: kv-check
     tenant: {TENANT}
     access:
       - {{ principal: wi-oid, secrets: [get] }}
+      - {{ principal: uami-oid, secrets: [get] }}
     secrets:
       - {{ name: db-password, value: "check-db-password-value" }}
       - {{ name: api-key, value: "check-api-key-value" }}
@@ -210,4 +217,67 @@ async fn a_service_principal_without_access_is_denied_and_an_unreachable_cluster
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("check --live: cannot read SecretProviderClass apps/web"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_binding_needs_its_audience_and_mounts_through_the_token_proxy() {
+    let env = cluster().await;
+    let bound = class(
+        "apps",
+        "bound",
+        "azure",
+        &[
+            ("keyvaultName", "kv-check"),
+            ("tenantId", TENANT),
+            ("clientID", "uami"),
+            ("useAzureTokenProxy", "true"),
+            ("objects", OBJECTS),
+        ],
+    );
+    env.api.put("secretproviderclasses", bound);
+    let ca = env.node.path("proxy-ca.pem");
+    std::fs::write(&ca, &env.h.ca_pem).unwrap();
+    let proxy = [
+        format!("--token-proxy-url=https://kubernetes.default.svc.cluster.local:{}", env.h.token_proxy_port()),
+        format!("--sni-name={}", keyvault::identity::proxy::sni_name_for_cluster(CLUSTER)),
+        format!("--token-proxy-ca-file={}", ca.display()),
+    ];
+    let args = |sa: &'static str| {
+        let mut a: Vec<String> = ["-n", "apps", "--class", "bound", "--service-account", sa].map(String::from).to_vec();
+        a.extend(proxy.iter().cloned());
+        a
+    };
+    let run = |sa| {
+        let a = args(sa);
+        live(&env, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    // The chart of an older release: kubelet mints no api://AKSIdentityBinding token.
+    let (code, r, _) = run("web");
+    assert_eq!(code, Some(1));
+    let aud = check(&r, "CSIDriver token audience");
+    assert_eq!(aud["status"], "fail", "{r:#}");
+    assert_eq!(
+        aud["prevents"],
+        "failed to parse service account token for identity binding, error: token for audience api://AKSIdentityBinding not found"
+    );
+
+    // With the audience, the token goes to the proxy (the binding's SNI name) and the objects are read.
+    env.api.put(
+        "csidrivers",
+        json!({ "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+        "metadata": { "name": "secrets-store.csi.k8s.io", "namespace": "" },
+        "spec": { "tokenRequests": [{ "audience": "api://AzureADTokenExchange" }, { "audience": "api://AKSIdentityBinding" }] } }),
+    );
+    let (code, r, err) = run("web");
+    assert_eq!(code, Some(0), "{r:#}{err}");
+    for name in ["CSIDriver token audience", "service account token", "object db-password", "identity"] {
+        assert_eq!(check(&r, name)["status"], "pass", "{name}: {r:#}");
+    }
+    assert!(env.h.count(|k| k.kind == "binding-token") >= 1, "the token did not come from the proxy");
+
+    // A service account the binding does not grant: the proxy refuses, the check says so.
+    let (code, r, _) = run("other");
+    assert_eq!(code, Some(1));
+    assert_eq!(check(&r, "identity")["status"], "fail", "{r:#}");
 }

@@ -44,7 +44,9 @@ VARIANTS = {
             "volumeMounts": [{"name": "ca", "mountPath": "/etc/corp-ca"}],
             "podAnnotations": {"prometheus.io/scrape": "true"},
         },
-        "provider": {"writeCertAndKeyInSeparateFiles": True, "cloudName": "AzureChinaCloud"},
+        "provider": {"writeCertAndKeyInSeparateFiles": True, "cloudName": "AzureChinaCloud",
+                     "tokenProxyURL": "https://proxy.example:8443", "sniName": "a1.ests.aks",
+                     "tokenProxyCAFile": "/etc/corp-ca/ca.pem"},
     },
     # A cluster without pod network or kube-proxy (the e2e kit): host networking, the API server's
     # node address in the environment, extra flags.
@@ -115,7 +117,8 @@ def test_csidriver_matches_the_add_on():
     assert spec["attachRequired"] is False
     assert spec["volumeLifecycleModes"] == ["Ephemeral"]
     assert spec["requiresRepublish"] is True
-    assert spec["tokenRequests"] == [{"audience": "api://AzureADTokenExchange"}]
+    # As the add-on's chart: workload identity and identity binding (useAzureTokenProxy).
+    assert spec["tokenRequests"] == [{"audience": "api://AzureADTokenExchange"}, {"audience": "api://AKSIdentityBinding"}]
 
 
 @pytest.mark.parametrize("kube_version,expected", [("1.34.2", None), ("1.35.0", True), (NEWEST, True)])

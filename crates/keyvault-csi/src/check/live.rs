@@ -21,7 +21,9 @@ use driver::kube::describe;
 use super::Finding;
 
 /// Audience of workload-identity tokens.
-const AUDIENCE: &str = "api://AzureADTokenExchange";
+/// The token audiences of workload identity and of identity binding (`useAzureTokenProxy`).
+const WORKLOAD_AUDIENCE: &str = "api://AzureADTokenExchange";
+const BINDING_AUDIENCE: &str = keyvault::identity::proxy::BINDING_AUDIENCE;
 /// The CSI driver name.
 const DRIVER: &str = "secrets-store.csi.k8s.io";
 
@@ -137,10 +139,15 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     let params = &spc.spec.spec.parameters;
     let lint = keyvault::lint::lint(params, args.azure.write_cert_and_key_in_separate_files);
     let mode = lint.class.as_ref().map(|c| &c.identity);
-    let workload_identity =
-        matches!(mode, Some(keyvault::params::IdentityMode::Workload { .. })) && args.node_publish_secret_ref.is_none();
-    if workload_identity {
-        checks.push(token_audience(&client).await);
+    // The audience kubelet must mint for this class's identity, if it uses a service-account token.
+    let audience = match mode {
+        _ if args.node_publish_secret_ref.is_some() => None,
+        Some(keyvault::params::IdentityMode::Workload { .. }) => Some(WORKLOAD_AUDIENCE),
+        Some(keyvault::params::IdentityMode::TokenProxy { .. }) => Some(BINDING_AUDIENCE),
+        _ => None,
+    };
+    if let Some(audience) = audience {
+        checks.push(token_audience(&client, audience).await);
     }
 
     // 3. Synced Secrets are ours to write.
@@ -188,14 +195,14 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
                 return Ok(report);
             }
         }
-    } else if workload_identity {
-        match service_account_token(&client, ns, &args.service_account).await {
+    } else if let Some(audience) = audience {
+        match service_account_token(&client, ns, &args.service_account, audience).await {
             Ok(token) => {
-                let tokens = serde_json::json!({ AUDIENCE: { "token": token, "expirationTimestamp": "" } });
+                let tokens = serde_json::json!({ audience: { "token": token, "expirationTimestamp": "" } });
                 attributes.insert("csi.storage.k8s.io/serviceAccount.tokens".into(), tokens.to_string());
                 checks.push(pass(
                     "service account token",
-                    format!("kubelet can get a {AUDIENCE} token for {ns}/{}", args.service_account),
+                    format!("kubelet can get a {audience} token for {ns}/{}", args.service_account),
                 ));
             }
             Err(c) => {
@@ -288,18 +295,28 @@ async fn driver_registration(client: &kube::Client) -> Check {
     pass("CSI driver registered", format!("on all {} node(s)", nodes.len()))
 }
 
-async fn token_audience(client: &kube::Client) -> Check {
+async fn token_audience(client: &kube::Client, audience: &str) -> Check {
     let c = "CSIDriver token audience";
     match Api::<CSIDriver>::all(client.clone()).get_opt(DRIVER).await {
         Ok(Some(d)) => {
             let auds: Vec<String> = d.spec.token_requests.unwrap_or_default().into_iter().map(|t| t.audience).collect();
-            if auds.iter().any(|a| a == AUDIENCE) {
-                pass(c, format!("kubelet passes {AUDIENCE} tokens"))
+            if auds.iter().any(|a| a == audience) {
+                pass(c, format!("kubelet passes {audience} tokens"))
             } else {
                 fail(
                     c,
-                    format!("CSIDriver {DRIVER} requests tokens for {auds:?}, not {AUDIENCE}: set tokenRequests in the chart"),
-                    Some("failed to get service account token (workload identity needs a token for audience api://AzureADTokenExchange)".into()),
+                    format!(
+                        "CSIDriver {DRIVER} requests tokens for {auds:?}, not {audience}: set tokenRequests in the chart"
+                    ),
+                    Some(if audience == BINDING_AUDIENCE {
+                        format!(
+                            "failed to parse service account token for identity binding, error: token for audience {audience} not found"
+                        )
+                    } else {
+                        format!(
+                            "failed to parse workload identity tokens, error: token for audience {audience} not found"
+                        )
+                    }),
                 )
             }
         }
@@ -307,12 +324,12 @@ async fn token_audience(client: &kube::Client) -> Check {
     }
 }
 
-async fn service_account_token(client: &kube::Client, ns: &str, sa: &str) -> Result<String, Check> {
+async fn service_account_token(client: &kube::Client, ns: &str, sa: &str, audience: &str) -> Result<String, Check> {
     let c = "service account token";
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let req = TokenRequest {
         spec: TokenRequestSpec {
-            audiences: vec![AUDIENCE.into()],
+            audiences: vec![audience.into()],
             expiration_seconds: Some(600),
             ..Default::default()
         },
