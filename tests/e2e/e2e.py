@@ -13,6 +13,7 @@ Run through hack/e2e.sh, which provides the cluster and the images. Environment:
 
 import base64
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -41,7 +42,10 @@ DS = "kvcsi-keyvault-csi"
 EMU_NS, NS, NS2 = "kv-emulator", "e2e", "e2e-other"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 VAULT = "e2ekv"
-HTTPS_PORT, HTTP_PORT = 18443, 18080
+HTTPS_PORT, HTTP_PORT, PROXY_PORT = 18443, 18080, 18444
+# Identity binding: the emulated AKS cluster id the token proxy serves (the binding's SNI name is
+# derived from it, as AKS derives it).
+CLUSTER_ID = "e2ekit"
 POLL = 15  # rotationPollInterval, seconds
 BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.29-4"
 PULL = os.environ.get("E2E_PULL_POLICY", "IfNotPresent")
@@ -78,10 +82,21 @@ def make_ca():
     return pem, key_pem
 
 
+def binding_sni_name(cluster_id):
+    """The TLS server name of AKS's identity-binding token proxy for a cluster (the provider computes
+    it from the API server's certificate, whose hcp-kubernetes SAN the kit's certificate lacks)."""
+    digest = hashlib.sha256(f"identity-binding{cluster_id}".encode()).digest()
+    return "a" + base64.b32hexencode(digest).decode().rstrip("=").lower() + ".ests.aks"
+
+
 def seed(issuer, jwks):
     """The vault, the identities and the cluster's own service-account issuer (its JWKS, as Entra ID
-    fetches it for a federated credential)."""
+    fetches it for a federated credential); an identity binding of a managed identity to one
+    service account, as AKS's token proxy holds it."""
     return {
+        "managedIdentities": [{"tenant": TENANT, "clientId": "bound-uami", "objectId": "bound-object"}],
+        "identityBindings": [{"clusterId": CLUSTER_ID, "issuer": issuer, "tenant": TENANT, "clientId": "bound-uami",
+                              "serviceAccounts": [f"system:serviceaccount:{NS}:workload"]}],
         "tenants": [{
             "id": TENANT,
             "applications": [
@@ -97,7 +112,7 @@ def seed(issuer, jwks):
             "tenant": TENANT,
             "access": [
                 {"principal": p, "secrets": ["get", "list"], "keys": ["get"], "certificates": ["get"]}
-                for p in ("sp-object", "wi-object")
+                for p in ("sp-object", "wi-object", "bound-object")
             ],
             "secrets": [
                 {"name": "db-password", "value": "Pa55w0rd-e2e"},
@@ -146,7 +161,8 @@ class Emulator:
                      "containers": [{
                          "name": "kv-emulator", "image": os.environ["E2E_EMULATOR_IMAGE"], "imagePullPolicy": PULL,
                          "args": ["--seed=/seed/seed.yaml", f"--https-addr={bind}:{HTTPS_PORT}",
-                                  f"--http-addr={bind}:{HTTP_PORT}", "--ca-file=/tmp/ca.pem",
+                                  f"--http-addr={bind}:{HTTP_PORT}", f"--token-proxy-addr={bind}:{PROXY_PORT}",
+                                  "--ca-file=/tmp/ca.pem",
                                   "--ca-cert=/tls/ca.pem", "--ca-key=/tls/ca.key"],
                          "volumeMounts": [{"name": "seed", "mountPath": "/seed"}, {"name": "tls", "mountPath": "/tls"},
                                           {"name": "tmp", "mountPath": "/tmp"}],
@@ -158,7 +174,8 @@ class Emulator:
                  }}}},
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kv-emulator", "namespace": EMU_NS},
              "spec": {"selector": labels, "ports": [{"name": "https", "port": HTTPS_PORT},
-                                                     {"name": "http", "port": HTTP_PORT}]}},
+                                                     {"name": "http", "port": HTTP_PORT},
+                                                     {"name": "token-proxy", "port": PROXY_PORT}]}},
         )
         kubectl("rollout", "status", "deploy/kv-emulator", "-n", EMU_NS, "--timeout=120s", timeout=150)
         if KIT:
@@ -219,6 +236,13 @@ def chart_values(emu, **extra):
             "volumes": [{"name": "emulator-ca", "configMap": {"name": "kv-emulator-ca"}}],
             "volumeMounts": [{"name": "emulator-ca", "mountPath": "/etc/kv-emulator", "readOnly": True}],
             "env": [],
+        },
+        # Identity binding: the emulated token proxy, trusted through the emulator's CA (on AKS: the
+        # defaults, i.e. the API server and the service-account CA).
+        "provider": {
+            "tokenProxyURL": f"https://kubernetes.default.svc.cluster.local:{PROXY_PORT}",
+            "sniName": binding_sni_name(CLUSTER_ID),
+            "tokenProxyCAFile": "/etc/kv-emulator/ca.pem",
         },
     }
     if KIT:
@@ -457,6 +481,32 @@ def s_workload_identity(ctx):
     if "eyJ" in msg:
         raise Failure("a token appears in the event")
     delete("pod", "wi-stranger", NS, wait=False, grace=0)
+
+
+def s_identity_binding(ctx):
+    """useAzureTokenProxy: kubelet mints api://AKSIdentityBinding tokens (the chart's tokenRequests),
+    the driver sends the token request to the token proxy with the binding's SNI name, the proxy
+    checks the token against the cluster's JWKS and the binding's service accounts."""
+    for sa in ("workload", "stranger"):
+        apply({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": sa, "namespace": NS, "annotations": {"azure.workload.identity/client-id": "wi-client"}}})
+    cls = spc("bound-class", NS, [{"objectName": "api-key", "objectType": "secret"}], client_id="bound-uami")
+    cls["spec"]["parameters"]["useAzureTokenProxy"] = "true"
+    apply(cls)
+    ctx["emu"].call("DELETE", "/stats")
+    apply(pod("bound-pod", NS, [csi_volume("kv", "bound-class", creds=False)], sa="workload"))
+    wait_pod("bound-pod", NS)
+    if read("bound-pod", NS, "/mnt/kv/api-key") != "ak_live_e2e_123":
+        raise Failure("bound-pod: wrong api-key")
+    exchanged = [r for r in ctx["emu"].call("GET", "/stats")["requests"]
+                 if r["kind"] == "binding-token" and r["status"] == 200]
+    if not exchanged:
+        raise Failure("the token did not come through the token proxy")
+    apply(pod("bound-stranger", NS, [csi_volume("kv", "bound-class", creds=False)], sa="stranger"))
+    msg = failed_mount("bound-stranger", NS, "not allowed to use managed identity")
+    if f"system:serviceaccount:{NS}:stranger" not in msg or "eyJ" in msg:
+        raise Failure(f"the refusal does not name the subject, or carries a token: {msg}")
+    delete("pod", "bound-stranger", NS, wait=False, grace=0)
 
 
 def s_keys_certs_alias(ctx):
@@ -811,6 +861,7 @@ def main():
         return 1
     run("classic-exercise", s_classic)
     run("workload-identity", s_workload_identity)
+    run("identity-binding", s_identity_binding)
     run("sp-key-cert-alias", s_keys_certs_alias)
     run("optional-object", s_optional)
     run("secret-sync", s_sync)
