@@ -686,6 +686,57 @@ def s_rotation(ctx):
     FIGURES["rotation"] = f"file after {file_s:.1f} s, synced Secret after {secret_s:.1f} s (interval {POLL} s)"
 
 
+def s_refresh_now(ctx):
+    """Ours: a class annotated with a 24 h rotation interval is not rotated on the node's 15 s interval;
+    `kubectl annotate pod ... keyvault-csi.io/refresh-now=<ts>` refreshes its file and synced Secret
+    within seconds, with a Normal RefreshedOnRequest event; annotating the class does the same."""
+    emu = ctx["emu"]
+    emu.set_secret("refreshable", "before")
+    cls = spc("refreshable", NS, [{"objectName": "refreshable", "objectType": "secret"}],
+              secret_objects=[{"secretName": "e2e-refreshed", "type": "Opaque",
+                               "data": [{"objectName": "refreshable", "key": "value"}]}])
+    cls["metadata"]["annotations"] = {"keyvault-csi.io/rotation-poll-interval": "24h"}
+    apply(cls)
+    apply(pod("refresh", NS, [csi_volume("kv", "refreshable")]))
+    wait_pod("refresh", NS)
+    if read("refresh", NS, "/mnt/kv/refreshable") != "before":
+        raise Failure("first mount")
+    emu.set_secret("refreshable", "after-pod")
+    # Two of the node's intervals and then some: the class's own (24 h) holds the rotation back.
+    time.sleep(2 * POLL + 5)
+    if read("refresh", NS, "/mnt/kv/refreshable") != "before":
+        raise Failure("the class's 24 h rotation interval was not honoured: rotated on the node's interval")
+
+    def synced():
+        return base64.b64decode(get("secret", "e2e-refreshed", NS)["data"]["value"]).decode()
+
+    t0 = time.time()
+    kubectl("annotate", "--overwrite", "pod", "refresh", "-n", NS, f"keyvault-csi.io/refresh-now={int(t0)}")
+    wait_for("the file refreshed on the pod's request", lambda: read("refresh", NS, "/mnt/kv/refreshable") == "after-pod", 15)
+    file_s = time.time() - t0
+    wait_for("the synced Secret refreshed", lambda: synced() == "after-pod", 15)
+    secret_s = time.time() - t0
+    ev = wait_for("a Normal RefreshedOnRequest event", lambda: [
+        e for e in events(NS, "refresh", "RefreshedOnRequest")
+        if e["type"] == "Normal" and f'refresh-now="{int(t0)}" on the pod' in e["message"]], 20)
+    if "after-pod" in ev[0]["message"]:
+        raise Failure("a secret value in an event")
+    emu.set_secret("refreshable", "after-class")
+    t1 = time.time()
+    kubectl("annotate", "--overwrite", "secretproviderclass", "refreshable", "-n", NS,
+            f"keyvault-csi.io/refresh-now={int(t1)}")
+    wait_for("the file refreshed on the class's request",
+             lambda: read("refresh", NS, "/mnt/kv/refreshable") == "after-class", 15)
+    class_s = time.time() - t1
+    wait_for("the synced Secret refreshed again", lambda: synced() == "after-class", 15)
+    wait_for("an event naming the class's request", lambda: [
+        e for e in events(NS, "refresh", "RefreshedOnRequest")
+        if "on the SecretProviderClass" in e["message"]], 20)
+    delete("pod", "refresh", NS)
+    FIGURES["refresh-now"] = (f"pod annotation to new file in {file_s:.1f} s, to synced Secret in {secret_s:.1f} s; "
+                              f"class annotation to new file in {class_s:.1f} s")
+
+
 def s_unmount(ctx, inspector):
     """Pod deleted: gone within 60 s, its tmpfs gone from the node's mount table, no error logged."""
     since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -868,6 +919,7 @@ def main():
     run("namespaces-missing-two-classes", s_namespaces)
     run("pod-status-takeover", s_takeover)
     run("rotation", s_rotation)
+    run("refresh-now-and-class-interval", s_refresh_now)
     run("unmount", s_unmount, inspector)
     if "rot_pod" in ctx:
         run("driver-restart-mid-rotation", s_driver_restart, inspector)

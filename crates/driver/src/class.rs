@@ -83,6 +83,9 @@ pub struct Metadata {
     /// Namespace (`default` when absent, as `kubectl apply` would do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Annotations (the driver reads its own, see [`crate::annotations`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Why a class could not be resolved. Messages follow upstream's, which e2e suites and runbooks grep.

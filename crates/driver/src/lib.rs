@@ -7,8 +7,10 @@
 //! with the [`atomic_writer`]. [`grpc`] adapts it to the CSI services; [`error`] maps failures to gRPC
 //! status codes in one place. This crate knows nothing about Azure; the binary wires the Azure provider in.
 
+pub mod annotations;
 pub mod atomic_writer;
 pub mod class;
+pub mod duration;
 pub mod error;
 pub mod external;
 pub mod grpc;

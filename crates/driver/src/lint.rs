@@ -83,6 +83,7 @@ pub fn lint_class(spc: &SecretProviderClass, linters: &[&dyn ParametersLint]) ->
     if spc.metadata.name.is_empty() {
         f.push(Finding::error("metadata.name", "the class has no name", "set metadata.name"));
     }
+    annotations(&spc.metadata.annotations, &mut f);
     let spec = &spc.spec;
     let linter = provider(spec, linters, &mut f);
     if spec.parameters.is_empty() {
@@ -100,6 +101,41 @@ pub fn lint_class(spc: &SecretProviderClass, linters: &[&dyn ParametersLint]) ->
     }
     secret_objects(spec, files.as_ref(), &mut f);
     f
+}
+
+/// Checks the driver's own annotations: a rotation interval it cannot use, and names under its
+/// prefix that it does not know (a typo would silently do nothing).
+fn annotations(annotations: &std::collections::BTreeMap<String, String>, f: &mut Vec<Finding>) {
+    use crate::annotations::{PREFIX, REFRESH_NOW, ROTATION_INTERVAL, class_interval};
+    for key in annotations.keys().filter(|k| k.starts_with(PREFIX)) {
+        if key != REFRESH_NOW && key != ROTATION_INTERVAL {
+            f.push(Finding::warning(
+                format!("metadata.annotations[{key}]"),
+                format!("{key:?} is not an annotation keyvault-csi reads"),
+                format!("use {ROTATION_INTERVAL} or {REFRESH_NOW}"),
+            ));
+        }
+    }
+    let Some(raw) = annotations.get(ROTATION_INTERVAL) else { return };
+    let path = format!("metadata.annotations[{ROTATION_INTERVAL}]");
+    let floor = crate::node::DEFAULT_MIN_CLASS_INTERVAL;
+    match class_interval(Some(raw), floor) {
+        Err(message) => f.push(Finding::warning(
+            path,
+            format!("{message}; the node's --rotation-poll-interval applies"),
+            "use a positive Go duration such as 10m or 24h",
+        )),
+        Ok(Some(d)) if crate::duration::parse_go_duration(raw.trim()).is_ok_and(|asked| asked < d) => {
+            f.push(Finding::warning(
+                path,
+                format!(
+                    "{raw:?} is below the driver's --min-rotation-poll-interval (default {floor:?}) and is raised to it"
+                ),
+                format!("ask for {floor:?} or more"),
+            ))
+        }
+        Ok(_) => {}
+    }
 }
 
 /// Checks `spec.provider`; returns the linter of the provider the class is (or most likely was meant) for.

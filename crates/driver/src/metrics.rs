@@ -210,7 +210,12 @@ struct VolumeGauges(Arc<VolumeRegistry>);
 impl Collector for VolumeGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let volumes = self.0.snapshot();
-        let lag = volumes.iter().map(|(_, v)| v.last_fetch.elapsed().as_secs_f64()).fold(0.0, f64::max);
+        // How far the most overdue volume is past its own interval (its class's, else the node's):
+        // 0 while every volume is on schedule, whatever the intervals.
+        let lag = volumes
+            .iter()
+            .filter_map(|(_, v)| Some(v.last_fetch.elapsed().saturating_sub(v.interval?).as_secs_f64()))
+            .fold(0.0, f64::max);
         let g = ConstGauge::new(volumes.len() as i64);
         g.encode(encoder.encode_descriptor(
             "mounted_volumes",
@@ -221,7 +226,7 @@ impl Collector for VolumeGauges {
         let g = ConstGauge::new(lag);
         g.encode(encoder.encode_descriptor(
             "rotation_lag_seconds",
-            "Age of the oldest successful fetch among published volumes",
+            "How long the most overdue volume is past its rotation interval (its class's, else the node's)",
             None,
             MetricType::Gauge,
         )?)?;

@@ -33,7 +33,12 @@ pub struct Config {
     pub vendor_version: String,
     /// `Some(interval)` when `--enable-secret-rotation` is on.
     pub rotation_interval: Option<Duration>,
+    /// The shortest interval a class may ask for (`--min-rotation-poll-interval`).
+    pub min_class_interval: Duration,
 }
+
+/// `--min-rotation-poll-interval`'s default.
+pub const DEFAULT_MIN_CLASS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Providers by name: in-process ones first, else an external provider's socket.
 pub struct Providers {
@@ -96,6 +101,14 @@ pub trait Cluster: Send + Sync + 'static {
     fn pod_active(&self, _pod: &crate::volume_context::PodInfo) -> bool {
         true
     }
+    /// What the volume's pod and class annotations ask right now (see [`crate::annotations`]).
+    fn hints(&self, _params: &PublishParams) -> crate::annotations::VolumeHints {
+        Default::default()
+    }
+    /// A refresh-now request was served (`message` says which and what changed).
+    async fn refreshed(&self, _params: &PublishParams, _message: &str) {}
+    /// A class's rotation-interval annotation cannot be used (reported once per class and value).
+    async fn class_interval_invalid(&self, _params: &PublishParams, _message: &str) {}
 }
 
 /// What a successful `NodePublishVolume` did.
@@ -131,6 +144,8 @@ pub struct Driver {
     pub(crate) cluster: Option<Arc<dyn Cluster>>,
     /// Bounds the API calls unpublish leaves to the background (pod-status deletes).
     pub(crate) background_api: Arc<tokio::sync::Semaphore>,
+    /// (namespace, class, value) of rotation-interval annotations already reported as unusable.
+    pub(crate) invalid_intervals: std::sync::Mutex<std::collections::HashSet<(String, String, String)>>,
 }
 
 impl Driver {
@@ -146,6 +161,7 @@ impl Driver {
             cycles: std::sync::atomic::AtomicU64::new(1),
             cluster: None,
             background_api: Arc::new(tokio::sync::Semaphore::new(4)),
+            invalid_intervals: Default::default(),
         }
     }
 

@@ -46,6 +46,8 @@ pub enum Trigger {
     Poller {
         /// Cycle number.
         cycle: u64,
+        /// A refresh-now request: fetch whatever the volume's age.
+        forced: bool,
     },
 }
 
@@ -88,6 +90,9 @@ pub fn plan(
         (Trigger::Kubelet, TargetState::NotMounted, _) => Plan::Fetch { mount: true, keep_on_error: false },
         // The poller never mounts: a volume without its mount was unpublished (or kubelet will repair it).
         (Trigger::Poller { .. }, TargetState::NotMounted, _) | (Trigger::Poller { .. }, _, None) => Plan::Skip,
+        (Trigger::Poller { forced: true, .. }, TargetState::Mounted { .. }, Some(_)) => {
+            Plan::Fetch { mount: false, keep_on_error: populated }
+        }
         (trigger, TargetState::Mounted { .. }, Some(age)) => {
             // kubelet's republish waits a full interval; the poller batches from about half of it.
             let min_age = match (trigger, interval) {
@@ -194,7 +199,7 @@ impl Driver {
             self.remember_credentials(params);
         }
         let age = known.as_ref().map(|v| Instant::now().saturating_duration_since(v.last_fetch));
-        match plan(trigger, state, age, self.config.rotation_interval) {
+        match plan(trigger, state, age, self.volume_interval(params)) {
             Plan::Skip => Attempt { provider, result: Ok(PublishOutcome::Skipped) },
             Plan::Fetch { mount, keep_on_error } => {
                 let spec = match self.resolve_class(params).await {
@@ -279,7 +284,7 @@ impl Driver {
             deadline: deadline.map(Instant::into_std),
             background,
             cycle: match trigger {
-                Trigger::Poller { cycle } => Some(cycle),
+                Trigger::Poller { cycle, .. } => Some(cycle),
                 Trigger::Kubelet => None,
             },
         };
@@ -325,6 +330,12 @@ impl Driver {
                 .map_err(|source| PublishError::PodStatus { pod: pod.clone(), source })?;
         }
         let mut volume = Volume::fresh(params.clone(), spec.provider.clone(), response.object_versions);
+        volume.interval = self.volume_interval(params);
+        // A new volume starts from the refresh-now values it was mounted under (they ask nothing of it).
+        volume.refresh_seen = match &known {
+            Some(k) => k.refresh_seen.clone(),
+            None => self.refresh_marks(params),
+        };
         if let Some(known) = known
             && background
         {
@@ -372,7 +383,10 @@ impl Driver {
             }
             let Some(_claim) = self.volumes.try_claim(&target, Holder::Poller) else { continue };
             if self.volumes.get(&target).is_none() {
-                self.volumes.insert(target.clone(), Volume::fresh(params, String::new(), Default::default()));
+                let mut volume = Volume::fresh(params, String::new(), Default::default());
+                volume.refresh_seen = self.refresh_marks(&volume.params);
+                volume.interval = self.volume_interval(&volume.params);
+                self.volumes.insert(target.clone(), volume);
                 adopted += 1;
             }
         }

@@ -32,12 +32,25 @@ pub struct Volume {
     pub failures: u32,
     /// After a failed refresh, not before this.
     pub retry_at: Option<Instant>,
+    /// The refresh-now values this volume was last refreshed (or mounted) with.
+    pub refresh_seen: crate::annotations::RefreshMarks,
+    /// Its rotation interval (its class's, else the node's) as last planned; `None`: rotation off.
+    pub interval: Option<Duration>,
 }
 
 impl Volume {
     /// A volume fetched just now.
     pub fn fresh(params: PublishParams, provider: String, object_versions: BTreeMap<String, String>) -> Self {
-        Self { params, provider, object_versions, last_fetch: Instant::now(), failures: 0, retry_at: None }
+        Self {
+            params,
+            provider,
+            object_versions,
+            last_fetch: Instant::now(),
+            failures: 0,
+            retry_at: None,
+            refresh_seen: Default::default(),
+            interval: None,
+        }
     }
 }
 

@@ -7,10 +7,19 @@
 //! fanned out (the provider shares identical fetches). No volume waits longer than the interval; some
 //! are refreshed after half of it, at no extra Key Vault cost.
 //!
+//! Each volume rotates on its own interval: its class's `keyvault-csi.io/rotation-poll-interval`,
+//! else the node's (see [`crate::annotations`]); the cycle logic is per volume, so classes with
+//! different intervals share cycles whenever their volumes are due together.
+//!
+//! A refresh-now request (`keyvault-csi.io/refresh-now` changed on the pod or the class) is served by
+//! [`Driver::serve_refresh_requests`] within a second, as a forced cycle of its own: the same
+//! executor, dedup, rate limits and claims as rotation, whether or not rotation is on.
+//!
 //! Refreshes are background work: they yield to kubelet (see [`crate::registry`]), never mount, and a
 //! failure keeps the files and backs off from one tick up to one interval. Time is tokio's, so all of
 //! this runs under paused time in tests.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +29,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::annotations::{REFRESH_NOW, RefreshMarks, class_interval, shown};
 use crate::node::{Driver, PublishOutcome};
 use crate::publish::Trigger;
 use crate::registry::{Holder, Volume};
@@ -28,8 +38,12 @@ use crate::volume_context::PublishParams;
 /// Volumes refreshed at once by the poller.
 const ROTATION_CONCURRENCY: usize = 64;
 
-/// The interval assumed for a refresh's deadline when rotation is off (only the tests refresh then).
+/// The interval assumed for a refresh's deadline and backoff when rotation is off (a refresh-now
+/// request, or a test).
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(120);
+
+/// How often refresh-now annotations are looked for (in the watch caches: no API call).
+pub const REFRESH_REQUEST_TICK: Duration = Duration::from_secs(1);
 
 /// How often the poller looks for due volumes: a tenth of the interval, 100 ms to 10 s.
 pub fn poll_tick(interval: Duration) -> Duration {
@@ -48,39 +62,68 @@ pub fn backoff(interval: Duration, failures: u32) -> Duration {
     poll_tick(interval).saturating_mul(1u32 << failures.min(16)).min(interval)
 }
 
-/// Whether a cycle starts now, and which volumes it takes (`None`: no volume is due).
-/// `active` says whether a volume's pod still runs (a terminating pod's volume is not rotated).
+/// Whether a cycle starts now, and which volumes it takes (`None`: no volume is due). `interval` is a
+/// volume's own rotation interval; `active` says whether its pod still runs (a terminating pod's
+/// volume is not rotated).
 pub fn plan_cycle<'a>(
     volumes: impl IntoIterator<Item = (&'a PathBuf, &'a Volume)>,
     now: Instant,
-    interval: Duration,
+    interval: impl Fn(&PathBuf) -> Duration,
     active: impl Fn(&Volume) -> bool,
 ) -> Option<Vec<PathBuf>> {
     let candidates: Vec<(&PathBuf, &Volume)> =
         volumes.into_iter().filter(|(_, v)| v.retry_at.is_none_or(|t| now >= t)).filter(|(_, v)| active(v)).collect();
     let age = |v: &Volume| now.saturating_duration_since(v.last_fetch);
-    if !candidates.iter().any(|(_, v)| age(v) >= interval) {
+    if !candidates.iter().any(|(t, v)| age(v) >= interval(t)) {
         return None;
     }
-    Some(candidates.into_iter().filter(|(_, v)| age(v) >= cycle_join_age(interval)).map(|(t, _)| t.clone()).collect())
+    Some(
+        candidates.into_iter().filter(|(t, v)| age(v) >= cycle_join_age(interval(t))).map(|(t, _)| t.clone()).collect(),
+    )
 }
 
 impl Driver {
-    fn interval(&self) -> Duration {
-        self.config.rotation_interval.unwrap_or(DEFAULT_INTERVAL)
+    /// A volume's rotation interval: its class's annotation (bounded below by
+    /// `--min-rotation-poll-interval`), else the node's; `None` when rotation is off. An unusable
+    /// annotation is reported once per class and value, and the node's interval applies.
+    pub(crate) fn volume_interval(&self, params: &PublishParams) -> Option<Duration> {
+        let node = self.config.rotation_interval?;
+        let Some(cluster) = &self.cluster else { return Some(node) };
+        let raw = cluster.hints(params).class_interval;
+        match class_interval(raw.as_deref(), self.config.min_class_interval) {
+            Ok(interval) => Some(interval.unwrap_or(node)),
+            Err(message) => {
+                let key = (params.pod.namespace.clone(), params.class_name.clone(), raw.unwrap_or_default());
+                let first = self.invalid_intervals.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+                if first {
+                    tracing::warn!(class = %params.class_name, namespace = %params.pod.namespace, %message,
+                        "ignoring the class's rotation interval; the node's applies");
+                    let (cluster, params) = (cluster.clone(), params.clone());
+                    let message = format!("{message}; using the node's --rotation-poll-interval ({node:?})");
+                    tokio::spawn(async move { cluster.class_interval_invalid(&params, &message).await });
+                }
+                Some(node)
+            }
+        }
     }
 
-    /// A rotation refresh of a published volume (the poller's, with background priority). A target
-    /// kubelet is working on is skipped, and kubelet arriving meanwhile stops the refresh. Records
-    /// `rotation_reconcile*` metrics only.
-    pub async fn refresh(&self, params: PublishParams, cycle: u64) -> PublishOutcome {
+    /// The refresh-now values the volume's pod and class carry now.
+    pub(crate) fn refresh_marks(&self, params: &PublishParams) -> RefreshMarks {
+        self.cluster.as_ref().map(|c| c.hints(params).refresh).unwrap_or_default()
+    }
+
+    /// A background refresh of a published volume (rotation, or with `forced` a refresh-now request,
+    /// which ignores the volume's age). A target kubelet is working on is skipped, and kubelet arriving
+    /// meanwhile stops the refresh. Records `rotation_reconcile*` metrics only.
+    pub async fn refresh(&self, params: PublishParams, cycle: u64, forced: bool) -> PublishOutcome {
         let started = std::time::Instant::now();
         let target = params.target_path.clone();
         let Some(guard) = self.volumes.try_claim(&target, Holder::Poller) else { return PublishOutcome::Skipped };
+        let interval = self.volume_interval(&params).unwrap_or(DEFAULT_INTERVAL);
         // A refresh never outlives one interval: retries against a vault that is down stop, and the
         // poller's next attempt (backoff capped at one interval) finds it back within one interval.
-        let deadline = Instant::now() + self.interval().max(Duration::from_secs(1));
-        let attempt = self.execute(&params, Trigger::Poller { cycle }, Some(deadline), &guard).await;
+        let deadline = Instant::now() + interval.max(Duration::from_secs(1));
+        let attempt = self.execute(&params, Trigger::Poller { cycle, forced }, Some(deadline), &guard).await;
         let outcome = match attempt.result {
             Ok(o) => o,
             Err(e) => PublishOutcome::KeptAfterError(e),
@@ -92,7 +135,6 @@ impl Driver {
                 if let Some(cluster) = &self.cluster {
                     cluster.rotation_failed(&params, &e.to_string()).await;
                 }
-                let interval = self.interval();
                 self.volumes.update(&target, |v| {
                     v.failures = v.failures.saturating_add(1);
                     v.retry_at = Some(Instant::now() + backoff(interval, v.failures));
@@ -105,11 +147,25 @@ impl Driver {
 
     /// One rotation cycle, if one is due (see [`plan_cycle`]). Returns the volumes attempted.
     pub async fn rotate_due(&self) -> usize {
-        let Some(interval) = self.config.rotation_interval else { return 0 };
+        if self.config.rotation_interval.is_none() {
+            return 0;
+        }
         let started = Instant::now();
         let snapshot = self.volumes.snapshot();
+        let intervals: HashMap<PathBuf, Duration> = snapshot
+            .iter()
+            .filter_map(|(t, v)| {
+                let interval = self.volume_interval(&v.params)?;
+                if v.interval != Some(interval) {
+                    // An edited annotation shows in `rotation_lag_seconds` at once.
+                    self.volumes.update(t, |v| v.interval = Some(interval));
+                }
+                Some((t.clone(), interval))
+            })
+            .collect();
+        let interval_of = |t: &PathBuf| intervals.get(t).copied().unwrap_or(DEFAULT_INTERVAL);
         let active = |v: &Volume| self.cluster.as_ref().is_none_or(|c| c.pod_active(&v.params.pod));
-        let Some(due) = plan_cycle(snapshot.iter().map(|(t, v)| (t, v)), started, interval, active) else {
+        let Some(due) = plan_cycle(snapshot.iter().map(|(t, v)| (t, v)), started, interval_of, active) else {
             return 0;
         };
         let cycle = self.cycles.fetch_add(1, Ordering::Relaxed);
@@ -118,15 +174,9 @@ impl Driver {
         let due = snapshot.into_iter().filter(|(t, _)| due.contains(t)).map(|(_, v)| v.params);
         futures_util::stream::iter(due)
             .for_each_concurrent(ROTATION_CONCURRENCY, |params| async move {
-                let span = tracing::info_span!(
-                    "rotation",
-                    pod = %params.pod.name,
-                    namespace = %params.pod.namespace,
-                    class = %params.class_name,
-                    target = %params.target_path.display(),
-                );
+                let span = volume_span("rotation", &params);
                 let started = Instant::now();
-                let outcome = self.refresh(params, cycle).instrument(span.clone()).await;
+                let outcome = self.refresh(params, cycle, false).instrument(span.clone()).await;
                 let _e = span.enter();
                 match outcome {
                     PublishOutcome::Published { files, changed, .. } => {
@@ -143,10 +193,68 @@ impl Driver {
         n
     }
 
-    /// The rotation poller: until `shutdown`, checks every [`poll_tick`] for volumes due for a refresh.
+    /// Serves refresh-now requests: every volume whose pod's or class's `keyvault-csi.io/refresh-now`
+    /// changed since its last refresh (or mount) is refreshed now, in one forced cycle (so volumes of
+    /// one class share each fetch), and an event on its pod confirms it. A request is served once: a
+    /// failure keeps the files, reports `MountRotationFailed` and backs off like a rotation. A volume
+    /// kubelet or the poller holds is taken at the next tick. Returns the volumes refreshed.
+    pub async fn serve_refresh_requests(&self) -> usize {
+        let Some(cluster) = &self.cluster else { return 0 };
+        let mut due = Vec::new();
+        for (target, volume) in self.volumes.snapshot() {
+            let marks = cluster.hints(&volume.params).refresh;
+            if marks == volume.refresh_seen {
+                continue;
+            }
+            let Some((kind, value)) = marks.requested_since(&volume.refresh_seen) else {
+                // An annotation removed or reverted asks for nothing.
+                self.volumes.update(&target, |v| v.refresh_seen = marks.clone());
+                continue;
+            };
+            if !cluster.pod_active(&volume.params.pod) || self.volumes.holder(&target).is_some() {
+                continue;
+            }
+            let request = format!("{REFRESH_NOW}={:?} on the {kind}", shown(value));
+            due.push((volume.params, marks, request));
+        }
+        if due.is_empty() {
+            return 0;
+        }
+        let cycle = self.cycles.fetch_add(1, Ordering::Relaxed);
+        let n = due.len();
+        futures_util::stream::iter(due)
+            .for_each_concurrent(ROTATION_CONCURRENCY, |(params, marks, request)| async move {
+                let span = volume_span("refresh-now", &params);
+                let target = params.target_path.clone();
+                let outcome = self.refresh(params.clone(), cycle, true).instrument(span.clone()).await;
+                if matches!(outcome, PublishOutcome::Skipped) && self.volumes.holder(&target).is_some() {
+                    return; // kubelet took the target meanwhile: next tick
+                }
+                self.volumes.update(&target, |v| v.refresh_seen = marks);
+                let _e = span.enter();
+                match outcome {
+                    PublishOutcome::Published { files, changed, .. } => {
+                        let what = if changed { "contents changed" } else { "contents unchanged" };
+                        let message = format!("refreshed on request ({request}): {files} files, {what}");
+                        tracing::info!(files, changed, %request, "refreshed on request");
+                        drop(_e);
+                        cluster.refreshed(&params, &message).await;
+                    }
+                    PublishOutcome::KeptAfterError(e) => {
+                        tracing::warn!(error = %e, error_type = %e.label(), %request, "refresh on request failed; keeping the current files")
+                    }
+                    PublishOutcome::Skipped => tracing::debug!(%request, "volume no longer mounted; request dropped"),
+                }
+            })
+            .await;
+        n
+    }
+
+    /// The rotation poller: until `shutdown`, checks every [`poll_tick`] for volumes due for a refresh
+    /// (the tick of the shortest interval a class may ask for, so a class's own interval is kept).
     pub async fn run_rotation(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let Some(interval) = self.config.rotation_interval else { return };
-        let tick = poll_tick(interval);
+        let tick = poll_tick(interval.min(self.config.min_class_interval));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -156,6 +264,32 @@ impl Driver {
             self.rotate_due().await;
         }
     }
+
+    /// The refresh-now loop: until `shutdown`, serves requests every [`REFRESH_REQUEST_TICK`].
+    pub async fn run_refresh_requests(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        if self.cluster.is_none() {
+            return;
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(REFRESH_REQUEST_TICK) => {}
+                _ = &mut shutdown => return,
+            }
+            self.serve_refresh_requests().await;
+        }
+    }
+}
+
+fn volume_span(what: &'static str, params: &PublishParams) -> tracing::Span {
+    tracing::info_span!(
+        "refresh",
+        trigger = what,
+        pod = %params.pod.name,
+        namespace = %params.pod.namespace,
+        class = %params.class_name,
+        target = %params.target_path.display(),
+    )
 }
 
 #[cfg(test)]
@@ -170,7 +304,7 @@ mod tests {
 
     fn plan(vols: &[(&str, Volume)], now: Instant, interval: Duration) -> Option<Vec<String>> {
         let owned: Vec<(PathBuf, Volume)> = vols.iter().map(|(t, v)| (PathBuf::from(t), v.clone())).collect();
-        plan_cycle(owned.iter().map(|(t, v)| (t, v)), now, interval, |_| true)
+        plan_cycle(owned.iter().map(|(t, v)| (t, v)), now, |_| interval, |_| true)
             .map(|ts| ts.into_iter().map(|t| t.display().to_string()).collect())
     }
 
@@ -198,7 +332,32 @@ mod tests {
         assert_eq!(plan(&[("/f", failed.clone())], now, i), None);
         assert_eq!(plan(&[("/f", failed)], now + Duration::from_secs(5), i).unwrap(), ["/f"]);
         let owned = [(PathBuf::from("/t"), volume(i, now))];
-        assert_eq!(plan_cycle(owned.iter().map(|(t, v)| (t, v)), now, i, |_| false), None);
+        assert_eq!(plan_cycle(owned.iter().map(|(t, v)| (t, v)), now, |_| i, |_| false), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_volume_is_due_on_its_own_interval_and_joins_by_it() {
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let now = Instant::now();
+        let vols = [
+            (PathBuf::from("/hot"), volume(Duration::from_secs(30), now)),
+            (PathBuf::from("/static"), volume(Duration::from_secs(600), now)),
+            (PathBuf::from("/node"), volume(Duration::from_secs(70), now)),
+        ];
+        let interval = |t: &PathBuf| match t.to_str() {
+            Some("/hot") => Duration::from_secs(30),
+            Some("/static") => Duration::from_secs(86_400),
+            _ => Duration::from_secs(120),
+        };
+        let mut due = plan_cycle(vols.iter().map(|(t, v)| (t, v)), now, interval, |_| true).unwrap();
+        due.sort();
+        assert_eq!(
+            due,
+            [PathBuf::from("/hot"), PathBuf::from("/node")],
+            "the 24 h class waits; 70 s joins a 2 m class"
+        );
+        let no_hot = &vols[1..];
+        assert_eq!(plan_cycle(no_hot.iter().map(|(t, v)| (t, v)), now, interval, |_| true), None);
     }
 
     #[test]

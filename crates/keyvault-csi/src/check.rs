@@ -262,4 +262,31 @@ mod tests {
         assert_eq!(f[0].path, "spec.secretObjects[0].data[1].objectName");
         assert!(f[0].message.contains("\"nope\" is not a file this class mounts (files: secret1)"));
     }
+
+    #[test]
+    fn our_annotations_are_checked_and_a_valid_one_is_clean() {
+        let mut spc = class("azure", &clean());
+        let annotate = |spc: &mut SecretProviderClass, k: &str, v: &str| {
+            spc.metadata.annotations.insert(k.into(), v.into());
+        };
+        annotate(&mut spc, "keyvault-csi.io/rotation-poll-interval", "24h");
+        annotate(&mut spc, "keyvault-csi.io/refresh-now", "2026-12-01T10:00:00Z");
+        annotate(&mut spc, "kubectl.kubernetes.io/last-applied-configuration", "{}");
+        assert_eq!(check_class(&spc), vec![]);
+        annotate(&mut spc, "keyvault-csi.io/rotation-poll-interval", "5s");
+        annotate(&mut spc, "keyvault-csi.io/refresh", "1");
+        let f = check_class(&spc);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f.iter().all(|x| x.severity == "warning"));
+        assert!(f.iter().any(|x| x.path == "metadata.annotations[keyvault-csi.io/refresh]"
+            && x.message.contains("not an annotation keyvault-csi reads")));
+        assert!(f.iter().any(|x| x.message.contains("below the driver's --min-rotation-poll-interval")));
+        annotate(&mut spc, "keyvault-csi.io/rotation-poll-interval", "often");
+        let f = check_class(&spc);
+        assert!(
+            f.iter().any(|x| x.path == "metadata.annotations[keyvault-csi.io/rotation-poll-interval]"
+                && x.message.contains("invalid duration \"often\"")),
+            "{f:?}"
+        );
+    }
 }

@@ -82,6 +82,10 @@ pub struct NodeArgs {
     /// How often mounted contents are re-fetched when rotation is on.
     #[arg(long, default_value = "2m", value_parser = parse_go_duration, value_name = "DURATION")]
     pub rotation_poll_interval: Duration,
+    /// The shortest rotation interval a SecretProviderClass may ask for with its
+    /// `keyvault-csi.io/rotation-poll-interval` annotation (ours); shorter ones are raised to this.
+    #[arg(long, default_value = "30s", value_parser = parse_min_interval, value_name = "DURATION")]
+    pub min_rotation_poll_interval: Duration,
     /// Largest provider response accepted, in bytes.
     #[arg(long, default_value_t = 4_194_304, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_call_recv_msg_size: u32,
@@ -178,42 +182,14 @@ pub fn parse_go_bool(s: &str) -> Result<bool, String> {
     keyvault::params::parse_bool(s).map_err(|_| invalid())
 }
 
-/// Go's `time.ParseDuration` for non-negative durations: `2m`, `1h30m`, `1.5s`, `300ms`, `0`.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: use a Go duration such as 30s, 2m or 1h30m");
-    let body = s.strip_prefix('+').unwrap_or(s);
-    if body.starts_with('-') {
-        return Err(format!("invalid duration {s:?}: must not be negative"));
+pub use driver::duration::parse_go_duration;
+
+fn parse_min_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_go_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("invalid duration {s:?}: must be at least 1s"));
     }
-    if body == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if body.is_empty() {
-        return Err(bad());
-    }
-    let mut total = 0f64;
-    let mut rest = body;
-    while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
-        if num_len == 0 {
-            return Err(bad());
-        }
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += value * scale;
-        rest = &rest[unit_len..];
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| bad())
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -228,18 +204,6 @@ mod tests {
         assert_eq!(parse_endpoint("tcp://127.0.0.1:10000").unwrap(), Endpoint::Tcp("127.0.0.1:10000".into()));
         assert!(parse_endpoint("http://x").is_err());
         assert!(parse_endpoint("unix://").is_err());
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_go_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_go_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_go_duration("300ms").unwrap(), Duration::from_millis(300));
-        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "2", "m", "2x", "-1s", "1m-2s"] {
-            assert!(parse_go_duration(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -131,6 +131,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         node_id: args.nodeid.clone(),
         vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
         rotation_interval: args.enable_secret_rotation.then_some(args.rotation_poll_interval),
+        min_class_interval: args.min_rotation_poll_interval,
     };
     let mut cluster: Option<Arc<dyn driver::node::Cluster>> = None;
     let mut readiness: Vec<(&'static str, http::ReadyCheck)> = Vec::new();
@@ -139,8 +140,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         None => match kube_client(args.kubeconfig.as_deref()).await {
             Ok(client) => {
                 // Watches retry with backoff while the API server is away; lookups fall back to GETs.
-                let kube = driver::kube::KubeCluster::new(client.clone(), &args.nodeid, &args.drivername);
-                let source = driver::kube::KubeClassSource::watching(client);
+                let source = driver::kube::KubeClassSource::watching(client.clone());
+                let kube = driver::kube::KubeCluster::new(client, &args.nodeid, &args.drivername)
+                    .with_classes(source.cache().clone());
                 let (pods, spcs) = (kube.pods().clone(), source.cache().clone());
                 readiness.push(("pods", Box::new(move || pods.is_ready())));
                 readiness.push(("secretproviderclasses", Box::new(move || spcs.is_ready())));
@@ -196,12 +198,17 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     app.spawn("CSI server", async move { csi_server.await.context("CSI server") });
     app.spawn("metrics server", async move { http_server.await.context("metrics server") });
     if args.rotation_poller {
-        let stop = app.stopped();
+        let (driver, stop) = (driver.clone(), app.stopped());
         app.spawn("rotation poller", async move {
             driver.run_rotation(stop).await;
             Ok(())
         });
     }
+    let stop = app.stopped();
+    app.spawn("refresh-now requests", async move {
+        driver.run_refresh_requests(stop).await;
+        Ok(())
+    });
     if let cli::Endpoint::Unix(path) = args.endpoint.clone() {
         app.on_exit(move || {
             let _ = std::fs::remove_file(path);

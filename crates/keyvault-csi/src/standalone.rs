@@ -104,6 +104,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
         node_id: "standalone".into(),
         vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
         rotation_interval: rotation,
+        min_class_interval: driver::node::DEFAULT_MIN_CLASS_INTERVAL,
     };
     let driver = Driver::new(config, mounter, classes, providers);
 

@@ -26,7 +26,7 @@ impl KubeClassSource {
             watcher::Config::default(),
             |c: &mut SecretProviderClass| {
                 c.metadata.managed_fields = None;
-                c.metadata.annotations = None;
+                crate::annotations::retain_ours(&mut c.metadata.annotations);
             },
         );
         Self { client, cache }

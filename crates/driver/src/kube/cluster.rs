@@ -16,6 +16,7 @@ use super::cache::Cache;
 use super::events::{EventType, MOUNT_COMPONENT, ROTATION_COMPONENT, Recorder, SYNC_COMPONENT};
 use super::podstatus::{KubePodStatus, PodStatusError};
 use super::secrets::{SecretWriter, Synced, mounted_files, secret_data};
+use crate::annotations::{REFRESH_NOW, ROTATION_INTERVAL, RefreshMarks, VolumeHints};
 use crate::class::SecretProviderClassSpec;
 use crate::node::{Cluster, blocking};
 use crate::provider::File;
@@ -32,6 +33,7 @@ pub struct KubeCluster {
     secrets: SecretWriter,
     events: Recorder,
     pods: Cache<Pod>,
+    classes: Option<Cache<super::crd::v1::SecretProviderClass>>,
 }
 
 impl KubeCluster {
@@ -45,7 +47,7 @@ impl KubeCluster {
             |p: &mut Pod| {
                 // Keep owners, deletion and phase; a pod's spec and status are most of its size.
                 p.metadata.managed_fields = None;
-                p.metadata.annotations = None;
+                crate::annotations::retain_ours(&mut p.metadata.annotations);
                 p.spec = None;
                 if let Some(s) = p.status.as_mut() {
                     *s = k8s_openapi::api::core::v1::PodStatus { phase: s.phase.take(), ..Default::default() };
@@ -60,7 +62,14 @@ impl KubeCluster {
             node: node.to_string(),
             driver_name: driver_name.to_string(),
             pods,
+            classes: None,
         }
+    }
+
+    /// Reads class annotations (refresh-now, rotation interval) from `classes`, the class watch.
+    pub fn with_classes(mut self, classes: Cache<super::crd::v1::SecretProviderClass>) -> Self {
+        self.classes = Some(classes);
+        self
     }
 
     /// The pod watch.
@@ -300,6 +309,28 @@ impl Cluster for KubeCluster {
     async fn rotation_failed(&self, params: &PublishParams, message: &str) {
         self.events
             .pod_event(&params.pod, ROTATION_COMPONENT, EventType::Warning, "MountRotationFailed", message)
+            .await;
+    }
+
+    fn hints(&self, params: &PublishParams) -> VolumeHints {
+        let annotation = |a: Option<&BTreeMap<String, String>>, key: &str| a.and_then(|a| a.get(key)).cloned();
+        let pod = self.pods.get(&params.pod.namespace, &params.pod.name);
+        let pod = pod.as_ref().and_then(|p| p.metadata.annotations.as_ref());
+        let class = self.classes.as_ref().and_then(|c| c.get(&params.pod.namespace, &params.class_name));
+        let class = class.as_ref().and_then(|c| c.metadata.annotations.as_ref());
+        VolumeHints {
+            refresh: RefreshMarks { pod: annotation(pod, REFRESH_NOW), class: annotation(class, REFRESH_NOW) },
+            class_interval: annotation(class, ROTATION_INTERVAL),
+        }
+    }
+
+    async fn refreshed(&self, params: &PublishParams, message: &str) {
+        self.events.pod_event(&params.pod, ROTATION_COMPONENT, EventType::Normal, "RefreshedOnRequest", message).await;
+    }
+
+    async fn class_interval_invalid(&self, params: &PublishParams, message: &str) {
+        self.events
+            .pod_event(&params.pod, ROTATION_COMPONENT, EventType::Warning, "InvalidRotationInterval", message)
             .await;
     }
 

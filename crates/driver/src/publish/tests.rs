@@ -57,12 +57,15 @@ struct FakeProvider {
     latency: Mutex<Duration>,
     fail: Mutex<bool>,
     calls: AtomicUsize,
+    /// The rotation cycle of each call (`None`: kubelet's).
+    cycles: Mutex<Vec<Option<u64>>>,
 }
 
 #[async_trait]
 impl Provider for FakeProvider {
-    async fn mount(&self, _request: MountRequest) -> Result<MountResponse, ProviderError> {
+    async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.cycles.lock().unwrap().push(request.cycle);
         let latency = *self.latency.lock().unwrap();
         tokio::time::sleep(latency).await;
         if *self.fail.lock().unwrap() {
@@ -91,11 +94,27 @@ impl Fixture {
             node_id: "n".into(),
             vendor_version: "test".into(),
             rotation_interval: rotation,
+            min_class_interval: crate::node::DEFAULT_MIN_CLASS_INTERVAL,
         };
         let providers = Providers::new(ExternalProviders::new(vec![], PathBuf::from("/nonexistent"), 4 << 20))
             .with_builtin("fake", provider.clone());
         let driver = Driver::new(config, Arc::new(PlainDirMounter), Arc::new(OneClass), providers);
         Self { driver: Arc::new(driver), provider, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// The same driver, reporting to (and reading annotations from) `cluster`.
+    fn with_cluster(rotation: Option<Duration>, cluster: Arc<FakeCluster>) -> Self {
+        let mut f = Self::new(rotation);
+        let driver = Arc::into_inner(f.driver).expect("not shared yet").with_cluster(cluster);
+        f.driver = Arc::new(driver);
+        f
+    }
+
+    /// Kubelet's parameters for volume `i`, of pod `web-i`.
+    fn volume(&self, i: usize) -> PublishParams {
+        let mut p = params(&self.target(i));
+        p.pod.name = format!("web-{i}");
+        p
     }
 
     fn target(&self, i: usize) -> String {
@@ -115,7 +134,8 @@ impl Fixture {
 fn the_plan_covers_every_trigger_and_target_state() {
     use Plan::*;
     use TargetState::*;
-    let (k, p) = (Trigger::Kubelet, Trigger::Poller { cycle: 1 });
+    let (k, p) = (Trigger::Kubelet, Trigger::Poller { cycle: 1, forced: false });
+    let now = Trigger::Poller { cycle: 2, forced: true };
     let (on, off) = (Some(INTERVAL), None);
     let (young, old, half) = (Some(Duration::from_secs(5)), Some(INTERVAL), Some(Duration::from_secs(55)));
     let populated = Mounted { populated: true };
@@ -136,6 +156,11 @@ fn the_plan_covers_every_trigger_and_target_state() {
         (p, populated, young, on, Skip),
         (p, populated, half, on, refresh),
         (p, populated, old, off, Skip),
+        // A refresh-now request: any age, rotation on or off; never a mount, never an unknown volume.
+        (now, populated, young, on, refresh),
+        (now, populated, young, off, refresh),
+        (now, NotMounted, young, on, Skip),
+        (now, populated, None, on, Skip),
     ];
     for (trigger, state, age, interval, want) in cases {
         assert_eq!(
@@ -232,7 +257,7 @@ async fn unpublish_overtakes_a_refresh_in_flight_and_the_poller_never_brings_the
     assert_eq!(poller.await.unwrap(), 1);
     assert!(!Path::new(&t).exists(), "the target is gone");
     // A refresh from a stale snapshot finds the volume gone and does nothing.
-    let out = d.refresh(params(&t), 9).await;
+    let out = d.refresh(params(&t), 9, false).await;
     assert!(matches!(out, PublishOutcome::Skipped), "{out:?}");
     assert!(!Path::new(&t).exists(), "the poller never recreates an unpublished volume");
     assert!(d.volumes().is_empty());
@@ -322,4 +347,143 @@ async fn a_long_outage_backs_off_to_one_attempt_per_interval_and_recovers_within
     assert!(back.elapsed() <= INTERVAL + crate::rotation::poll_tick(INTERVAL), "recovered in {:?}", back.elapsed());
     let _ = stop_tx.send(());
     poller.await.unwrap();
+}
+
+/// A cluster whose annotations the test sets, recording the events the driver reports.
+#[derive(Default)]
+struct FakeCluster {
+    pod_refresh: Mutex<BTreeMap<String, String>>,
+    class_refresh: Mutex<Option<String>>,
+    class_interval: Mutex<Option<String>>,
+    events: Mutex<Vec<(String, String, String)>>,
+}
+
+impl FakeCluster {
+    fn events(&self, reason: &str) -> Vec<(String, String)> {
+        let events = self.events.lock().unwrap();
+        events.iter().filter(|(_, r, _)| r == reason).map(|(pod, _, m)| (pod.clone(), m.clone())).collect()
+    }
+}
+
+#[async_trait]
+impl crate::node::Cluster for FakeCluster {
+    async fn record(
+        &self,
+        _: &PublishParams,
+        _: &BTreeMap<String, String>,
+        _: bool,
+    ) -> Result<(), crate::kube::PodStatusError> {
+        Ok(())
+    }
+    async fn remove(&self, _: &PublishParams) -> Result<(), crate::kube::PodStatusError> {
+        Ok(())
+    }
+    async fn written(&self, _: &PublishParams, _: &SecretProviderClassSpec, _: bool, _: &[File]) -> usize {
+        0
+    }
+    async fn rotation_failed(&self, params: &PublishParams, message: &str) {
+        self.events.lock().unwrap().push((params.pod.name.clone(), "MountRotationFailed".into(), message.into()));
+    }
+    fn hints(&self, params: &PublishParams) -> crate::annotations::VolumeHints {
+        crate::annotations::VolumeHints {
+            refresh: crate::annotations::RefreshMarks {
+                pod: self.pod_refresh.lock().unwrap().get(&params.pod.name).cloned(),
+                class: self.class_refresh.lock().unwrap().clone(),
+            },
+            class_interval: self.class_interval.lock().unwrap().clone(),
+        }
+    }
+    async fn refreshed(&self, params: &PublishParams, message: &str) {
+        self.events.lock().unwrap().push((params.pod.name.clone(), "RefreshedOnRequest".into(), message.into()));
+    }
+    async fn class_interval_invalid(&self, params: &PublishParams, message: &str) {
+        self.events.lock().unwrap().push((params.pod.name.clone(), "InvalidRotationInterval".into(), message.into()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_now_on_a_pod_refreshes_its_volume_once_even_with_rotation_off_and_an_event_says_so() {
+    let cluster = Arc::new(FakeCluster::default());
+    // A value present at mount time asks nothing: it was already served by the mount itself.
+    cluster.pod_refresh.lock().unwrap().insert("web-0".into(), "t0".into());
+    let f = Fixture::with_cluster(None, cluster.clone());
+    let d = f.driver.clone();
+    for i in 0..2 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    assert_eq!(d.serve_refresh_requests().await, 0);
+    *f.provider.value.lock().unwrap() = "v2".into();
+    cluster.pod_refresh.lock().unwrap().insert("web-0".into(), "2026-12-01T10:00:00Z".into());
+    assert_eq!(d.serve_refresh_requests().await, 1, "only the annotated pod's volume");
+    assert_eq!((f.read(0).as_deref(), f.read(1).as_deref()), (Some("v2"), Some("v1")));
+    assert_eq!(f.calls(), 3);
+    let events = cluster.events("RefreshedOnRequest");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "web-0");
+    assert_eq!(
+        events[0].1,
+        r#"refreshed on request (keyvault-csi.io/refresh-now="2026-12-01T10:00:00Z" on the pod): 1 files, contents changed"#
+    );
+    assert!(!events[0].1.contains("v2"), "no value in an event");
+    // Served once; removing the annotation asks nothing either.
+    assert_eq!(d.serve_refresh_requests().await, 0);
+    cluster.pod_refresh.lock().unwrap().clear();
+    assert_eq!(d.serve_refresh_requests().await, 0);
+    assert_eq!(f.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_now_on_a_class_refreshes_every_volume_in_one_cycle_and_a_failure_keeps_the_files() {
+    let cluster = Arc::new(FakeCluster::default());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    for i in 0..3 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    *f.provider.value.lock().unwrap() = "v2".into();
+    *cluster.class_refresh.lock().unwrap() = Some("1".into());
+    assert_eq!(d.serve_refresh_requests().await, 3);
+    assert!((0..3).all(|i| f.read(i).as_deref() == Some("v2")));
+    let cycles = f.provider.cycles.lock().unwrap().clone();
+    let forced: std::collections::HashSet<_> = cycles[3..].iter().collect();
+    assert_eq!(forced.len(), 1, "one cycle, so the provider shares identical fetches: {cycles:?}");
+    assert!(forced.iter().all(|c| c.is_some()), "background calls, under the provider's dedup and rate limits");
+    assert_eq!(cluster.events("RefreshedOnRequest").len(), 3);
+    // A failing vault: the request is served (once), the files stay, the failure is reported.
+    *f.provider.fail.lock().unwrap() = true;
+    *cluster.class_refresh.lock().unwrap() = Some("2".into());
+    assert_eq!(d.serve_refresh_requests().await, 3);
+    assert!((0..3).all(|i| f.read(i).as_deref() == Some("v2")), "files kept");
+    assert_eq!(cluster.events("MountRotationFailed").len(), 3);
+    assert_eq!(d.serve_refresh_requests().await, 0, "not retried every second; rotation's backoff takes over");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_class_interval_overrides_the_nodes_and_is_bounded_below() {
+    let cluster = Arc::new(FakeCluster::default());
+    *cluster.class_interval.lock().unwrap() = Some("10m".into());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    d.publish(f.volume(0), None).await.unwrap();
+    tokio::time::advance(INTERVAL * 2).await;
+    assert_eq!(d.rotate_due().await, 0, "a 10 m class is not due after the node's 2 m");
+    tokio::time::advance(Duration::from_secs(360)).await;
+    assert_eq!(d.rotate_due().await, 1, "due at 10 m");
+    // Asking for 1 s gets the 30 s floor: not due at 20 s, due at 30 s.
+    *cluster.class_interval.lock().unwrap() = Some("1s".into());
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert_eq!(d.rotate_due().await, 0);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(d.rotate_due().await, 1);
+    assert_eq!(d.volumes().get(Path::new(&f.target(0))).unwrap().interval, Some(Duration::from_secs(30)));
+    // An unusable value: the node's interval applies, and one Warning says why.
+    *cluster.class_interval.lock().unwrap() = Some("soon".into());
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(d.rotate_due().await, 0);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(d.rotate_due().await, 1);
+    tokio::task::yield_now().await;
+    let warnings = cluster.events("InvalidRotationInterval");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].1.contains("keyvault-csi.io/rotation-poll-interval") && warnings[0].1.contains("soon"));
 }

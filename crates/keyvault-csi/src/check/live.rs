@@ -129,7 +129,11 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     let manifest = driver::class::SecretProviderClass {
         api_version: "secrets-store.csi.x-k8s.io/v1".into(),
         kind: "SecretProviderClass".into(),
-        metadata: driver::class::Metadata { name: class.into(), namespace: Some(ns.into()) },
+        metadata: driver::class::Metadata {
+            name: class.into(),
+            namespace: Some(ns.into()),
+            annotations: Default::default(),
+        },
         spec: spc.spec.spec.clone(),
     };
     report.findings = super::check_class(&manifest);
