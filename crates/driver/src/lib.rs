@@ -12,6 +12,7 @@ pub mod atomic_writer;
 pub mod class;
 pub mod duration;
 pub mod error;
+pub mod expiry;
 pub mod external;
 pub mod grpc;
 pub mod kube;

@@ -11,7 +11,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -74,6 +74,17 @@ pub struct RotationErrorLabels {
     pub os_type: String,
     /// Whether contents changed.
     pub rotated: String,
+}
+
+/// `{namespace, class, object}` of a certificate file (bounded by classes, not pods).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct CertLabels {
+    /// The pods' namespace.
+    pub namespace: String,
+    /// SecretProviderClass name.
+    pub class: String,
+    /// The file in the volume (`objectAlias`, else `objectName`).
+    pub object: String,
 }
 
 fn os() -> OsLabels {
@@ -220,6 +231,28 @@ impl Collector for VolumeGauges {
         g.encode(encoder.encode_descriptor(
             "mounted_volumes",
             "Volumes currently published by this driver",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        // One series per (namespace, class, file): pods sharing a class share it (the earliest wins).
+        let mut expiry: std::collections::BTreeMap<CertLabels, i64> = Default::default();
+        for (_, v) in &volumes {
+            for (file, &not_after) in &v.cert_expiry {
+                let key = CertLabels {
+                    namespace: v.params.pod.namespace.clone(),
+                    class: v.params.class_name.clone(),
+                    object: file.clone(),
+                };
+                expiry.entry(key).and_modify(|t| *t = (*t).min(not_after)).or_insert(not_after);
+            }
+        }
+        let certs: Family<CertLabels, Gauge<i64>> = Family::default();
+        for (labels, not_after) in expiry {
+            certs.get_or_create(&labels).set(not_after);
+        }
+        certs.encode(encoder.encode_descriptor(
+            "certificate_expiry_timestamp_seconds",
+            "notAfter (Unix seconds) of the earliest-expiring certificate in each mounted file, by namespace, class and file",
             None,
             MetricType::Gauge,
         )?)?;

@@ -35,7 +35,13 @@ pub struct Config {
     pub rotation_interval: Option<Duration>,
     /// The shortest interval a class may ask for (`--min-rotation-poll-interval`).
     pub min_class_interval: Duration,
+    /// Warn on the pod this long before a mounted certificate expires (`--cert-expiry-warning`;
+    /// `None`: never).
+    pub cert_expiry_warning: Option<Duration>,
 }
+
+/// `--cert-expiry-warning`'s default: 30 days.
+pub const DEFAULT_CERT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
 /// `--min-rotation-poll-interval`'s default.
 pub const DEFAULT_MIN_CLASS_INTERVAL: Duration = Duration::from_secs(30);
@@ -109,6 +115,8 @@ pub trait Cluster: Send + Sync + 'static {
     async fn refreshed(&self, _params: &PublishParams, _message: &str) {}
     /// A class's rotation-interval annotation cannot be used (reported once per class and value).
     async fn class_interval_invalid(&self, _params: &PublishParams, _message: &str) {}
+    /// A certificate the volume mounts expires soon, or has expired.
+    async fn certificate_expiring(&self, _params: &PublishParams, _message: &str) {}
 }
 
 /// What a successful `NodePublishVolume` did.

@@ -331,6 +331,12 @@ impl Driver {
         }
         let mut volume = Volume::fresh(params.clone(), spec.provider.clone(), response.object_versions);
         volume.interval = self.volume_interval(params);
+        volume.cert_expiry = match (&known, files.is_empty()) {
+            // A legacy provider wrote the files itself: nothing to read here.
+            (Some(k), true) => k.cert_expiry.clone(),
+            _ => crate::expiry::expiries(&files),
+        };
+        volume.expiry_warned = known.as_ref().map(|k| k.expiry_warned.clone()).unwrap_or_default();
         // A new volume starts from the refresh-now values it was mounted under (they ask nothing of it).
         volume.refresh_seen = match &known {
             Some(k) => k.refresh_seen.clone(),

@@ -36,6 +36,10 @@ pub struct Volume {
     pub refresh_seen: crate::annotations::RefreshMarks,
     /// Its rotation interval (its class's, else the node's) as last planned; `None`: rotation off.
     pub interval: Option<Duration>,
+    /// Certificate files → earliest `notAfter` (see [`crate::expiry`]).
+    pub cert_expiry: crate::expiry::Expiries,
+    /// (file, `notAfter`) already warned about on the pod.
+    pub expiry_warned: std::collections::BTreeSet<(String, i64)>,
 }
 
 impl Volume {
@@ -50,6 +54,8 @@ impl Volume {
             retry_at: None,
             refresh_seen: Default::default(),
             interval: None,
+            cert_expiry: Default::default(),
+            expiry_warned: Default::default(),
         }
     }
 }

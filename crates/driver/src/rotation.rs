@@ -250,6 +250,33 @@ impl Driver {
         n
     }
 
+    /// Warns on each pod whose volume mounts a certificate expiring within `--cert-expiry-warning`
+    /// (once per file and `notAfter`: a renewed certificate is warned about afresh when it, too,
+    /// comes close). Returns the warnings emitted.
+    pub async fn warn_expiring(&self) -> usize {
+        let (Some(cluster), Some(window)) = (&self.cluster, self.config.cert_expiry_warning) else { return 0 };
+        let now = chrono::Utc::now().timestamp();
+        let mut warned = 0;
+        for (target, volume) in self.volumes.snapshot() {
+            for (file, &not_after) in &volume.cert_expiry {
+                let key = (file.clone(), not_after);
+                if volume.expiry_warned.contains(&key) {
+                    continue;
+                }
+                let Some(message) = crate::expiry::warning(file, not_after, now, window) else { continue };
+                let message = format!("{message}; class {}", volume.params.class_name);
+                tracing::warn!(pod = %volume.params.pod.name, namespace = %volume.params.pod.namespace,
+                    class = %volume.params.class_name, file = %file, not_after, "certificate expiring");
+                cluster.certificate_expiring(&volume.params, &message).await;
+                self.volumes.update(&target, |v| {
+                    v.expiry_warned.insert(key.clone());
+                });
+                warned += 1;
+            }
+        }
+        warned
+    }
+
     /// The rotation poller: until `shutdown`, checks every [`poll_tick`] for volumes due for a refresh
     /// (the tick of the shortest interval a class may ask for, so a class's own interval is kept).
     pub async fn run_rotation(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
@@ -265,7 +292,8 @@ impl Driver {
         }
     }
 
-    /// The refresh-now loop: until `shutdown`, serves requests every [`REFRESH_REQUEST_TICK`].
+    /// The refresh-now loop: until `shutdown`, serves requests every [`REFRESH_REQUEST_TICK`], and
+    /// warns about expiring certificates.
     pub async fn run_refresh_requests(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         if self.cluster.is_none() {
             return;
@@ -277,6 +305,7 @@ impl Driver {
                 _ = &mut shutdown => return,
             }
             self.serve_refresh_requests().await;
+            self.warn_expiring().await;
         }
     }
 }

@@ -86,6 +86,10 @@ pub struct NodeArgs {
     /// `keyvault-csi.io/rotation-poll-interval` annotation (ours); shorter ones are raised to this.
     #[arg(long, default_value = "30s", value_parser = parse_min_interval, value_name = "DURATION")]
     pub min_rotation_poll_interval: Duration,
+    /// Warn on the pod (a `CertificateExpiring` event) this long before a mounted certificate
+    /// expires; 0 disables the warning (the `certificate_expiry_timestamp_seconds` gauge stays).
+    #[arg(long, default_value = "720h", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub cert_expiry_warning: Duration,
     /// Largest provider response accepted, in bytes.
     #[arg(long, default_value_t = 4_194_304, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_call_recv_msg_size: u32,

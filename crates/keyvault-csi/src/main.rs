@@ -132,6 +132,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
         rotation_interval: args.enable_secret_rotation.then_some(args.rotation_poll_interval),
         min_class_interval: args.min_rotation_poll_interval,
+        cert_expiry_warning: (!args.cert_expiry_warning.is_zero()).then_some(args.cert_expiry_warning),
     };
     let mut cluster: Option<Arc<dyn driver::node::Cluster>> = None;
     let mut readiness: Vec<(&'static str, http::ReadyCheck)> = Vec::new();

@@ -105,6 +105,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
         vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
         rotation_interval: rotation,
         min_class_interval: driver::node::DEFAULT_MIN_CLASS_INTERVAL,
+        cert_expiry_warning: Some(driver::node::DEFAULT_CERT_EXPIRY_WARNING),
     };
     let driver = Driver::new(config, mounter, classes, providers);
 

@@ -334,6 +334,10 @@ impl Cluster for KubeCluster {
             .await;
     }
 
+    async fn certificate_expiring(&self, params: &PublishParams, message: &str) {
+        self.events.pod_event(&params.pod, MOUNT_COMPONENT, EventType::Warning, "CertificateExpiring", message).await;
+    }
+
     fn pod_active(&self, pod: &PodInfo) -> bool {
         let Some(p) = self.pods.get(&pod.namespace, &pod.name) else { return true };
         let finished =

@@ -95,6 +95,7 @@ impl Fixture {
             vendor_version: "test".into(),
             rotation_interval: rotation,
             min_class_interval: crate::node::DEFAULT_MIN_CLASS_INTERVAL,
+            cert_expiry_warning: Some(crate::node::DEFAULT_CERT_EXPIRY_WARNING),
         };
         let providers = Providers::new(ExternalProviders::new(vec![], PathBuf::from("/nonexistent"), 4 << 20))
             .with_builtin("fake", provider.clone());
@@ -396,6 +397,9 @@ impl crate::node::Cluster for FakeCluster {
     async fn refreshed(&self, params: &PublishParams, message: &str) {
         self.events.lock().unwrap().push((params.pod.name.clone(), "RefreshedOnRequest".into(), message.into()));
     }
+    async fn certificate_expiring(&self, params: &PublishParams, message: &str) {
+        self.events.lock().unwrap().push((params.pod.name.clone(), "CertificateExpiring".into(), message.into()));
+    }
     async fn class_interval_invalid(&self, params: &PublishParams, message: &str) {
         self.events.lock().unwrap().push((params.pod.name.clone(), "InvalidRotationInterval".into(), message.into()));
     }
@@ -486,4 +490,48 @@ async fn a_class_interval_overrides_the_nodes_and_is_bounded_below() {
     let warnings = cluster.events("InvalidRotationInterval");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].1.contains("keyvault-csi.io/rotation-poll-interval") && warnings[0].1.contains("soon"));
+}
+
+/// A self-signed certificate PEM valid until `not_after` (Unix seconds).
+fn cert_pem(not_after: i64) -> String {
+    let mut p = rcgen::CertificateParams::new(vec!["example.com".into()]).unwrap();
+    p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+    p.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()
+}
+
+#[tokio::test]
+async fn an_expiring_certificate_is_a_gauge_per_class_and_file_and_one_warning_per_pod() {
+    let cluster = Arc::new(FakeCluster::default());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    let soon = chrono::Utc::now().timestamp() + 10 * 86_400;
+    *f.provider.value.lock().unwrap() = cert_pem(soon);
+    for i in 0..2 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    assert_eq!(d.warn_expiring().await, 2, "one per pod");
+    assert_eq!(d.warn_expiring().await, 0, "once per file and notAfter");
+    let warnings = cluster.events("CertificateExpiring");
+    assert!(warnings[0].1.starts_with("certificate in file \"a\" expires at "), "{warnings:?}");
+    assert!(warnings[0].1.contains("(in 9d23h)") || warnings[0].1.contains("(in 10d0h)"), "{warnings:?}");
+    assert!(!warnings[0].1.contains("BEGIN"), "no certificate text in an event");
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = crate::metrics::Metrics::default();
+    metrics.register(&mut registry, d.volumes().clone());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let series: Vec<&str> = text.lines().filter(|l| l.starts_with("certificate_expiry_timestamp_seconds{")).collect();
+    assert_eq!(
+        series,
+        [format!("certificate_expiry_timestamp_seconds{{namespace=\"ns\",class=\"spc\",object=\"a\"}} {soon}")]
+    );
+    // A renewed certificate far from expiry: the gauge follows, and nothing is warned.
+    let later = soon + 365 * 86_400;
+    *f.provider.value.lock().unwrap() = cert_pem(later);
+    *cluster.class_refresh.lock().unwrap() = Some("renewed".into());
+    assert_eq!(d.serve_refresh_requests().await, 2);
+    assert_eq!(d.warn_expiring().await, 0);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains(&format!("object=\"a\"}} {later}")), "{text}");
 }
