@@ -67,7 +67,10 @@ async fn metrics_after_mount_failure_rotation_and_unmount() {
     assert_eq!(status, 200);
     assert_eq!(sample(&m, r#"node_publish_total{provider="azure",os_type="linux"}"#), 2.0);
     assert_eq!(
-        sample(&m, r#"node_publish_error_total{provider="",error_type="SecretProviderClassNotFound",os_type="linux"}"#),
+        sample(
+            &m,
+            r#"node_publish_error_total{provider="",error_type="SecretProviderClassNotFound",os_type="linux",error_class="not_found"}"#
+        ),
         1.0
     );
     assert_eq!(sample(&m, r#"rotation_reconcile_total{provider="azure",os_type="linux",rotated="true"}"#), 1.0);
@@ -76,17 +79,27 @@ async fn metrics_after_mount_failure_rotation_and_unmount() {
     assert!(m.contains(r#"rotation_reconcile_duration_sec_bucket{le="2.0",os_type="linux"}"#));
     assert_eq!(sample(&m, "mounted_volumes"), 1.0);
     assert!(sample(&m, "rotation_lag_seconds") < 5.0);
-    let kv = r#"keyvault_request_count{object_type="secret",object_name="db-password",error="",os_type="linux",provider="azure",service_name="csi-secrets-store-provider-azure"}"#;
+    let kv = r#"keyvault_request_count{object_type="secret",object_name="db-password",error="",error_class="",os_type="linux",provider="azure",service_name="csi-secrets-store-provider-azure"}"#;
     assert_eq!(sample(&m, kv), 2.0);
     assert!(m.contains(r#"keyvault_request_bucket{le="0.1",object_type="secret""#), "provider buckets");
     assert_eq!(sample(&m, r#"grpc_request_count{grpc_method="/v1alpha1.CSIDriverProvider/Mount",grpc_code="Ok""#), 2.0);
     let port = h.https_addr.port();
     assert_eq!(
-        sample(&m, &format!(r#"keyvault_requests_total{{vault="kv-metrics.vault.azure.net:{port}",status="200"}}"#)),
+        sample(
+            &m,
+            &format!(
+                r#"keyvault_requests_total{{vault="kv-metrics.vault.azure.net:{port}",status="200",error_class=""}}"#
+            )
+        ),
         2.0
     );
     assert_eq!(
-        sample(&m, &format!(r#"keyvault_requests_total{{vault="kv-metrics.vault.azure.net:{port}",status="401"}}"#)),
+        sample(
+            &m,
+            &format!(
+                r#"keyvault_requests_total{{vault="kv-metrics.vault.azure.net:{port}",status="401",error_class="auth"}}"#
+            )
+        ),
         1.0
     );
     assert_eq!(sample(&m, r#"keyvault_token_requests_total{result="acquired"}"#), 1.0);
@@ -193,6 +206,7 @@ async fn the_provider_subcommand_serves_v1alpha1_to_the_external_provider_client
         deadline: None,
         background: false,
         cycle: None,
+        fresh: false,
     };
     let resp = client.mount(req.clone()).await.unwrap();
     assert_eq!(resp.files.len(), 1);

@@ -133,6 +133,24 @@ impl PublishError {
         }
     }
 
+    /// The bounded `error_class` label (`throttled`, `auth`, `not_found`, `network`, `other`): what an
+    /// alert tells apart without matching free text.
+    pub fn class(&self) -> &'static str {
+        use crate::provider::ErrorKind as K;
+        match self {
+            Self::Provider { source, .. } => match source.kind {
+                K::ResourceExhausted => "throttled",
+                K::PermissionDenied => "auth",
+                K::NotFound => "not_found",
+                K::Unavailable | K::DeadlineExceeded => "network",
+                K::InvalidArgument | K::Internal => "other",
+            },
+            Self::Class(ClassError::NotFound { .. }) => "not_found",
+            Self::Class(ClassError::Unavailable { .. }) | Self::PodStatus { .. } => "network",
+            _ => "other",
+        }
+    }
+
     /// The gRPC status kubelet receives.
     pub fn to_status(&self) -> Status {
         let code = match self {
@@ -235,5 +253,22 @@ mod tests {
         }
         assert_eq!(ErrorKind::from_grpc_code(Code::Unauthenticated), ErrorKind::PermissionDenied);
         assert_eq!(ErrorKind::from_grpc_code(Code::Unknown), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn every_error_has_one_of_five_classes() {
+        let provider = |kind| PublishError::Provider {
+            pod: "ns/p".into(),
+            source: crate::provider::ProviderError::new(kind, "GRPCProviderError", "x"),
+        };
+        let classes: Vec<&str> = ErrorKind::ALL.iter().map(|k| provider(*k).class()).collect();
+        for c in ["throttled", "auth", "not_found", "network", "other"] {
+            assert!(classes.contains(&c), "{c} missing from {classes:?}");
+        }
+        assert_eq!(provider(ErrorKind::ResourceExhausted).class(), "throttled");
+        assert_eq!(provider(ErrorKind::PermissionDenied).class(), "auth");
+        let missing = PublishError::Class(ClassError::NotFound { namespace: "ns".into(), name: "c".into() });
+        assert_eq!(missing.class(), "not_found");
+        assert_eq!(PublishError::NotReadonly.class(), "other");
     }
 }

@@ -226,6 +226,7 @@ mod tests {
             deadline: None,
             background: false,
             cycle: None,
+            fresh: false,
         };
         let w = to_wire(&req);
         assert_eq!(w.attributes, r#"{"a":"1","b":"2"}"#);

@@ -50,6 +50,8 @@ pub struct ErrorLabels {
     pub error_type: String,
     /// `linux`.
     pub os_type: String,
+    /// `throttled`, `auth`, `not_found`, `network` or `other` (ours).
+    pub error_class: String,
 }
 
 /// `{provider, os_type, rotated}`.
@@ -74,6 +76,8 @@ pub struct RotationErrorLabels {
     pub os_type: String,
     /// Whether contents changed.
     pub rotated: String,
+    /// `throttled`, `auth`, `not_found`, `network` or `other` (ours).
+    pub error_class: String,
 }
 
 /// `{namespace, class, object}` of a certificate file (bounded by classes, not pods).
@@ -172,8 +176,13 @@ impl Metrics {
     }
 
     /// A publish that failed, or a republish whose failure was masked.
-    pub fn publish_error(&self, provider: &str, error_type: &str) {
-        let l = ErrorLabels { provider: provider.into(), error_type: error_type.into(), os_type: OS_TYPE.into() };
+    pub fn publish_error(&self, provider: &str, error: &crate::error::PublishError) {
+        let l = ErrorLabels {
+            provider: provider.into(),
+            error_type: error.label().into(),
+            os_type: OS_TYPE.into(),
+            error_class: error.class().into(),
+        };
         self.node_publish_error.get_or_create(&l).inc();
     }
 
@@ -185,12 +194,13 @@ impl Metrics {
     }
 
     /// A failed rotation (the old files stay).
-    pub fn rotation_error(&self, provider: &str, error_type: &str) {
+    pub fn rotation_error(&self, provider: &str, error: &crate::error::PublishError) {
         let l = RotationErrorLabels {
             provider: provider.into(),
-            error_type: error_type.into(),
+            error_type: error.label().into(),
             os_type: OS_TYPE.into(),
             rotated: "true".into(),
+            error_class: error.class().into(),
         };
         self.rotation_reconcile_error.get_or_create(&l).inc();
     }

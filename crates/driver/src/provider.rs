@@ -32,6 +32,9 @@ pub struct MountRequest {
     pub background: bool,
     /// The rotation cycle this refresh belongs to: identical fetches of one cycle may share results.
     pub cycle: Option<u64>,
+    /// A refresh-now request: only fetches of its own cycle may be shared, never a result that
+    /// finished before the request (which may predate the change the user wants).
+    pub fresh: bool,
 }
 
 impl fmt::Debug for MountRequest {

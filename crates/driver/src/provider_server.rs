@@ -61,6 +61,7 @@ pub fn decode(r: pb::MountRequest, deadline: Option<Instant>) -> Result<MountReq
         current_object_versions: current,
         deadline,
         cycle: None,
+        fresh: false,
     })
 }
 

@@ -139,7 +139,7 @@ impl Driver {
             Ok(g) => g,
             Err(Contended::ByKubelet | Contended::PollerTimedOut) => {
                 let e = PublishError::Busy(target);
-                self.metrics.publish_error(known.as_ref().map_or("", |v| &v.provider), e.label());
+                self.metrics.publish_error(known.as_ref().map_or("", |v| &v.provider), &e);
                 return Err(e);
             }
         };
@@ -155,13 +155,13 @@ impl Driver {
             }
             Ok(PublishOutcome::Skipped) => m.publish_ok(&attempt.provider),
             Ok(PublishOutcome::KeptAfterError(e)) => {
-                m.publish_error(&attempt.provider, e.label());
-                m.rotation_error(&attempt.provider, e.label());
+                m.publish_error(&attempt.provider, e);
+                m.rotation_error(&attempt.provider, e);
                 if let Some(cluster) = &self.cluster {
                     cluster.rotation_failed(&params, &e.to_string()).await;
                 }
             }
-            Err(e) => m.publish_error(&attempt.provider, e.label()),
+            Err(e) => m.publish_error(&attempt.provider, e),
         }
         attempt.result
     }
@@ -287,6 +287,7 @@ impl Driver {
                 Trigger::Poller { cycle, .. } => Some(cycle),
                 Trigger::Kubelet => None,
             },
+            fresh: matches!(trigger, Trigger::Poller { forced: true, .. }),
         };
         let late = || {
             let why = if background { "within one rotation interval" } else { "before kubelet's deadline" };

@@ -131,7 +131,7 @@ impl Driver {
         match &outcome {
             PublishOutcome::Published { changed, .. } => self.metrics.rotation(&attempt.provider, *changed, started),
             PublishOutcome::KeptAfterError(e) => {
-                self.metrics.rotation_error(&attempt.provider, e.label());
+                self.metrics.rotation_error(&attempt.provider, e);
                 if let Some(cluster) = &self.cluster {
                     cluster.rotation_failed(&params, &e.to_string()).await;
                 }

@@ -150,6 +150,7 @@ impl Provider for AzureProvider {
             deadline: request.deadline,
             priority: if request.background { keyvault::Priority::Background } else { keyvault::Priority::Mount },
             cycle: request.cycle,
+            fresh: request.fresh,
         };
         let started = std::time::Instant::now();
         let result = self.provider.mount(req).await;
@@ -276,6 +277,7 @@ mod tests {
             deadline: None,
             background: false,
             cycle: None,
+            fresh: false,
         };
         assert_clean("driver MountRequest", format!("{driver_request:?}"));
         let file = driver::provider::File::new("a", 0o644, FILE.as_bytes().to_vec());

@@ -33,6 +33,30 @@ impl ErrorKind {
             Self::Internal => "Internal",
         }
     }
+
+    /// The bounded `error_class` label: `throttled`, `auth`, `not_found`, `network` or `other`, the
+    /// five things an alert tells apart.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::Forbidden => "auth",
+            Self::NotFound => "not_found",
+            Self::Unavailable | Self::DeadlineExceeded => "network",
+            Self::InvalidInput | Self::Internal => "other",
+        }
+    }
+
+    /// The `error_class` of an HTTP status from Key Vault (0: no response); empty for a success.
+    pub fn class_of_status(status: u16) -> &'static str {
+        match status {
+            200..=399 => "",
+            429 => "throttled",
+            401 | 403 => "auth",
+            404 => "not_found",
+            0 | 500..=599 => "network",
+            _ => "other",
+        }
+    }
 }
 
 /// Who answered (or failed to answer) with the error: lets callers tell an identity Entra ID refused
@@ -120,3 +144,18 @@ impl Error {
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_classes_are_five_and_statuses_map_onto_them() {
+        use ErrorKind::*;
+        let kinds = [InvalidInput, NotFound, Forbidden, Throttled, Unavailable, DeadlineExceeded, Internal];
+        let classes: std::collections::BTreeSet<&str> = kinds.iter().map(|k| k.class()).collect();
+        assert_eq!(classes, ["auth", "network", "not_found", "other", "throttled"].into());
+        let by_status: Vec<&str> = [200, 429, 401, 403, 404, 0, 503, 400].map(ErrorKind::class_of_status).to_vec();
+        assert_eq!(by_status, ["", "throttled", "auth", "auth", "not_found", "network", "network", "other"]);
+    }
+}

@@ -32,11 +32,16 @@ pub struct Flights {
     map: Mutex<HashMap<(String, IdentityKey), Arc<Flight>>>,
 }
 
-/// Whether a flight may still be shared with a fetch of `cycle`.
-fn fresh(f: &Flight, cycle: Option<u64>, now: Instant, window: Duration) -> bool {
+/// Whether a flight may still be shared with a fetch of `cycle`. A refresh-now fetch (`only_cycle`)
+/// shares its own cycle's flights only: anything else may have started before the request.
+fn fresh(f: &Flight, cycle: Option<u64>, only_cycle: bool, now: Instant, window: Duration) -> bool {
+    let same_cycle = cycle.is_some() && f.cycle == cycle;
+    if only_cycle && !same_cycle {
+        return false;
+    }
     f.done.lock().unwrap_or_else(|e| e.into_inner()).is_none_or(|d| {
         let age = now.duration_since(d);
-        age <= window || (cycle.is_some() && f.cycle == cycle && age <= CYCLE_LIFETIME)
+        age <= window || (same_cycle && age <= CYCLE_LIFETIME)
     })
 }
 
@@ -45,7 +50,7 @@ impl Flights {
     /// next fetch to evict them.
     pub fn evict_stale(&self, window: Duration) {
         let now = Instant::now();
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, f| fresh(f, f.cycle, now, window));
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, f| fresh(f, f.cycle, false, now, window));
     }
 
     /// Evicts every `window` (at least every second) until the flights are dropped.
@@ -69,7 +74,7 @@ impl Flights {
             let now = Instant::now();
             // Stale entries are evicted by the janitor, not by scanning the map on every fetch; a
             // stale entry for this key is simply replaced.
-            match map.get(&key).filter(|f| fresh(f, call.cycle, now, window)) {
+            match map.get(&key).filter(|f| fresh(f, call.cycle, call.fresh, now, window)) {
                 Some(f) => (f.clone(), true),
                 None => {
                     let f = Arc::new(Flight {

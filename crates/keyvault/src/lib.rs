@@ -82,6 +82,9 @@ pub struct MountRequest {
     /// A rotation cycle: fetches of the same cycle (and identity) share results for as long as the
     /// cycle runs, whatever `dedup_window` says, so a cycle costs one request per distinct object.
     pub cycle: Option<u64>,
+    /// A refresh-now request: share only fetches of its own cycle, never a result that finished
+    /// within `dedup_window` before it (the user asked for what the vault holds now).
+    pub fresh: bool,
 }
 
 impl std::fmt::Debug for MountRequest {
@@ -202,6 +205,7 @@ impl Provider {
             deadline,
             priority: req.priority,
             cycle: req.cycle,
+            fresh: req.fresh,
         };
         let results = futures_util::future::join_all(params.objects.iter().map(|o| fetch::object(&call, o))).await;
         let mut resp = MountResponse::default();

@@ -28,6 +28,8 @@ pub struct KeyvaultLabels {
     object_name: String,
     /// Bounded error code (`NotFound`, `Forbidden`, `Throttled`, ...), empty on success.
     error: String,
+    /// `throttled`, `auth`, `not_found`, `network` or `other`; empty on success.
+    error_class: String,
     os_type: String,
     provider: String,
     service_name: String,
@@ -86,6 +88,7 @@ impl crate::Observer for ProviderMetrics {
             object_type: object_type.into(),
             object_name: object_name.into(),
             error: error.map(|e| e.label().to_string()).unwrap_or_default(),
+            error_class: error.map(|e| e.class().to_string()).unwrap_or_default(),
             os_type: OS_TYPE.into(),
             provider: "azure".into(),
             service_name: SERVICE_NAME.into(),
@@ -102,6 +105,7 @@ struct KeyvaultStats(Arc<crate::Stats>);
 struct VaultStatus {
     vault: String,
     status: String,
+    error_class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,8 +124,11 @@ impl Collector for KeyvaultStats {
                 MetricType::Counter,
             )?;
             for ((vault, status), n) in s.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                let l =
-                    VaultStatus { vault: vault.trim_start_matches("https://").to_string(), status: status.to_string() };
+                let l = VaultStatus {
+                    vault: vault.trim_start_matches("https://").to_string(),
+                    status: status.to_string(),
+                    error_class: crate::ErrorKind::class_of_status(*status).to_string(),
+                };
                 ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
             }
         }

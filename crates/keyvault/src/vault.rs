@@ -102,6 +102,8 @@ pub struct VaultCall<'a> {
     pub priority: crate::transport::Priority,
     /// Rotation cycle, if any.
     pub cycle: Option<u64>,
+    /// A refresh-now request (see [`crate::MountRequest::fresh`]).
+    pub fresh: bool,
 }
 
 impl VaultCall<'_> {

@@ -433,6 +433,24 @@ async fn concurrent_identical_fetches_share_requests_only_within_one_identity() 
     assert!(p.stats().dedup_hits.load(std::sync::atomic::Ordering::Relaxed) >= 16);
 }
 
+/// A refresh-now fetch never reuses a result that finished before it (within the dedup window a
+/// mount would), but the volumes of its own cycle share its requests.
+#[tokio::test]
+async fn a_refresh_now_fetch_skips_the_dedup_window_and_shares_its_own_cycle() {
+    let (h, p) = setup(|c| c.dedup_window = Duration::from_secs(60)).await;
+    let objs = objects(&["objectName: db-password\nobjectType: secret"]);
+    p.mount(request(&objs, &[], SP)).await.unwrap();
+    h.set_secret("kv1", "db-password", "changed-just-now");
+    let within_window = p.mount(request(&objs, &[], SP)).await.unwrap();
+    assert_ne!(within_window.files[0].contents.expose_secret(), b"changed-just-now", "a mount shares the window");
+    let forced = |cycle| MountRequest { cycle: Some(cycle), fresh: true, ..request(&objs, &[], SP) };
+    let before = h.count(|k| k.vault == "kv1" && k.object == "db-password");
+    let (a, b) = tokio::join!(p.mount(forced(7)), p.mount(forced(7)));
+    assert_eq!(a.unwrap().files[0].contents.expose_secret(), b"changed-just-now");
+    assert_eq!(b.unwrap().files[0].contents.expose_secret(), b"changed-just-now");
+    assert_eq!(h.count(|k| k.vault == "kv1" && k.object == "db-password") - before, 1, "one request per cycle");
+}
+
 #[tokio::test]
 async fn object_version_pins_a_version() {
     let (h, p) = setup(|_| {}).await;
