@@ -54,9 +54,11 @@ conformance: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/conformance
 
 ## chart: render the Helm chart with Helm v4 (helm-python-sdk), validate every object against the
-## Kubernetes schemas of the oldest and newest supported releases, and start the binary with its args
+## Kubernetes schemas of the oldest and newest supported releases, start the binary with its args, and
+## check every alert and dashboard query (parsed PromQL) against the metrics the binary exposes
 chart: $(VENV)/.installed
 	$(CARGO) test --workspace --locked --no-run
+	hack/in-mount-ns.sh $(CARGO) test --locked -p keyvault-csi --test observability every_metric_family
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/chart
 
 ## e2e: the chart installed with Helm on a real cluster (KUBECONFIG, or the k8s kit in ../shared/k8s,

@@ -247,3 +247,105 @@ async fn the_provider_subcommand_serves_v1alpha1_to_the_external_provider_client
     assert!(status.success());
     assert!(!socket.exists(), "removes its socket");
 }
+
+/// Every metric family the driver has, after a day's worth of events (a mount with a certificate, a
+/// mount of a missing class, a refused rotation); the names are written to
+/// `target/metric-names.txt`, which the chart's tests check every alert and dashboard query against
+/// (`make chart` runs this test first): the alerts are tested against what the binary really exposes.
+#[tokio::test]
+async fn every_metric_family_after_mounts_errors_and_a_refused_rotation() {
+    let seed = Seed::from_yaml(&format!(
+        r#"
+tenants:
+  - id: {TENANT}
+    applications:
+      - {{ clientId: sp, objectId: sp-oid, clientSecret: families-client-secret }}
+vaults:
+  - name: kv-families
+    tenant: {TENANT}
+    access:
+      - {{ principal: sp-oid, secrets: [get], certificates: [get] }}
+    secrets:
+      - {{ name: db-password, value: "families-secret-value" }}
+    keys:
+      - {{ name: signing, kty: EC, curve: P-256 }}
+    certificates:
+      - {{ name: tls, subject: CN=tls.example.com }}
+"#
+    ))
+    .unwrap();
+    let h = Emulator::builder().seed(seed).start().await.unwrap();
+    let node = Node::new();
+    let objects = |extra: &str| {
+        format!(
+            "array:\n  - |\n    objectName: db-password\n    objectType: secret\n  - |\n    objectName: tls\n    objectType: cert\n{extra}"
+        )
+    };
+    let class = |objs: &str| {
+        node.add_class(
+            "default",
+            "azure-f",
+            "azure",
+            &[("keyvaultName", "kv-families"), ("tenantId", TENANT), ("objects", objs)],
+        )
+    };
+    class(&objects(""));
+    let mut flags = azure_flags(&node, &h);
+    flags.extend(["--enable-secret-rotation".into(), "--rotation-poll-interval=200ms".into()]);
+    flags.push("--rotation-poller=false".into());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let driver = DriverProcess::start(&node, &flags).await;
+    let mut client = driver.node_client().await;
+    let mut vol = PodVolume::new("f-0", "azure-f");
+    vol.secrets =
+        BTreeMap::from([("clientid".into(), "sp".into()), ("clientsecret".into(), "families-client-secret".into())]);
+    vol.publish(&node, &mut client).await.unwrap();
+    PodVolume::new("f-1", "no-such-class").publish(&node, &mut client).await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    vol.publish(&node, &mut client).await.unwrap(); // a rotation
+    // The identity may not read keys: the class gains one, and the republish's refresh is refused
+    // (the files stay; kubelet sees success, as upstream masks a republish failure).
+    class(&objects("  - |\n    objectName: signing\n    objectType: key\n"));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    vol.publish(&node, &mut client).await.unwrap();
+
+    let (_, m) = http_get(&driver.metrics_addr, "/metrics");
+    let mut names = std::collections::BTreeSet::new();
+    for line in m.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut parts = line.split(' ');
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
+        match kind {
+            "counter" => names.extend([format!("{name}_total")]),
+            "histogram" => names.extend(["_bucket", "_count", "_sum"].map(|s| format!("{name}{s}"))),
+            _ => names.extend([name.to_string()]),
+        }
+    }
+    for family in [
+        "node_publish_total",
+        "node_publish_error_total",
+        "node_publish_duration_seconds_bucket",
+        "rotation_reconcile_total",
+        "rotation_reconcile_error_total",
+        "keyvault_request_count",
+        "keyvault_requests_total",
+        "grpc_request_bucket",
+        "certificate_expiry_timestamp_seconds",
+        "mounted_volumes",
+        "rotation_lag_seconds",
+    ] {
+        assert!(names.contains(family), "{family} missing from {names:?}");
+    }
+    let refused = r#"rotation_reconcile_error_total{provider="azure",error_type="ProviderError",os_type="linux",rotated="true",error_class="auth"}"#;
+    assert_eq!(sample(&m, refused), 1.0, "{m}");
+    let cert = m.lines().find(|l| l.starts_with("certificate_expiry_timestamp_seconds{")).unwrap();
+    assert!(
+        cert.starts_with(r#"certificate_expiry_timestamp_seconds{namespace="default",class="azure-f",object="tls"} "#)
+    );
+    let not_after: f64 = cert.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(not_after > now + 86_400.0, "a fresh certificate: {cert}");
+    assert!(!m.contains("families-secret-value") && !m.contains("BEGIN"), "no value in metrics");
+
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/metric-names.txt");
+    std::fs::write(&out, names.into_iter().collect::<Vec<_>>().join("\n") + "\n").unwrap();
+}

@@ -3,6 +3,7 @@ validated against the Kubernetes OpenAPI schemas (kubernetes-validate --strict) 
 newest Kubernetes versions the chart claims; plus the fields that matter, and the rendered arguments
 run through the real binary."""
 
+import contextlib
 import json
 import os
 import pathlib
@@ -15,6 +16,7 @@ import urllib.request
 
 import helm_python
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
 from helm_python import _native
@@ -47,6 +49,17 @@ VARIANTS = {
         "provider": {"writeCertAndKeyInSeparateFiles": True, "cloudName": "AzureChinaCloud",
                      "tokenProxyURL": "https://proxy.example:8443", "sniName": "a1.ests.aks",
                      "tokenProxyCAFile": "/etc/corp-ca/ca.pem"},
+    },
+    "monitoring": {
+        "metrics": {
+            "service": {"enabled": True},
+            "serviceMonitor": {"enabled": True},
+            "podMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "dashboard": {"enabled": True},
+        },
+        "minRotationPollInterval": "1m",
+        "certExpiryWarning": "168h",
     },
     # A cluster without pod network or kube-proxy (the e2e kit): host networking, the API server's
     # node address in the environment, extra flags.
@@ -103,6 +116,8 @@ def test_every_object_validates_strictly(variant, kube_version):
     docs = render(VARIANTS[variant], kube_version=kube_version) + crds()
     assert docs
     for d in docs:
+        if d["kind"] in MONITORING_KINDS:
+            continue  # Prometheus Operator CRDs: not in Kubernetes' schemas (checked below)
         try:
             kubernetes_validate.validate(d, kube_version, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -268,13 +283,13 @@ def self_signed_ca_pem():
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_the_binary_accepts_the_rendered_arguments(variant):
-    """Starts the real binary with the DaemonSet's arguments (socket and listen address moved to a
-    temporary directory and a free port); it must serve, not exit with a flag error."""
+@contextlib.contextmanager
+def running_driver(values):
+    """The real binary with the DaemonSet's arguments for `values` (socket and listen address moved to
+    a temporary directory and a free port), serving; yields its metrics port."""
     binary = ROOT / "target" / "debug" / "keyvault-csi"
     assert binary.exists(), "build first (make test builds it)"
-    driver = container(render(VARIANTS[variant]), "secrets-store")
+    driver = container(render(values), "secrets-store")
     with tempfile.TemporaryDirectory() as tmp:
         sock = pathlib.Path(tmp) / "csi.sock"
         port = free_port()
@@ -310,6 +325,121 @@ def test_the_binary_accepts_the_rendered_arguments(variant):
                     pass
                 assert time.time() < deadline, "the driver did not serve within 20 s"
                 time.sleep(0.1)
+            yield port
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_binary_accepts_the_rendered_arguments(variant):
+    """The DaemonSet's arguments, run through the real binary: it must serve, not exit with a flag error."""
+    with running_driver(VARIANTS[variant]):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------
+# Monitoring (ours): Service, ServiceMonitor, PodMonitor, PrometheusRule, dashboard
+
+MONITORING = {
+    "metrics": {
+        "service": {"enabled": True},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "podMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True, "mountLatencySeconds": 100, "certificateExpiryDays": 21},
+        "dashboard": {"enabled": True, "namespace": "monitoring"},
+    },
+}
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+def scraped_metric_names():
+    """The sample names the real binary exposed after mounts, errors and rotations: written by
+    tests/observability.rs (every_metric_family_...), which `make chart` runs first. An idle driver
+    would not do: a metric family shows only once it has a series."""
+    path = ROOT / "target" / "metric-names.txt"
+    assert path.exists(), "run `cargo test -p keyvault-csi --test observability` first (make chart does)"
+    return set(path.read_text().split())
+
+
+def selectors(expr):
+    """Every metric name an expression selects, from its parsed syntax tree."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append(node.name)
+        for attr in ("lhs", "rhs", "expr", "args", "vector_selector", "param"):
+            child = getattr(node, attr, None)
+            for c in child if isinstance(child, list) else [child]:
+                if c is not None and not isinstance(c, (str, int, float)):
+                    walk(c)
+
+    walk(promql_parser.parse(expr))
+    return found
+
+
+def test_monitoring_is_off_by_default():
+    kinds = {d["kind"] for d in render()}
+    assert not kinds & (MONITORING_KINDS | {"Service", "ConfigMap"}), kinds
+
+
+def test_the_monitors_find_the_driver_pods_and_keep_our_labels():
+    docs = render(MONITORING)
+    svc = one(docs, "Service")
+    pod_labels = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    ports = [p["name"] for p in container(docs, "secrets-store")["ports"]]
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics" and "metrics" in ports
+    sm = one(docs, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["labels"]["release"] == "prom"
+    assert all(svc["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+    pm = one(docs, "PodMonitor")
+    assert all(pod_labels.get(k) == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
+    for ep in sm["spec"]["endpoints"] + pm["spec"]["podMetricsEndpoints"]:
+        assert ep["port"] == "metrics" and ep["honorLabels"] is True, ep
+    # AKS managed Prometheus reads the same objects under its own group.
+    aks = render({"metrics": {"podMonitor": {"enabled": True, "apiVersion": "azmonitoring.coreos.com/v1"}}})
+    assert one(aks, "PodMonitor")["apiVersion"] == "azmonitoring.coreos.com/v1"
+
+
+def test_every_alert_parses_and_selects_metrics_the_binary_exposes():
+    names = scraped_metric_names() | {"up"}
+    docs = render(MONITORING)
+    rule = one(docs, "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {
+        "KeyvaultCsiMountErrors", "KeyvaultCsiMountSlow", "KeyvaultCsiRotationFailing", "KeyvaultCsiRotationLagging",
+        "KeyvaultCsiKeyVaultThrottled", "KeyvaultCsiKeyVaultAuthFailures", "KeyvaultCsiCertificateExpiring",
+        "KeyvaultCsiDriverDown",
+    }
+    for name, r in alerts.items():
+        used = selectors(r["expr"])
+        assert used, name
+        unknown = [m for m in used if m not in names]
+        assert not unknown, f"{name} selects {unknown}, which the binary does not expose"
+        assert 'job=~"kv-keyvault-csi-metrics|kube-system/kv-keyvault-csi"' in r["expr"], r["expr"]
+        assert r["labels"]["severity"] == "warning" and r["annotations"]["summary"], name
+    # Thresholds are values.
+    assert alerts["KeyvaultCsiMountSlow"]["expr"].endswith("> 100")
+    assert alerts["KeyvaultCsiCertificateExpiring"]["expr"].endswith("< 21 * 86400")
+    assert 'error_class="throttled"' in alerts["KeyvaultCsiKeyVaultThrottled"]["expr"]
+    custom = render({"metrics": {"prometheusRule": {"enabled": True, "selector": 'job="kubernetes-pods"'}}})
+    expr = one(custom, "PrometheusRule")["spec"]["groups"][0]["rules"][0]["expr"]
+    assert 'node_publish_error_total{job="kubernetes-pods"}' in expr, expr
+
+
+def test_the_dashboard_is_for_the_sidecar_and_queries_real_metrics():
+    names = scraped_metric_names()
+    cm = one(render(MONITORING), "ConfigMap")
+    assert cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["keyvault-csi.json"])
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    for e in exprs:
+        concrete = e.replace("$__rate_interval", "5m").replace("$job", ".*")
+        unknown = [m for m in selectors(concrete) if m not in names]
+        assert not unknown, f"{e} selects {unknown}"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))

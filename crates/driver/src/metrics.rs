@@ -25,6 +25,10 @@ pub fn driver_buckets() -> Vec<f64> {
     (0..11).map(|i| 0.1 * 20f64.powf(i as f64 / 10.0)).collect()
 }
 
+/// `node_publish_duration_seconds` buckets: up to kubelet's 2-minute `NodePublishVolume` timeout, so
+/// an alert can fire before pods start failing to mount.
+pub const PUBLISH_BUCKETS: [f64; 12] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 90.0, 110.0, 120.0];
+
 /// `{os_type}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OsLabels {
@@ -116,6 +120,8 @@ pub struct Metrics {
     pub sync_k8s_secret: Family<ProviderLabels, Counter>,
     /// `k8s_secret_duration_sec`.
     pub k8s_secret_duration: Family<OsLabels, Histogram>,
+    /// `node_publish_duration_seconds` (ours): kubelet's publish calls, up to its 2-minute limit.
+    pub node_publish_duration: Family<OsLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -131,6 +137,7 @@ impl Default for Metrics {
             rotation_reconcile_duration: Family::new_with_constructor(hist),
             sync_k8s_secret: Family::default(),
             k8s_secret_duration: Family::new_with_constructor(hist),
+            node_publish_duration: Family::new_with_constructor(|| Histogram::new(PUBLISH_BUCKETS)),
         }
     }
 }
@@ -167,6 +174,11 @@ impl Metrics {
             "Distribution of how long it took to sync k8s secret",
             self.k8s_secret_duration.clone(),
         );
+        registry.register(
+            "node_publish_duration_seconds",
+            "Distribution of how long kubelet's NodePublishVolume calls took (kubelet gives up at 120 s)",
+            self.node_publish_duration.clone(),
+        );
         registry.register_collector(Box::new(VolumeGauges(volumes)));
     }
 
@@ -184,6 +196,11 @@ impl Metrics {
             error_class: error.class().into(),
         };
         self.node_publish_error.get_or_create(&l).inc();
+    }
+
+    /// How long one kubelet publish took, whatever its outcome.
+    pub fn publish_duration(&self, started: Instant) {
+        self.node_publish_duration.get_or_create(&os()).observe(started.elapsed().as_secs_f64());
     }
 
     /// A rotation (a refresh of a live volume).

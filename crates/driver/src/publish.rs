@@ -163,6 +163,7 @@ impl Driver {
             }
             Err(e) => m.publish_error(&attempt.provider, e),
         }
+        m.publish_duration(started);
         attempt.result
     }
 
