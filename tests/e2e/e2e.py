@@ -121,7 +121,8 @@ def seed(issuer, jwks):
                 {"name": "other-ns-secret", "value": "only-in-e2e-other"},
             ],
             "keys": [{"name": "my-key", "kty": "RSA", "size": 2048}],
-            "certificates": [{"name": "my-cert", "subject": "CN=e2e.example.com"}],
+            "certificates": [{"name": "my-cert", "subject": "CN=e2e.example.com"},
+                             {"name": "short-lived", "subject": "CN=short.example.com", "validDays": 10}],
         }],
     }
 
@@ -737,6 +738,31 @@ def s_refresh_now(ctx):
                               f"class annotation to new file in {class_s:.1f} s")
 
 
+def s_cert_expiry(ctx):
+    """Ours: a mounted certificate 10 days from expiry (inside the default 30-day window) is a
+    certificate_expiry_timestamp_seconds series with bounded labels and a Warning CertificateExpiring
+    event on the pod naming the file; the long-lived certificate beside it is a series and no event."""
+    apply(spc("certs", NS, [{"objectName": "short-lived", "objectType": "cert"},
+                            {"objectName": "my-cert", "objectType": "cert", "objectAlias": "long-lived"}]))
+    apply(pod("certs", NS, [csi_volume("kv", "certs")]))
+    wait_pod("certs", NS)
+    ev = wait_for("a Warning CertificateExpiring naming the file", lambda: [
+        e for e in events(NS, "certs", "CertificateExpiring")
+        if e["type"] == "Warning" and 'file "short-lived" expires at' in e["message"]], 30)
+    if "BEGIN" in ev[0]["message"] or any('"long-lived"' in e["message"] for e in events(NS, "certs", "CertificateExpiring")):
+        raise Failure(f"events {[e['message'] for e in events(NS, 'certs', 'CertificateExpiring')]}")
+    m = metrics()
+    short = m.get(f'certificate_expiry_timestamp_seconds{{namespace="{NS}",class="certs",object="short-lived"}}')
+    long_ = m.get(f'certificate_expiry_timestamp_seconds{{namespace="{NS}",class="certs",object="long-lived"}}')
+    now = time.time()
+    if not short or not (now + 9 * 86400 < short < now + 11 * 86400):
+        raise Failure(f"short-lived gauge {short}")
+    if not long_ or long_ < now + 365 * 86400:
+        raise Failure(f"long-lived gauge {long_}")
+    delete("pod", "certs", NS)
+    FIGURES["cert-expiry"] = f"warning event for a certificate expiring in {(short - now) / 86400:.1f} days"
+
+
 def s_unmount(ctx, inspector):
     """Pod deleted: gone within 60 s, its tmpfs gone from the node's mount table, no error logged."""
     since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -920,6 +946,7 @@ def main():
     run("pod-status-takeover", s_takeover)
     run("rotation", s_rotation)
     run("refresh-now-and-class-interval", s_refresh_now)
+    run("certificate-expiry", s_cert_expiry)
     run("unmount", s_unmount, inspector)
     if "rot_pod" in ctx:
         run("driver-restart-mid-rotation", s_driver_restart, inspector)

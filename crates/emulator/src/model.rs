@@ -328,6 +328,11 @@ fn ca_params(cn: &str) -> Result<CertificateParams, String> {
 impl CertMaterial {
     /// Generates root → intermediate → leaf, each with SKI, and AKI on the issued ones; stored leaf first.
     pub fn generate(subject: &str, spec: KeySpec) -> Result<Self, String> {
+        Self::generate_valid_for(subject, spec, None)
+    }
+
+    /// [`Self::generate`], with a leaf valid from now for `valid_days` (`None`: rcgen's default, decades).
+    pub fn generate_valid_for(subject: &str, spec: KeySpec, valid_days: Option<u32>) -> Result<Self, String> {
         let e = |e: rcgen::Error| e.to_string();
         let root = CertifiedIssuer::self_signed(ca_params("Emulator Root CA")?, keypair(KeySpec::P256)?).map_err(e)?;
         let intermediate =
@@ -338,6 +343,10 @@ impl CertMaterial {
         leaf_params.distinguished_name = dn(cn);
         leaf_params.use_authority_key_identifier_extension = true;
         leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        if let Some(days) = valid_days {
+            leaf_params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+            leaf_params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(days));
+        }
         let leaf_key = keypair(spec)?;
         let leaf = leaf_params.signed_by(&leaf_key, &intermediate).map_err(e)?;
         Ok(Self {

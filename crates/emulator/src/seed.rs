@@ -312,6 +312,9 @@ pub struct CertificateSeed {
     /// EC curve.
     #[serde(default)]
     pub curve: Option<String>,
+    /// The leaf's validity from now, in days (default: decades); a short one tests expiry warnings.
+    #[serde(default)]
+    pub valid_days: Option<u32>,
 }
 
 impl Seed {

@@ -374,8 +374,8 @@ impl State {
             for c in &v.certificates {
                 let spec = KeySpec::parse(c.kty.as_deref().unwrap_or("RSA"), None, c.curve.as_deref())?;
                 let subject = c.subject.clone().unwrap_or_else(|| format!("CN={}", c.name));
-                let material =
-                    CertMaterial::generate(&subject, spec).map_err(|e| format!("certificate {}: {e}", c.name))?;
+                let material = CertMaterial::generate_valid_for(&subject, spec, c.valid_days)
+                    .map_err(|e| format!("certificate {}: {e}", c.name))?;
                 vault.add_certificate(&c.name, &material, c.content_type.as_deref().unwrap_or(PKCS12))?;
             }
             world.vaults.insert(v.name.to_ascii_lowercase(), vault);
