@@ -18,6 +18,7 @@ pub use cache::Cache;
 pub use classes::KubeClassSource;
 pub use cluster::KubeCluster;
 pub use podstatus::{KubePodStatus, PodStatusError};
+pub use tls::tls_value;
 
 /// `secrets-store.csi.x-k8s.io`.
 pub const GROUP: &str = "secrets-store.csi.x-k8s.io";

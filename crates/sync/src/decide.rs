@@ -1,0 +1,335 @@
+//! The decisions of one SecretSync reconcile, without I/O: the Secret's data from the provider's
+//! files, a keyed hash of what would be written, whether to write, and the conditions.
+//!
+//! Conditions: upstream's current types and reasons (`SecretCreated`, `SecretUpdated`;
+//! `CreateSuccessful`, `SecretUpToDate`, `ProviderError`, ...) plus `Ready`, recomputed in full on
+//! every outcome, so a success after a failure clears it (upstream keeps a stale failure).
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use sha2::Sha256;
+
+use crate::api::{MANAGED_LABEL, SecretObject, SecretSyncStatus};
+
+/// Condition types.
+pub const SECRET_CREATED: &str = "SecretCreated";
+/// See [`SECRET_CREATED`].
+pub const SECRET_UPDATED: &str = "SecretUpdated";
+/// The roll-up (ours).
+pub const READY: &str = "Ready";
+
+/// Why a sync failed: upstream's reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The provider (Key Vault) failed.
+    ProviderError,
+    /// The class is missing or unusable.
+    SecretProviderClassMisconfigured,
+    /// A `sourcePath` is not among the provider's files, or a TLS key cannot be built.
+    RemoteSecretStoreFetchFailed,
+    /// Labels use the reserved prefix.
+    InvalidClusterSecretLabelError,
+    /// Annotations use the reserved prefix.
+    InvalidClusterSecretAnnotationError,
+    /// The token, or anything else on the controller's side.
+    ControllerSyncError,
+    /// The API server refused the Secret.
+    ControllerPatchError,
+}
+
+impl FailureReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::ProviderError => "ProviderError",
+            Self::SecretProviderClassMisconfigured => "SecretProviderClassMisconfigured",
+            Self::RemoteSecretStoreFetchFailed => "RemoteSecretStoreFetchFailed",
+            Self::InvalidClusterSecretLabelError => "InvalidClusterSecretLabelError",
+            Self::InvalidClusterSecretAnnotationError => "InvalidClusterSecretAnnotationError",
+            Self::ControllerSyncError => "ControllerSyncError",
+            Self::ControllerPatchError => "ControllerPatchError",
+        }
+    }
+}
+
+/// A failed step: the reason and a message naming the object and the cause (never a value).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// Upstream's reason.
+    pub reason: FailureReason,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl Failure {
+    fn new(reason: FailureReason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+}
+
+/// Refuses labels and annotations under the reserved prefix (the CRD's CEL rules say the same; an
+/// object written before they existed, or with them off, is caught here).
+pub fn check_metadata(object: &SecretObject) -> Result<(), Failure> {
+    if let Some(k) = object.labels.keys().find(|k| k.starts_with(MANAGED_LABEL)) {
+        return Err(Failure::new(
+            FailureReason::InvalidClusterSecretLabelError,
+            format!("label {k:?} uses the reserved prefix {MANAGED_LABEL}"),
+        ));
+    }
+    if let Some(k) = object.annotations.keys().find(|k| k.starts_with(MANAGED_LABEL)) {
+        return Err(Failure::new(
+            FailureReason::InvalidClusterSecretAnnotationError,
+            format!("annotation {k:?} uses the reserved prefix {MANAGED_LABEL}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The Secret's data from the provider's files (path → contents). `kubernetes.io/tls` keys are built
+/// as the mount path's secret sync builds them; every other type copies the bytes.
+pub fn secret_data(
+    object: &SecretObject,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> Result<BTreeMap<String, Vec<u8>>, Failure> {
+    let tls = object.type_.trim() == "kubernetes.io/tls";
+    let mut data = BTreeMap::new();
+    for d in &object.data {
+        let (path, key) = (d.source_path.trim(), d.target_key.trim());
+        let file = files.get(path).ok_or_else(|| {
+            let known: Vec<&str> = files.keys().map(String::as_str).collect();
+            Failure::new(
+                FailureReason::RemoteSecretStoreFetchFailed,
+                format!("sourcePath {path:?} is not among the class's files ({})", known.join(", ")),
+            )
+        })?;
+        let value = if tls {
+            driver::kube::tls_value(key, file).map_err(|e| {
+                Failure::new(FailureReason::RemoteSecretStoreFetchFailed, format!("targetKey {key:?}: {e}"))
+            })?
+        } else {
+            file.clone()
+        };
+        data.insert(key.to_string(), value);
+    }
+    Ok(data)
+}
+
+/// What a Secret write depends on, besides its data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance<'a> {
+    /// The class's uid and generation.
+    pub class: (&'a str, i64),
+    /// The SecretSync's uid and generation.
+    pub sync: (&'a str, i64),
+    /// `spec.forceSynchronization`.
+    pub force: &'a str,
+    /// The Secret's type, labels and annotations, as JSON.
+    pub shape: String,
+}
+
+/// `v1:` + hex HMAC-SHA256 under the controller's key of everything the Secret depends on. Keyed, so
+/// the status reveals nothing about low-entropy values; one MAC instead of upstream's 100,000 PBKDF2
+/// rounds per reconcile. Every field is length-prefixed, so no two inputs collide.
+pub fn sync_hash(key: &[u8], data: &BTreeMap<String, Vec<u8>>, p: &Provenance<'_>) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut field = |b: &[u8]| {
+        mac.update(&(b.len() as u64).to_be_bytes());
+        mac.update(b);
+    };
+    for (k, v) in data {
+        field(k.as_bytes());
+        field(v);
+    }
+    field(b"|");
+    field(p.class.0.as_bytes());
+    field(&p.class.1.to_be_bytes());
+    field(p.sync.0.as_bytes());
+    field(&p.sync.1.to_be_bytes());
+    field(p.shape.as_bytes());
+    field(p.force.as_bytes());
+    format!("v1:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Whether the Secret must be written: its hash changed, or the last attempt did not end Ready
+/// (a failed write, or a Secret never written).
+pub fn must_write(status: Option<&SecretSyncStatus>, hash: &str) -> bool {
+    let Some(st) = status else { return true };
+    let ready = st.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
+    st.sync_hash != hash || !ready
+}
+
+/// The conditions after an outcome, all three recomputed (`created`: the Secret existed before).
+pub fn conditions(
+    previous: &[Condition],
+    generation: i64,
+    now: &Time,
+    outcome: Result<Written, &Failure>,
+) -> Vec<Condition> {
+    let had_secret = previous.iter().any(|c| c.type_ == SECRET_CREATED && c.status == "True");
+    let mut out = Vec::new();
+    let mut set = |type_: &str, ok: Option<bool>, reason: &str, message: &str| {
+        let status = match ok {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
+        };
+        let old = previous.iter().find(|c| c.type_ == type_);
+        let since = match old {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        out.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: Some(generation),
+            last_transition_time: since,
+        });
+    };
+    match outcome {
+        Ok(w) => {
+            let created = had_secret || w == Written::Created;
+            let (reason, message) =
+                if created { ("CreateSuccessful", "Secret created successfully.") } else { ("", "") };
+            set(SECRET_CREATED, Some(created), reason, message);
+            set(SECRET_UPDATED, Some(true), "SecretUpToDate", "Secret contains last observed values.");
+            set(READY, Some(true), "SecretUpToDate", "Secret contains last observed values.");
+        }
+        Err(f) => {
+            if had_secret {
+                set(SECRET_CREATED, Some(true), "CreateSuccessful", "Secret created successfully.");
+            } else {
+                set(SECRET_CREATED, Some(false), f.reason.as_str(), &f.message);
+            }
+            set(SECRET_UPDATED, Some(false), f.reason.as_str(), &f.message);
+            set(READY, Some(false), f.reason.as_str(), &f.message);
+        }
+    }
+    out
+}
+
+/// What a successful sync did to the Secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The Secret did not exist and was created.
+    Created,
+    /// It existed and was updated (or found up to date).
+    Updated,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SecretObjectData;
+
+    fn object(type_: &str, pairs: &[(&str, &str)]) -> SecretObject {
+        SecretObject {
+            type_: type_.into(),
+            data: pairs
+                .iter()
+                .map(|(s, t)| SecretObjectData { source_path: s.to_string(), target_key: t.to_string() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn files(pairs: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect()
+    }
+
+    fn at(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    #[test]
+    fn data_comes_from_the_files_and_a_missing_path_names_what_exists() {
+        let f = files(&[("db-password", b"s3cret"), ("api/0", b"v2"), ("api/1", b"v1")]);
+        let d = secret_data(&object("Opaque", &[("db-password", "password"), ("api/1", "previous")]), &f).unwrap();
+        assert_eq!(d["password"], b"s3cret");
+        assert_eq!(d["previous"], b"v1");
+        let e = secret_data(&object("Opaque", &[("nope", "x")]), &f).unwrap_err();
+        assert_eq!(e.reason, FailureReason::RemoteSecretStoreFetchFailed);
+        assert_eq!(e.message, r#"sourcePath "nope" is not among the class's files (api/0, api/1, db-password)"#);
+        let e = secret_data(&object("kubernetes.io/tls", &[("db-password", "password")]), &f).unwrap_err();
+        assert!(e.message.contains("Only 'tls.key' and 'tls.crt' are supported"), "{e}");
+        assert!(!e.message.contains("s3cret"));
+    }
+
+    #[test]
+    fn reserved_metadata_is_refused_with_upstreams_reasons() {
+        let mut o = object("Opaque", &[("a", "a")]);
+        o.labels.insert("secrets-store.sync.x-k8s.io/x".into(), "y".into());
+        assert_eq!(check_metadata(&o).unwrap_err().reason, FailureReason::InvalidClusterSecretLabelError);
+        o.labels.clear();
+        o.annotations.insert("secrets-store.sync.x-k8s.io".into(), "".into());
+        assert_eq!(check_metadata(&o).unwrap_err().reason, FailureReason::InvalidClusterSecretAnnotationError);
+    }
+
+    #[test]
+    fn the_hash_is_keyed_and_covers_data_provenance_and_force() {
+        let d = files(&[("password", b"1234")]);
+        let p = Provenance { class: ("spc-uid", 1), sync: ("ss-uid", 1), force: "", shape: "{}".into() };
+        let h = sync_hash(b"key-a", &d, &p);
+        assert!(h.starts_with("v1:") && h.len() == 3 + 64);
+        assert_eq!(h, sync_hash(b"key-a", &d, &p), "deterministic");
+        assert_ne!(h, sync_hash(b"key-b", &d, &p), "keyed: another controller key, another hash");
+        assert_ne!(h, sync_hash(b"key-a", &files(&[("password", b"1235")]), &p));
+        for changed in [
+            Provenance { class: ("spc-uid", 2), ..p.clone() },
+            Provenance { sync: ("ss-uid", 2), ..p.clone() },
+            Provenance { force: "now", ..p.clone() },
+            Provenance { shape: r#"{"type":"Opaque"}"#.into(), ..p.clone() },
+        ] {
+            assert_ne!(h, sync_hash(b"key-a", &d, &changed), "{changed:?}");
+        }
+        // Length prefixes: moving a byte between key and value changes the hash.
+        assert_ne!(sync_hash(b"k", &files(&[("ab", b"c")]), &p), sync_hash(b"k", &files(&[("a", b"bc")]), &p));
+    }
+
+    #[test]
+    fn a_success_after_a_failure_clears_every_condition_and_times_move_only_on_transitions() {
+        let provider = Failure::new(FailureReason::ProviderError, "secret db-password: 403 Forbidden");
+        let first = conditions(&[], 1, &at(100), Err(&provider));
+        let by = |c: &[Condition], t: &str| c.iter().find(|x| x.type_ == t).cloned().unwrap();
+        assert_eq!(by(&first, SECRET_CREATED).status, "False");
+        assert_eq!(by(&first, READY).reason, "ProviderError");
+        assert_eq!(by(&first, READY).message, "secret db-password: 403 Forbidden");
+        let ok = conditions(&first, 1, &at(200), Ok(Written::Created));
+        for t in [SECRET_CREATED, SECRET_UPDATED, READY] {
+            assert_eq!(by(&ok, t).status, "True", "{t}");
+            assert_eq!(by(&ok, t).last_transition_time, at(200));
+        }
+        assert_eq!(by(&ok, SECRET_CREATED).reason, "CreateSuccessful");
+        // Later failure: the Secret still exists (SecretCreated stays True since 200), Updated/Ready go False.
+        let again = conditions(&ok, 2, &at(300), Err(&provider));
+        assert_eq!(by(&again, SECRET_CREATED).status, "True");
+        assert_eq!(by(&again, SECRET_CREATED).last_transition_time, at(200));
+        assert_eq!(by(&again, SECRET_UPDATED).status, "False");
+        assert_eq!(by(&again, READY).observed_generation, Some(2));
+    }
+
+    #[test]
+    fn nothing_is_written_when_the_hash_holds_and_the_last_sync_was_ready() {
+        assert!(must_write(None, "v1:a"));
+        let ok = SecretSyncStatus {
+            sync_hash: "v1:a".into(),
+            conditions: conditions(&[], 1, &at(1), Ok(Written::Created)),
+            ..Default::default()
+        };
+        assert!(!must_write(Some(&ok), "v1:a"));
+        assert!(must_write(Some(&ok), "v1:b"));
+        let failed = SecretSyncStatus {
+            conditions: conditions(
+                &ok.conditions,
+                1,
+                &at(2),
+                Err(&Failure::new(FailureReason::ControllerPatchError, "x")),
+            ),
+            ..ok.clone()
+        };
+        assert!(must_write(Some(&failed), "v1:a"), "a failed write is retried even with the same hash");
+    }
+}
