@@ -58,7 +58,7 @@ conformance: $(VENV)/.installed
 ## check every alert and dashboard query (parsed PromQL) against the metrics the binary exposes
 chart: $(VENV)/.installed
 	$(CARGO) test --workspace --locked --no-run
-	hack/in-mount-ns.sh $(CARGO) test --locked -p keyvault-csi --test observability every_metric_family
+	hack/in-mount-ns.sh $(CARGO) test --workspace --locked --test observability every_metric_family
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/chart
 
 ## e2e: the chart installed with Helm on a real cluster (KUBECONFIG, or the k8s kit in ../shared/k8s,

@@ -112,7 +112,7 @@ fn check_exit_codes_and_json_output() {
     assert_eq!(code, Some(2));
     assert!(err.contains("cannot read"));
     let (code, _, err) = check(&["Cargo.toml"]);
-    assert_eq!((code, err.contains("not a SecretProviderClass manifest")), (Some(2), true));
+    assert_eq!((code, err.contains("not a SecretProviderClass or SecretSync manifest")), (Some(2), true));
 }
 
 #[test]

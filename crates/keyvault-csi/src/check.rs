@@ -14,7 +14,8 @@ mod live;
 /// Flags of `keyvault-csi check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// SecretProviderClass manifests (YAML).
+    /// SecretProviderClass and SecretSync manifests (YAML); a SecretSync is checked against its
+    /// class when the class is among them.
     #[arg(required_unless_present = "live")]
     pub files: Vec<PathBuf>,
     /// Output format.
@@ -46,12 +47,65 @@ pub fn check_class(spc: &SecretProviderClass) -> Vec<Finding> {
     driver::lint::lint_class(spc, &[&crate::azure::AzureLint])
 }
 
+/// A manifest `check` understands.
+#[derive(Debug)]
+pub enum Manifest {
+    /// A SecretProviderClass.
+    Class(SecretProviderClass),
+    /// A SecretSync (`secret-sync.x-k8s.io/v1alpha1`).
+    Sync(Box<sync::api::SecretSync>),
+}
+
+/// Reads a SecretProviderClass or SecretSync manifest.
+pub fn parse(text: &str) -> Result<Manifest, String> {
+    let head: serde_json::Value =
+        serde_saphyr::from_str(text).map_err(|e| format!("not a SecretProviderClass or SecretSync manifest: {e}"))?;
+    if head.get("kind").and_then(|k| k.as_str()) == Some("SecretSync") {
+        return serde_saphyr::from_str(text)
+            .map(|s| Manifest::Sync(Box::new(s)))
+            .map_err(|e| format!("not a SecretSync manifest: {e}"));
+    }
+    driver::class::parse_manifest(text)
+        .map(Manifest::Class)
+        .map_err(|e| format!("not a SecretProviderClass or SecretSync manifest: {e}"))
+}
+
+/// Findings per manifest; a SecretSync's sourcePaths are checked against its class when the class is
+/// among the manifests (same namespace and name).
+pub fn check_manifests(manifests: &[(String, Manifest)]) -> Vec<(String, Vec<Finding>)> {
+    use driver::lint::ParametersLint;
+    let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "default".into());
+    let files: std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> = manifests
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Manifest::Class(c) => Some((
+                (ns(&c.metadata.namespace), c.metadata.name.clone()),
+                crate::azure::AzureLint.lint(&c.spec).files.unwrap_or_default(),
+            )),
+            Manifest::Sync(_) => None,
+        })
+        .collect();
+    manifests
+        .iter()
+        .map(|(file, m)| {
+            let findings = match m {
+                Manifest::Class(c) => check_class(c),
+                Manifest::Sync(s) => {
+                    let key = (ns(&s.metadata.namespace), s.spec.secret_provider_class_name.clone());
+                    sync::lint::lint_sync(s, files.get(&key))
+                }
+            };
+            (file.clone(), findings)
+        })
+        .collect()
+}
+
 /// Runs `keyvault-csi check` and returns the exit code.
 pub fn run(args: CheckArgs) -> u8 {
     if args.live {
         return run_live(&args);
     }
-    let mut report = Vec::new();
+    let mut manifests = Vec::new();
     let mut unreadable = false;
     for file in &args.files {
         let text = match std::fs::read_to_string(file) {
@@ -62,14 +116,15 @@ pub fn run(args: CheckArgs) -> u8 {
                 continue;
             }
         };
-        match driver::class::parse_manifest(&text) {
-            Ok(spc) => report.push((file.display().to_string(), check_class(&spc))),
+        match parse(&text) {
+            Ok(m) => manifests.push((file.display().to_string(), m)),
             Err(e) => {
-                eprintln!("{}: not a SecretProviderClass manifest: {e}", file.display());
+                eprintln!("{}: {e}", file.display());
                 unreadable = true;
             }
         }
     }
+    let report = check_manifests(&manifests);
     match args.output {
         Output::Json => {
             let v: Vec<_> = report.iter().map(|(file, f)| serde_json::json!({ "file": file, "findings": f })).collect();
@@ -288,5 +343,22 @@ mod tests {
                 && x.message.contains("invalid duration \"often\"")),
             "{f:?}"
         );
+    }
+
+    #[test]
+    fn a_secret_sync_is_checked_against_the_class_beside_it() {
+        let class = format!(
+            "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata:\n  name: spc\nspec:\n  provider: azure\n  parameters:\n    keyvaultName: kv1\n    tenantId: t\n    clientID: c\n    objects: {}\n",
+            serde_json::to_string(OBJECTS).unwrap()
+        );
+        let sync = "apiVersion: secret-sync.x-k8s.io/v1alpha1\nkind: SecretSync\nmetadata:\n  name: app\nspec:\n  serviceAccountName: app\n  secretProviderClassName: spc\n  secretObject:\n    data:\n    - sourcePath: secret1\n      targetKey: a\n    - sourcePath: secret2\n      targetKey: b\n";
+        let manifests =
+            vec![("spc.yaml".to_string(), parse(&class).unwrap()), ("ss.yaml".to_string(), parse(sync).unwrap())];
+        let report = check_manifests(&manifests);
+        assert_eq!(report[0].1, vec![]);
+        assert_eq!(report[1].1.len(), 1, "{:?}", report[1].1);
+        assert_eq!(report[1].1[0].path, "spec.secretObject.data[1].sourcePath");
+        assert!(report[1].1[0].message.contains("(files: secret1)"));
+        assert!(parse("kind: Deployment\n").unwrap_err().contains("not a SecretProviderClass or SecretSync manifest"));
     }
 }

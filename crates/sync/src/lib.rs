@@ -9,3 +9,4 @@
 
 pub mod api;
 pub mod decide;
+pub mod lint;
