@@ -17,7 +17,9 @@ soak:
 	hack/in-mount-ns.sh $(CARGO) bench --locked -p keyvault-csi --bench soak
 
 crds:
-	cargo run -q -p keyvault-csi -- crds > charts/keyvault-csi/crds/crds.yaml
+	cargo run -q -p keyvault-csi -- crds | python3 -c 'import sys; parts = sys.stdin.read().split("# Generated"); \
+	  open("charts/keyvault-csi/crds/crds.yaml", "w").write("# Generated" + parts[1]); \
+	  open("charts/keyvault-csi/crds/secretsync.yaml", "w").write("# Generated" + parts[2])'
 
 .PHONY: e2e crds chart soak bench demo test lint fmt-check clippy unit conformance build release clean
 

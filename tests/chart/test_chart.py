@@ -90,7 +90,8 @@ def render(values=None, kube_version=NEWEST, name="kv", namespace="kube-system")
 
 
 def crds():
-    return [d for d in yaml.safe_load_all((CHART / "crds" / "crds.yaml").read_text()) if d]
+    return [d for f in ("crds.yaml", "secretsync.yaml")
+            for d in yaml.safe_load_all((CHART / "crds" / f).read_text()) if d]
 
 
 def one(docs, kind, name=None):
@@ -249,11 +250,12 @@ def test_bad_values_are_rejected_with_the_path(values, message):
     assert message in str(e.value)
 
 
-def test_crds_are_the_two_upstream_crds():
+def test_crds_are_the_three_upstream_crds():
     names = [d["metadata"]["name"] for d in crds()]
     assert names == [
         "secretproviderclasses.secrets-store.csi.x-k8s.io",
         "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io",
+        "secretsyncs.secret-sync.x-k8s.io",
     ]
 
 

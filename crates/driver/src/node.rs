@@ -64,7 +64,8 @@ impl Providers {
         self
     }
 
-    pub(crate) fn get(&self, name: &str) -> Result<Arc<dyn Provider>, LookupError> {
+    /// The provider serving `name`: in-process, else its socket.
+    pub fn get(&self, name: &str) -> Result<Arc<dyn Provider>, LookupError> {
         if let Some(p) = self.builtin.get(name) {
             return Ok(p.clone());
         }

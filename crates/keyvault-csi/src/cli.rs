@@ -44,6 +44,8 @@ pub enum Command {
     Crds,
     /// Serve the Azure provider on the upstream v1alpha1 provider protocol, for the upstream driver.
     Provider(crate::provider_server::ProviderArgs),
+    /// Keep Kubernetes Secrets in step with SecretSync objects (secret-sync.x-k8s.io), without pods.
+    SyncController(Box<crate::sync_controller::SyncControllerArgs>),
 }
 
 /// Flags of the CSI node driver.

@@ -11,7 +11,7 @@ pub fn filter_for(verbosity: u8) -> String {
         _ => "trace",
     };
     let deps = if verbosity >= 10 { "debug" } else { "warn" };
-    format!("{deps},keyvault_csi={ours},driver={ours},keyvault={ours}")
+    format!("{deps},keyvault_csi={ours},driver={ours},keyvault={ours},sync={ours}")
 }
 
 /// Installs the global subscriber.

@@ -10,6 +10,7 @@ mod metrics;
 mod provider_server;
 mod server;
 mod standalone;
+mod sync_controller;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,6 +50,8 @@ fn main() -> ExitCode {
     }
     if let Some(cli::Command::Crds) = cli.command {
         print!("{}", driver::kube::crd::crds_yaml());
+        // The SecretSync CRD as its own document stream (the chart ships it as a second file).
+        print!("{}", sync::api::crd_yaml());
         return std::process::ExitCode::SUCCESS;
     }
     if let Some(cli::Command::Check(args)) = cli.command {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         None => runtime.block_on(run_node(cli.node)),
         Some(cli::Command::Mount(args)) => runtime.block_on(standalone::run(args)),
         Some(cli::Command::Provider(args)) => runtime.block_on(provider_server::run(args)),
+        Some(cli::Command::SyncController(args)) => runtime.block_on(sync_controller::run(*args)),
         Some(cli::Command::Check(_) | cli::Command::Crds) => unreachable!("handled before the runtime starts"),
     };
     match result {

@@ -40,7 +40,19 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    fn as_str(self) -> &'static str {
+    /// Every reason.
+    pub const ALL: [FailureReason; 7] = [
+        Self::ProviderError,
+        Self::SecretProviderClassMisconfigured,
+        Self::RemoteSecretStoreFetchFailed,
+        Self::InvalidClusterSecretLabelError,
+        Self::InvalidClusterSecretAnnotationError,
+        Self::ControllerSyncError,
+        Self::ControllerPatchError,
+    ];
+
+    /// Upstream's reason text.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::ProviderError => "ProviderError",
             Self::SecretProviderClassMisconfigured => "SecretProviderClassMisconfigured",
@@ -61,11 +73,20 @@ pub struct Failure {
     pub reason: FailureReason,
     /// What went wrong.
     pub message: String,
+    /// The vault throttled (429): retry later than for other failures.
+    pub throttled: bool,
 }
 
 impl Failure {
-    fn new(reason: FailureReason, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
+    /// A failure with `reason`.
+    pub fn new(reason: FailureReason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into(), throttled: false }
+    }
+
+    /// Marks a throttling failure.
+    pub fn with_throttled(mut self, throttled: bool) -> Self {
+        self.throttled = throttled;
+        self
     }
 }
 
@@ -85,6 +106,31 @@ pub fn check_metadata(object: &SecretObject) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+/// The service-account annotation that lets SecretSyncs use the account: a comma-separated list of
+/// SecretSync names in its namespace, or `*` for all of them (ours: upstream mints a token for any
+/// account a SecretSync names, its open issue #221).
+pub const OPT_IN_ANNOTATION: &str = "keyvault-csi.io/allow-secret-syncs";
+
+/// Whether the service account (its annotations) lets SecretSync `sync` use it.
+pub fn check_opt_in(
+    annotations: &BTreeMap<String, String>,
+    namespace: &str,
+    service_account: &str,
+    sync: &str,
+) -> Result<(), Failure> {
+    let allowed = annotations.get(OPT_IN_ANNOTATION).map(String::as_str).unwrap_or("");
+    if allowed.split(',').map(str::trim).any(|n| n == "*" || n == sync) {
+        return Ok(());
+    }
+    Err(Failure::new(
+        FailureReason::ControllerSyncError,
+        format!(
+            "service account {namespace}/{service_account} has not opted in to SecretSync {sync:?}: annotate it \
+             {OPT_IN_ANNOTATION}={sync} (a comma-separated list of SecretSync names, or *)"
+        ),
+    ))
 }
 
 /// The Secret's data from the provider's files (path → contents). `kubernetes.io/tls` keys are built
@@ -190,11 +236,9 @@ pub fn conditions(
         });
     };
     match outcome {
-        Ok(w) => {
-            let created = had_secret || w == Written::Created;
-            let (reason, message) =
-                if created { ("CreateSuccessful", "Secret created successfully.") } else { ("", "") };
-            set(SECRET_CREATED, Some(created), reason, message);
+        Ok(_) => {
+            // After a successful sync the Secret exists, whoever created it.
+            set(SECRET_CREATED, Some(true), "CreateSuccessful", "Secret created successfully.");
             set(SECRET_UPDATED, Some(true), "SecretUpToDate", "Secret contains last observed values.");
             set(READY, Some(true), "SecretUpToDate", "Secret contains last observed values.");
         }
@@ -256,6 +300,18 @@ mod tests {
         let e = secret_data(&object("kubernetes.io/tls", &[("db-password", "password")]), &f).unwrap_err();
         assert!(e.message.contains("Only 'tls.key' and 'tls.crt' are supported"), "{e}");
         assert!(!e.message.contains("s3cret"));
+    }
+
+    #[test]
+    fn a_service_account_is_used_only_by_the_secret_syncs_it_names() {
+        let ann = |v: &str| BTreeMap::from([(OPT_IN_ANNOTATION.to_string(), v.to_string())]);
+        assert!(check_opt_in(&ann("db, api"), "ns", "sa", "api").is_ok());
+        assert!(check_opt_in(&ann("*"), "ns", "sa", "anything").is_ok());
+        let e = check_opt_in(&ann("db"), "ns", "sa", "api").unwrap_err();
+        assert_eq!(e.reason, FailureReason::ControllerSyncError);
+        assert!(e.message.starts_with("service account ns/sa has not opted in to SecretSync \"api\""), "{e}");
+        assert!(check_opt_in(&BTreeMap::new(), "ns", "sa", "api").is_err());
+        assert!(check_opt_in(&ann("apis"), "ns", "sa", "api").is_err(), "names, not prefixes");
     }
 
     #[test]

@@ -4,9 +4,14 @@
 //! [`api`] holds the typed resource and its CustomResourceDefinition (upstream's field names and
 //! validations, CEL rules included, plus `observedGeneration`); [`decide`] turns a SecretSync, the
 //! files its class yields and its last status into the Secret's data, a keyed hash and the
-//! conditions, without I/O, so every decision is tested on its own. The controller that watches,
-//! fetches and applies is not built yet (issue 18).
+//! conditions, without I/O, so every decision is tested on its own; [`controller`] watches, fetches
+//! and applies (`keyvault-csi sync-controller`), with [`tokens`] for service-account tokens,
+//! [`leader`] for leader election and [`metrics`] for what it exports.
 
 pub mod api;
+pub mod controller;
 pub mod decide;
+pub mod leader;
 pub mod lint;
+pub mod metrics;
+pub mod tokens;

@@ -39,22 +39,37 @@ impl Recorder {
 
     /// Records `reason`/`message` on the pod. Messages must never carry secret values.
     pub async fn pod_event(&self, pod: &PodInfo, component: &str, kind: EventType, reason: &str, message: &str) {
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
+            ..Default::default()
+        };
+        self.object_event(&involved, component, kind, reason, message).await;
+    }
+
+    /// Records `reason`/`message` on any namespaced object. Messages must never carry secret values.
+    pub async fn object_event(
+        &self,
+        involved: &ObjectReference,
+        component: &str,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
         let now = k8s_openapi::jiff::Timestamp::now();
+        let (name, namespace) =
+            (involved.name.clone().unwrap_or_default(), involved.namespace.clone().unwrap_or_default());
         let event = Event {
             metadata: ObjectMeta {
                 // client-go's naming: <object>.<unix nanos in hex>.
-                name: Some(format!("{}.{:x}", pod.name, now.as_nanosecond())),
-                namespace: Some(pod.namespace.clone()),
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                namespace: Some(namespace.clone()),
                 ..Default::default()
             },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(pod.name.clone()),
-                namespace: Some(pod.namespace.clone()),
-                uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
-                ..Default::default()
-            },
+            involved_object: involved.clone(),
             reason: Some(reason.into()),
             message: Some(message.into()),
             type_: Some(match kind {
@@ -70,9 +85,9 @@ impl Recorder {
             reporting_instance: Some(self.node.clone()),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(pod = %pod.name, namespace = %pod.namespace, reason, error = %super::describe(&e), "failed to record an event");
+            tracing::warn!(object = %name, %namespace, reason, error = %super::describe(&e), "failed to record an event");
         }
     }
 }

@@ -17,6 +17,7 @@ mod tls;
 pub use cache::Cache;
 pub use classes::KubeClassSource;
 pub use cluster::KubeCluster;
+pub use events::{EventType, Recorder};
 pub use podstatus::{KubePodStatus, PodStatusError};
 pub use tls::tls_value;
 

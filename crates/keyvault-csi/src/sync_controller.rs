@@ -1,0 +1,195 @@
+//! `keyvault-csi sync-controller`: the SecretSync controller (a Deployment), with the Azure provider
+//! in-process and other providers over their v1alpha1 sockets. Upstream's flag names where it has
+//! them (`--token-request-audience`, `--provider-volume`, `--rotation-poll-interval`,
+//! `--leader-elect`, ...).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use driver::Providers;
+use driver::duration::parse_go_duration;
+use driver::external::ExternalProviders;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::PostParams;
+
+use crate::app::App;
+use crate::azure::AzureArgs;
+use crate::cli::{parse_go_bool, parse_listen_addr};
+
+/// The in-cluster service account's namespace file.
+const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Flags of `keyvault-csi sync-controller`.
+#[derive(Debug, Args)]
+pub struct SyncControllerArgs {
+    /// Kubeconfig file (default: in-cluster, else `KUBECONFIG`).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Audiences of the service-account tokens handed to the provider (comma-separated; empty: none).
+    #[arg(long, default_value = "api://AzureADTokenExchange", value_delimiter = ',')]
+    pub token_request_audience: Vec<String>,
+    /// Directory of external provider sockets (`<dir>/<provider>.sock`).
+    #[arg(long, default_value = "/provider")]
+    pub provider_volume: PathBuf,
+    /// How often every SecretSync is checked against its vault (Azure's extension: 1h).
+    #[arg(long, default_value = "1h", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub rotation_poll_interval: Duration,
+    /// How far into each round a SecretSync's check may be spread (at most 4m, and half the interval).
+    #[arg(long, default_value = "60s", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub jitter: Duration,
+    /// Service accounts must list the SecretSyncs that may use them in the
+    /// `keyvault-csi.io/allow-secret-syncs` annotation (false: any SecretSync may use any account of its
+    /// namespace, as upstream).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true",
+          value_parser = parse_go_bool, value_name = "BOOL")]
+    pub require_service_account_opt_in: bool,
+    /// SecretSyncs checked at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Largest provider response accepted, in bytes.
+    #[arg(long, default_value_t = 4_194_304, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_call_recv_msg_size: u32,
+    /// `/metrics`, `/healthz` and `/readyz` address.
+    #[arg(long, default_value = ":8085", value_parser = parse_listen_addr)]
+    pub metrics_bind_address: SocketAddr,
+    /// Run only while holding the leader Lease (for more than one replica).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true",
+          value_parser = parse_go_bool, value_name = "BOOL")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease and of the hash key Secret (default: this pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the Lease; the hash key Secret is `<name>-hash-key`.
+    #[arg(long, default_value = "keyvault-csi-sync-controller")]
+    pub leader_election_id: String,
+    /// Azure provider settings.
+    #[command(flatten)]
+    pub azure: AzureArgs,
+}
+
+/// Runs the controller until SIGTERM/SIGINT (or until leadership is lost: exits non-zero, so the
+/// pod restarts as a standby, as controller-runtime does).
+pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
+    let client = crate::kube_client(args.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
+    let namespace = match &args.leader_election_namespace {
+        Some(ns) if !ns.is_empty() => ns.clone(),
+        _ => std::fs::read_to_string(NAMESPACE_FILE).map(|s| s.trim().to_string()).unwrap_or_else(|_| "default".into()),
+    };
+    let mut app = App::new();
+    let (azure, _) = app.azure(&args.azure, Some(args.rotation_poll_interval), true)?;
+    let external = ExternalProviders::new(vec![], args.provider_volume.clone(), args.max_call_recv_msg_size as usize);
+    let providers = Providers::new(external).with_builtin("azure", azure);
+    let metrics = sync::metrics::SyncMetrics::default();
+    metrics.register(&mut app.registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let watching = ready.clone();
+    let health = crate::http::Health::with_registry(std::mem::take(&mut app.registry))
+        .with_check("secretsyncs", Box::new(move || watching.load(std::sync::atomic::Ordering::SeqCst)));
+    let (http_addr, http_server) =
+        crate::http::bind_as(args.metrics_bind_address, "--metrics-bind-address", health.clone(), app.stopped())
+            .await?;
+    app.spawn("metrics server", async move { http_server.await.context("metrics server") });
+    health.set_ready(true);
+
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let elector = args.leader_elect.then(|| {
+        sync::leader::Elector::new(
+            client.clone(),
+            &namespace,
+            &args.leader_election_id,
+            &identity,
+            sync::leader::Timing::default(),
+        )
+    });
+    tracing::info!(metrics = %http_addr, %namespace, leader_elect = args.leader_elect, %identity,
+        interval = ?args.rotation_poll_interval, "keyvault-csi SecretSync controller starting");
+    // Resolves on SIGTERM/SIGINT; a standby waiting for the Lease stops too.
+    let mut signal = tokio::spawn(crate::app::shutdown_signal());
+    if let Some(elector) = &elector
+        && !elector
+            .acquire(async {
+                let _ = (&mut signal).await;
+            })
+            .await
+    {
+        return app.stop_and_drain(Duration::from_secs(5)).await;
+    }
+    let hash_key = hash_key(&client, &namespace, &format!("{}-hash-key", args.leader_election_id)).await?;
+    let config = sync::controller::Config {
+        audiences: args.token_request_audience.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect(),
+        refresh_interval: args.rotation_poll_interval.max(Duration::from_secs(1)),
+        jitter: args.jitter,
+        require_opt_in: args.require_service_account_opt_in,
+        concurrency: args.concurrency,
+    };
+    let tokens = sync::tokens::Tokens::new(sync::tokens::ApiMinter(client.clone()));
+    let stop = app.stopped();
+    let controller = sync::controller::run(client, config, hash_key, providers, tokens, metrics, ready, stop);
+    let lost = match &elector {
+        Some(elector) => {
+            let held = elector.hold(app.stopped());
+            tokio::select! {
+                _ = controller => false,
+                kept = held => !kept,
+                _ = &mut signal => false,
+            }
+        }
+        None => tokio::select! {
+            _ = controller => false,
+            _ = &mut signal => false,
+        },
+    };
+    let drained = app.stop_and_drain(Duration::from_secs(10)).await;
+    if let Some(elector) = &elector
+        && !lost
+    {
+        elector.release().await;
+    }
+    if lost {
+        anyhow::bail!("leadership lost: exiting so that only the new leader reconciles");
+    }
+    drained
+}
+
+/// The key of the SecretSync hashes: kept in a Secret so a restart (or another replica) computes
+/// the same hashes and rewrites nothing; created with 32 random bytes on first start.
+async fn hash_key(client: &kube::Client, namespace: &str, name: &str) -> anyhow::Result<Vec<u8>> {
+    const KEY: &str = "key";
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    for _ in 0..3 {
+        let found = api
+            .get_opt(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading Secret {namespace}/{name}: {}", driver::kube::describe(&e)))?;
+        if let Some(key) = found.and_then(|s| s.data).and_then(|mut d| d.remove(KEY)).filter(|k| k.0.len() >= 32) {
+            return Ok(key.0);
+        }
+        let key: [u8; 32] = std::array::from_fn(|_| rand::random::<u8>());
+        let secret = Secret {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            data: Some([(KEY.to_string(), ByteString(key.to_vec()))].into()),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!(secret = %format!("{namespace}/{name}"), "created the SecretSync hash key");
+                return Ok(key.to_vec());
+            }
+            // Another replica created it first: read theirs.
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => anyhow::bail!("creating Secret {namespace}/{name}: {}", driver::kube::describe(&e)),
+        }
+    }
+    anyhow::bail!("Secret {namespace}/{name} exists without a usable key (32 bytes under \"key\"): delete it")
+}

@@ -1,0 +1,704 @@
+//! The SecretSync controller: watches SecretSyncs, the SecretProviderClasses they name and the Secrets
+//! they own (label-filtered), fetches through the provider in-process, and applies the Secret.
+//!
+//! When it works: on any change of a SecretSync's generation, its class, its Secret (deleted,
+//! tampered with), or its `keyvault-csi.io/refresh-now` annotation, at once; otherwise once per
+//! refresh round. Rounds are aligned on the wall clock, and each SecretSync starts its round at a fixed
+//! offset within the jitter (from its uid), so a round's fetches spread out yet belong to one provider
+//! cycle: a round costs one Key Vault request per distinct object and identity, whatever the number
+//! of SecretSyncs. A check that finds nothing changed writes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use secrecy::ExposeSecret;
+
+use driver::Providers;
+use driver::kube::crd::v1::SecretProviderClass;
+use driver::kube::{EventType, Recorder};
+use driver::provider::{ErrorKind, MountRequest};
+use driver::redact::TOKENS_KEY;
+use driver::volume_context::{POD_NAME_KEY, POD_NAMESPACE_KEY, POD_UID_KEY, RESERVED_PREFIX, SERVICE_ACCOUNT_KEY};
+
+use crate::api::{MANAGED_LABEL, SecretSync, SecretSyncStatus};
+use crate::decide::{self, Failure, FailureReason, Provenance, Written};
+use crate::metrics::{FailureLabels, ResultLabels, SyncLabels, SyncMetrics};
+use crate::tokens::Tokens;
+
+/// Upstream's field manager, so `managedFields` read the same.
+pub const FIELD_MANAGER: &str = "secrets-store-sync-controller";
+/// Component of the events on SecretSyncs.
+pub const COMPONENT: &str = "keyvault-csi-sync-controller";
+/// Where upstream says the files would go (nothing is written anywhere).
+const TARGET_PATH: &str = "/mnt/secrets-store";
+/// A fetched round stays shareable this long in the provider: the jitter must fit in it.
+pub const MAX_JITTER: Duration = Duration::from_secs(240);
+
+/// The controller's settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Token audiences (one TokenRequest each); empty: no token.
+    pub audiences: Vec<String>,
+    /// How often each SecretSync is checked against the vault.
+    pub refresh_interval: Duration,
+    /// How far a SecretSync's check may be spread into its round (capped at [`MAX_JITTER`]).
+    pub jitter: Duration,
+    /// Service accounts must name the SecretSyncs that may use them.
+    pub require_opt_in: bool,
+    /// Concurrent reconciles.
+    pub concurrency: u16,
+}
+
+/// What the controller remembers of a SecretSync's last check, to tell a poll from a change.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    generation: i64,
+    class: Option<(String, i64)>,
+    secret_version: Option<String>,
+    refresh_now: Option<String>,
+    due: Option<SystemTime>,
+    failures: u32,
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    client: kube::Client,
+    config: Config,
+    hash_key: Vec<u8>,
+    providers: Providers,
+    classes: Store<SecretProviderClass>,
+    secrets: Store<Secret>,
+    tokens: Tokens,
+    metrics: SyncMetrics,
+    recorder: Recorder,
+    seen: Mutex<HashMap<(String, String), Seen>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+/// Never returned: every failure becomes a condition and a requeue.
+pub struct Never(String);
+
+/// Runs the controller until `stop` resolves.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: kube::Client,
+    config: Config,
+    hash_key: Vec<u8>,
+    providers: Providers,
+    tokens: Tokens,
+    metrics: SyncMetrics,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let syncs: Api<SecretSync> = Api::all(client.clone());
+    let (classes, class_writer) = reflector::store();
+    let class_stream = watcher(Api::<SecretProviderClass>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|c: &mut SecretProviderClass| c.metadata.managed_fields = None)
+        .reflect(class_writer)
+        .touched_objects();
+    let (secrets, secret_writer) = reflector::store();
+    let secret_stream = watcher(Api::<Secret>::all(client.clone()), watcher::Config::default().labels(MANAGED_LABEL))
+        .default_backoff()
+        .modify(|s: &mut Secret| s.metadata.managed_fields = None)
+        .reflect(secret_writer)
+        .touched_objects();
+
+    let controller = kube::runtime::Controller::new(syncs, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(config.concurrency));
+    let store = controller.store();
+    let by_class = store.clone();
+    let controller = controller
+        .watches_stream(class_stream, move |c: SecretProviderClass| {
+            let (ns, name) = (c.namespace().unwrap_or_default(), c.name_any());
+            by_class
+                .state()
+                .into_iter()
+                .filter(|s| s.namespace().as_deref() == Some(&ns) && s.spec.secret_provider_class_name == name)
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(secret_stream, |s: Secret| {
+            // The Secret has its SecretSync's name.
+            Some(ObjectRef::new(&s.name_any()).within(&s.namespace().unwrap_or_default()))
+        })
+        .graceful_shutdown_on(stop);
+
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), COMPONENT),
+        client,
+        config,
+        hash_key,
+        providers,
+        classes: classes.clone(),
+        secrets: secrets.clone(),
+        tokens,
+        metrics,
+        seen: Mutex::default(),
+    });
+    tokio::spawn({
+        let (store, classes, secrets) = (store.clone(), classes, secrets);
+        async move {
+            let synced = async {
+                store.wait_until_ready().await.ok()?;
+                classes.wait_until_ready().await.ok()?;
+                secrets.wait_until_ready().await.ok()
+            };
+            if synced.await.is_some() {
+                ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(secretsyncs = store.state().len(), "watch caches synced");
+            }
+        }
+    });
+    let forget = ctx.clone();
+    controller
+        .run(reconcile, |_, _: &Never, _| Action::requeue(Duration::from_secs(30)), ctx)
+        .for_each(|result| {
+            if let Err(controller::Error::ObjectNotFound(r)) = &result {
+                // Deleted: its Secret goes with it (owner reference); forget its state and series.
+                let ns = r.namespace.clone().unwrap_or_default();
+                forget.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns.clone(), r.name.clone()));
+                forget.metrics.forget(&ns, &r.name);
+            }
+            std::future::ready(())
+        })
+        .await;
+}
+
+/// Where a check was triggered from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// Its round came: share the round's fetches.
+    Poll(u64),
+    /// Something changed (or it is new to this process).
+    Change,
+    /// `forceSynchronization` or the refresh-now annotation: nothing fetched before may be reused.
+    Forced,
+}
+
+async fn reconcile(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Result<Action, Never> {
+    use tracing::Instrument;
+    let span =
+        tracing::info_span!("secretsync", namespace = %ss.namespace().unwrap_or_default(), name = %ss.name_any());
+    Ok(check(ss, ctx).instrument(span).await)
+}
+
+/// One check of a SecretSync: decides whether anything is due, syncs, records the outcome.
+async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
+    let (ns, name) = (ss.namespace().unwrap_or_default(), ss.name_any());
+    let key = (ns.clone(), name.clone());
+    let generation = ss.metadata.generation.unwrap_or(0);
+    let class = ctx.classes.get(&ObjectRef::new(&ss.spec.secret_provider_class_name).within(&ns));
+    let class_id = class.as_ref().map(|c| (c.uid().unwrap_or_default(), c.metadata.generation.unwrap_or(0)));
+    let live = ctx.secrets.get(&ObjectRef::new(&name).within(&ns));
+    let secret_version = live.as_ref().and_then(|s| s.resource_version());
+    let refresh_now = ss.annotations().get(driver::annotations::REFRESH_NOW).cloned();
+    let now = SystemTime::now();
+    let previous = ctx.seen.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+
+    let trigger = match &previous {
+        Some(p) if p.generation == generation && p.class == class_id && p.secret_version == secret_version => {
+            if p.refresh_now != refresh_now && refresh_now.is_some() {
+                Trigger::Forced
+            } else if p.due.is_none_or(|d| d <= now) {
+                Trigger::Poll(round_of(&ctx.config, now))
+            } else {
+                // A status write or an unrelated touch: nothing to do before the round.
+                let wait = p.due.and_then(|d| d.duration_since(now).ok()).unwrap_or_default();
+                return Action::requeue(wait);
+            }
+        }
+        Some(p) if p.generation != generation && generation > 0 => Trigger::Forced,
+        _ => Trigger::Change,
+    };
+    let started = Instant::now();
+    tracing::debug!(?trigger, "checking");
+    let outcome = sync(&ss, &ctx, class.as_deref(), live.as_deref(), trigger).await;
+    let elapsed = started.elapsed();
+    let status_before = ss.status.clone().unwrap_or_default();
+    let mut seen = Seen {
+        generation,
+        class: class_id,
+        secret_version,
+        refresh_now: refresh_now.clone(),
+        due: None,
+        failures: previous.as_ref().map_or(0, |p| p.failures),
+    };
+    let labels = SyncLabels { namespace: ns.clone(), name: name.clone() };
+    let wait = match &outcome {
+        Ok(done) => {
+            seen.failures = 0;
+            seen.secret_version = done.secret_version.clone().or(seen.secret_version);
+            let due = next_due(&ctx.config, ss.uid().as_deref().unwrap_or(&name), now);
+            seen.due = Some(due);
+            ctx.metrics.last_success.get_or_create(&labels).set(unix(now));
+            ctx.metrics.ready.get_or_create(&labels).set(1);
+            let result = if done.written.is_some() { "written" } else { "unchanged" };
+            ctx.metrics.reconciles.get_or_create(&ResultLabels { result: result.into() }).inc();
+            tracing::debug!(result, elapsed_ms = elapsed.as_millis() as u64, "checked");
+            due.duration_since(now).unwrap_or_default()
+        }
+        Err(f) => {
+            seen.failures += 1;
+            ctx.metrics.ready.get_or_create(&labels).set(0);
+            ctx.metrics.reconciles.get_or_create(&ResultLabels { result: "failed".into() }).inc();
+            ctx.metrics
+                .failures
+                .get_or_create(&FailureLabels {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    reason: f.reason.as_str().into(),
+                })
+                .inc();
+            tracing::warn!(reason = f.reason.as_str(), error = %f.message, failures = seen.failures, "sync failed");
+            let wait = backoff(seen.failures, f);
+            // The retry is due then, not at the status write's watch event.
+            seen.due = Some(now + wait);
+            wait
+        }
+    };
+    write_status(&ss, &ctx, &status_before, generation, outcome.as_ref()).await;
+    ctx.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, seen);
+    Action::requeue(wait)
+}
+
+/// What a successful check did.
+struct Done {
+    hash: String,
+    written: Option<Written>,
+    secret_version: Option<String>,
+}
+
+async fn sync(
+    ss: &SecretSync,
+    ctx: &Context,
+    class: Option<&SecretProviderClass>,
+    live: Option<&Secret>,
+    trigger: Trigger,
+) -> Result<Done, Failure> {
+    let (ns, name) = (ss.namespace().unwrap_or_default(), ss.name_any());
+    let object = &ss.spec.secret_object;
+    decide::check_metadata(object)?;
+    let class_name = &ss.spec.secret_provider_class_name;
+    let owned;
+    let class = match class {
+        Some(c) => c,
+        None => {
+            // Not in the watch cache (created a moment ago, or the watch is behind): ask the API.
+            let api: Api<SecretProviderClass> = Api::namespaced(ctx.client.clone(), &ns);
+            owned =
+                api.get_opt(class_name).await.map_err(|e| misconfigured(class_name, &driver::kube::describe(&e)))?;
+            owned.as_ref().ok_or_else(|| misconfigured(class_name, "not found"))?
+        }
+    };
+    let spec = &class.spec.spec;
+    let sa = &ss.spec.service_account_name;
+    if ctx.config.require_opt_in {
+        let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
+        let account = api.get_opt(sa).await.map_err(|e| {
+            Failure::new(
+                FailureReason::ControllerSyncError,
+                format!("failed to get service account {ns}/{sa}: {}", driver::kube::describe(&e)),
+            )
+        })?;
+        let account = account.ok_or_else(|| {
+            Failure::new(FailureReason::ControllerSyncError, format!("service account {ns}/{sa} not found"))
+        })?;
+        decide::check_opt_in(account.annotations(), &ns, sa, &name)?;
+    }
+    let mut attributes: BTreeMap<String, String> = spec
+        .parameters
+        .iter()
+        .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // The provider's view of "who asks": the SecretSync (no pod is involved).
+    attributes.insert(POD_NAME_KEY.into(), name.clone());
+    attributes.insert(POD_NAMESPACE_KEY.into(), ns.clone());
+    attributes.insert(POD_UID_KEY.into(), ss.uid().unwrap_or_default());
+    attributes.insert(SERVICE_ACCOUNT_KEY.into(), sa.clone());
+    if !ctx.config.audiences.is_empty() {
+        let tokens = ctx
+            .tokens
+            .attribute(&ns, sa, &ctx.config.audiences)
+            .await
+            .map_err(|e| Failure::new(FailureReason::ControllerSyncError, e))?;
+        attributes.insert(TOKENS_KEY.into(), tokens.expose_secret().to_string());
+    }
+    let provider = ctx.providers.get(&spec.provider).map_err(|e| misconfigured(class_name, &e.to_string()))?;
+    let request = MountRequest {
+        attributes,
+        secrets: None,
+        target_path: TARGET_PATH.into(),
+        permission: 0o644,
+        current_object_versions: BTreeMap::new(),
+        deadline: Some(Instant::now() + Duration::from_secs(120)),
+        background: matches!(trigger, Trigger::Poll(_)),
+        cycle: match trigger {
+            Trigger::Poll(round) => Some(round),
+            _ => None,
+        },
+        fresh: trigger == Trigger::Forced,
+    };
+    let response = provider.mount(request).await.map_err(|e| {
+        Failure::new(
+            FailureReason::ProviderError,
+            format!("failed to fetch from provider {:?}: {}", spec.provider, e.message),
+        )
+        .with_throttled(e.kind == ErrorKind::ResourceExhausted)
+    })?;
+    let files: BTreeMap<String, Vec<u8>> =
+        response.files.iter().map(|f| (f.path.clone(), f.contents.expose_secret().to_vec())).collect();
+    let data = decide::secret_data(object, &files)?;
+    let shape = serde_json::json!({"type": object.type_, "labels": object.labels, "annotations": object.annotations})
+        .to_string();
+    let ss_uid = ss.uid().unwrap_or_default();
+    let class_uid = class.uid().unwrap_or_default();
+    let provenance = Provenance {
+        class: (&class_uid, class.metadata.generation.unwrap_or(0)),
+        sync: (&ss_uid, ss.metadata.generation.unwrap_or(0)),
+        force: &ss.spec.force_synchronization,
+        shape,
+    };
+    let hash = decide::sync_hash(&ctx.hash_key, &data, &provenance);
+    let desired = desired_secret(ss, &data);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    // The label-filtered cache does not see foreign Secrets, nor one written a moment ago: ask.
+    let existing = match live {
+        Some(s) => Some(s.clone()),
+        None => api.get_opt(&name).await.map_err(|e| patch_failed(&ns, &name, &driver::kube::describe(&e)))?,
+    };
+    if let Some(existing) = &existing {
+        if !owned_by(existing, ss) {
+            // Never take over a Secret that is not ours.
+            return Err(Failure::new(FailureReason::ControllerPatchError, foreign(existing, ss)));
+        }
+        if matches(existing, &desired) {
+            // Up to date (whatever the status says: a lost status write is redone, not the Secret).
+            return Ok(Done { hash, written: None, secret_version: existing.resource_version() });
+        }
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = api
+        .patch(&name, &params, &Patch::Apply(&desired))
+        .await
+        .map_err(|e| patch_failed(&ns, &name, &driver::kube::describe(&e)))?;
+    ctx.metrics.wrote("secret");
+    let written = if existing.is_some() { Written::Updated } else { Written::Created };
+    tracing::info!(keys = data.len(), ?written, "Secret written");
+    ctx.recorder
+        .object_event(
+            &reference(ss),
+            COMPONENT,
+            EventType::Normal,
+            "SecretSynced",
+            &format!(
+                "Secret {ns}/{name} {} ({} keys)",
+                if written == Written::Created { "created" } else { "updated" },
+                data.len()
+            ),
+        )
+        .await;
+    ctx.metrics.wrote("event");
+    Ok(Done { hash, written: Some(written), secret_version: applied.resource_version() })
+}
+
+/// Writes the status when it changed (conditions, hash, observedGeneration), and a Warning event when
+/// a failure is new or its message changed.
+async fn write_status(
+    ss: &SecretSync,
+    ctx: &Context,
+    before: &SecretSyncStatus,
+    generation: i64,
+    outcome: Result<&Done, &Failure>,
+) {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut after = before.clone();
+    after.observed_generation = Some(generation);
+    match outcome {
+        Ok(done) => {
+            let written = done.written.unwrap_or(Written::Updated);
+            // (After any success the Secret exists: SecretCreated is True.)
+            after.conditions = decide::conditions(&before.conditions, generation, &now, Ok(written));
+            if done.written.is_some() || before.sync_hash != done.hash || !is_ready(before) {
+                after.sync_hash = done.hash.clone();
+                after.last_successful_sync_time = Some(now.clone());
+            }
+        }
+        Err(f) => {
+            after.conditions = decide::conditions(&before.conditions, generation, &now, Err(f));
+            let old = before.conditions.iter().find(|c| c.type_ == decide::READY);
+            if old.is_none_or(|c| c.message != f.message) {
+                ctx.recorder
+                    .object_event(&reference(ss), COMPONENT, EventType::Warning, f.reason.as_str(), &f.message)
+                    .await;
+                ctx.metrics.wrote("event");
+            }
+        }
+    }
+    if after == *before {
+        return;
+    }
+    let api: Api<SecretSync> = Api::namespaced(ctx.client.clone(), &ss.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": after });
+    match api.patch_status(&ss.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => ctx.metrics.wrote("status"),
+        Err(e) => tracing::warn!(error = %driver::kube::describe(&e), "failed to write the SecretSync's status"),
+    }
+}
+
+fn is_ready(status: &SecretSyncStatus) -> bool {
+    status.conditions.iter().any(|c| c.type_ == decide::READY && c.status == "True")
+}
+
+fn misconfigured(class: &str, cause: &str) -> Failure {
+    Failure::new(
+        FailureReason::SecretProviderClassMisconfigured,
+        format!("failed to get SecretProviderClass {class:?}: {cause}"),
+    )
+}
+
+fn patch_failed(ns: &str, name: &str, cause: &str) -> Failure {
+    Failure::new(FailureReason::ControllerPatchError, format!("failed to patch secret {ns}/{name}: {cause}"))
+}
+
+/// The Secret a SecretSync writes: its name, the managed label, one owner reference, type and data.
+fn desired_secret(ss: &SecretSync, data: &BTreeMap<String, Vec<u8>>) -> Secret {
+    let object = &ss.spec.secret_object;
+    let mut labels = object.labels.clone();
+    labels.insert(MANAGED_LABEL.into(), String::new());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(ss.name_any()),
+            namespace: ss.namespace(),
+            labels: Some(labels),
+            annotations: Some(object.annotations.clone()).filter(|a| !a.is_empty()),
+            owner_references: Some(vec![owner_reference(ss)]),
+            ..Default::default()
+        },
+        type_: Some(object.type_.trim().to_string()),
+        data: Some(data.iter().map(|(k, v)| (k.clone(), ByteString(v.clone()))).collect()),
+        ..Default::default()
+    }
+}
+
+/// Upstream's owner reference: no `controller`, no `blockOwnerDeletion`.
+fn owner_reference(ss: &SecretSync) -> OwnerReference {
+    OwnerReference {
+        api_version: SecretSync::api_version(&()).into_owned(),
+        kind: SecretSync::kind(&()).into_owned(),
+        name: ss.name_any(),
+        uid: ss.uid().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+fn owned_by(secret: &Secret, ss: &SecretSync) -> bool {
+    let uid = ss.uid().unwrap_or_default();
+    secret.owner_references().iter().any(|o| o.kind == "SecretSync" && o.uid == uid)
+}
+
+/// Whether the live Secret already holds what would be written.
+fn matches(live: &Secret, desired: &Secret) -> bool {
+    let contains = |have: &BTreeMap<String, String>, want: &Option<BTreeMap<String, String>>| {
+        want.iter().flatten().all(|(k, v)| have.get(k) == Some(v))
+    };
+    live.type_ == desired.type_
+        && live.data.clone().unwrap_or_default() == desired.data.clone().unwrap_or_default()
+        && contains(live.labels(), &desired.metadata.labels)
+        && contains(live.annotations(), &desired.metadata.annotations)
+}
+
+/// Whose Secret it is, for the refusal: its owners, else its field managers.
+fn foreign(secret: &Secret, ss: &SecretSync) -> String {
+    let (ns, name) = (ss.namespace().unwrap_or_default(), ss.name_any());
+    let owners: Vec<String> = secret.owner_references().iter().map(|o| format!("{} {}", o.kind, o.name)).collect();
+    let whose = if owners.is_empty() {
+        let managers: Vec<String> = secret
+            .managed_fields()
+            .iter()
+            .filter_map(|m| m.manager.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if managers.is_empty() {
+            "not created by a SecretSync".to_string()
+        } else {
+            format!("written by {}", managers.join(", "))
+        }
+    } else {
+        format!("owned by {}", owners.join(", "))
+    };
+    format!(
+        "secret {ns}/{name} already exists and is not managed by this SecretSync ({whose}); delete it or rename the SecretSync"
+    )
+}
+
+fn reference(ss: &SecretSync) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(SecretSync::api_version(&()).into_owned()),
+        kind: Some(SecretSync::kind(&()).into_owned()),
+        name: Some(ss.name_any()),
+        namespace: ss.namespace(),
+        uid: ss.uid(),
+        resource_version: ss.resource_version(),
+        ..Default::default()
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+fn jitter(config: &Config) -> Duration {
+    config.jitter.min(MAX_JITTER).min(config.refresh_interval / 2)
+}
+
+/// A SecretSync's fixed offset into every round (from its uid, so a restart keeps it).
+fn offset(config: &Config, uid: &str) -> Duration {
+    let j = jitter(config).as_millis() as u64;
+    if j == 0 {
+        return Duration::ZERO;
+    }
+    let h = uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    Duration::from_millis(h % j)
+}
+
+/// The round `now` belongs to (rounds start at multiples of the interval since the epoch).
+fn round_of(config: &Config, now: SystemTime) -> u64 {
+    let interval = config.refresh_interval.as_millis().max(1) as u64;
+    now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64 / interval
+}
+
+/// When the SecretSync's next round check is due: the next round's start plus its offset.
+fn next_due(config: &Config, uid: &str, now: SystemTime) -> SystemTime {
+    let interval = config.refresh_interval.max(Duration::from_secs(1));
+    let start = SystemTime::UNIX_EPOCH + interval * (round_of(config, now) as u32 + 1);
+    start + offset(config, uid)
+}
+
+/// Retry delay after `failures` failures in a row: 5 s doubling to 5 min (throttling starts at 30 s),
+/// so a storm of 429s is not answered with a storm of retries.
+fn backoff(failures: u32, f: &Failure) -> Duration {
+    let base = if f.throttled { 30 } else { 5 };
+    Duration::from_secs((base << failures.saturating_sub(1).min(10)).min(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(interval: u64, jitter: u64) -> Config {
+        Config {
+            audiences: vec![],
+            refresh_interval: Duration::from_secs(interval),
+            jitter: Duration::from_secs(jitter),
+            require_opt_in: true,
+            concurrency: 1,
+        }
+    }
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn every_secret_sync_checks_once_per_round_at_its_own_offset_within_the_jitter() {
+        let c = config(3600, 60);
+        let due_a = next_due(&c, "uid-a", at(7200 + 10));
+        let due_b = next_due(&c, "uid-b", at(7200 + 3000));
+        for d in [due_a, due_b] {
+            let s = d.duration_since(at(10_800)).expect("in the next round");
+            assert!(s < Duration::from_secs(60), "{s:?}");
+        }
+        assert_ne!(due_a, due_b, "spread within the round");
+        assert_eq!(round_of(&c, due_a), round_of(&c, due_b), "one round: one provider cycle");
+        assert_eq!(next_due(&c, "uid-a", at(1)), next_due(&c, "uid-a", at(2)), "stable across restarts");
+        // The jitter is capped so a round's fetches stay shareable, and at half the interval.
+        assert!(offset(&config(3600, 3600), "x") < MAX_JITTER);
+        assert!(offset(&config(60, 600), "x") <= Duration::from_secs(30));
+        assert_eq!(offset(&config(60, 0), "x"), Duration::ZERO);
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_and_throttling_harder() {
+        let f = Failure::new(FailureReason::ProviderError, "x");
+        assert_eq!(backoff(1, &f), Duration::from_secs(5));
+        assert_eq!(backoff(2, &f), Duration::from_secs(10));
+        assert_eq!(backoff(20, &f), Duration::from_secs(300));
+        let t = f.clone().with_throttled(true);
+        assert_eq!(backoff(1, &t), Duration::from_secs(30));
+        assert_eq!(backoff(4, &t), Duration::from_secs(240));
+    }
+
+    fn sync(uid: &str) -> SecretSync {
+        let mut ss = SecretSync::new(
+            "db",
+            crate::api::SecretSyncSpec {
+                secret_provider_class_name: "spc".into(),
+                service_account_name: "sa".into(),
+                secret_object: crate::api::SecretObject {
+                    type_: "Opaque".into(),
+                    data: vec![],
+                    labels: BTreeMap::from([("team".to_string(), "a".to_string())]),
+                    annotations: BTreeMap::new(),
+                },
+                ..Default::default()
+            },
+        );
+        ss.metadata.namespace = Some("ns".into());
+        ss.metadata.uid = Some(uid.into());
+        ss
+    }
+
+    #[test]
+    fn the_secret_is_upstreams_and_a_foreign_one_is_named_not_taken() {
+        let ss = sync("uid-1");
+        let d = desired_secret(&ss, &BTreeMap::from([("password".to_string(), b"x".to_vec())]));
+        assert_eq!(d.metadata.labels.as_ref().unwrap()[MANAGED_LABEL], "");
+        assert_eq!(d.metadata.labels.as_ref().unwrap()["team"], "a");
+        let owners = d.metadata.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            (owners[0].api_version.as_str(), owners[0].kind.as_str(), owners[0].uid.as_str()),
+            ("secret-sync.x-k8s.io/v1alpha1", "SecretSync", "uid-1")
+        );
+        assert_eq!(owners[0].controller, None, "upstream sets neither controller nor blockOwnerDeletion");
+        assert!(owned_by(&d, &ss));
+        assert!(!owned_by(&d, &sync("uid-2")), "a deleted and recreated SecretSync is another owner");
+        assert!(matches(&d, &d));
+        let mut tampered = d.clone();
+        tampered.data.as_mut().unwrap().insert("password".into(), ByteString(b"y".to_vec()));
+        assert!(!matches(&tampered, &d));
+        let mut extra = d.clone();
+        extra.data.as_mut().unwrap().insert("old-key".into(), ByteString(b"y".to_vec()));
+        assert!(!matches(&extra, &d), "a key no longer listed is pruned");
+
+        let mut theirs = Secret::default();
+        theirs.metadata.managed_fields =
+            Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                manager: Some("kubectl-create".into()),
+                ..Default::default()
+            }]);
+        assert!(!owned_by(&theirs, &ss));
+        assert_eq!(
+            foreign(&theirs, &ss),
+            "secret ns/db already exists and is not managed by this SecretSync (written by kubectl-create); \
+             delete it or rename the SecretSync"
+        );
+        theirs.metadata.owner_references =
+            Some(vec![OwnerReference { kind: "Deployment".into(), name: "web".into(), ..Default::default() }]);
+        assert!(foreign(&theirs, &ss).contains("(owned by Deployment web)"));
+    }
+}
