@@ -281,3 +281,60 @@ async fn identity_binding_needs_its_audience_and_mounts_through_the_token_proxy(
     assert_eq!(code, Some(1));
     assert_eq!(check(&r, "identity")["status"], "fail", "{r:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_sync_is_checked_with_its_class_account_opt_in_controller_and_secret() {
+    let env = cluster().await;
+    let sync = json!({ "apiVersion": "secret-sync.x-k8s.io/v1alpha1", "kind": "SecretSync",
+        "metadata": { "name": "web-sync", "namespace": "apps", "uid": "sync-uid" },
+        "spec": { "secretProviderClassName": "web", "serviceAccountName": "web",
+                  "secretObject": { "data": [ { "sourcePath": "db-password", "targetKey": "password" },
+                                              { "sourcePath": "nope", "targetKey": "x" } ] } } });
+    env.api.put("secretsyncs", sync);
+
+    // No controller, no opt-in, a sourcePath the class cannot yield; the objects are still fetched
+    // with the SecretSync's service account (its token).
+    let (code, r, _) = live(&env, &["-n", "apps", "--secret-sync", "web-sync"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(check(&r, "secretsync exists")["status"], "pass");
+    assert_eq!(check(&r, "sync controller")["status"], "fail");
+    let opt_in = check(&r, "service account opt-in");
+    assert_eq!(opt_in["status"], "fail");
+    assert!(
+        opt_in["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("service account apps/web has not opted in to SecretSync \"web-sync\"")
+    );
+    assert_eq!(check(&r, "Secret web-sync")["status"], "pass");
+    assert_eq!(check(&r, "object db-password")["status"], "pass");
+    assert!(r["findings"].to_string().contains("nope"), "{:#}", r["findings"]);
+
+    // Opted in, a ready controller, and a Secret of that name that someone else wrote.
+    env.api.put(
+        "serviceaccounts",
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "web", "namespace": "apps",
+            "annotations": { "keyvault-csi.io/allow-secret-syncs": "web-sync" } } }),
+    );
+    env.api.put(
+        "deployments",
+        json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "kv-sync", "namespace": "kube-system",
+                          "labels": { "app.kubernetes.io/component": "sync-controller" } },
+            "spec": { "selector": {}, "template": {} }, "status": { "readyReplicas": 1 } }),
+    );
+    env.api.put(
+        "secrets",
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "web-sync", "namespace": "apps",
+            "ownerReferences": [ { "apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u" } ] }, "data": {} }),
+    );
+    let (_, r, _) = live(&env, &["-n", "apps", "--secret-sync", "web-sync"]);
+    assert_eq!(check(&r, "service account opt-in")["status"], "pass");
+    assert_eq!(check(&r, "sync controller")["status"], "pass");
+    let secret = check(&r, "Secret web-sync");
+    assert_eq!(secret["status"], "fail");
+    assert_eq!(
+        secret["prevents"],
+        "secret apps/web-sync already exists and is not managed by this SecretSync (owned by Deployment web); delete it or rename the SecretSync"
+    );
+}

@@ -50,6 +50,7 @@ VARIANTS = {
                      "tokenProxyURL": "https://proxy.example:8443", "sniName": "a1.ests.aks",
                      "tokenProxyCAFile": "/etc/corp-ca/ca.pem"},
     },
+    "sync-controller": {"syncController": {"enabled": True, "replicas": 2, "tokenRequestAudiences": ["a", "b"]}},
     "monitoring": {
         "metrics": {
             "service": {"enabled": True},
@@ -101,8 +102,9 @@ def one(docs, kind, name=None):
 
 
 def container(docs, name):
-    ds = one(docs, "DaemonSet")
-    return next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+    kind = "Deployment" if name == "sync-controller" else "DaemonSet"
+    workload = one(docs, kind)
+    return next(c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name)
 
 
 def test_lint_is_clean():
@@ -338,6 +340,56 @@ def test_the_binary_accepts_the_rendered_arguments(variant):
     """The DaemonSet's arguments, run through the real binary: it must serve, not exit with a flag error."""
     with running_driver(VARIANTS[variant]):
         pass
+
+
+# ----------------------------------------------------------------------------------------------------
+# The SecretSync controller (ours; upstream ships it as a separate chart)
+
+SYNC = {"syncController": {"enabled": True}}
+
+
+def test_the_sync_controller_is_off_by_default_but_its_crd_ships():
+    kinds = {d["kind"] for d in render()}
+    assert not kinds & {"Deployment", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}, kinds
+    assert "secretsyncs.secret-sync.x-k8s.io" in [d["metadata"]["name"] for d in crds()]
+
+
+def test_the_sync_controller_binary_accepts_its_rendered_arguments():
+    """The Deployment's arguments through the real binary: flags parse, and it stops only at the missing
+    cluster (exit 1 naming it), never at a flag (exit 2)."""
+    binary = ROOT / "target" / "debug" / "keyvault-csi"
+    assert binary.exists(), "build first (make test builds it)"
+    for values in (SYNC, VARIANTS["sync-controller"]):
+        args = container(render(values), "sync-controller")["args"]
+        assert args[0] == "sync-controller"
+        env = {**os.environ, "KUBECONFIG": "/nonexistent", "KUBERNETES_SERVICE_HOST": ""}
+        r = subprocess.run([str(binary), *args], env=env, capture_output=True, timeout=30)
+        assert r.returncode == 1, (r.returncode, r.stderr.decode())
+        assert "no Kubernetes configuration" in r.stderr.decode(), r.stderr.decode()
+
+
+def test_the_admission_policies_bind_the_controllers_account_and_its_audiences():
+    docs = render(VARIANTS["sync-controller"], namespace="secrets")
+    deploy = one(docs, "Deployment")
+    sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
+    assert deploy["spec"]["replicas"] == 2
+    assert "--leader-elect=true" in container(docs, "sync-controller")["args"]
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
+    bindings = {d["spec"]["policyName"] for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"}
+    assert set(policies) == bindings and len(policies) == 4
+    for p in policies.values():
+        cond = p["spec"]["matchConditions"][0]["expression"]
+        assert cond == f'request.userInfo.username == "system:serviceaccount:secrets:{sa}"', cond
+        assert p["spec"]["failurePolicy"] == "Fail"
+    token = next(p for n, p in policies.items() if n.endswith("validate-token-policy"))
+    assert '["a","b"]' in token["spec"]["validations"][0]["expression"]
+    assert "--token-request-audience=a,b" in container(docs, "sync-controller")["args"]
+    # The hash key Secret (no SecretSync owns it) is exempt by name, and it is the name the binary uses.
+    create = next(p for n, p in policies.items() if n.endswith("create-update-policy"))
+    assert f'"{sa}-hash-key"' in create["spec"]["matchConditions"][1]["expression"]
+    assert f"--leader-election-id={sa}" in container(docs, "sync-controller")["args"]
+    off = render({"syncController": {"enabled": True, "validatingAdmissionPolicies": {"applyPolicies": False}}})
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmission")]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -246,9 +246,16 @@ def chart_values(emu, **extra):
             "tokenProxyCAFile": "/etc/kv-emulator/ca.pem",
         },
     }
+    # The SecretSync controller, with the same emulator flags and a short round.
+    values["syncController"] = {
+        "enabled": True, "rotationPollInterval": f"{POLL}s", "jitter": "2s", "hostNetwork": KIT,
+        "extraArgs": values["linux"]["extraArgs"], "volumes": values["linux"]["volumes"],
+        "volumeMounts": values["linux"]["volumeMounts"], "env": [],
+    }
     if KIT:
         values["linux"]["env"] = [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
                                   {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}]
+        values["syncController"]["env"] = values["linux"]["env"]
     for k, v in extra.items():
         values[k] = v
     return values
@@ -295,8 +302,8 @@ def pod_proxy(pod, port, path):
     return raw(f"/api/v1/namespaces/{DRIVER_NS}/pods/{pod}:{port}/proxy{path}")
 
 
-def metrics(pod=None):
-    text = pod_proxy(pod or driver_pod(), 8095, "/metrics")
+def metrics(pod=None, port=8095):
+    text = pod_proxy(pod or driver_pod(), port, "/metrics")
     out = {}
     for line in text.splitlines():
         if line.startswith("#") or not line.strip():
@@ -878,6 +885,214 @@ def s_upgrade_uninstall(ctx):
     ctx["uninstalled"] = True
 
 
+# ----------------------------------------------------------------------------------------------------
+# SecretSync: mount-less sync (no kubelet involved)
+
+SYNC_DEPLOY = f"{RELEASE}-keyvault-csi-sync-controller"
+
+
+def sync_pods():
+    return [p for p in get("pods", ns=DRIVER_NS)["items"]
+            if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "sync-controller"
+            and p["metadata"].get("deletionTimestamp") is None]
+
+
+def sync_metrics():
+    pods = [p for p in sync_pods() if pod_ready(p["metadata"]["name"], DRIVER_NS)]
+    if not pods:
+        raise Failure("no Ready sync-controller pod")
+    return metrics(pods[0]["metadata"]["name"], 8085)
+
+
+def secret_sync(name, cls, sa, data, type_=None, labels=None, force=None):
+    spec = {"secretProviderClassName": cls, "serviceAccountName": sa,
+            "secretObject": {"data": [{"sourcePath": s, "targetKey": t} for s, t in data]}}
+    if type_:
+        spec["secretObject"]["type"] = type_
+    if labels:
+        spec["secretObject"]["labels"] = labels
+    if force:
+        spec["forceSynchronization"] = force
+    return {"apiVersion": "secret-sync.x-k8s.io/v1alpha1", "kind": "SecretSync",
+            "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def secret_values(name):
+    s = get("secret", name, NS, check=False)
+    if not s:
+        return None
+    return {k: base64.b64decode(v).decode(errors="replace") for k, v in (s.get("data") or {}).items()}
+
+
+def ready(name):
+    st = (get("secretsync", name, NS, check=False) or {}).get("status", {})
+    return {c["type"]: c for c in st.get("conditions", [])}.get("Ready", {})
+
+
+def wait_ready(name, timeout=30):
+    return wait_for(f"SecretSync {name} Ready", lambda: ready(name).get("status") == "True", timeout)
+
+
+def wait_refused(name, reason, contains, timeout=30):
+    def seen():
+        r = ready(name)
+        return r if r.get("status") == "False" and r.get("reason") == reason and contains in r.get("message", "") else None
+    return wait_for(f"SecretSync {name} Ready=False {reason} ({contains!r})", seen, timeout)
+
+
+def s_secret_sync(ctx):
+    """Upstream's SecretSync, applied unchanged, produces upstream's Secret; then every way it can go
+    wrong or drift: a vault change, a class edit, a deleted or tampered Secret, a foreign Secret, a
+    service account that has not opted in, the SecretSync deleted (garbage collection)."""
+    emu = ctx["emu"]
+    wait_for("the sync controller Ready", lambda: any(pod_ready(p["metadata"]["name"], DRIVER_NS) for p in sync_pods()), 90)
+    emu.set_secret("ss-rotating", "ss-v1")
+    apply({"apiVersion": "v1", "kind": "ServiceAccount",
+           "metadata": {"name": "workload", "namespace": NS,
+                        "annotations": {"azure.workload.identity/client-id": "wi-client",
+                                        "keyvault-csi.io/allow-secret-syncs": "ss-db,ss-foreign,ss-heal"}}},
+          {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "not-opted", "namespace": NS}})
+    apply(spc("ss-class", NS, [{"objectName": "db-password", "objectType": "secret"},
+                               {"objectName": "ss-rotating", "objectType": "secret"}], client_id="wi-client"))
+    t0 = time.time()
+    # Upstream's manifest shape: no type (defaults to Opaque), labels on the Secret.
+    apply(secret_sync("ss-db", "ss-class", "workload", [("db-password", "password"), ("ss-rotating", "rotating")],
+                      labels={"team": "payments"}))
+    wait_ready("ss-db")
+    FIGURES["secretsync-create"] = f"SecretSync applied to Secret written in {time.time() - t0:.1f} s"
+    sec = get("secret", "ss-db", NS)
+    ss = get("secretsync", "ss-db", NS)
+    vals = secret_values("ss-db")
+    if vals != {"password": "Pa55w0rd-e2e", "rotating": "ss-v1"} or sec["type"] != "Opaque":
+        raise Failure(f"Secret ss-db: type {sec['type']}, data {sorted(vals)}")
+    if sec["metadata"]["labels"] != {"team": "payments", "secrets-store.sync.x-k8s.io": ""}:
+        raise Failure(f"labels {sec['metadata']['labels']}")
+    owners = [(o["kind"], o["name"], o["uid"], o.get("controller")) for o in sec["metadata"]["ownerReferences"]]
+    if owners != [("SecretSync", "ss-db", ss["metadata"]["uid"], None)]:
+        raise Failure(f"owner references {owners}")
+    managers = {m["manager"] for m in sec["metadata"].get("managedFields", [])}
+    if "secrets-store-sync-controller" not in managers:
+        raise Failure(f"field managers {managers}")
+    st = ss["status"]
+    if not st.get("syncHash", "").startswith("v1:") or st.get("observedGeneration") != ss["metadata"]["generation"]:
+        raise Failure(f"status {st}")
+    types = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
+    if types != {"SecretCreated": ("True", "CreateSuccessful"), "SecretUpdated": ("True", "SecretUpToDate"),
+                 "Ready": ("True", "SecretUpToDate")}:
+        raise Failure(f"conditions {types}")
+    if not [e for e in events(NS, "ss-db", "SecretSynced")]:
+        raise Failure("no SecretSynced event")
+
+    # A vault change arrives within one round (POLL s + jitter).
+    emu.set_secret("ss-rotating", "ss-v2")
+    t0 = time.time()
+    wait_for("the vault change in the Secret", lambda: (secret_values("ss-db") or {}).get("rotating") == "ss-v2", POLL + 15)
+    FIGURES["secretsync-vault-change"] = f"vault change to Secret in {time.time() - t0:.1f} s (round {POLL} s)"
+
+    # Deleted: recreated at once (the owned-Secret watch), not at the next round.
+    t0 = time.time()
+    kubectl("delete", "secret", "ss-db", "-n", NS)
+    wait_for("the deleted Secret recreated", lambda: (secret_values("ss-db") or {}).get("rotating") == "ss-v2", 5)
+    recreated = time.time() - t0
+    # Tampered with: restored at once.
+    kubectl("patch", "secret", "ss-db", "-n", NS, "-p", json.dumps({"data": {"password": base64.b64encode(b"x").decode()}}))
+    wait_for("the tampered Secret restored", lambda: (secret_values("ss-db") or {}).get("password") == "Pa55w0rd-e2e", 5)
+    FIGURES["secretsync-heal"] = f"deleted Secret recreated in {recreated:.1f} s, tampered Secret restored at once"
+
+    # A class edit heals a SecretSync that named an object the class lacked, at once.
+    apply(secret_sync("ss-heal", "ss-class", "workload", [("api-key", "key")]))
+    wait_refused("ss-heal", "RemoteSecretStoreFetchFailed", 'sourcePath "api-key" is not among')
+    t0 = time.time()
+    apply(spc("ss-class", NS, [{"objectName": "db-password", "objectType": "secret"},
+                               {"objectName": "ss-rotating", "objectType": "secret"},
+                               {"objectName": "api-key", "objectType": "secret"}], client_id="wi-client"))
+    wait_for("the class edit healing ss-heal", lambda: secret_values("ss-heal") == {"key": "ak_live_e2e_123"}, 10)
+    FIGURES["secretsync-class-edit"] = f"class edit to Secret in {time.time() - t0:.1f} s"
+    if ready("ss-heal").get("status") != "True":
+        wait_ready("ss-heal", 5)
+
+    # A Secret that is not ours is never overwritten; the condition and an event say whose it is.
+    apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ss-foreign", "namespace": NS},
+           "stringData": {"mine": "keep-me"}})
+    apply(secret_sync("ss-foreign", "ss-class", "workload", [("db-password", "password")]))
+    r = wait_refused("ss-foreign", "ControllerPatchError", "is not managed by this SecretSync")
+    if "written by e2e" not in r["message"]:
+        raise Failure(f"the refusal does not say whose Secret it is: {r['message']}")
+    if secret_values("ss-foreign") != {"mine": "keep-me"}:
+        raise Failure(f"the foreign Secret was changed: {secret_values('ss-foreign')}")
+    if not events(NS, "ss-foreign", "ControllerPatchError"):
+        raise Failure("no ControllerPatchError event")
+
+    # A service account that has not opted in is never used (no token is minted for it).
+    apply(secret_sync("ss-optout", "ss-class", "not-opted", [("db-password", "password")]))
+    wait_refused("ss-optout", "ControllerSyncError", "has not opted in to SecretSync \"ss-optout\"")
+    if get("secret", "ss-optout", NS, check=False):
+        raise Failure("a Secret was written through a service account that did not opt in")
+
+    # Deleted SecretSync: the garbage collector removes its Secret (owner reference).
+    delete("secretsync", "ss-heal", NS)
+    wait_for("Secret ss-heal garbage-collected", lambda: not exists("secret", "ss-heal", NS), 60)
+    m = sync_metrics()
+    if m.get('secretsync_ready{namespace="e2e",name="ss-db"}') != 1.0:
+        raise Failure("secretsync_ready for ss-db is not 1")
+    if not m.get('secretsync_failures_total{namespace="e2e",name="ss-optout",reason="ControllerSyncError"}'):
+        raise Failure("no failure counted for ss-optout")
+    # Nothing changed since: a round writes nothing.
+    before = m.get('secretsync_api_writes_total{kind="secret"}', 0)
+    time.sleep(POLL + 4)
+    after = sync_metrics().get('secretsync_api_writes_total{kind="secret"}', 0)
+    if after != before:
+        raise Failure(f"a round with nothing changed wrote {after - before} Secrets")
+    for n in ("ss-foreign", "ss-optout"):
+        delete("secretsync", n, NS)
+
+
+def s_secret_sync_storm_restart(ctx):
+    """A 429 storm backs off per vault (one Retry-After pauses every SecretSync of that vault) and
+    recovers; then the controller killed mid-sync: the next leader finishes, nothing is lost."""
+    emu = ctx["emu"]
+    n = 12
+    names = [f"ss-many-{i}" for i in range(n)]
+    anns = "ss-db," + ",".join(names)
+    kubectl("annotate", "serviceaccount", "workload", "-n", NS, "--overwrite", f"keyvault-csi.io/allow-secret-syncs={anns}")
+    emu.call("DELETE", "/stats")
+    emu.call("PUT", f"/throttle/{VAULT}", {"limit": 2, "windowSeconds": 8})
+    t0 = time.time()
+    apply(*[secret_sync(nm, "ss-class", "workload", [("db-password", "password")]) for nm in names])
+    wait_for(f"{n} SecretSyncs Ready through the throttle", lambda: all(ready(nm).get("status") == "True" for nm in names), 90)
+    took = time.time() - t0
+    emu.call("PUT", f"/throttle/{VAULT}", {"limit": 4000, "windowSeconds": 10})
+    rows = emu.call("GET", "/stats").get("requests", [])
+    vault_rows = [r for r in rows if r.get("vault") == VAULT and r.get("kind") == "secrets"]
+    throttled = sum(r.get("count", 0) for r in vault_rows if r.get("status") == 429)
+    total = sum(r.get("count", 0) for r in vault_rows)
+    FIGURES["secretsync-429-storm"] = (f"{n} SecretSyncs through a 2-per-8 s throttle: Ready in {took:.1f} s, "
+                                      f"{total} vault requests, {throttled} answered 429")
+    if throttled > 6:
+        raise Failure(f"{throttled} requests answered 429: the controller did not back off per vault")
+
+    # Kill the leader while a batch is being synced; the Deployment's next pod takes the Lease.
+    more = [f"ss-late-{i}" for i in range(n)]
+    kubectl("annotate", "serviceaccount", "workload", "-n", NS, "--overwrite",
+            f"keyvault-csi.io/allow-secret-syncs={anns},{','.join(more)}")
+    old = [p["metadata"]["name"] for p in sync_pods()]
+    apply(*[secret_sync(nm, "ss-class", "workload", [("db-password", "password")]) for nm in more])
+    kubectl("delete", "pod", *old, "-n", DRIVER_NS, "--grace-period=0", "--force", "--wait=false", check=False)
+    t0 = time.time()
+    wait_for("every SecretSync Ready after the controller was killed",
+             lambda: all(ready(nm).get("status") == "True" for nm in names + more), 90)
+    FIGURES["secretsync-restart"] = f"controller killed mid-sync: all {2 * n} Ready {time.time() - t0:.1f} s later"
+    bad = [nm for nm in names + more if secret_values(nm) != {"password": "Pa55w0rd-e2e"}]
+    if bad:
+        raise Failure(f"wrong or missing Secrets after the restart: {bad}")
+    # The new leader rewrote nothing that was already right.
+    m = sync_metrics()
+    if m.get('secretsync_api_writes_total{kind="secret"}', 0) > n:
+        raise Failure(f"the new leader rewrote {m.get('secretsync_api_writes_total{kind=\"secret\"}')} Secrets")
+    for nm in names + more + ["ss-db"]:
+        kubectl("delete", "secretsync", nm, "-n", NS, "--wait=false", check=False)
+
+
 def remove_workloads():
     """Workloads go before the driver, while it can still unmount their volumes (as an operator must
     do before uninstalling any CSI driver)."""
@@ -950,6 +1165,8 @@ def main():
     run("unmount", s_unmount, inspector)
     if "rot_pod" in ctx:
         run("driver-restart-mid-rotation", s_driver_restart, inspector)
+    run("secretsync", s_secret_sync)
+    run("secretsync-429-storm-and-restart", s_secret_sync_storm_restart)
     run("metrics", s_metrics)
     run("scale-50", s_scale, inspector)
     if "rot_pod" in ctx:

@@ -504,7 +504,8 @@ fn owner_reference(ss: &SecretSync) -> OwnerReference {
     }
 }
 
-fn owned_by(secret: &Secret, ss: &SecretSync) -> bool {
+/// Whether the Secret's owner references name this SecretSync (by uid).
+pub fn owned_by(secret: &Secret, ss: &SecretSync) -> bool {
     let uid = ss.uid().unwrap_or_default();
     secret.owner_references().iter().any(|o| o.kind == "SecretSync" && o.uid == uid)
 }
@@ -520,8 +521,8 @@ fn matches(live: &Secret, desired: &Secret) -> bool {
         && contains(live.annotations(), &desired.metadata.annotations)
 }
 
-/// Whose Secret it is, for the refusal: its owners, else its field managers.
-fn foreign(secret: &Secret, ss: &SecretSync) -> String {
+/// Why a Secret of the SecretSync's name is refused: whose it is (its owners, else its field managers).
+pub fn foreign(secret: &Secret, ss: &SecretSync) -> String {
     let (ns, name) = (ss.namespace().unwrap_or_default(), ss.name_any());
     let owners: Vec<String> = secret.owner_references().iter().map(|o| format!("{} {}", o.kind, o.name)).collect();
     let whose = if owners.is_empty() {

@@ -28,7 +28,7 @@ const BINDING_AUDIENCE: &str = keyvault::identity::proxy::BINDING_AUDIENCE;
 const DRIVER: &str = "secrets-store.csi.k8s.io";
 
 /// Flags of `check --live`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct LiveArgs {
     /// Namespace of the class (and of the pods that will use it).
     #[arg(long, short = 'n', default_value = "default")]
@@ -36,6 +36,10 @@ pub struct LiveArgs {
     /// SecretProviderClass name.
     #[arg(long)]
     pub class: Option<String>,
+    /// A SecretSync instead of a class: its class and service account are checked, plus the opt-in,
+    /// its keys against the class's files, the Secret it will write and the controller.
+    #[arg(long, value_name = "NAME", conflicts_with = "class")]
+    pub secret_sync: Option<String>,
     /// Service account of the pods (workload identity: a token for it is requested and exchanged).
     #[arg(long, default_value = "default")]
     pub service_account: String,
@@ -104,10 +108,23 @@ struct ObjectsArray {
 
 /// Runs the live checks; `Err` when the cluster cannot be asked at all (exit code 2).
 pub async fn run(args: &LiveArgs) -> Result<Report, String> {
-    let class = args.class.as_deref().ok_or("--live needs --class (and --namespace)")?;
     let ns = args.namespace.as_str();
     let client = crate::kube_client(args.kubeconfig.as_deref()).await?;
     let mut report = Report::default();
+    let mut service_account = args.service_account.clone();
+    let mut sync_object = None;
+    let class = match &args.secret_sync {
+        Some(name) => match secret_sync(&client, ns, name, &mut report).await? {
+            Some(ss) => {
+                service_account = ss.spec.service_account_name.clone();
+                sync_object = Some(ss);
+                sync_object.as_ref().map(|s| s.spec.secret_provider_class_name.as_str()).unwrap_or_default()
+            }
+            None => return Ok(report),
+        },
+        None => args.class.as_deref().ok_or("--live needs --class or --secret-sync (and --namespace)")?,
+    };
+    let args = &LiveArgs { service_account, ..args.clone() };
     let checks = &mut report.checks;
 
     // 1. The class exists in the pod's namespace.
@@ -137,6 +154,11 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
         spec: spc.spec.spec.clone(),
     };
     report.findings = super::check_class(&manifest);
+    if let Some(ss) = &sync_object {
+        let files = driver::lint::ParametersLint::lint(&crate::azure::AzureLint, &manifest.spec).files;
+        report.findings.extend(sync::lint::lint_sync(ss, files.as_ref()));
+    }
+    let checks = &mut report.checks;
 
     // 2. The driver is installed and registered on the nodes.
     checks.push(driver_registration(&client).await);
@@ -359,6 +381,72 @@ async fn service_account_token(client: &kube::Client, ns: &str, sa: &str, audien
         )),
         Err(e) => Err(fail(c, describe(&e), None)),
     }
+}
+
+/// The SecretSync's own checks: it exists, the controller runs, its service account opted in, and
+/// the Secret it will write is not someone else's. `None` when it does not exist.
+async fn secret_sync(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    report: &mut Report,
+) -> Result<Option<sync::api::SecretSync>, String> {
+    let checks = &mut report.checks;
+    let ss = match Api::<sync::api::SecretSync>::namespaced(client.clone(), ns).get_opt(name).await {
+        Ok(Some(ss)) => ss,
+        Ok(None) => {
+            checks.push(fail("secretsync exists", format!("no SecretSync {name} in namespace {ns}"), None));
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("cannot read SecretSync {ns}/{name}: {}", describe(&e))),
+    };
+    checks.push(pass(
+        "secretsync exists",
+        format!(
+            "SecretSync {ns}/{name}: class {}, service account {}",
+            ss.spec.secret_provider_class_name, ss.spec.service_account_name
+        ),
+    ));
+    let controllers = Api::<k8s_openapi::api::apps::v1::Deployment>::all(client.clone())
+        .list(&ListParams::default().labels("app.kubernetes.io/component=sync-controller"))
+        .await;
+    checks.push(match controllers {
+        Ok(l) if l.items.iter().any(|d| d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) > 0) => {
+            pass("sync controller", "a keyvault-csi sync-controller Deployment is ready")
+        }
+        Ok(_) => fail(
+            "sync controller",
+            "no ready keyvault-csi sync-controller Deployment (chart value syncController.enabled)",
+            Some("the SecretSync is never reconciled".into()),
+        ),
+        Err(e) => skip("sync controller", format!("cannot list Deployments: {}", describe(&e))),
+    });
+    let sa = &ss.spec.service_account_name;
+    checks.push(match Api::<ServiceAccount>::namespaced(client.clone(), ns).get_opt(sa).await {
+        Ok(Some(account)) => match sync::decide::check_opt_in(
+            account.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()),
+            ns,
+            sa,
+            name,
+        ) {
+            Ok(()) => pass("service account opt-in", format!("{ns}/{sa} lets SecretSync {name} use it")),
+            Err(f) => fail("service account opt-in", f.message.clone(), Some(f.message)),
+        },
+        Ok(None) => fail("service account opt-in", format!("service account {ns}/{sa} does not exist"), None),
+        Err(e) => skip("service account opt-in", format!("cannot read service account {ns}/{sa}: {}", describe(&e))),
+    });
+    let c = format!("Secret {name}");
+    checks.push(match Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await {
+        Ok(None) => pass(c, "does not exist yet; the controller will create it"),
+        Ok(Some(s)) if sync::controller::owned_by(&s, &ss) => pass(c, "exists and is owned by this SecretSync"),
+        Ok(Some(s)) => {
+            let why = sync::controller::foreign(&s, &ss);
+            fail(c, why.clone(), Some(why))
+        }
+        Err(kube::Error::Api(s)) if s.code == 403 => skip(c, format!("cannot read Secrets here: {}", s.message)),
+        Err(e) => fail(c, describe(&e), None),
+    });
+    Ok(Some(ss))
 }
 
 async fn synced_secret(client: &kube::Client, ns: &str, name: &str) -> Check {
