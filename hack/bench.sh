@@ -4,7 +4,9 @@
 #   2. rotation at node scale: the real binary with 1,000 tmpfs volumes;
 #   3. side by side with the upstream driver (v1.6) and its mock provider on a real kube-apiserver
 #      (KUBECONFIG, or the kit: see hack/cluster.sh), then tables and an SVG (hack/bench-report.py).
-# BENCH_ONLY=sidebyside runs only part 3. BENCH_REPEATS, BENCH_VOLUMES tune it; BENCH_README=1 rewrites
+#   4. SecretSync: 1,000 SecretSyncs over 10 objects and 5 identities, the real sync-controller on the
+#      same API server (crates/keyvault-csi/benches/secretsync.rs).
+# BENCH_ONLY=sidebyside runs only part 3, BENCH_ONLY=secretsync only part 4. BENCH_REPEATS, BENCH_VOLUMES tune it; BENCH_README=1 rewrites
 # the README's comparison from the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +16,7 @@ OUT=$ROOT/target/bench
 mkdir -p "$OUT"
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
-if [ "${BENCH_ONLY:-}" != sidebyside ]; then
+if [ -z "${BENCH_ONLY:-}" ]; then
   $CARGO bench --locked -p keyvault --bench mount
   $CARGO bench --locked -p keyvault-csi --bench rotation --no-run
   hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench rotation
@@ -43,9 +45,16 @@ if [ "$(uname -m)" = x86_64 ] && [ -z "${KEYVAULT_CSI_BIN:-}" ]; then
   RELEASE_ARCHES=amd64 hack/release.sh >"$OUT/release.log" 2>&1 || { tail -n 40 "$OUT/release.log"; exit 1; }
   export KEYVAULT_CSI_BIN=$ROOT/target/release-static/keyvault-csi-linux-amd64
 fi
-$CARGO bench --locked -p keyvault-csi --bench sidebyside --no-run
-log "side by side: upstream v1.6 + mock provider, keyvault-csi + the same provider, keyvault-csi + Azure (emulated)"
-hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench sidebyside
-args=(--svg docs/bench.svg)
-[ -n "${BENCH_README:-}" ] && args+=(--readme README.md)
-python3 hack/bench-report.py "$OUT/sidebyside.json" "${args[@]}"
+if [ "${BENCH_ONLY:-}" != secretsync ]; then
+  $CARGO bench --locked -p keyvault-csi --bench sidebyside --no-run
+  log "side by side: upstream v1.6 + mock provider, keyvault-csi + the same provider, keyvault-csi + Azure (emulated)"
+  hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench sidebyside
+  args=(--svg docs/bench.svg)
+  [ -n "${BENCH_README:-}" ] && args+=(--readme README.md)
+  python3 hack/bench-report.py "$OUT/sidebyside.json" "${args[@]}"
+fi
+if [ "${BENCH_ONLY:-}" != sidebyside ]; then
+  $CARGO bench --locked -p keyvault-csi --bench secretsync --no-run
+  log "SecretSync: 1,000 SecretSyncs, 10 objects, 5 identities, the real sync-controller"
+  $CARGO bench --locked -p keyvault-csi --bench secretsync
+fi
