@@ -197,7 +197,8 @@ async fn main() {
     let binary = std::env::var("KEYVAULT_CSI_BIN").unwrap_or_else(|_| support::binary().to_string());
     let t0 = Instant::now();
     let proc = Proc::spawn("sync-controller", &binary, &args, &node.path("controller.log"));
-    let ready = |m: &BTreeMap<String, f64>| m.iter().filter(|(k, v)| k.starts_with("secretsync_ready{") && **v == 1.0).count();
+    let ready =
+        |m: &BTreeMap<String, f64>| m.iter().filter(|(k, v)| k.starts_with("secretsync_ready{") && **v == 1.0).count();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if let Ok(m) = std::panic::catch_unwind(|| metrics(port))
@@ -205,7 +206,11 @@ async fn main() {
         {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(300), "not every SecretSync synced: see {}", node.path("controller.log").display());
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "not every SecretSync synced: see {}",
+            node.path("controller.log").display()
+        );
     }
     let first = t0.elapsed().as_secs_f64();
     let first_requests = h.count(|k| k.vault == VAULT && k.kind == "secrets" && k.method == "GET" && k.status == 200);
@@ -233,7 +238,9 @@ async fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("secretsync.json"), serde_json::to_string_pretty(&out).unwrap()).unwrap();
-    println!("SecretSync bench: {SYNCS} SecretSyncs, {OBJECTS} objects, {IDENTITIES} identities, 20 ms per Key Vault request");
+    println!(
+        "SecretSync bench: {SYNCS} SecretSyncs, {OBJECTS} objects, {IDENTITIES} identities, 20 ms per Key Vault request"
+    );
     println!("  first sync           {first:>7.1} s   {first_requests:>5} Key Vault requests");
     for (name, r) in [("round, nothing changed", &idle), ("round, o0 changed", &changed)] {
         println!(
@@ -241,8 +248,12 @@ async fn main() {
             r.seconds, r.requests, r.secret_writes, r.status_writes, r.api
         );
     }
-    println!("  controller RSS {rss_first:.1} MiB after the first sync, {rss:.1} MiB after two rounds; {cpu:.1} CPU s in all");
-    println!("  (upstream's controller fetches the whole class per SecretSync: {upstream_per_round} Key Vault requests per round)");
+    println!(
+        "  controller RSS {rss_first:.1} MiB after the first sync, {rss:.1} MiB after two rounds; {cpu:.1} CPU s in all"
+    );
+    println!(
+        "  (upstream's controller fetches the whole class per SecretSync: {upstream_per_round} Key Vault requests per round)"
+    );
     drop(proc);
     let _ = Command::new("kubectl").args(["delete", "namespace", NS, "--wait=false"]).stdout(Stdio::null()).status();
 }

@@ -42,6 +42,10 @@ pub struct SyncControllerArgs {
     /// How often every SecretSync is checked against its vault (Azure's extension: 1h).
     #[arg(long, default_value = "1h", value_parser = parse_go_duration, value_name = "DURATION")]
     pub rotation_poll_interval: Duration,
+    /// The shortest interval a SecretSync may ask for with its `keyvault-csi.io/rotation-poll-interval`
+    /// annotation (shorter ones are raised to this).
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub min_rotation_poll_interval: Duration,
     /// How far into each round a SecretSync's check may be spread (at most 4m, and half the interval).
     #[arg(long, default_value = "60s", value_parser = parse_go_duration, value_name = "DURATION")]
     pub jitter: Duration,
@@ -129,6 +133,7 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
     let config = sync::controller::Config {
         audiences: args.token_request_audience.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect(),
         refresh_interval: args.rotation_poll_interval.max(Duration::from_secs(1)),
+        min_interval: args.min_rotation_poll_interval,
         jitter: args.jitter,
         require_opt_in: args.require_service_account_opt_in,
         concurrency: args.concurrency,

@@ -51,6 +51,8 @@ pub struct Config {
     pub audiences: Vec<String>,
     /// How often each SecretSync is checked against the vault.
     pub refresh_interval: Duration,
+    /// The shortest interval a SecretSync's `keyvault-csi.io/rotation-poll-interval` may ask for.
+    pub min_interval: Duration,
     /// How far a SecretSync's check may be spread into its round (capped at [`MAX_JITTER`]).
     pub jitter: Duration,
     /// Service accounts must name the SecretSyncs that may use them.
@@ -66,6 +68,7 @@ struct Seen {
     class: Option<(String, i64)>,
     secret_version: Option<String>,
     refresh_now: Option<String>,
+    interval: Duration,
     due: Option<SystemTime>,
     failures: u32,
 }
@@ -204,15 +207,22 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
     let live = ctx.secrets.get(&ObjectRef::new(&name).within(&ns));
     let secret_version = live.as_ref().and_then(|s| s.resource_version());
     let refresh_now = ss.annotations().get(driver::annotations::REFRESH_NOW).cloned();
+    let (schedule, invalid_interval) =
+        Schedule::of(&ctx.config, ss.annotations().get(driver::annotations::ROTATION_INTERVAL).map(String::as_str));
     let now = SystemTime::now();
     let previous = ctx.seen.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
 
     let trigger = match &previous {
-        Some(p) if p.generation == generation && p.class == class_id && p.secret_version == secret_version => {
+        Some(p)
+            if p.generation == generation
+                && p.class == class_id
+                && p.secret_version == secret_version
+                && p.interval == schedule.interval =>
+        {
             if p.refresh_now != refresh_now && refresh_now.is_some() {
                 Trigger::Forced
             } else if p.due.is_none_or(|d| d <= now) {
-                Trigger::Poll(round_of(&ctx.config, now))
+                Trigger::Poll(schedule.round(now))
             } else {
                 // A status write or an unrelated touch: nothing to do before the round.
                 let wait = p.due.and_then(|d| d.duration_since(now).ok()).unwrap_or_default();
@@ -224,6 +234,20 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
     };
     let started = Instant::now();
     tracing::debug!(?trigger, "checking");
+    if let Some(e) = &invalid_interval
+        && !matches!(trigger, Trigger::Poll(_))
+    {
+        // Once per change of the SecretSync, not on every round.
+        ctx.recorder
+            .object_event(
+                &reference(&ss),
+                COMPONENT,
+                EventType::Warning,
+                "InvalidRotationInterval",
+                &format!("{e}; using {:?}", schedule.interval),
+            )
+            .await;
+    }
     let outcome = sync(&ss, &ctx, class.as_deref(), live.as_deref(), trigger).await;
     let elapsed = started.elapsed();
     let status_before = ss.status.clone().unwrap_or_default();
@@ -232,6 +256,7 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
         class: class_id,
         secret_version,
         refresh_now: refresh_now.clone(),
+        interval: schedule.interval,
         due: None,
         failures: previous.as_ref().map_or(0, |p| p.failures),
     };
@@ -240,7 +265,7 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
         Ok(done) => {
             seen.failures = 0;
             seen.secret_version = done.secret_version.clone().or(seen.secret_version);
-            let due = next_due(&ctx.config, ss.uid().as_deref().unwrap_or(&name), now);
+            let due = schedule.next_due(ss.uid().as_deref().unwrap_or(&name), now);
             seen.due = Some(due);
             ctx.metrics.last_success.get_or_create(&labels).set(unix(now));
             ctx.metrics.ready.get_or_create(&labels).set(1);
@@ -562,31 +587,50 @@ fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
-fn jitter(config: &Config) -> Duration {
-    config.jitter.min(MAX_JITTER).min(config.refresh_interval / 2)
+/// When a SecretSync is checked: every `interval`, in rounds aligned on the clock (so SecretSyncs of
+/// one interval share a round's fetches), at a fixed offset within `jitter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Schedule {
+    interval: Duration,
+    jitter: Duration,
 }
 
-/// A SecretSync's fixed offset into every round (from its uid, so a restart keeps it).
-fn offset(config: &Config, uid: &str) -> Duration {
-    let j = jitter(config).as_millis() as u64;
-    if j == 0 {
-        return Duration::ZERO;
+impl Schedule {
+    /// The controller's interval, or the SecretSync's `keyvault-csi.io/rotation-poll-interval`
+    /// (raised to `min_interval`); an invalid annotation is reported and the default applies.
+    fn of(config: &Config, annotation: Option<&str>) -> (Self, Option<String>) {
+        let (interval, invalid) = match driver::annotations::class_interval(annotation, config.min_interval) {
+            Ok(Some(d)) => (d, None),
+            Ok(None) => (config.refresh_interval, None),
+            Err(e) => (config.refresh_interval, Some(e)),
+        };
+        let interval = interval.max(Duration::from_secs(1));
+        (Self { interval, jitter: config.jitter.min(MAX_JITTER).min(interval / 2) }, invalid)
     }
-    let h = uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    Duration::from_millis(h % j)
-}
 
-/// The round `now` belongs to (rounds start at multiples of the interval since the epoch).
-fn round_of(config: &Config, now: SystemTime) -> u64 {
-    let interval = config.refresh_interval.as_millis().max(1) as u64;
-    now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64 / interval
-}
+    /// A SecretSync's fixed offset into every round (from its uid, so a restart keeps it).
+    fn offset(&self, uid: &str) -> Duration {
+        let j = self.jitter.as_millis() as u64;
+        if j == 0 {
+            return Duration::ZERO;
+        }
+        let h = uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        Duration::from_millis(h % j)
+    }
 
-/// When the SecretSync's next round check is due: the next round's start plus its offset.
-fn next_due(config: &Config, uid: &str, now: SystemTime) -> SystemTime {
-    let interval = config.refresh_interval.max(Duration::from_secs(1));
-    let start = SystemTime::UNIX_EPOCH + interval * (round_of(config, now) as u32 + 1);
-    start + offset(config, uid)
+    /// The start (Unix ms) of the round `now` belongs to; also the provider cycle of its fetches,
+    /// unique across intervals.
+    fn round(&self, now: SystemTime) -> u64 {
+        let interval = self.interval.as_millis() as u64;
+        let now = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        now - now % interval
+    }
+
+    /// When the SecretSync's next check is due: the next round's start plus its offset.
+    fn next_due(&self, uid: &str, now: SystemTime) -> SystemTime {
+        let next = self.round(now) + self.interval.as_millis() as u64;
+        SystemTime::UNIX_EPOCH + Duration::from_millis(next) + self.offset(uid)
+    }
 }
 
 /// Retry delay after `failures` failures in a row: 5 s doubling to 5 min (throttling starts at 30 s),
@@ -604,6 +648,7 @@ mod tests {
         Config {
             audiences: vec![],
             refresh_interval: Duration::from_secs(interval),
+            min_interval: Duration::from_secs(30),
             jitter: Duration::from_secs(jitter),
             require_opt_in: true,
             concurrency: 1,
@@ -616,20 +661,37 @@ mod tests {
 
     #[test]
     fn every_secret_sync_checks_once_per_round_at_its_own_offset_within_the_jitter() {
-        let c = config(3600, 60);
-        let due_a = next_due(&c, "uid-a", at(7200 + 10));
-        let due_b = next_due(&c, "uid-b", at(7200 + 3000));
+        let (s, invalid) = Schedule::of(&config(3600, 60), None);
+        assert_eq!(invalid, None);
+        let due_a = s.next_due("uid-a", at(7200 + 10));
+        let due_b = s.next_due("uid-b", at(7200 + 3000));
         for d in [due_a, due_b] {
-            let s = d.duration_since(at(10_800)).expect("in the next round");
-            assert!(s < Duration::from_secs(60), "{s:?}");
+            let into = d.duration_since(at(10_800)).expect("in the next round");
+            assert!(into < Duration::from_secs(60), "{into:?}");
         }
         assert_ne!(due_a, due_b, "spread within the round");
-        assert_eq!(round_of(&c, due_a), round_of(&c, due_b), "one round: one provider cycle");
-        assert_eq!(next_due(&c, "uid-a", at(1)), next_due(&c, "uid-a", at(2)), "stable across restarts");
+        assert_eq!(s.round(due_a), s.round(due_b), "one round: one provider cycle");
+        assert_eq!(s.round(due_a), 10_800_000);
+        assert_eq!(s.next_due("uid-a", at(1)), s.next_due("uid-a", at(2)), "stable across restarts");
         // The jitter is capped so a round's fetches stay shareable, and at half the interval.
-        assert!(offset(&config(3600, 3600), "x") < MAX_JITTER);
-        assert!(offset(&config(60, 600), "x") <= Duration::from_secs(30));
-        assert_eq!(offset(&config(60, 0), "x"), Duration::ZERO);
+        assert!(Schedule::of(&config(3600, 3600), None).0.offset("x") < MAX_JITTER);
+        assert!(Schedule::of(&config(60, 600), None).0.offset("x") <= Duration::from_secs(30));
+        assert_eq!(Schedule::of(&config(60, 0), None).0.offset("x"), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_secret_sync_may_ask_for_its_own_interval_within_the_floor() {
+        let c = config(3600, 60);
+        assert_eq!(Schedule::of(&c, Some("5m")).0.interval, Duration::from_secs(300));
+        assert_eq!(Schedule::of(&c, Some("1s")).0.interval, Duration::from_secs(30), "raised to the floor");
+        let (s, invalid) = Schedule::of(&c, Some("soon"));
+        assert_eq!(s.interval, Duration::from_secs(3600));
+        assert!(invalid.unwrap().contains("keyvault-csi.io/rotation-poll-interval"));
+        // Rounds of different intervals never share a cycle number unless they start together.
+        let five = Schedule::of(&c, Some("5m")).0;
+        let hour = Schedule::of(&c, None).0;
+        assert_ne!(five.round(at(3600 + 300)), hour.round(at(3600 + 300)));
+        assert_eq!(five.round(at(7200 + 10)), hour.round(at(7200 + 10)), "same start, same fetch time");
     }
 
     #[test]
