@@ -153,10 +153,23 @@ pub async fn run(
     tokio::spawn({
         let (store, classes, secrets) = (store.clone(), classes, secrets);
         async move {
+            // Asked again every second: a wait begun before the first list ends has been seen to
+            // miss its wake-up (kube-runtime 5's DelayedInit), a fresh one does not.
+            async fn synced<K: kube::Resource + Clone>(s: &Store<K>) -> Option<()>
+            where
+                K::DynamicType: Eq + std::hash::Hash + Clone,
+            {
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(1), s.wait_until_ready()).await {
+                        Ok(r) => return r.ok(),
+                        Err(_) => continue,
+                    }
+                }
+            }
             let synced = async {
-                store.wait_until_ready().await.ok()?;
-                classes.wait_until_ready().await.ok()?;
-                secrets.wait_until_ready().await.ok()
+                synced(&store).await?;
+                synced(&classes).await?;
+                synced(&secrets).await
             };
             if synced.await.is_some() {
                 ready.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -168,11 +181,16 @@ pub async fn run(
     controller
         .run(reconcile, |_, _: &Never, _| Action::requeue(Duration::from_secs(30)), ctx)
         .for_each(|result| {
-            if let Err(controller::Error::ObjectNotFound(r)) = &result {
-                // Deleted: its Secret goes with it (owner reference); forget its state and series.
-                let ns = r.namespace.clone().unwrap_or_default();
-                forget.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns.clone(), r.name.clone()));
-                forget.metrics.forget(&ns, &r.name);
+            match &result {
+                Err(controller::Error::ObjectNotFound(r)) => {
+                    // Deleted: its Secret goes with it (owner reference); forget its state and series.
+                    let ns = r.namespace.clone().unwrap_or_default();
+                    forget.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns.clone(), r.name.clone()));
+                    forget.metrics.forget(&ns, &r.name);
+                }
+                // A watch failing (RBAC, a missing CRD, the API server away): retried with backoff.
+                Err(e) => tracing::warn!(error = %e, "SecretSync controller"),
+                Ok(_) => {}
             }
             std::future::ready(())
         })
