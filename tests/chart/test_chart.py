@@ -373,6 +373,12 @@ def test_the_admission_policies_bind_the_controllers_account_and_its_audiences()
     deploy = one(docs, "Deployment")
     sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
     assert deploy["spec"]["replicas"] == 2
+    # No selector of the DaemonSet's matches the controller's pods (nor the reverse).
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    ds = one(docs, "DaemonSet")
+    assert not all(pod_labels.get(k) == v for k, v in ds["spec"]["selector"]["matchLabels"].items())
+    ds_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert not all(ds_labels.get(k) == v for k, v in deploy["spec"]["selector"]["matchLabels"].items())
     assert "--leader-elect=true" in container(docs, "sync-controller")["args"]
     policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
     bindings = {d["spec"]["policyName"] for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"}

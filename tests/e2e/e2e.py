@@ -268,6 +268,7 @@ def helm():
 def driver_pods():
     pods = get("pods", ns=DRIVER_NS)["items"]
     return [p for p in pods if p["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE
+            and p["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "keyvault-csi"
             and p["metadata"].get("deletionTimestamp") is None]
 
 

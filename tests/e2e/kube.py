@@ -101,11 +101,13 @@ def dump(ns_list, driver_ns, driver_selector, pods=()):
     """What an operator would look at: the driver's logs, events, and `describe` of failing pods."""
     out = []
     for p in get("pods", ns=driver_ns)["items"]:
-        if p["metadata"].get("labels", {}).get("app.kubernetes.io/name") != driver_selector:
+        name_label = p["metadata"].get("labels", {}).get("app.kubernetes.io/name")
+        container = {driver_selector: "secrets-store", f"{driver_selector}-sync-controller": "sync-controller"}.get(name_label)
+        if not container:
             continue
         name = p["metadata"]["name"]
-        out.append(f"--- logs {driver_ns}/{name} (secrets-store, last 60 lines)")
-        out.append(kubectl("logs", name, "-n", driver_ns, "-c", "secrets-store", "--tail=60", check=False))
+        out.append(f"--- logs {driver_ns}/{name} ({container}, last 60 lines)")
+        out.append(kubectl("logs", name, "-n", driver_ns, "-c", container, "--tail=60", check=False))
     for ns in ns_list:
         out.append(f"--- events in {ns}")
         out.append("\n".join(kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).splitlines()[-25:]))

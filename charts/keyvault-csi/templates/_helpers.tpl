@@ -30,6 +30,24 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- end -}}
 
+{{/* The SecretSync controller's pods: a name of their own, so no selector of the DaemonSet's (its own,
+the metrics Service's, a PodMonitor's) ever matches them. */}}
+{{- define "keyvault-csi.syncSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "keyvault-csi.name" . }}-sync-controller
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: sync-controller
+{{- end -}}
+
+{{- define "keyvault-csi.syncLabels" -}}
+{{ include "keyvault-csi.syncSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
 {{- define "keyvault-csi.serviceAccountName" -}}
 secrets-store-csi-driver
 {{- end -}}
