@@ -142,14 +142,11 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
     let stop = app.stopped();
     let controller = sync::controller::run(client, config, hash_key, providers, tokens, metrics, ready, stop);
     let lost = match &elector {
-        Some(elector) => {
-            let held = elector.hold(app.stopped());
-            tokio::select! {
-                _ = controller => false,
-                kept = held => !kept,
-                _ = &mut signal => false,
-            }
-        }
+        Some(elector) => tokio::select! {
+            _ = controller => false,
+            _ = elector.hold() => true,
+            _ = &mut signal => false,
+        },
         None => tokio::select! {
             _ = controller => false,
             _ = &mut signal => false,

@@ -63,28 +63,22 @@ impl Elector {
         }
     }
 
-    /// Renews until the lease is lost (returns) or `stop` resolves (releases it, returns).
-    /// Losing it means another replica may be reconciling: the caller must stop at once.
-    pub async fn hold(&self, stop: impl std::future::Future<Output = ()>) -> bool {
-        let mut stop = std::pin::pin!(stop);
+    /// Renews until the lease is lost, then returns. Losing it means another replica may be
+    /// reconciling: the caller must stop at once. On shutdown the caller drops this future and calls
+    /// [`Elector::release`].
+    pub async fn hold(&self) {
         let mut last_renewed = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                _ = &mut stop => {
-                    self.release().await;
-                    return true;
-                }
-                _ = tokio::time::sleep(self.timing.retry) => {}
-            }
+            tokio::time::sleep(self.timing.retry).await;
             match self.try_acquire_or_renew().await {
                 Ok(true) => last_renewed = tokio::time::Instant::now(),
                 Ok(false) => {
                     tracing::error!(lease = %self.name, "leadership lost to another replica");
-                    return false;
+                    return;
                 }
                 Err(e) if last_renewed.elapsed() + self.timing.retry >= self.timing.lease => {
                     tracing::error!(lease = %self.name, error = %e, "could not renew the lease before it expired");
-                    return false;
+                    return;
                 }
                 Err(e) => tracing::warn!(lease = %self.name, error = %e, "lease renewal failed; retrying"),
             }
