@@ -4,8 +4,12 @@
 //! Retries: 408, 429, 500, 502, 503, 504 and transport errors, at most `max_attempts` tries, exponential
 //! backoff with jitter (0.8 s × (2^n − 1) × [0.8, 1.3), capped), honouring `Retry-After`,
 //! `retry-after-ms` and `x-ms-retry-after-ms`, and never sleeping past the caller's deadline.
-//! Throttling is per vault: a token bucket keeps us well under Key Vault's 4,000 requests per 10 s, a
-//! semaphore bounds concurrency, and one `429 Retry-After` pauses every caller of that vault.
+//! Throttling is per vault: a token bucket keeps us well under Key Vault's 4,000 requests per 10 s, and
+//! a congestion window bounds the requests in flight. One `429 Retry-After` pauses every caller of that
+//! vault *and* halves the window (from what was in flight), so when the pause ends the waiters go out a
+//! few at a time instead of all at once into the next throttle window. The window then widens by one
+//! request per pause length (clamped to [`REGROW_STEP`]) without a 429: growth by time, not by
+//! successes, because a fixed-window throttle answers a burst of successes right before it refuses.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -84,15 +88,43 @@ pub struct NetworkConfig {
     pub token_proxy: crate::identity::proxy::TokenProxyConfig,
 }
 
+/// Bounds of the time the window takes to widen by one request after a 429 (the pause length,
+/// clamped): from one request to the default 64 in 32 s to 5 min.
+pub const REGROW_STEP: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(5));
+
 struct Bucket {
     tokens: f64,
     last: Instant,
     paused_until: Option<Instant>,
+    /// Requests allowed in flight right after the last 429 (see [`Transport::window`]).
+    window_base: f64,
+    /// When the window starts widening again (the end of the last pause); `None`: full window.
+    regrow_from: Option<Instant>,
+    /// Time per extra request in the window.
+    regrow_step: Duration,
+    in_flight: usize,
 }
 
 struct VaultGate {
     bucket: Mutex<Bucket>,
-    permits: Arc<tokio::sync::Semaphore>,
+    /// Woken when a request leaves flight.
+    released: tokio::sync::Notify,
+}
+
+impl VaultGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.bucket.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request in flight; leaving flight wakes the callers waiting for the window.
+struct Slot(Arc<VaultGate>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+        self.0.released.notify_waiters();
+    }
 }
 
 /// An HTTP response, read in full.
@@ -151,52 +183,114 @@ impl Transport {
             .entry(vault.to_string())
             .or_insert_with(|| {
                 Arc::new(VaultGate {
-                    bucket: Mutex::new(Bucket { tokens: self.limits.burst, last: Instant::now(), paused_until: None }),
-                    permits: Arc::new(tokio::sync::Semaphore::new(self.limits.concurrency.max(1))),
+                    bucket: Mutex::new(Bucket {
+                        tokens: self.limits.burst,
+                        last: Instant::now(),
+                        paused_until: None,
+                        window_base: self.max_window(),
+                        regrow_from: None,
+                        regrow_step: REGROW_STEP.0,
+                        in_flight: 0,
+                    }),
+                    released: tokio::sync::Notify::new(),
                 })
             })
             .clone()
     }
 
-    /// Waits until the vault's bucket has a token and no 429 pause is in force.
-    async fn admit(&self, gate: &VaultGate, deadline: Instant, priority: Priority) -> Result<()> {
+    fn max_window(&self) -> f64 {
+        self.limits.concurrency.max(1) as f64
+    }
+
+    /// Requests the vault may have in flight now: the configured concurrency, or after a 429 the
+    /// halved window plus one request per `regrow_step` since the pause ended.
+    fn window(&self, b: &mut Bucket, now: Instant) -> f64 {
+        let max = self.max_window();
+        let Some(from) = b.regrow_from else { return max };
+        let grown = b.window_base + now.saturating_duration_since(from).as_secs_f64() / b.regrow_step.as_secs_f64();
+        if grown >= max {
+            b.regrow_from = None;
+            return max;
+        }
+        grown
+    }
+
+    /// Waits until no 429 pause is in force, the vault's bucket has a token and its window has room;
+    /// the returned slot holds the request's place in the window.
+    async fn admit(&self, gate: &Arc<VaultGate>, deadline: Instant, priority: Priority) -> Result<Slot> {
         let needed = match priority {
             Priority::Mount => 1.0,
             Priority::Background => 1.0 + self.limits.burst * MOUNT_RESERVE,
         };
         let started = Instant::now();
         loop {
-            let wait = {
-                let mut b = gate.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            // Registered before the check, so a release between the check and the wait is not missed.
+            let released = gate.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            // (how long, whether a release may end the wait early)
+            let (wait, window_bound) = {
+                let mut b = gate.lock();
                 let now = Instant::now();
                 let elapsed = now.duration_since(b.last).as_secs_f64();
                 b.tokens = (b.tokens + elapsed * self.limits.rate_per_sec).min(self.limits.burst);
                 b.last = now;
-                match b.paused_until {
-                    Some(until) if until > now => until - now,
+                let paused_until = b.paused_until;
+                match paused_until {
+                    Some(until) if until > now => (until - now, false),
+                    _ if (b.in_flight as f64) + 1.0 > self.window(&mut b, now).floor() => {
+                        // Woken by a release, or when the window has grown by one.
+                        let step = if b.regrow_from.is_some() { b.regrow_step } else { deadline - now };
+                        (step, true)
+                    }
                     _ if b.tokens >= needed => {
                         b.tokens -= 1.0;
+                        b.in_flight += 1;
                         self.stats.record_limiter_wait(started.elapsed());
-                        return Ok(());
+                        return Ok(Slot(gate.clone()));
                     }
-                    _ => Duration::from_secs_f64((needed - b.tokens) / self.limits.rate_per_sec),
+                    _ => (Duration::from_secs_f64((needed - b.tokens) / self.limits.rate_per_sec), false),
                 }
             };
-            if Instant::now() + wait > deadline {
+            let now = Instant::now();
+            // A pause or an empty bucket that outlasts the deadline fails now; a full window may free
+            // up at any moment, so that wait runs to the deadline.
+            if now >= deadline || (!window_bound && now + wait > deadline) {
                 return Err(Error::new(
                     ErrorKind::DeadlineExceeded,
                     "the request deadline passed while waiting for the vault's rate limit",
                 ));
             }
-            tokio::time::sleep(wait).await;
+            let limit = (now + wait).min(deadline);
+            tokio::select! {
+                _ = &mut released => {}
+                _ = tokio::time::sleep_until(limit.into()) => {}
+            }
         }
     }
 
-    fn pause(&self, gate: &VaultGate, d: Duration) {
-        let mut b = gate.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let until = Instant::now() + d;
+    /// A 429: pause every caller of the vault and halve the window, from what was actually in flight
+    /// (a window of 64 with 3 requests out becomes 1, not 32). Every 429 halves it again, so a round of
+    /// refusals brings the vault down to one request at a time: cooperative when other nodes share
+    /// the vault's limit, and the slow regrowth keeps the next windows from being refused wholesale.
+    fn throttled(&self, vault: &str, gate: &VaultGate, d: Duration) {
+        let mut b = gate.lock();
+        let now = Instant::now();
+        let before = self.window(&mut b, now);
+        let until = now + d;
         if b.paused_until.is_none_or(|p| p < until) {
             b.paused_until = Some(until);
+        }
+        b.window_base = (before.min(b.in_flight as f64) / 2.0).max(1.0);
+        b.regrow_from = b.paused_until;
+        b.regrow_step = d.clamp(REGROW_STEP.0, REGROW_STEP.1);
+        if b.window_base.floor() < before.floor() {
+            tracing::info!(
+                vault,
+                window = b.window_base as u64,
+                pause_ms = d.as_millis() as u64,
+                "Key Vault throttled us: fewer requests in flight to this vault until it recovers"
+            );
         }
     }
 
@@ -223,11 +317,8 @@ impl Transport {
         let gate = vault.map(|v| self.gate(v));
         let mut attempt = 1;
         loop {
-            let _permit = match &gate {
-                Some(g) => {
-                    self.admit(g, deadline, priority).await?;
-                    Some(g.permits.clone().acquire_owned().await.expect("semaphore is never closed"))
-                }
+            let slot = match &gate {
+                Some(g) => Some(self.admit(g, deadline, priority).await?),
                 None => None,
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -261,11 +352,11 @@ impl Transport {
                 Ok(r) => (matches!(r.status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504), retry_after(&r.headers)),
                 Err(e) => (!e.is_builder(), None),
             };
-            if let (Some(g), Ok(r)) = (&gate, &outcome)
+            if let (Some(v), Some(g), Ok(r)) = (vault, &gate, &outcome)
                 && r.status == StatusCode::TOO_MANY_REQUESTS
             {
                 // One throttled caller slows every caller of the vault.
-                self.pause(g, retry_after.unwrap_or(self.retry.base_delay));
+                self.throttled(v, g, retry_after.unwrap_or(self.retry.base_delay));
             }
             if !retryable || attempt >= self.retry.max_attempts {
                 return outcome.map_err(|e| transport_error(&method, url, e));
@@ -283,7 +374,7 @@ impl Transport {
                 return outcome.map_err(|e| transport_error(&method, url, e));
             }
             tracing::debug!(%url, attempt, delay_ms = delay.as_millis() as u64, "retrying");
-            drop(_permit);
+            drop(slot);
             tokio::time::sleep(delay).await;
             attempt += 1;
         }

@@ -366,6 +366,31 @@ async fn a_429_storm_is_retried_with_retry_after_then_reported_as_throttled() {
 }
 
 #[tokio::test]
+async fn after_a_429_the_waiters_go_out_a_few_at_a_time_not_into_the_next_window_all_at_once() {
+    let (h, p) = setup(|_| {}).await;
+    let names: Vec<String> = (0..12).map(|i| format!("storm-{i}")).collect();
+    for n in &names {
+        h.set_secret("kv1", n, &format!("value-of-{n}"));
+    }
+    p.mount(request(&objects(&["objectName: db-password\nobjectType: secret"]), &[], SP)).await.unwrap();
+    h.reset_stats();
+    // Three requests per 1 s window: 12 objects need four windows whatever we do.
+    h.set_throttle("kv1", 3, Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a fresh window, nothing counted in it yet
+    let items: Vec<String> = names.iter().map(|n| format!("objectName: {n}\nobjectType: secret")).collect();
+    let mut req = request(&objects(&items.iter().map(String::as_str).collect::<Vec<_>>()), &[], SP);
+    req.deadline = Some(Instant::now() + Duration::from_secs(20));
+    let r = p.mount(req).await.expect("every object arrives once the windows allow it");
+    assert_eq!(r.files.len(), 12);
+    let refused = h.count(|k| k.vault == "kv1" && k.status == 429);
+    // The first round (12 at once) is refused 9 times; without a shrinking window the 9 waiters
+    // then go out together (6 refused, then 3: 18 in all). With it, each later window costs one.
+    assert!(refused <= 12, "{refused} requests answered 429 for 12 objects");
+    assert_eq!(h.count(|k| k.vault == "kv1" && k.status == 200), 12, "one success per object");
+    h.set_throttle("kv1", 4000, Duration::from_secs(10));
+}
+
+#[tokio::test]
 async fn outages_and_refused_connections_are_unavailable_within_the_deadline() {
     let (h, p) = setup(|c| c.retry.max_attempts = 3).await;
     let objs = objects(&["objectName: db-password\nobjectType: secret"]);
