@@ -37,6 +37,8 @@ const SYNCS: usize = 1000;
 const OBJECTS: usize = 10;
 const IDENTITIES: usize = 5;
 const INTERVAL: u64 = 30;
+/// The controller's `--jitter`: the round's checks are spread over its first `JITTER` seconds.
+const JITTER: u64 = 10;
 /// Resources counted in `apiserver_request_total` by `host::api_requests_by_kind`.
 const RESOURCES: &[&str] = &["secrets", "events", "serviceaccounts"];
 
@@ -85,46 +87,79 @@ async fn next_round() -> SystemTime {
 
 struct Round {
     requests: u64,
+    /// Key Vault GETs by (object, identity): 1 each when fetches are shared as designed.
+    per_object_identity: BTreeMap<String, u64>,
+    checks: f64,
     seconds: f64,
     secret_writes: f64,
     status_writes: f64,
     api: BTreeMap<String, f64>,
 }
 
-/// One refresh round: from its start until every SecretSync has been checked.
+/// One refresh round: counters reset a few seconds before it starts; it ends once the jitter (every
+/// SecretSync's offset) has passed and no check has finished for 3 s. Rounds are `INTERVAL` apart
+/// and spread over `JITTER`, so nothing of the round before or after falls inside.
 async fn round(h: &emulator::Handle, port: u16, change: Option<&str>) -> Round {
-    // Just before the round: reset the counters (and change an object if asked).
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-    if INTERVAL - now % INTERVAL < 3 {
-        tokio::time::sleep(Duration::from_secs(4)).await;
+    let into = now % INTERVAL;
+    if into < JITTER + 4 || INTERVAL - into < 3 {
+        // Inside a round, or too close to the next: measure the one after.
+        tokio::time::sleep(Duration::from_secs((JITTER + 4).saturating_sub(into).max(4))).await;
     }
     h.reset_stats();
     if let Some(o) = change {
-        h.set_secret(VAULT, o, &format!("changed-{}", now));
+        h.set_secret(VAULT, o, &format!("changed-{now}"));
     }
     let before = metrics(port);
     let api_before = api_by_kind();
     let checked = |m: &BTreeMap<String, f64>| sum(m, "secretsync_reconcile_total");
     let start = next_round().await;
-    let t0 = Instant::now();
-    let target = checked(&before) + SYNCS as f64;
-    let mut after = metrics(port);
-    while checked(&after) < target && t0.elapsed() < Duration::from_secs(INTERVAL) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut last = checked(&before);
+    let mut last_change = start;
+    let mut after = before.clone();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
         after = metrics(port);
+        let now = SystemTime::now();
+        if checked(&after) != last {
+            last = checked(&after);
+            last_change = now;
+        }
+        let since_start = now.duration_since(start).unwrap_or_default();
+        let quiet = now.duration_since(last_change).unwrap_or_default();
+        if (since_start > Duration::from_secs(JITTER) && quiet > Duration::from_secs(3))
+            || since_start > Duration::from_secs(INTERVAL - 3)
+        {
+            break;
+        }
     }
-    let seconds = SystemTime::now().duration_since(start).unwrap_or_default().as_secs_f64();
-    let requests = h.count(|k| k.vault == VAULT && k.kind == "secrets" && k.method == "GET" && k.status == 200);
+    let seconds = last_change.duration_since(start).unwrap_or_default().as_secs_f64();
+    let gets = |k: &emulator::StatKey| k.vault == VAULT && k.kind == "secrets" && k.method == "GET" && k.status == 200;
+    let requests = h.count(gets);
+    let mut per_object_identity = BTreeMap::new();
+    for (k, n) in h.stats() {
+        if gets(&k) {
+            *per_object_identity.entry(format!("{}/{}", k.object, k.identity)).or_insert(0) += n;
+        }
+    }
     let w = |m: &BTreeMap<String, f64>, kind: &str| {
         m.get(&format!("secretsync_api_writes_total{{kind=\"{kind}\"}}")).copied().unwrap_or(0.0)
     };
     Round {
         requests,
+        per_object_identity,
+        checks: checked(&after) - checked(&before),
         seconds,
         secret_writes: w(&after, "secret") - w(&before, "secret"),
         status_writes: w(&after, "status") - w(&before, "status"),
         api: delta(&api_before, &api_by_kind()),
     }
+}
+
+fn round_json(r: &Round) -> Value {
+    json!({ "seconds_to_last_check": r.seconds, "checks": r.checks, "keyvault_requests": r.requests,
+        "keyvault_requests_by_object_and_identity": r.per_object_identity,
+        "secret_writes": r.secret_writes, "status_writes": r.status_writes, "api_requests": r.api })
 }
 
 fn api_by_kind() -> BTreeMap<String, f64> {
@@ -191,7 +226,7 @@ async fn main() {
         "--leader-elect=false".into(),
         format!("--metrics-bind-address=127.0.0.1:{port}"),
         format!("--rotation-poll-interval={INTERVAL}s"),
-        "--jitter=10s".into(),
+        format!("--jitter={JITTER}s"),
     ];
     args.extend(azure_flags(&node, &h));
     let binary = std::env::var("KEYVAULT_CSI_BIN").unwrap_or_else(|_| support::binary().to_string());
@@ -227,10 +262,8 @@ async fn main() {
         "syncs": SYNCS, "objects": OBJECTS, "identities": IDENTITIES, "interval_s": INTERVAL,
         "first_sync": { "seconds": first, "keyvault_requests": first_requests,
             "secret_writes": first_m.get("secretsync_api_writes_total{kind=\"secret\"}") },
-        "round_unchanged": { "seconds": idle.seconds, "keyvault_requests": idle.requests,
-            "secret_writes": idle.secret_writes, "status_writes": idle.status_writes, "api_requests": idle.api },
-        "round_one_object_changed": { "seconds": changed.seconds, "keyvault_requests": changed.requests,
-            "secret_writes": changed.secret_writes, "status_writes": changed.status_writes, "api_requests": changed.api },
+        "round_unchanged": round_json(&idle),
+        "round_one_object_changed": round_json(&changed),
         "controller_rss_mib": { "after_first_sync": rss_first, "after_rounds": rss },
         "controller_cpu_s": cpu,
         "upstream_keyvault_requests_per_round_by_its_algorithm": upstream_per_round,
@@ -243,9 +276,16 @@ async fn main() {
     );
     println!("  first sync           {first:>7.1} s   {first_requests:>5} Key Vault requests");
     for (name, r) in [("round, nothing changed", &idle), ("round, o0 changed", &changed)] {
+        let most = r.per_object_identity.values().max().copied().unwrap_or(0);
         println!(
-            "  {name:<22} {:>5.1} s   {:>5} Key Vault requests   {} Secret writes   {} status writes   API: {:?}",
-            r.seconds, r.requests, r.secret_writes, r.status_writes, r.api
+            "  {name:<22} {:>5.1} s   {} checks   {:>5} Key Vault requests ({} object/identity pairs, at most {most} each)   {} Secret writes   {} status writes   API: {:?}",
+            r.seconds,
+            r.checks,
+            r.requests,
+            r.per_object_identity.len(),
+            r.secret_writes,
+            r.status_writes,
+            r.api
         );
     }
     println!(
