@@ -905,7 +905,7 @@ def sync_metrics():
     return metrics(pods[0]["metadata"]["name"], 8085)
 
 
-def secret_sync(name, cls, sa, data, type_=None, labels=None, force=None):
+def secret_sync(name, cls, sa, data, type_=None, labels=None, force=None, annotations=None):
     spec = {"secretProviderClassName": cls, "serviceAccountName": sa,
             "secretObject": {"data": [{"sourcePath": s, "targetKey": t} for s, t in data]}}
     if type_:
@@ -914,8 +914,10 @@ def secret_sync(name, cls, sa, data, type_=None, labels=None, force=None):
         spec["secretObject"]["labels"] = labels
     if force:
         spec["forceSynchronization"] = force
-    return {"apiVersion": "secret-sync.x-k8s.io/v1alpha1", "kind": "SecretSync",
-            "metadata": {"name": name, "namespace": NS}, "spec": spec}
+    meta = {"name": name, "namespace": NS}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "secret-sync.x-k8s.io/v1alpha1", "kind": "SecretSync", "metadata": meta, "spec": spec}
 
 
 def secret_values(name):
@@ -951,7 +953,7 @@ def s_secret_sync(ctx):
     apply({"apiVersion": "v1", "kind": "ServiceAccount",
            "metadata": {"name": "workload", "namespace": NS,
                         "annotations": {"azure.workload.identity/client-id": "wi-client",
-                                        "keyvault-csi.io/allow-secret-syncs": "ss-db,ss-foreign,ss-heal"}}},
+                                        "keyvault-csi.io/allow-secret-syncs": "ss-db,ss-foreign,ss-heal,ss-partial"}}},
           {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "not-opted", "namespace": NS}})
     apply(spc("ss-class", NS, [{"objectName": "db-password", "objectType": "secret"},
                                {"objectName": "ss-rotating", "objectType": "secret"}], client_id="wi-client"))
@@ -1030,6 +1032,28 @@ def s_secret_sync(ctx):
     wait_refused("ss-optout", "ControllerSyncError", "has not opted in to SecretSync \"ss-optout\"")
     if get("secret", "ss-optout", NS, check=False):
         raise Failure("a Secret was written through a service account that did not opt in")
+
+    # Partial sync (asked for by annotation): one object of the class failing (a disabled secret: 403)
+    # still updates the other key; the failed key keeps its value; PartialSync names the object; once
+    # the object is back, the SecretSync recovers on its own.
+    emu.set_secret("ss-partial-a", "a-v1")
+    emu.set_secret("ss-partial-b", "b-v1")
+    apply(spc("ss-partial-class", NS, [{"objectName": "ss-partial-a", "objectType": "secret"},
+                                       {"objectName": "ss-partial-b", "objectType": "secret"}], client_id="wi-client"))
+    apply(secret_sync("ss-partial", "ss-partial-class", "workload", [("ss-partial-a", "a"), ("ss-partial-b", "b")],
+                      annotations={"keyvault-csi.io/partial-sync": "true"}))
+    wait_ready("ss-partial")
+    emu.call("PUT", f"/vaults/{VAULT}/secrets/ss-partial-b", {"value": "b-disabled", "enabled": False})
+    emu.set_secret("ss-partial-a", "a-v2")
+    wait_for("the partial sync of ss-partial", lambda: secret_values("ss-partial") == {"a": "a-v2", "b": "b-v1"}, POLL + 15)
+    r = wait_refused("ss-partial", "PartialSync", "ss-partial-b", 10)
+    summary = json.loads(r["message"])
+    if summary.get("synced") != ["a"] or summary.get("kept") != ["b"] or "b-disabled" in r["message"]:
+        raise Failure(f"PartialSync summary {r['message']}")
+    emu.set_secret("ss-partial-b", "b-v3")
+    wait_for("ss-partial recovered", lambda: secret_values("ss-partial") == {"a": "a-v2", "b": "b-v3"}
+             and ready("ss-partial").get("status") == "True", POLL + 30)
+    delete("secretsync", "ss-partial", NS)
 
     # Deleted SecretSync: the garbage collector removes its Secret (owner reference).
     delete("secretsync", "ss-heal", NS)

@@ -116,7 +116,7 @@ async fn round(h: &emulator::Handle, port: u16, change: Option<&str>) -> Round {
     let start = next_round().await;
     let mut last = checked(&before);
     let mut last_change = start;
-    let mut after = before.clone();
+    let mut after;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         after = metrics(port);

@@ -55,6 +55,12 @@ pub struct SyncControllerArgs {
     #[arg(long, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true",
           value_parser = parse_go_bool, value_name = "BOOL")]
     pub require_service_account_opt_in: bool,
+    /// When some of a class's objects cannot be fetched, update the keys that were (Azure's
+    /// `enablePartialSecretSync`); a key whose object failed keeps its value and the SecretSync reports
+    /// `PartialSync`. Per SecretSync: the `keyvault-csi.io/partial-sync` annotation.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = parse_go_bool, value_name = "BOOL")]
+    pub partial_sync: bool,
     /// SecretSyncs checked at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
@@ -137,6 +143,7 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
         jitter: args.jitter,
         require_opt_in: args.require_service_account_opt_in,
         concurrency: args.concurrency,
+        partial_sync: args.partial_sync,
     };
     let tokens = sync::tokens::Tokens::new(sync::tokens::ApiMinter(client.clone()));
     let stop = app.stopped();

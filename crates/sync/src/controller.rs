@@ -59,6 +59,9 @@ pub struct Config {
     pub require_opt_in: bool,
     /// Concurrent reconciles.
     pub concurrency: u16,
+    /// When some objects fail, sync the keys that could be fetched (Azure's `enablePartialSecretSync`);
+    /// a SecretSync's `keyvault-csi.io/partial-sync` annotation overrides it.
+    pub partial_sync: bool,
 }
 
 /// What the controller remembers of a SecretSync's last check, to tell a poll from a change.
@@ -85,7 +88,20 @@ pub struct Context {
     metrics: SyncMetrics,
     recorder: Recorder,
     seen: Mutex<HashMap<(String, String), Seen>>,
+    accounts: Mutex<HashMap<(String, String), Account>>,
 }
+
+/// A service account's opt-in annotation as last read (`None`: the account does not exist).
+#[derive(Clone)]
+struct Account {
+    read: Instant,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+/// How long a round's check trusts a service account read by an earlier check: a round of 1,000
+/// SecretSyncs on five accounts reads five, not 1,000. A change of the SecretSync itself reads afresh,
+/// so this bounds only how long a revoked opt-in keeps serving polls.
+const ACCOUNT_CACHE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -149,6 +165,7 @@ pub async fn run(
         tokens,
         metrics,
         seen: Mutex::default(),
+        accounts: Mutex::default(),
     });
     tokio::spawn({
         let (store, classes, secrets) = (store.clone(), classes, secrets);
@@ -279,10 +296,13 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
         failures: previous.as_ref().map_or(0, |p| p.failures),
     };
     let labels = SyncLabels { namespace: ns.clone(), name: name.clone() };
-    let wait = match &outcome {
-        Ok(done) => {
+    if let Ok(done) = &outcome {
+        // Our own write's watch event is not a change (a partial sync writes too).
+        seen.secret_version = done.secret_version.clone().or(seen.secret_version);
+    }
+    let wait = match (failure_of(outcome.as_ref()), &outcome) {
+        (None, Ok(done)) => {
             seen.failures = 0;
-            seen.secret_version = done.secret_version.clone().or(seen.secret_version);
             let due = schedule.next_due(ss.uid().as_deref().unwrap_or(&name), now);
             seen.due = Some(due);
             ctx.metrics.last_success.get_or_create(&labels).set(unix(now));
@@ -292,10 +312,11 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
             tracing::debug!(result, elapsed_ms = elapsed.as_millis() as u64, "checked");
             due.duration_since(now).unwrap_or_default()
         }
-        Err(f) => {
+        (Some(f), _) | (None, Err(f)) => {
             seen.failures += 1;
             ctx.metrics.ready.get_or_create(&labels).set(0);
-            ctx.metrics.reconciles.get_or_create(&ResultLabels { result: "failed".into() }).inc();
+            let result = if outcome.is_ok() { "partial" } else { "failed" };
+            ctx.metrics.reconciles.get_or_create(&ResultLabels { result: result.into() }).inc();
             ctx.metrics
                 .failures
                 .get_or_create(&FailureLabels {
@@ -305,7 +326,9 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
                 })
                 .inc();
             tracing::warn!(reason = f.reason.as_str(), error = %f.message, failures = seen.failures, "sync failed");
-            let wait = backoff(seen.failures, f);
+            // Never later than the next round (which shares its fetches anyway).
+            let round = schedule.next_due(ss.uid().as_deref().unwrap_or(&name), now);
+            let wait = backoff(seen.failures, f).min(round.duration_since(now).unwrap_or_default());
             // The retry is due then, not at the status write's watch event.
             seen.due = Some(now + wait);
             wait
@@ -316,11 +339,100 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
     Action::requeue(wait)
 }
 
+/// What went wrong in a check, if anything: its failure, or a partial sync's.
+fn failure_of<'a>(outcome: Result<&'a Done, &'a Failure>) -> Option<&'a Failure> {
+    match outcome {
+        Ok(done) => done.partial.as_ref(),
+        Err(f) => Some(f),
+    }
+}
+
+fn files_of(r: &driver::provider::MountResponse) -> BTreeMap<String, Vec<u8>> {
+    r.files.iter().map(|f| (f.path.clone(), f.contents.expose_secret().to_vec())).collect()
+}
+
+/// Whether a SecretSync syncs what could be fetched when some objects fail: its
+/// `keyvault-csi.io/partial-sync` annotation (`true`/`false`), else the controller's `--partial-sync`.
+fn partial_sync(ss: &SecretSync, config: &Config) -> bool {
+    match ss.annotations().get(decide::PARTIAL_SYNC_ANNOTATION).map(|v| v.trim()) {
+        Some("true") => true,
+        Some("false") => false,
+        _ => config.partial_sync,
+    }
+}
+
+/// The class's `objects` parameter (the `array:` list Azure's provider and upstream's test provider
+/// read) as one parameter per object; `None` when it is not such a list.
+fn split_objects(attributes: &BTreeMap<String, String>) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Objects {
+        array: Vec<String>,
+    }
+    let objects: Objects = serde_saphyr::from_str(attributes.get("objects")?).ok()?;
+    // YAML reads JSON: each part is the same list with one entry.
+    Some(objects.array.into_iter().map(|o| serde_json::json!({ "array": [o] }).to_string()).collect())
+}
+
+/// Fetches each object on its own (objects that succeeded in the failed fetch are shared from it, as
+/// the cycle is the same): the files of those that succeed and the errors of those that fail; `None`
+/// when nothing succeeds.
+async fn fetch_each(
+    provider: &dyn driver::provider::Provider,
+    request: &MountRequest,
+    parts: Vec<String>,
+) -> Option<(BTreeMap<String, Vec<u8>>, Vec<String>)> {
+    let fetches = parts.into_iter().map(|objects| {
+        let mut r = request.clone();
+        r.attributes.insert("objects".into(), objects);
+        provider.mount(r)
+    });
+    let mut files = BTreeMap::new();
+    let mut errors = Vec::new();
+    for result in futures_util::future::join_all(fetches).await {
+        match result {
+            Ok(r) => files.extend(files_of(&r)),
+            Err(e) => errors.push(e.message),
+        }
+    }
+    (!files.is_empty()).then_some((files, errors))
+}
+
+/// The service account's annotations (`None`: it does not exist): from the cache for a round's
+/// check, read afresh otherwise.
+async fn account_annotations(
+    ctx: &Context,
+    ns: &str,
+    sa: &str,
+    cached: bool,
+) -> Result<Option<BTreeMap<String, String>>, Failure> {
+    let key = (ns.to_string(), sa.to_string());
+    if cached
+        && let Some(a) = ctx.accounts.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+        && a.read.elapsed() < ACCOUNT_CACHE
+    {
+        return Ok(a.annotations.clone());
+    }
+    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    let account = api.get_opt(sa).await.map_err(|e| {
+        Failure::new(
+            FailureReason::ControllerSyncError,
+            format!("failed to get service account {ns}/{sa}: {}", driver::kube::describe(&e)),
+        )
+    })?;
+    let annotations = account.map(|a| a.metadata.annotations.unwrap_or_default());
+    let mut accounts = ctx.accounts.lock().unwrap_or_else(|e| e.into_inner());
+    accounts.retain(|_, a| a.read.elapsed() < ACCOUNT_CACHE);
+    accounts.insert(key, Account { read: Instant::now(), annotations: annotations.clone() });
+    Ok(annotations)
+}
+
 /// What a successful check did.
 struct Done {
     hash: String,
     written: Option<Written>,
     secret_version: Option<String>,
+    /// Partial sync: some keys kept their earlier value (`PartialSync`).
+    partial: Option<Failure>,
 }
 
 async fn sync(
@@ -348,17 +460,11 @@ async fn sync(
     let spec = &class.spec.spec;
     let sa = &ss.spec.service_account_name;
     if ctx.config.require_opt_in {
-        let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
-        let account = api.get_opt(sa).await.map_err(|e| {
-            Failure::new(
-                FailureReason::ControllerSyncError,
-                format!("failed to get service account {ns}/{sa}: {}", driver::kube::describe(&e)),
-            )
-        })?;
-        let account = account.ok_or_else(|| {
+        let annotations = account_annotations(ctx, &ns, sa, matches!(trigger, Trigger::Poll(_))).await?;
+        let annotations = annotations.ok_or_else(|| {
             Failure::new(FailureReason::ControllerSyncError, format!("service account {ns}/{sa} not found"))
         })?;
-        decide::check_opt_in(account.annotations(), &ns, sa, &name)?;
+        decide::check_opt_in(&annotations, &ns, sa, &name)?;
     }
     let mut attributes: BTreeMap<String, String> = spec
         .parameters
@@ -394,16 +500,35 @@ async fn sync(
         },
         fresh: trigger == Trigger::Forced,
     };
-    let response = provider.mount(request).await.map_err(|e| {
-        Failure::new(
-            FailureReason::ProviderError,
-            format!("failed to fetch from provider {:?}: {}", spec.provider, e.message),
-        )
-        .with_throttled(e.kind == ErrorKind::ResourceExhausted)
+    let (files, errors) = match provider.mount(request.clone()).await {
+        Ok(r) => (files_of(&r), Vec::new()),
+        Err(e) => {
+            let failure = Failure::new(
+                FailureReason::ProviderError,
+                format!("failed to fetch from provider {:?}: {}", spec.provider, e.message),
+            )
+            .with_throttled(e.kind == ErrorKind::ResourceExhausted);
+            let parts = partial_sync(ss, &ctx.config).then(|| split_objects(&request.attributes)).flatten();
+            match parts {
+                Some(parts) if parts.len() > 1 => {
+                    fetch_each(provider.as_ref(), &request, parts).await.ok_or(failure)?
+                }
+                _ => return Err(failure),
+            }
+        }
+    };
+    // After a partial fetch, a key whose object failed keeps the value the Secret (ours) already has.
+    let previous = (!errors.is_empty())
+        .then(|| live.filter(|l| owned_by(l, ss)))
+        .flatten()
+        .map(|l| l.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect::<BTreeMap<_, _>>());
+    let partial = decide::partial_data(object, &files, previous.as_ref()).map_err(|f| match errors.first() {
+        // A key nothing can fill: the provider's error says why.
+        Some(e) => Failure::new(FailureReason::ProviderError, format!("{}; {}", f.message, e)),
+        None => f,
     })?;
-    let files: BTreeMap<String, Vec<u8>> =
-        response.files.iter().map(|f| (f.path.clone(), f.contents.expose_secret().to_vec())).collect();
-    let data = decide::secret_data(object, &files)?;
+    let partial_failure = (!partial.kept.is_empty()).then(|| decide::partial_failure(&partial, &errors));
+    let data = partial.data;
     let shape = serde_json::json!({"type": object.type_, "labels": object.labels, "annotations": object.annotations})
         .to_string();
     let ss_uid = ss.uid().unwrap_or_default();
@@ -429,7 +554,12 @@ async fn sync(
         }
         if matches(existing, &desired) {
             // Up to date (whatever the status says: a lost status write is redone, not the Secret).
-            return Ok(Done { hash, written: None, secret_version: existing.resource_version() });
+            return Ok(Done {
+                hash,
+                written: None,
+                secret_version: existing.resource_version(),
+                partial: partial_failure,
+            });
         }
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -454,7 +584,7 @@ async fn sync(
         )
         .await;
     ctx.metrics.wrote("event");
-    Ok(Done { hash, written: Some(written), secret_version: applied.resource_version() })
+    Ok(Done { hash, written: Some(written), secret_version: applied.resource_version(), partial: partial_failure })
 }
 
 /// Writes the status when it changed (conditions, hash, observedGeneration), and a Warning event when
@@ -469,8 +599,14 @@ async fn write_status(
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut after = before.clone();
     after.observed_generation = Some(generation);
-    match outcome {
-        Ok(done) => {
+    if let Ok(done) = outcome
+        && (done.written.is_some() || before.sync_hash != done.hash)
+    {
+        // What the Secret now holds, even after a partial sync.
+        after.sync_hash = done.hash.clone();
+    }
+    match (failure_of(outcome), outcome) {
+        (None, Ok(done)) => {
             let written = done.written.unwrap_or(Written::Updated);
             // (After any success the Secret exists: SecretCreated is True.)
             after.conditions = decide::conditions(&before.conditions, generation, &now, Ok(written));
@@ -479,7 +615,7 @@ async fn write_status(
                 after.last_successful_sync_time = Some(now.clone());
             }
         }
-        Err(f) => {
+        (Some(f), _) | (None, Err(f)) => {
             after.conditions = decide::conditions(&before.conditions, generation, &now, Err(f));
             let old = before.conditions.iter().find(|c| c.type_ == decide::READY);
             if old.is_none_or(|c| c.message != f.message) {
@@ -670,11 +806,30 @@ mod tests {
             jitter: Duration::from_secs(jitter),
             require_opt_in: true,
             concurrency: 1,
+            partial_sync: false,
         }
     }
 
     fn at(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_class_objects_list_splits_into_one_list_per_object_and_anything_else_does_not() {
+        let objects =
+            "array:\n  - |\n    objectName: a\n    objectType: secret\n  - |\n    objectName: b\n    objectType: key\n";
+        let attrs = BTreeMap::from([("objects".to_string(), objects.to_string())]);
+        let parts = split_objects(&attrs).unwrap();
+        assert_eq!(parts.len(), 2);
+        #[derive(serde::Deserialize)]
+        struct Objects {
+            array: Vec<String>,
+        }
+        let b: Objects = serde_saphyr::from_str(&parts[1]).unwrap();
+        assert_eq!(b.array, vec!["objectName: b\nobjectType: key\n".to_string()], "the entry, verbatim");
+        assert_eq!(split_objects(&BTreeMap::new()), None);
+        let other = BTreeMap::from([("objects".to_string(), "a,b".to_string())]);
+        assert_eq!(split_objects(&other), None, "not the array: list");
     }
 
     #[test]

@@ -37,11 +37,13 @@ pub enum FailureReason {
     ControllerSyncError,
     /// The API server refused the Secret.
     ControllerPatchError,
+    /// Partial sync (Azure's extension): some objects failed, the Secret got the rest.
+    PartialSync,
 }
 
 impl FailureReason {
     /// Every reason.
-    pub const ALL: [FailureReason; 7] = [
+    pub const ALL: [FailureReason; 8] = [
         Self::ProviderError,
         Self::SecretProviderClassMisconfigured,
         Self::RemoteSecretStoreFetchFailed,
@@ -49,6 +51,7 @@ impl FailureReason {
         Self::InvalidClusterSecretAnnotationError,
         Self::ControllerSyncError,
         Self::ControllerPatchError,
+        Self::PartialSync,
     ];
 
     /// Upstream's reason text.
@@ -61,6 +64,7 @@ impl FailureReason {
             Self::InvalidClusterSecretAnnotationError => "InvalidClusterSecretAnnotationError",
             Self::ControllerSyncError => "ControllerSyncError",
             Self::ControllerPatchError => "ControllerPatchError",
+            Self::PartialSync => "PartialSync",
         }
     }
 }
@@ -113,6 +117,9 @@ pub fn check_metadata(object: &SecretObject) -> Result<(), Failure> {
 /// account a SecretSync names, its open issue #221).
 pub const OPT_IN_ANNOTATION: &str = "keyvault-csi.io/allow-secret-syncs";
 
+/// A SecretSync's choice of partial sync (`true`/`false`), over the controller's `--partial-sync`.
+pub const PARTIAL_SYNC_ANNOTATION: &str = "keyvault-csi.io/partial-sync";
+
 /// Whether the service account (its annotations) lets SecretSync `sync` use it.
 pub fn check_opt_in(
     annotations: &BTreeMap<String, String>,
@@ -139,17 +146,43 @@ pub fn secret_data(
     object: &SecretObject,
     files: &BTreeMap<String, Vec<u8>>,
 ) -> Result<BTreeMap<String, Vec<u8>>, Failure> {
+    partial_data(object, files, None).map(|p| p.data)
+}
+
+/// A Secret's data when some objects could not be fetched.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Partial {
+    /// The data to write.
+    pub data: BTreeMap<String, Vec<u8>>,
+    /// Keys whose `sourcePath` was not fetched and that keep the live Secret's value.
+    pub kept: Vec<String>,
+}
+
+/// [`secret_data`], except that with `previous` (the live Secret's data) a key whose file is missing
+/// keeps its earlier value instead of failing the sync. A key with no earlier value still fails: a
+/// Secret never gains a key without a value, nor loses one.
+pub fn partial_data(
+    object: &SecretObject,
+    files: &BTreeMap<String, Vec<u8>>,
+    previous: Option<&BTreeMap<String, Vec<u8>>>,
+) -> Result<Partial, Failure> {
     let tls = object.type_.trim() == "kubernetes.io/tls";
     let mut data = BTreeMap::new();
+    let mut kept = Vec::new();
     for d in &object.data {
         let (path, key) = (d.source_path.trim(), d.target_key.trim());
-        let file = files.get(path).ok_or_else(|| {
+        let Some(file) = files.get(path) else {
+            if let Some(old) = previous.and_then(|p| p.get(key)) {
+                data.insert(key.to_string(), old.clone());
+                kept.push(key.to_string());
+                continue;
+            }
             let known: Vec<&str> = files.keys().map(String::as_str).collect();
-            Failure::new(
+            return Err(Failure::new(
                 FailureReason::RemoteSecretStoreFetchFailed,
                 format!("sourcePath {path:?} is not among the class's files ({})", known.join(", ")),
-            )
-        })?;
+            ));
+        };
         let value = if tls {
             driver::kube::tls_value(key, file).map_err(|e| {
                 Failure::new(FailureReason::RemoteSecretStoreFetchFailed, format!("targetKey {key:?}: {e}"))
@@ -159,7 +192,15 @@ pub fn secret_data(
         };
         data.insert(key.to_string(), value);
     }
-    Ok(data)
+    Ok(Partial { data, kept })
+}
+
+/// The `PartialSync` failure: a JSON summary of which keys were synced, which kept their earlier
+/// value, and the fetch errors (object names and causes, never values).
+pub fn partial_failure(p: &Partial, errors: &[String]) -> Failure {
+    let synced: Vec<&String> = p.data.keys().filter(|k| !p.kept.contains(k)).collect();
+    let summary = serde_json::json!({ "synced": synced, "kept": p.kept, "errors": errors });
+    Failure::new(FailureReason::PartialSync, summary.to_string())
 }
 
 /// What a Secret write depends on, besides its data.
@@ -300,6 +341,28 @@ mod tests {
         let e = secret_data(&object("kubernetes.io/tls", &[("db-password", "password")]), &f).unwrap_err();
         assert!(e.message.contains("Only 'tls.key' and 'tls.crt' are supported"), "{e}");
         assert!(!e.message.contains("s3cret"));
+    }
+
+    #[test]
+    fn partial_data_keeps_earlier_values_only_for_keys_the_secret_already_has() {
+        let f = files(&[("db-password", b"new")]);
+        let o = object("Opaque", &[("db-password", "password"), ("api", "api")]);
+        let previous = files(&[("password", b"old"), ("api", b"old-api")]);
+        let p = partial_data(&o, &f, Some(&previous)).unwrap();
+        assert_eq!(p.data["password"], b"new", "what was fetched is updated");
+        assert_eq!(p.data["api"], b"old-api", "what failed keeps its value");
+        assert_eq!(p.kept, vec!["api".to_string()]);
+        let failure = partial_failure(&p, &["failed to get objectType:secret, objectName:api: 403".into()]);
+        assert_eq!(failure.reason, FailureReason::PartialSync);
+        let summary: serde_json::Value = serde_json::from_str(&failure.message).unwrap();
+        assert_eq!(summary["synced"], serde_json::json!(["password"]));
+        assert_eq!(summary["kept"], serde_json::json!(["api"]));
+        assert!(!failure.message.contains("old") && !failure.message.contains("new"), "no values");
+        // A key the Secret never had cannot be kept: all or nothing for it.
+        let e = partial_data(&o, &f, Some(&files(&[("password", b"old")]))).unwrap_err();
+        assert_eq!(e.reason, FailureReason::RemoteSecretStoreFetchFailed);
+        assert!(e.message.contains("\"api\""), "{e}");
+        assert_eq!(partial_data(&o, &f, None).unwrap_err().reason, FailureReason::RemoteSecretStoreFetchFailed);
     }
 
     #[test]

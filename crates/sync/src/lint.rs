@@ -142,7 +142,32 @@ pub fn lint_sync(ss: &SecretSync, class_files: Option<&BTreeSet<String>>) -> Vec
             "pass the class's manifest too (or use check --live)",
         ));
     }
+    annotations(ss, &mut f);
     f
+}
+
+/// Our annotations on a SecretSync: names under the prefix the controller does not read (a typo would
+/// silently do nothing), and a partial-sync value that is neither `true` nor `false`.
+fn annotations(ss: &SecretSync, f: &mut Vec<Finding>) {
+    use driver::annotations::{PREFIX, REFRESH_NOW, ROTATION_INTERVAL};
+    let known = [REFRESH_NOW, ROTATION_INTERVAL, crate::decide::PARTIAL_SYNC_ANNOTATION];
+    let Some(annotations) = &ss.metadata.annotations else { return };
+    for (key, value) in annotations.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
+        let path = format!("metadata.annotations[{key}]");
+        if !known.contains(&key.as_str()) {
+            f.push(Finding::warning(
+                path,
+                format!("{key:?} is not an annotation the SecretSync controller reads"),
+                format!("use one of {}", known.join(", ")),
+            ));
+        } else if key == crate::decide::PARTIAL_SYNC_ANNOTATION && !matches!(value.trim(), "true" | "false") {
+            f.push(Finding::warning(
+                path,
+                format!("{value:?} is neither \"true\" nor \"false\"; the controller's --partial-sync applies"),
+                "write \"true\" or \"false\"",
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +183,26 @@ mod tests {
 
     fn files(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn unknown_annotations_and_bad_partial_sync_values_are_warnings() {
+        let mut s = ss(
+            "  serviceAccountName: app\n  secretProviderClassName: spc\n  secretObject:\n    data:\n    - sourcePath: a\n      targetKey: a\n",
+        );
+        let ann = |pairs: &[(&str, &str)]| Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        s.metadata.annotations = ann(&[("keyvault-csi.io/partial-sync", "true"), ("other.io/x", "y")]);
+        assert_eq!(lint_sync(&s, Some(&files(&["a"]))), vec![]);
+        s.metadata.annotations =
+            ann(&[("keyvault-csi.io/partial-sync", "yes"), ("keyvault-csi.io/partialsync", "true")]);
+        let found = lint_sync(&s, Some(&files(&["a"])));
+        let paths: Vec<&str> = found.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["metadata.annotations[keyvault-csi.io/partial-sync]", "metadata.annotations[keyvault-csi.io/partialsync]"],
+            "{found:?}"
+        );
+        assert!(found.iter().all(|f| f.severity == "warning"));
     }
 
     #[test]
