@@ -296,6 +296,7 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
         failures: previous.as_ref().map_or(0, |p| p.failures),
     };
     let labels = SyncLabels { namespace: ns.clone(), name: name.clone() };
+    let next_round = schedule.next_due(ss.uid().as_deref().unwrap_or(&name), now);
     if let Ok(done) = &outcome {
         // Our own write's watch event is not a change (a partial sync writes too).
         seen.secret_version = done.secret_version.clone().or(seen.secret_version);
@@ -303,7 +304,7 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
     let wait = match (failure_of(outcome.as_ref()), &outcome) {
         (None, Ok(done)) => {
             seen.failures = 0;
-            let due = schedule.next_due(ss.uid().as_deref().unwrap_or(&name), now);
+            let due = next_round;
             seen.due = Some(due);
             ctx.metrics.last_success.get_or_create(&labels).set(unix(now));
             ctx.metrics.ready.get_or_create(&labels).set(1);
@@ -327,8 +328,7 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
                 .inc();
             tracing::warn!(reason = f.reason.as_str(), error = %f.message, failures = seen.failures, "sync failed");
             // Never later than the next round (which shares its fetches anyway).
-            let round = schedule.next_due(ss.uid().as_deref().unwrap_or(&name), now);
-            let wait = backoff(seen.failures, f).min(round.duration_since(now).unwrap_or_default());
+            let wait = backoff(seen.failures, f).min(next_round.duration_since(now).unwrap_or_default());
             // The retry is due then, not at the status write's watch event.
             seen.due = Some(now + wait);
             wait
@@ -599,9 +599,7 @@ async fn write_status(
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut after = before.clone();
     after.observed_generation = Some(generation);
-    if let Ok(done) = outcome
-        && (done.written.is_some() || before.sync_hash != done.hash)
-    {
+    if let Ok(done) = outcome {
         // What the Secret now holds, even after a partial sync.
         after.sync_hash = done.hash.clone();
     }
@@ -611,7 +609,6 @@ async fn write_status(
             // (After any success the Secret exists: SecretCreated is True.)
             after.conditions = decide::conditions(&before.conditions, generation, &now, Ok(written));
             if done.written.is_some() || before.sync_hash != done.hash || !is_ready(before) {
-                after.sync_hash = done.hash.clone();
                 after.last_successful_sync_time = Some(now.clone());
             }
         }
