@@ -59,16 +59,39 @@ pub struct VolumeHints {
     pub class_interval: Option<String>,
 }
 
+/// The longest rotation interval a class may ask for (30 days): longer values are capped, with a
+/// Warning, so no timer, deadline or backoff computed from a class ever leaves sane time.
+pub const MAX_CLASS_INTERVAL: Duration = Duration::from_secs(30 * 86_400);
+
+/// Annotation values longer than this are refused unparsed.
+pub const MAX_VALUE_LEN: usize = 256;
+
+/// A class's usable rotation interval, and why it differs from what the annotation says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassInterval {
+    /// The interval that applies.
+    pub interval: Duration,
+    /// Set when the value was capped at [`MAX_CLASS_INTERVAL`] (the caller warns).
+    pub capped: Option<String>,
+}
+
 /// A class's rotation interval from its annotation: `Ok(None)` without one; below `floor` it is
-/// raised to `floor` (so one class cannot hammer a vault); an unparsable or zero value is an error
-/// (the node's interval applies, and the caller warns).
-pub fn class_interval(raw: Option<&str>, floor: Duration) -> Result<Option<Duration>, String> {
+/// raised to `floor` (so one class cannot hammer a vault), above [`MAX_CLASS_INTERVAL`] it is capped
+/// (and the caller warns); an unparsable, overlong or zero value is an error (the node's interval
+/// applies, and the caller warns). Messages quote the value bounded ([`shown`]).
+pub fn class_interval(raw: Option<&str>, floor: Duration) -> Result<Option<ClassInterval>, String> {
     let Some(raw) = raw else { return Ok(None) };
+    if raw.len() > MAX_VALUE_LEN {
+        return Err(format!("annotation {ROTATION_INTERVAL}: value longer than {MAX_VALUE_LEN} bytes"));
+    }
     let d = parse_go_duration(raw.trim()).map_err(|e| format!("annotation {ROTATION_INTERVAL}: {e}"))?;
     if d.is_zero() {
-        return Err(format!("annotation {ROTATION_INTERVAL}: {raw:?} must be a positive duration"));
+        return Err(format!("annotation {ROTATION_INTERVAL}: {:?} must be a positive duration", shown(raw)));
     }
-    Ok(Some(d.max(floor)))
+    let capped = (d > MAX_CLASS_INTERVAL).then(|| {
+        format!("annotation {ROTATION_INTERVAL}: {:?} is longer than the maximum; capped at 720h", shown(raw))
+    });
+    Ok(Some(ClassInterval { interval: d.clamp(floor, MAX_CLASS_INTERVAL.max(floor)), capped }))
 }
 
 /// An annotation value as shown in an event or log line: trimmed to a bounded length.
@@ -98,11 +121,16 @@ mod tests {
 
     #[test]
     fn a_class_interval_is_parsed_and_bounded_below() {
+        let ok = |d| Ok(Some(ClassInterval { interval: d, capped: None }));
         assert_eq!(class_interval(None, FLOOR), Ok(None));
-        assert_eq!(class_interval(Some("10m"), FLOOR), Ok(Some(Duration::from_secs(600))));
-        assert_eq!(class_interval(Some(" 24h "), FLOOR), Ok(Some(Duration::from_secs(86_400))));
-        assert_eq!(class_interval(Some("1s"), FLOOR), Ok(Some(FLOOR)));
-        for bad in ["0", "soon", "-5m", "10"] {
+        assert_eq!(class_interval(Some("10m"), FLOOR), ok(Duration::from_secs(600)));
+        assert_eq!(class_interval(Some(" 24h "), FLOOR), ok(Duration::from_secs(86_400)));
+        assert_eq!(class_interval(Some("1s"), FLOOR), ok(FLOOR));
+        let huge = class_interval(Some("2562047h"), FLOOR).unwrap().unwrap();
+        assert_eq!(huge.interval, MAX_CLASS_INTERVAL);
+        assert!(huge.capped.unwrap().contains("capped at 720h"));
+        let long = "9".repeat(MAX_VALUE_LEN + 1) + "h";
+        for bad in ["0", "soon", "-5m", "10", "99999999999999h", long.as_str()] {
             let e = class_interval(Some(bad), FLOOR).unwrap_err();
             assert!(e.contains(ROTATION_INTERVAL), "{e}");
         }

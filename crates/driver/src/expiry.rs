@@ -49,8 +49,8 @@ pub fn expiries(files: &[File]) -> Expiries {
 /// The warning for a file whose certificate expires at `not_after`, if that is within `warn_before`
 /// of `now` (Unix seconds).
 pub fn warning(file: &str, not_after: i64, now: i64, warn_before: std::time::Duration) -> Option<String> {
-    let left = not_after - now;
-    if left > warn_before.as_secs() as i64 {
+    let left = not_after.saturating_sub(now);
+    if left > i64::try_from(warn_before.as_secs()).unwrap_or(i64::MAX) {
         return None;
     }
     let at = chrono::DateTime::from_timestamp(not_after, 0).map(|t| t.to_rfc3339()).unwrap_or_default();

@@ -77,15 +77,16 @@ pub fn deadline_of<T>(req: &Request<T>) -> Option<Instant> {
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = num.parse().ok()?;
     let d = match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return None,
     };
-    Some(Instant::now() + d)
+    // An absurd timeout is no deadline rather than a panic.
+    Instant::now().checked_add(d)
 }
 
 #[tonic::async_trait]

@@ -9,6 +9,7 @@
 
 pub mod annotations;
 pub mod atomic_writer;
+pub mod bounded;
 pub mod class;
 pub mod duration;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod publish;
 pub mod redact;
 pub mod registry;
 pub mod rotation;
+pub mod supervise;
 pub mod volume_context;
 
 pub use node::{Config, Driver, Providers};

@@ -125,7 +125,12 @@ fn annotations(annotations: &std::collections::BTreeMap<String, String>, f: &mut
             format!("{message}; the node's --rotation-poll-interval applies"),
             "use a positive Go duration such as 10m or 24h",
         )),
-        Ok(Some(d)) if crate::duration::parse_go_duration(raw.trim()).is_ok_and(|asked| asked < d) => {
+        Ok(Some(c)) if c.capped.is_some() => f.push(Finding::warning(
+            path,
+            c.capped.unwrap_or_default(),
+            "ask for 720h or less; rotation longer than 30 days is not supported",
+        )),
+        Ok(Some(c)) if crate::duration::parse_go_duration(raw.trim()).is_ok_and(|asked| asked < c.interval) => {
             f.push(Finding::warning(
                 path,
                 format!(

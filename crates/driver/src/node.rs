@@ -153,8 +153,11 @@ pub struct Driver {
     pub(crate) cluster: Option<Arc<dyn Cluster>>,
     /// Bounds the API calls unpublish leaves to the background (pod-status deletes).
     pub(crate) background_api: Arc<tokio::sync::Semaphore>,
-    /// (namespace, class, value) of rotation-interval annotations already reported as unusable.
-    pub(crate) invalid_intervals: std::sync::Mutex<std::collections::HashSet<(String, String, String)>>,
+    /// Class intervals already warned about, by (namespace, class, value): bounded, so a tenant
+    /// editing the annotation in a loop cannot grow it.
+    pub(crate) invalid_intervals: crate::bounded::SeenOnce<(String, String, String)>,
+    /// The node-wide background tasks (rotation, refresh-now, expiry warnings), supervised.
+    pub(crate) tasks: crate::supervise::Tasks,
 }
 
 impl Driver {
@@ -171,6 +174,7 @@ impl Driver {
             cluster: None,
             background_api: Arc::new(tokio::sync::Semaphore::new(4)),
             invalid_intervals: Default::default(),
+            tasks: Default::default(),
         }
     }
 
@@ -184,6 +188,11 @@ impl Driver {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// The supervised background tasks (register their metric, read their health).
+    pub fn tasks(&self) -> &crate::supervise::Tasks {
+        &self.tasks
     }
 
     /// The metrics this driver records.

@@ -208,7 +208,13 @@ impl Driver {
                     Err(e) => return Attempt { provider, result: keep(e, keep_on_error) },
                 };
                 let result = self.fetch_and_write(params, &spec, mount, keep_on_error, trigger, deadline, guard).await;
-                Attempt { provider: spec.provider.clone(), result: result.or_else(|e| keep(e, keep_on_error)) }
+                // A provider name no socket answers to is the class author's free text: it never
+                // becomes a metric label (the error names it).
+                let provider = match &result {
+                    Err(PublishError::ProviderLookup { .. }) => String::new(),
+                    _ => spec.provider.clone(),
+                };
+                Attempt { provider, result: result.or_else(|e| keep(e, keep_on_error)) }
             }
         }
     }

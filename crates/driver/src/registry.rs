@@ -136,7 +136,7 @@ impl VolumeRegistry {
 
     /// Claims `target` for kubelet: a poller holding it is cancelled and awaited for up to `wait`.
     pub async fn claim_for_kubelet(self: &Arc<Self>, target: &Path, wait: Duration) -> Result<TargetGuard, Contended> {
-        let deadline = Instant::now() + wait;
+        let deadline = crate::duration::later(Instant::now(), wait);
         loop {
             let released = {
                 let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());

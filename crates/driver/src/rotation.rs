@@ -30,6 +30,15 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::annotations::{REFRESH_NOW, RefreshMarks, class_interval, shown};
+use crate::duration::later;
+use crate::supervise::isolate;
+
+/// Task names in logs and `task_panics_total{task}`.
+pub const ROTATION_TASK: &str = "rotation";
+/// See [`ROTATION_TASK`].
+pub const REFRESH_TASK: &str = "refresh_now";
+/// See [`ROTATION_TASK`].
+pub const EXPIRY_TASK: &str = "cert_expiry_warnings";
 use crate::node::{Driver, PublishOutcome};
 use crate::publish::Trigger;
 use crate::registry::{Holder, Volume};
@@ -90,21 +99,22 @@ impl Driver {
         let node = self.config.rotation_interval?;
         let Some(cluster) = &self.cluster else { return Some(node) };
         let raw = cluster.hints(params).class_interval;
-        match class_interval(raw.as_deref(), self.config.min_class_interval) {
-            Ok(interval) => Some(interval.unwrap_or(node)),
-            Err(message) => {
-                let key = (params.pod.namespace.clone(), params.class_name.clone(), raw.unwrap_or_default());
-                let first = self.invalid_intervals.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
-                if first {
-                    tracing::warn!(class = %params.class_name, namespace = %params.pod.namespace, %message,
-                        "ignoring the class's rotation interval; the node's applies");
-                    let (cluster, params) = (cluster.clone(), params.clone());
-                    let message = format!("{message}; using the node's --rotation-poll-interval ({node:?})");
-                    tokio::spawn(async move { cluster.class_interval_invalid(&params, &message).await });
-                }
-                Some(node)
+        let (interval, warning) = match class_interval(raw.as_deref(), self.config.min_class_interval) {
+            Ok(None) => (node, None),
+            Ok(Some(c)) => (c.interval, c.capped),
+            Err(message) => (node, Some(format!("{message}; using the node's --rotation-poll-interval ({node:?})"))),
+        };
+        if let Some(message) = warning {
+            let raw = raw.unwrap_or_default();
+            let key = (params.pod.namespace.clone(), params.class_name.clone(), shown(&raw));
+            if self.invalid_intervals.first_time(key) {
+                tracing::warn!(class = %params.class_name, namespace = %params.pod.namespace, %message,
+                    "the class's rotation interval is not usable as written");
+                let (cluster, params) = (cluster.clone(), params.clone());
+                tokio::spawn(async move { cluster.class_interval_invalid(&params, &message).await });
             }
         }
+        Some(interval)
     }
 
     /// The refresh-now values the volume's pod and class carry now.
@@ -122,7 +132,7 @@ impl Driver {
         let interval = self.volume_interval(&params).unwrap_or(DEFAULT_INTERVAL);
         // A refresh never outlives one interval: retries against a vault that is down stop, and the
         // poller's next attempt (backoff capped at one interval) finds it back within one interval.
-        let deadline = Instant::now() + interval.max(Duration::from_secs(1));
+        let deadline = later(Instant::now(), interval.max(Duration::from_secs(1)));
         let attempt = self.execute(&params, Trigger::Poller { cycle, forced }, Some(deadline), &guard).await;
         let outcome = match attempt.result {
             Ok(o) => o,
@@ -137,7 +147,7 @@ impl Driver {
                 }
                 self.volumes.update(&target, |v| {
                     v.failures = v.failures.saturating_add(1);
-                    v.retry_at = Some(Instant::now() + backoff(interval, v.failures));
+                    v.retry_at = Some(later(Instant::now(), backoff(interval, v.failures)));
                 });
             }
             PublishOutcome::Skipped => {}
@@ -176,7 +186,10 @@ impl Driver {
             .for_each_concurrent(ROTATION_CONCURRENCY, |params| async move {
                 let span = volume_span("rotation", &params);
                 let started = Instant::now();
-                let outcome = self.refresh(params, cycle, false).instrument(span.clone()).await;
+                let outcome = match isolate(self.refresh(params, cycle, false).instrument(span.clone())).await {
+                    Ok(o) => o,
+                    Err(panic) => return self.tasks.record_isolated(ROTATION_TASK, &panic),
+                };
                 let _e = span.enter();
                 match outcome {
                     PublishOutcome::Published { files, changed, .. } => {
@@ -226,7 +239,14 @@ impl Driver {
             .for_each_concurrent(ROTATION_CONCURRENCY, |(params, marks, request)| async move {
                 let span = volume_span("refresh-now", &params);
                 let target = params.target_path.clone();
-                let outcome = self.refresh(params.clone(), cycle, true).instrument(span.clone()).await;
+                let outcome = match isolate(self.refresh(params.clone(), cycle, true).instrument(span.clone())).await {
+                    Ok(o) => o,
+                    Err(panic) => {
+                        // Served (and failed): the request is not retried every second.
+                        self.volumes.update(&target, |v| v.refresh_seen = marks);
+                        return self.tasks.record_isolated(REFRESH_TASK, &panic);
+                    }
+                };
                 if matches!(outcome, PublishOutcome::Skipped) && self.volumes.holder(&target).is_some() {
                     return; // kubelet took the target meanwhile: next tick
                 }
@@ -304,8 +324,12 @@ impl Driver {
                 _ = tokio::time::sleep(REFRESH_REQUEST_TICK) => {}
                 _ = &mut shutdown => return,
             }
-            self.serve_refresh_requests().await;
-            self.warn_expiring().await;
+            if let Err(panic) = isolate(self.serve_refresh_requests()).await {
+                self.tasks.record_isolated(REFRESH_TASK, &panic);
+            }
+            if let Err(panic) = isolate(self.warn_expiring()).await {
+                self.tasks.record_isolated(EXPIRY_TASK, &panic);
+            }
         }
     }
 }

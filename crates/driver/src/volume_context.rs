@@ -55,6 +55,43 @@ pub struct PublishParams {
     pub tokens: Option<SecretString>,
 }
 
+/// The shapes of Kubernetes names the volume context carries.
+#[derive(Clone, Copy, Debug)]
+pub enum NameKind {
+    /// RFC 1123 label (namespaces): at most 63 of `a-z0-9-`, alphanumeric at both ends.
+    Label,
+    /// RFC 1123 subdomain (pods, service accounts, classes): at most 253, labels joined by dots.
+    Subdomain,
+    /// A UID: at most 64 of `a-zA-Z0-9-`.
+    Uid,
+}
+
+impl NameKind {
+    /// Whether `s` has this shape.
+    pub fn accepts(self, s: &str) -> bool {
+        let label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        match self {
+            NameKind::Label => label(s),
+            NameKind::Subdomain => s.len() <= 253 && s.split('.').all(label),
+            NameKind::Uid => !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            NameKind::Label => "Kubernetes name (RFC 1123 label)",
+            NameKind::Subdomain => "Kubernetes name (RFC 1123 subdomain)",
+            NameKind::Uid => "UID",
+        }
+    }
+}
+
 impl PublishParams {
     /// Validates the request with upstream's messages.
     pub fn parse(req: NodePublishVolumeRequest) -> Result<Self, PublishError> {
@@ -81,6 +118,23 @@ impl PublishParams {
         let tokens =
             secrets.get(TOKENS_KEY).cloned().or(context_tokens).filter(|t| !t.is_empty()).map(SecretString::from);
         let get = |k: &str| volume_context.get(k).cloned().unwrap_or_default();
+        // These become paths, API calls, label values and event targets: only Kubernetes names pass.
+        for (key, kind) in [
+            (POD_NAMESPACE_KEY, NameKind::Label),
+            (POD_NAME_KEY, NameKind::Subdomain),
+            (SERVICE_ACCOUNT_KEY, NameKind::Subdomain),
+            (CLASS_KEY, NameKind::Subdomain),
+            (POD_UID_KEY, NameKind::Uid),
+        ] {
+            let value = get(key);
+            if !value.is_empty() && !kind.accepts(&value) {
+                return Err(PublishError::InvalidArgument(format!(
+                    "volume attribute {key} {:?} is not a valid {}",
+                    crate::annotations::shown(&value),
+                    kind.describe()
+                )));
+            }
+        }
         Ok(Self {
             volume_id: req.volume_id,
             target_path,
@@ -139,6 +193,32 @@ mod tests {
             .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn pod_and_class_names_must_be_kubernetes_names_before_any_use() {
+        let long = "a".repeat(300);
+        for (key, bad) in [
+            (POD_NAMESPACE_KEY, "../kube-system"),
+            (POD_NAMESPACE_KEY, "ns/other"),
+            (POD_NAMESPACE_KEY, "Upper"),
+            (POD_NAME_KEY, "web\nforged log line"),
+            (POD_NAME_KEY, long.as_str()),
+            (CLASS_KEY, "spc/../../x"),
+            (SERVICE_ACCOUNT_KEY, "sa name"),
+            (POD_UID_KEY, "u/../.."),
+        ] {
+            let mut r = request();
+            r.volume_context.insert(key.into(), bad.into());
+            let e = PublishParams::parse(r).unwrap_err();
+            assert!(matches!(e, PublishError::InvalidArgument(_)), "{key}={bad}: {e}");
+            assert!(e.to_string().contains(key), "{e}");
+            assert!(e.to_string().len() < 200, "the value is shown bounded: {e}");
+        }
+        let mut r = request();
+        r.volume_context.insert(POD_NAME_KEY.into(), "web-7d9f.b-x2".into());
+        r.volume_context.insert(POD_UID_KEY.into(), "0c6f3b8e-3f3a-4d4e-9c1e-2a7e5f6b8d90".into());
+        assert!(PublishParams::parse(r).is_ok());
     }
 
     #[test]

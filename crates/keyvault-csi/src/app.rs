@@ -55,6 +55,17 @@ impl App {
         }
     }
 
+    /// A maker of [`App::stopped`] futures, for tasks that are restarted (see `driver::supervise`).
+    pub fn stop_fn(&self) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static {
+        let rx = self.stop_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            Box::pin(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+        }
+    }
+
     /// Runs `task` until it ends; after a stop it gets the grace period to finish.
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
         self.tasks.push((name, tokio::spawn(task)));

@@ -25,6 +25,10 @@ pub struct AzureArgs {
     /// Cloud used when a class names none.
     #[arg(long, default_value = "AzurePublicCloud")]
     pub cloud_name: String,
+    /// The one directory a class's `cloudEnvFileName` may name a file in (ours: upstream opens any path
+    /// in its provider pod). Relative names are taken inside it; `..` and symlinks out are refused.
+    #[arg(long, default_value = keyvault::cloud::DEFAULT_ENV_DIR, value_name = "DIR")]
+    pub cloud_env_dir: PathBuf,
     /// Sustained Key Vault requests per second per vault (Azure allows 400/s; default half of it).
     #[arg(long, default_value_t = 200.0)]
     pub keyvault_rate_limit: f64,
@@ -84,7 +88,7 @@ impl AzureArgs {
         let mut c = keyvault::Config {
             construct_pem_chain: self.construct_pem_chain,
             write_cert_and_key_in_separate_files: self.write_cert_and_key_in_separate_files,
-            default_cloud: self.cloud_name.clone(),
+            clouds: keyvault::cloud::Clouds { default_cloud: self.cloud_name.clone(), env_dir: self.cloud_env_dir.clone() },
             network: keyvault::NetworkConfig {
                 extra_ca_pem,
                 resolve_all_to: self.azure_resolve_to,
@@ -291,10 +295,10 @@ mod tests {
         };
         assert_clean("keyvault MountRequest", format!("{kv_request:?}"));
         // Workload identity (the token) and a service principal (the client secret).
-        let wi = keyvault::params::parse(&kv_request.attributes, &Default::default(), 0o644, "AzurePublicCloud", false);
+        let wi = keyvault::params::parse(&kv_request.attributes, &Default::default(), 0o644, &Default::default(), false);
         let mut sp_attributes = kv_request.attributes.clone();
         sp_attributes.remove("clientID");
-        let sp = keyvault::params::parse(&sp_attributes, &kv_request.secrets, 0o644, "AzurePublicCloud", false);
+        let sp = keyvault::params::parse(&sp_attributes, &kv_request.secrets, 0o644, &Default::default(), false);
         for parsed in [wi, sp] {
             let parsed = parsed.expect("a class that parses");
             assert_clean("MountParams", format!("{parsed:?}"));
@@ -311,7 +315,7 @@ mod tests {
         assert_clean("PublishError", format!("{publish_error:?} {publish_error} {:?}", publish_error.to_status()));
         let mut expired = kv_request.attributes.clone();
         expired.insert("csi.storage.k8s.io/serviceAccount.tokens".into(), tokens_json(EXPIRED));
-        let e = keyvault::params::parse(&expired, &Default::default(), 0o644, "AzurePublicCloud", false).unwrap_err();
+        let e = keyvault::params::parse(&expired, &Default::default(), 0o644, &Default::default(), false).unwrap_err();
         assert!(e.message.contains("expired"), "{e}");
         assert_clean("keyvault Error", format!("{e:?} {e}"));
     }

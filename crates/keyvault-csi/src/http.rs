@@ -59,7 +59,7 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
     if waiting.is_empty() {
         (StatusCode::OK, "ok".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for the {} watch to sync", waiting.join(", ")))
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}", waiting.join(", ")))
     }
 }
 

@@ -9,6 +9,7 @@ mod logging;
 mod metrics;
 mod provider_server;
 mod server;
+mod socket;
 mod standalone;
 mod sync_controller;
 
@@ -149,8 +150,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 let kube = driver::kube::KubeCluster::new(client, &args.nodeid, &args.drivername)
                     .with_classes(source.cache().clone());
                 let (pods, spcs) = (kube.pods().clone(), source.cache().clone());
-                readiness.push(("pods", Box::new(move || pods.is_ready())));
-                readiness.push(("secretproviderclasses", Box::new(move || spcs.is_ready())));
+                readiness.push(("the pods watch to sync", Box::new(move || pods.is_ready())));
+                readiness.push(("the secretproviderclasses watch to sync", Box::new(move || spcs.is_ready())));
                 cluster = Some(Arc::new(kube));
                 Arc::new(source)
             }
@@ -177,6 +178,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         driver = driver.with_cluster(cluster);
     }
     driver_metrics.register(&mut app.registry, driver.volumes().clone());
+    driver.tasks().register(&mut app.registry);
+    let tasks = driver.tasks().clone();
+    for task in [driver::rotation::ROTATION_TASK, driver::rotation::REFRESH_TASK] {
+        let tasks = tasks.clone();
+        readiness.push((task, Box::new(move || !tasks.unhealthy().contains(&task))));
+    }
     let driver = Arc::new(driver);
     if let Some(cluster) = cluster {
         // After a restart: take back this node's volumes so rotation resumes at once.
@@ -202,16 +209,17 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     );
     app.spawn("CSI server", async move { csi_server.await.context("CSI server") });
     app.spawn("metrics server", async move { http_server.await.context("metrics server") });
+    // Supervised: a panic is logged, counted in task_panics_total{task} and the task restarts.
     if args.rotation_poller {
-        let (driver, stop) = (driver.clone(), app.stopped());
+        let (driver, tasks, stop) = (driver.clone(), tasks.clone(), app.stop_fn());
         app.spawn("rotation poller", async move {
-            driver.run_rotation(stop).await;
+            tasks.supervise(driver::rotation::ROTATION_TASK, stop, |stop| driver.clone().run_rotation(stop)).await;
             Ok(())
         });
     }
-    let stop = app.stopped();
+    let stop = app.stop_fn();
     app.spawn("refresh-now requests", async move {
-        driver.run_refresh_requests(stop).await;
+        tasks.supervise(driver::rotation::REFRESH_TASK, stop, |stop| driver.clone().run_refresh_requests(stop)).await;
         Ok(())
     });
     if let cli::Endpoint::Unix(path) = args.endpoint.clone() {

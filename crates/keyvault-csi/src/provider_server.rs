@@ -52,16 +52,7 @@ pub async fn run(args: ProviderArgs) -> anyhow::Result<()> {
     let (healthz_addr, healthz_server) =
         crate::http::bind_as(healthz, "--healthz-port", health.clone(), app.stopped()).await?;
 
-    let _ = std::fs::remove_file(path);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("--endpoint: cannot create {}", dir.display()))?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("--endpoint: cannot listen on {}", path.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    let listener = crate::socket::bind_private(path, "--endpoint")?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<CsiDriverProviderServer<ProviderService>>().await;
     let observe = move |code: tonic::Code, took: Duration| {

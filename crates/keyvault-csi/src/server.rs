@@ -25,22 +25,8 @@ pub async fn bind(
     let router = tonic::transport::Server::builder().add_service(identity).add_service(node);
     match endpoint {
         Endpoint::Unix(path) => {
-            match std::fs::remove_file(path) {
-                Ok(()) => tracing::info!(socket = %path.display(), "removed stale socket"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("--endpoint: cannot remove stale socket {}", path.display()));
-                }
-            }
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("--endpoint: cannot create {}", dir.display()))?;
-            }
-            let listener = tokio::net::UnixListener::bind(path)
-                .with_context(|| format!("--endpoint: cannot listen on {}", path.display()))?;
             // Only root (kubelet, the registrar) talks to the socket.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            let listener = crate::socket::bind_private(path, "--endpoint")?;
             Ok(Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)))
         }
         Endpoint::Tcp(addr) => {

@@ -24,6 +24,8 @@ pub mod proxy;
 
 /// Refresh this long before expiry.
 const EXPIRY_SKEW: Duration = Duration::from_secs(300);
+/// The longest a token is cached, whatever `expires_in` says (Entra ID issues at most 24 h).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
 
 /// Who a token is for; the unit of sharing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,7 +146,13 @@ impl TokenCache {
         stats: &crate::Stats,
     ) -> Result<SecretString> {
         let key = (IdentityKey::of(tenant, identity), scope.to_string());
-        let slot = self.slots.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            if !slots.contains_key(&key) && slots.len() >= SWEEP_AT {
+                evict(&mut slots);
+            }
+            slots.entry(key).or_default().clone()
+        };
         let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref().filter(|c| c.refresh_at > Instant::now()) {
             stats.token_cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -152,15 +160,52 @@ impl TokenCache {
         }
         let (token, lifetime) = acquire(src, tenant, identity, scope).await?;
         stats.token_acquisitions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // `expires_in` is the token service's word: bounded, so no answer can panic or pin a token.
+        let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
         let refresh_at = Instant::now() + lifetime.saturating_sub(EXPIRY_SKEW).max(lifetime / 2);
         *guard = Some(Cached { token: token.clone(), refresh_at });
         Ok(token)
+    }
+
+    /// Identities (with scopes) cached now.
+    pub fn len(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Drops a token Key Vault rejected.
     pub fn invalidate(&self, tenant: &str, identity: &Identity, scope: &str) {
         let key = (IdentityKey::of(tenant, identity), scope.to_string());
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    }
+}
+
+/// Slots held before a new identity triggers a sweep of expired tokens.
+const SWEEP_AT: usize = 1024;
+/// The most identities (with scopes) cached at once: every tenant's service accounts and client
+/// secrets are keys, so the cache must not grow with them. Past it, idle slots are dropped (a dropped
+/// token is simply acquired again).
+pub const MAX_CACHED_TOKENS: usize = 10_000;
+
+/// Drops slots whose token needs refreshing (or never came), then, if still at the cap, idle ones.
+/// A slot in use (its lock held by an acquisition) is never dropped.
+fn evict(slots: &mut HashMap<(IdentityKey, String), Slot>) {
+    let now = Instant::now();
+    let idle_and = |slot: &Slot, stale_only: bool| match slot.try_lock() {
+        Ok(c) => !stale_only || c.as_ref().is_none_or(|c| c.refresh_at <= now),
+        Err(_) => false,
+    };
+    slots.retain(|_, slot| !idle_and(slot, true));
+    if slots.len() >= MAX_CACHED_TOKENS {
+        let excess = slots.len() + 1 - MAX_CACHED_TOKENS;
+        let victims: Vec<_> = slots.iter().filter(|(_, s)| idle_and(s, false)).map(|(k, _)| k.clone()).take(excess).collect();
+        for k in victims {
+            slots.remove(&k);
+        }
     }
 }
 
@@ -268,7 +313,8 @@ async fn entra_token(
     entra::token(http, authority, tenant, client_id, proof, scope, src.deadline).await
 }
 
-fn parse_token(body: &[u8], who: &str) -> Result<(SecretString, Duration)> {
+/// Reads a token response (Entra ID, IMDS, NMI); errors never quote the body.
+pub fn parse_token(body: &[u8], who: &str) -> Result<(SecretString, Duration)> {
     // Only the category of a parse error: serde_json's own message can quote the token.
     let v: TokenResponse = serde_json::from_slice(body).map_err(|e| {
         let why = match e.classify() {
@@ -295,4 +341,46 @@ pub fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    fn slot(refresh_in: Option<i64>) -> Slot {
+        let now = Instant::now();
+        let cached = refresh_in.map(|s| Cached {
+            token: SecretString::from("t"),
+            refresh_at: if s >= 0 { now + Duration::from_secs(s as u64) } else { now - Duration::from_secs((-s) as u64) },
+        });
+        Arc::new(tokio::sync::Mutex::new(cached))
+    }
+
+    fn key(i: usize) -> (IdentityKey, String) {
+        (IdentityKey::Managed { client_id: format!("hostile-{i}") }, "https://vault.azure.net/.default".into())
+    }
+
+    /// A tenant minting identities (service accounts, client secrets) cannot grow the cache: expired
+    /// tokens go first, then idle ones, and a slot being acquired is never dropped.
+    #[test]
+    fn expired_tokens_are_swept_and_the_cache_has_a_cap() {
+        let mut slots = HashMap::new();
+        for i in 0..600 {
+            slots.insert(key(i), slot(Some(-10)));
+        }
+        for i in 600..1200 {
+            slots.insert(key(i), slot(Some(3600)));
+        }
+        evict(&mut slots);
+        assert_eq!(slots.len(), 600, "expired tokens are dropped");
+        for i in 1200..(MAX_CACHED_TOKENS + 2000) {
+            slots.insert(key(i), slot(Some(3600)));
+        }
+        let busy = slot(Some(3600));
+        let _held = busy.try_lock().unwrap();
+        slots.insert(key(usize::MAX), busy.clone());
+        evict(&mut slots);
+        assert!(slots.len() < MAX_CACHED_TOKENS, "{}", slots.len());
+        assert!(slots.contains_key(&key(usize::MAX)), "a slot in use stays");
+    }
 }

@@ -30,6 +30,9 @@ pub use error::{Error, ErrorKind, Origin, Result};
 pub use stats::Stats;
 pub use transport::{NetworkConfig, Priority, RetryPolicy, VaultLimits};
 
+/// Vaults whose challenge scope is remembered at once (see `vault.rs`).
+pub const MAX_VAULT_SCOPES: usize = 1024;
+
 /// Provider settings (the upstream provider's flags, plus ours).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -37,8 +40,8 @@ pub struct Config {
     pub construct_pem_chain: bool,
     /// `--write-cert-and-key-in-separate-files` (default false): extra `.crt` and `.key` files.
     pub write_cert_and_key_in_separate_files: bool,
-    /// `--cloud-name`: cloud when a class names none.
-    pub default_cloud: String,
+    /// `--cloud-name` (cloud when a class names none) and `--cloud-env-dir`.
+    pub clouds: cloud::Clouds,
     /// Endpoints, CA and name-resolution overrides.
     pub network: NetworkConfig,
     /// Retry policy.
@@ -56,7 +59,7 @@ impl Default for Config {
         Self {
             construct_pem_chain: true,
             write_cert_and_key_in_separate_files: false,
-            default_cloud: "AzurePublicCloud".into(),
+            clouds: cloud::Clouds::default(),
             network: NetworkConfig::default(),
             retry: RetryPolicy::default(),
             limits: VaultLimits::default(),
@@ -194,7 +197,7 @@ impl Provider {
             &req.attributes,
             &req.secrets,
             req.default_mode,
-            &self.config.default_cloud,
+            &self.config.clouds,
             self.config.write_cert_and_key_in_separate_files,
         )?;
         let deadline = req.deadline.unwrap_or_else(|| Instant::now() + self.config.default_timeout);

@@ -70,7 +70,8 @@ pub fn lint(parameters: &BTreeMap<String, String>, split_cert_and_key: bool) -> 
     let mut f = Findings::all();
     unknown_parameters(parameters, &mut f);
     let placeholders = placeholders(parameters, &mut f);
-    let options = ReadOptions { default_mode: 0o644, default_cloud: "AzurePublicCloud", split_cert_and_key };
+    let clouds = crate::cloud::Clouds::default();
+    let options = ReadOptions { default_mode: 0o644, clouds: &clouds, split_cert_and_key };
     let class = read::read(parameters, options, &mut f, |mode, f| {
         identity(mode, parameters, f);
         Ok(())

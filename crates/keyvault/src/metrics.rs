@@ -18,6 +18,45 @@ use prometheus_client::registry::Registry;
 /// `os_type` label, as upstream.
 const OS_TYPE: &str = "linux";
 
+/// A label whose values tenants choose (object names, vault names): the first `cap` distinct values
+/// are exported as they are, later ones as [`OVERFLOW`], so no namespace can grow Prometheus' series
+/// or the driver's memory without bound. Values are never evicted: a series, once exported, keeps its
+/// name for the life of the process.
+#[derive(Debug)]
+pub struct BoundedLabel {
+    cap: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The value a [`BoundedLabel`] exports once its cap is reached.
+pub const OVERFLOW: &str = "_overflow";
+
+/// Distinct `object_name` values exported by `keyvault_request`.
+pub const MAX_OBJECT_NAMES: usize = 2000;
+
+/// Distinct `vault` values exported by `keyvault_requests`.
+pub const MAX_VAULTS: usize = 500;
+
+impl BoundedLabel {
+    /// At most `cap` distinct values.
+    pub fn new(cap: usize) -> Self {
+        Self { cap, seen: Default::default() }
+    }
+
+    /// The value to export for `value`.
+    pub fn label(&self, value: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if seen.len() >= self.cap {
+            return OVERFLOW.to_string();
+        }
+        seen.insert(value.to_string());
+        value.to_string()
+    }
+}
+
 /// The Azure provider's histogram buckets (seconds), as upstream.
 pub const PROVIDER_BUCKETS: [f64; 14] = [0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0, 15.0, 30.0];
 
@@ -50,12 +89,17 @@ pub struct GrpcLabels {
 pub struct ProviderMetrics {
     keyvault_request: Family<KeyvaultLabels, Histogram>,
     grpc_request: Family<GrpcLabels, Histogram>,
+    object_names: Arc<BoundedLabel>,
 }
 
 impl Default for ProviderMetrics {
     fn default() -> Self {
         let h = || Histogram::new(PROVIDER_BUCKETS);
-        Self { keyvault_request: Family::new_with_constructor(h), grpc_request: Family::new_with_constructor(h) }
+        Self {
+            keyvault_request: Family::new_with_constructor(h),
+            grpc_request: Family::new_with_constructor(h),
+            object_names: Arc::new(BoundedLabel::new(MAX_OBJECT_NAMES)),
+        }
     }
 }
 
@@ -86,7 +130,7 @@ impl crate::Observer for ProviderMetrics {
     ) {
         let l = KeyvaultLabels {
             object_type: object_type.into(),
-            object_name: object_name.into(),
+            object_name: self.object_names.label(object_name),
             error: error.map(|e| e.label().to_string()).unwrap_or_default(),
             error_class: error.map(|e| e.class().to_string()).unwrap_or_default(),
             os_type: OS_TYPE.into(),

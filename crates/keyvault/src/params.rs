@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 mod objects;
 pub mod read;
 
-pub use objects::ClassObject;
+pub use objects::{ClassObject, MAX_VERSION_HISTORY};
 pub use read::{ClassParameters, Finding, Findings, IdentityMode, ReadOptions, Severity};
 
 /// Kubelet's service-account tokens attribute.
@@ -259,7 +259,15 @@ pub fn output_paths(o: &ObjectSpec, split_cert_and_key: bool) -> Vec<String> {
 fn sa_token(tokens: Option<&str>, audience: &str) -> std::result::Result<String, String> {
     let tokens = tokens.filter(|t| !t.trim().is_empty()).ok_or("service account tokens not found")?;
     let map: BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(tokens).map_err(|e| format!("failed to unmarshal service account tokens, error: {e}"))?;
+        serde_json::from_str(tokens).map_err(|e| {
+            // Never serde's own message: it quotes the offending value, here a token (found by fuzzing).
+            let what = match e.classify() {
+                serde_json::error::Category::Data => "not a map of audiences to tokens",
+                serde_json::error::Category::Eof => "unexpected end of input",
+                _ => "not valid JSON",
+            };
+            format!("failed to unmarshal service account tokens, error: {what} at line {} column {}", e.line(), e.column())
+        })?;
     map.get(audience)
         .and_then(|v| v.get("token"))
         .and_then(|t| t.as_str())
@@ -275,7 +283,7 @@ fn claims_of_live_token(token: &str, audience: &str, what: &str) -> std::result:
     if exp <= now() {
         return Err(format!(
             "the service account token for audience {audience} of {subject} expired {}s ago; kubelet refreshes it on republish (is requiresRepublish set on the CSIDriver?)",
-            now() - exp
+            now().saturating_sub(exp)
         ));
     }
     Ok((issuer, subject))
@@ -353,7 +361,7 @@ pub fn parse(
     attrs: &BTreeMap<String, String>,
     secrets: &SecretMap,
     default_mode: u32,
-    default_cloud: &str,
+    clouds: &crate::cloud::Clouds,
     split_cert_and_key: bool,
 ) -> Result<MountParams> {
     let (pod_name, pod_namespace) = (read::get(attrs, POD_NAME_KEY), read::get(attrs, POD_NAMESPACE_KEY));
@@ -363,7 +371,7 @@ pub fn parse(
     if pod_namespace.is_empty() {
         return Err(Error::invalid("pod namespace is not provided"));
     }
-    let options = ReadOptions { default_mode, default_cloud, split_cert_and_key };
+    let options = ReadOptions { default_mode, clouds, split_cert_and_key };
     let mut findings = Findings::first_error();
     let mut identity = None;
     let read = read::read(attrs, options, &mut findings, |mode, f| {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Provider counters.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Stats {
     /// HTTP requests to Key Vault by (vault base URL, status; 0 = transport error).
     pub requests: Mutex<BTreeMap<(String, u16), u64>>,
@@ -21,12 +21,29 @@ pub struct Stats {
     pub token_cache_hits: AtomicU64,
     /// Total time requests waited for a vault's rate limiter (µs).
     pub limiter_wait_micros: AtomicU64,
+    /// Bounds the vaults `requests` is kept by (vault names come from classes).
+    vaults: crate::metrics::BoundedLabel,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            requests: Default::default(),
+            dedup_hits: Default::default(),
+            dedup_misses: Default::default(),
+            token_acquisitions: Default::default(),
+            token_cache_hits: Default::default(),
+            limiter_wait_micros: Default::default(),
+            vaults: crate::metrics::BoundedLabel::new(crate::metrics::MAX_VAULTS),
+        }
+    }
 }
 
 impl Stats {
     /// Counts one Key Vault request.
     pub fn record_request(&self, vault: &str, status: u16) {
-        *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((vault.to_string(), status)).or_default() += 1;
+        let vault = self.vaults.label(vault);
+        *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((vault, status)).or_default() += 1;
     }
 
     /// Adds rate-limiter wait time.

@@ -179,6 +179,12 @@ impl Transport {
 
     fn gate(&self, vault: &str) -> Arc<VaultGate> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        if !gates.contains_key(vault) && gates.len() >= GATE_SWEEP_AT {
+            // Vault names come from classes: drop gates nobody uses whose state is a fresh gate's
+            // (bucket full, no pause, full window), so evicting them changes no one's limits.
+            let now = Instant::now();
+            gates.retain(|_, g| Arc::strong_count(g) > 1 || !self.is_idle(&mut g.lock(), now));
+        }
         gates
             .entry(vault.to_string())
             .or_insert_with(|| {
@@ -196,6 +202,19 @@ impl Transport {
                 })
             })
             .clone()
+    }
+
+    fn is_idle(&self, b: &mut Bucket, now: Instant) -> bool {
+        let refilled = b.tokens + now.duration_since(b.last).as_secs_f64() * self.limits.rate_per_sec;
+        b.in_flight == 0
+            && b.paused_until.is_none_or(|p| p <= now)
+            && self.window(b, now) >= self.max_window()
+            && refilled >= self.limits.burst
+    }
+
+    /// Vaults with a gate now.
+    pub fn gates(&self) -> usize {
+        self.gates.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     fn max_window(&self) -> f64 {
@@ -255,13 +274,13 @@ impl Transport {
             let now = Instant::now();
             // A pause or an empty bucket that outlasts the deadline fails now; a full window may free
             // up at any moment, so that wait runs to the deadline.
-            if now >= deadline || (!window_bound && now + wait > deadline) {
+            if now >= deadline || (!window_bound && now.checked_add(wait).is_none_or(|t| t > deadline)) {
                 return Err(Error::new(
                     ErrorKind::DeadlineExceeded,
                     "the request deadline passed while waiting for the vault's rate limit",
                 ));
             }
-            let limit = (now + wait).min(deadline);
+            let limit = now.checked_add(wait).map_or(deadline, |t| t.min(deadline));
             tokio::select! {
                 _ = &mut released => {}
                 _ = tokio::time::sleep_until(limit.into()) => {}
@@ -277,7 +296,7 @@ impl Transport {
         let mut b = gate.lock();
         let now = Instant::now();
         let before = self.window(&mut b, now);
-        let until = now + d;
+        let until = now.checked_add(d.min(MAX_RETRY_AFTER)).unwrap_or(now);
         if b.paused_until.is_none_or(|p| p < until) {
             b.paused_until = Some(until);
         }
@@ -370,7 +389,7 @@ impl Transport {
                 Some(ra) => ra.max(Duration::from_millis(10)),
                 None => backoff,
             };
-            if Instant::now() + delay >= deadline {
+            if Instant::now().checked_add(delay).is_none_or(|t| t >= deadline) {
                 return outcome.map_err(|e| transport_error(&method, url, e));
             }
             tracing::debug!(%url, attempt, delay_ms = delay.as_millis() as u64, "retrying");
@@ -393,11 +412,64 @@ fn transport_error(method: &Method, url: &str, e: reqwest::Error) -> Error {
     Error::new(kind, msg).from(Origin::Network).caused_by(e)
 }
 
-/// `Retry-After` (seconds), `retry-after-ms`, `x-ms-retry-after-ms`.
+/// `Retry-After` (seconds), `retry-after-ms`, `x-ms-retry-after-ms`. A negative, non-finite or
+/// absurd value is ignored or capped at [`MAX_RETRY_AFTER`] (a response must never panic the driver
+/// or pause a vault for days).
 pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
     let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
+    let secs = |s: f64| (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())));
     get("retry-after-ms")
         .or_else(|| get("x-ms-retry-after-ms"))
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| get("retry-after").map(Duration::from_secs_f64))
+        .and_then(|ms| secs(ms / 1000.0))
+        .or_else(|| get("retry-after").and_then(secs))
+}
+
+/// Gates held before a new vault triggers a sweep of idle ones.
+const GATE_SWEEP_AT: usize = 256;
+
+/// The longest pause a `Retry-After` can impose on a vault.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(k: &'static str, v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(k, v.parse().unwrap());
+        h
+    }
+
+    /// `Duration::from_secs_f64` panics on these; a vault's (or a proxy's) header must not.
+    #[test]
+    fn hostile_retry_after_values_never_panic_and_are_bounded() {
+        for k in ["retry-after", "retry-after-ms", "x-ms-retry-after-ms"] {
+            for v in ["-1", "NaN", "inf", "-inf", "1e400", "99999999999999999999", "1e19"] {
+                let d = retry_after(&headers(k, v));
+                assert!(d.is_none_or(|d| d <= MAX_RETRY_AFTER), "{k}: {v} -> {d:?}");
+            }
+        }
+        assert_eq!(retry_after(&headers("retry-after", "2")), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(&headers("retry-after-ms", "1500")), Some(Duration::from_millis(1500)));
+        assert_eq!(retry_after(&headers("retry-after", "1e9")), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn gates_of_vaults_nobody_uses_are_dropped() {
+        let stats = Arc::new(crate::Stats::default());
+        let t = Transport::new(&NetworkConfig::default(), RetryPolicy::default(), VaultLimits::default(), stats).unwrap();
+        let busy = t.gate("https://busy.vault.azure.net");
+        for i in 0..10_000 {
+            let _ = t.gate(&format!("https://hostile-{i}.vault.azure.net"));
+            assert!(t.gates() <= GATE_SWEEP_AT + 1, "{}", t.gates());
+        }
+        t.throttled("https://paused", &t.gate("https://paused.vault.azure.net"), Duration::from_secs(60));
+        for i in 0..1000 {
+            let _ = t.gate(&format!("https://more-{i}.vault.azure.net"));
+        }
+        let gates = t.gates.lock().unwrap();
+        assert!(gates.contains_key("https://busy.vault.azure.net"), "a gate in use stays");
+        assert!(gates.contains_key("https://paused.vault.azure.net"), "a paused vault keeps its pause");
+        drop(busy);
+    }
 }

@@ -121,14 +121,15 @@ impl VaultCall<'_> {
     /// The vault's token scope, from its challenge: discovered once per vault, concurrent callers wait
     /// for the one challenge in flight; a failed discovery is retried by the next caller.
     async fn scope(&self, url: &str) -> Result<String> {
-        let cell = self
-            .provider
-            .scopes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(self.base.clone())
-            .or_default()
-            .clone();
+        let cell = {
+            let mut scopes = self.provider.scopes.lock().unwrap_or_else(|e| e.into_inner());
+            // Vault names come from classes: past the cap the discovered scopes start over (each vault
+            // then pays one extra challenge), so no tenant can grow this map.
+            if !scopes.contains_key(&self.base) && scopes.len() >= crate::MAX_VAULT_SCOPES {
+                scopes.retain(|_, c| std::sync::Arc::strong_count(c) > 1);
+            }
+            scopes.entry(self.base.clone()).or_default().clone()
+        };
         cell.get_or_try_init(|| async {
             let r = self
                 .provider

@@ -229,7 +229,16 @@ async fn reconcile(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Result<Action, Nev
     use tracing::Instrument;
     let span =
         tracing::info_span!("secretsync", namespace = %ss.namespace().unwrap_or_default(), name = %ss.name_any());
-    Ok(check(ss, ctx).instrument(span).await)
+    // One SecretSync's input must not stop the controller: a panic is caught, counted in
+    // task_panics_total{task="secretsync"}, and the object is retried a round later.
+    let tasks = ctx.metrics.tasks.clone();
+    match driver::supervise::isolate(check(ss, ctx.clone()).instrument(span)).await {
+        Ok(action) => Ok(action),
+        Err(panic) => {
+            tasks.record_isolated("secretsync", &panic);
+            Ok(Action::requeue(ctx.config.refresh_interval))
+        }
+    }
 }
 
 /// One check of a SecretSync: decides whether anything is due, syncs, records the outcome.
@@ -751,7 +760,7 @@ impl Schedule {
     /// (raised to `min_interval`); an invalid annotation is reported and the default applies.
     fn of(config: &Config, annotation: Option<&str>) -> (Self, Option<String>) {
         let (interval, invalid) = match driver::annotations::class_interval(annotation, config.min_interval) {
-            Ok(Some(d)) => (d, None),
+            Ok(Some(c)) => (c.interval, c.capped),
             Ok(None) => (config.refresh_interval, None),
             Err(e) => (config.refresh_interval, Some(e)),
         };

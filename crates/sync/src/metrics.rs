@@ -56,11 +56,14 @@ pub struct SyncMetrics {
     pub reconciles: Family<ResultLabels, Counter>,
     /// `secretsync_api_writes_total`.
     pub writes: Family<WriteLabels, Counter>,
+    /// `task_panics_total{task}`: panics caught in one SecretSync's check (the controller goes on).
+    pub tasks: driver::supervise::Tasks,
 }
 
 impl SyncMetrics {
     /// Registers every family.
     pub fn register(&self, registry: &mut Registry) {
+        self.tasks.register(registry);
         registry.register(
             "secretsync_last_success_timestamp_seconds",
             "Unix time of the last check that left the SecretSync's Secret up to date",

@@ -83,7 +83,7 @@ fn the_mount_fails_with_the_first_error_the_linter_lists() {
     p.insert("csi.storage.k8s.io/pod.namespace".into(), "ns".into());
     let secrets: crate::params::SecretMap =
         [("clientid".to_string(), "i".into()), ("clientsecret".to_string(), "s".into())].into();
-    let mount = crate::params::parse(&p, &secrets, 0o644, "AzurePublicCloud", false).unwrap_err();
+    let mount = crate::params::parse(&p, &secrets, 0o644, &Default::default(), false).unwrap_err();
     assert_eq!(mount.message, first.message);
 }
 

@@ -92,6 +92,10 @@ pub struct ClassObject {
 
 /// Reads the `objects` parameter into `f`: every object, every field. Objects whose YAML cannot be read
 /// are left out (and reported).
+/// The most versions `objectVersionHistory` may ask for (ours: upstream has no bound; each version is
+/// a Key Vault request and a file on the pod's tmpfs).
+pub const MAX_VERSION_HISTORY: u32 = 1000;
+
 pub(crate) fn read(yaml: &str, default_mode: u32, f: &mut Findings) -> Result<Vec<ClassObject>, Stop> {
     let arr: ObjectsArray = match serde_saphyr::from_str(yaml) {
         Ok(a) => a,
@@ -202,6 +206,11 @@ fn read_object(
     let history = raw.object_version_history.text();
     if !history.is_empty() {
         match history.parse::<i32>() {
+            Ok(h) if h > MAX_VERSION_HISTORY as i32 => problem(
+                "objectVersionHistory",
+                format!("invalid objectVersionHistory: {history}, must be at most {MAX_VERSION_HISTORY}"),
+                format!("ask for {MAX_VERSION_HISTORY} versions or fewer"),
+            )?,
             Ok(h) => spec.history = h.max(0) as u32,
             Err(_) => problem(
                 "objectVersionHistory",

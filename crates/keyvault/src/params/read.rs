@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::objects::{self, ClassObject};
 use super::{output_paths, parse_bool};
-use crate::cloud::{self, Cloud};
+use crate::cloud::{self, Cloud, Clouds};
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -157,8 +157,8 @@ pub struct ClassParameters {
 pub struct ReadOptions<'a> {
     /// File mode of objects without `filePermission`.
     pub default_mode: u32,
-    /// Cloud of classes without `cloudName`.
-    pub default_cloud: &'a str,
+    /// Cloud of classes without `cloudName`, and where `cloudEnvFileName` may point.
+    pub clouds: &'a Clouds,
     /// `--write-cert-and-key-in-separate-files`: secrets also write `<name>.crt` and `<name>.key`.
     pub split_cert_and_key: bool,
 }
@@ -202,7 +202,7 @@ pub(crate) fn read(
     if tenant_id.is_empty() {
         f.error("tenantId", "tenantId is not provided", "set tenantId to the vault's Entra ID tenant")?;
     }
-    let cloud = match cloud::resolve(&get(params, "cloudName"), &get(params, "cloudEnvFileName"), options.default_cloud)
+    let cloud = match cloud::resolve(&get(params, "cloudName"), &get(params, "cloudEnvFileName"), options.clouds)
     {
         Ok(c) => Some(c),
         Err(e) => {

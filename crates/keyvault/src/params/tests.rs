@@ -26,7 +26,7 @@ fn sp() -> SecretMap {
 }
 
 fn err(a: &[(&str, &str)], secrets: &SecretMap) -> String {
-    parse(&attrs(a), secrets, 0o644, "AzurePublicCloud", false).unwrap_err().message
+    parse(&attrs(a), secrets, 0o644, &Default::default(), false).unwrap_err().message
 }
 
 fn objects(items: &[&str]) -> String {
@@ -42,7 +42,7 @@ fn objects(items: &[&str]) -> String {
 
 #[test]
 fn a_minimal_service_principal_class_parses() {
-    let p = parse(&attrs(&[]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
+    let p = parse(&attrs(&[]), &sp(), 0o644, &Default::default(), false).unwrap();
     assert_eq!(p.vault_name, "kv1");
     assert_eq!(p.identity, Identity::ServicePrincipal { client_id: "id".into(), secret: SecretString::from("s") });
     assert_eq!(p.objects[0].mode, 0o644);
@@ -56,7 +56,7 @@ fn pod_info_and_required_parameters_have_upstreams_messages() {
     assert_eq!(err(&[("keyvaultName", "")], &sp()), "keyvaultName is not provided");
     assert_eq!(err(&[("tenantID", "")], &sp()), "tenantId is not provided");
     assert!(
-        parse(&attrs(&[("tenantID", ""), ("tenantId", "legacy")]), &sp(), 0o644, "AzurePublicCloud", false).is_ok()
+        parse(&attrs(&[("tenantID", ""), ("tenantId", "legacy")]), &sp(), 0o644, &Default::default(), false).is_ok()
     );
     assert_eq!(err(&[("objects", "")], &sp()), "objects is not set");
     assert_eq!(
@@ -85,14 +85,14 @@ fn identity_flags_use_go_parse_bool_and_are_exclusive() {
         &attrs(&[("useVMManagedIdentity", "1"), ("userAssignedIdentityID", "uami")]),
         &none,
         0o644,
-        "AzurePublicCloud",
+        &Default::default(),
         false,
     )
     .unwrap();
     assert_eq!(p.identity, Identity::ManagedIdentity { client_id: Some("uami".into()) });
-    let p = parse(&attrs(&[("useVMManagedIdentity", "True")]), &none, 0o644, "AzurePublicCloud", false).unwrap();
+    let p = parse(&attrs(&[("useVMManagedIdentity", "True")]), &none, 0o644, &Default::default(), false).unwrap();
     assert_eq!(p.identity, Identity::ManagedIdentity { client_id: None });
-    let p = parse(&attrs(&[("usePodIdentity", "TRUE")]), &none, 0o644, "AzurePublicCloud", false).unwrap();
+    let p = parse(&attrs(&[("usePodIdentity", "TRUE")]), &none, 0o644, &Default::default(), false).unwrap();
     assert!(matches!(p.identity, Identity::PodIdentity { .. }));
 }
 
@@ -119,7 +119,7 @@ fn identity_binding_needs_a_client_id_and_the_binding_audience_token() {
         &attrs(&[("useAzureTokenProxy", "true"), ("clientID", "c"), (TOKENS_KEY, &both)]),
         &none,
         0o644,
-        "AzurePublicCloud",
+        &Default::default(),
         false,
     )
     .unwrap();
@@ -169,7 +169,7 @@ fn workload_identity_reads_subject_and_rejects_expired_tokens() {
         r#"{{"api://AzureADTokenExchange":{{"token":"{live}","expirationTimestamp":"2100-01-01T00:00:00Z"}}}}"#
     );
     let p =
-        parse(&attrs(&[("clientID", "wi"), (TOKENS_KEY, &tokens)]), &none, 0o644, "AzurePublicCloud", false).unwrap();
+        parse(&attrs(&[("clientID", "wi"), (TOKENS_KEY, &tokens)]), &none, 0o644, &Default::default(), false).unwrap();
     match p.identity {
         Identity::Workload { subject, issuer, .. } => {
             assert_eq!((subject.as_str(), issuer.as_str()), ("system:serviceaccount:default:app", "https://oidc/"))
@@ -203,7 +203,7 @@ fn every_per_object_field() {
         "objectName: hist\nobjectType: key\nobjectVersionHistory: 3\nfilePermission: 440",
         "objectName: c\nobjectType: cert",
     ]);
-    let p = parse(&attrs(&[("objects", &o)]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
+    let p = parse(&attrs(&[("objects", &o)]), &sp(), 0o644, &Default::default(), false).unwrap();
     let t = &p.objects[0];
     assert_eq!(
         (t.file_name(), t.format, t.encoding, t.mode, t.version.as_str()),
@@ -230,7 +230,7 @@ fn per_object_validation_messages() {
     );
     // Upper-case `PFX` on a cert passes upstream's check (it compares lower-case `pfx` only).
     let o = objects(&["objectName: x\nobjectType: cert\nobjectFormat: PFX"]);
-    let ok = parse(&attrs(&[("objects", &o)]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
+    let ok = parse(&attrs(&[("objects", &o)]), &sp(), 0o644, &Default::default(), false).unwrap();
     assert_eq!(ok.objects[0].kind, ObjectType::Cert);
     assert_eq!(
         e("objectName: x\nobjectType: secret\nobjectEncoding: rot13"),
@@ -268,13 +268,13 @@ fn two_objects_writing_one_path_are_refused() {
         "objectName: tls\nobjectType: secret",
         "objectName: other\nobjectType: secret\nobjectAlias: tls.key",
     ]);
-    assert!(parse(&attrs(&[("objects", &split)]), &sp(), 0o644, "AzurePublicCloud", true).is_err());
-    assert!(parse(&attrs(&[("objects", &split)]), &sp(), 0o644, "AzurePublicCloud", false).is_ok());
+    assert!(parse(&attrs(&[("objects", &split)]), &sp(), 0o644, &Default::default(), true).is_err());
+    assert!(parse(&attrs(&[("objects", &split)]), &sp(), 0o644, &Default::default(), false).is_ok());
 }
 
 #[test]
 fn whitespace_is_trimmed_and_secret_keys_are_case_insensitive() {
-    let p = parse(&attrs(&[("keyvaultName", "  kv1 \n")]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
+    let p = parse(&attrs(&[("keyvaultName", "  kv1 \n")]), &sp(), 0o644, &Default::default(), false).unwrap();
     assert_eq!(p.vault_name, "kv1");
     let debug = format!("{:?}", p.identity);
     assert!(debug.contains("REDACTED") && !debug.contains("\"s\""), "{debug}");
@@ -283,10 +283,27 @@ fn whitespace_is_trimmed_and_secret_keys_are_case_insensitive() {
 #[test]
 fn optional_is_a_go_boolean_and_defaults_to_false() {
     let o = objects(&["objectName: a\nobjectType: secret\noptional: \"true\"", "objectName: b\nobjectType: secret"]);
-    let p = parse(&attrs(&[("objects", &o)]), &sp(), 0o644, "AzurePublicCloud", false).unwrap();
+    let p = parse(&attrs(&[("objects", &o)]), &sp(), 0o644, &Default::default(), false).unwrap();
     assert_eq!((p.objects[0].optional, p.objects[1].optional), (true, false));
     assert_eq!(
         err(&[("objects", &objects(&["objectName: a\nobjectType: secret\noptional: maybe"]))], &sp()),
         "failed to get objectType:secret, objectName:a, objectVersion:: invalid optional: maybe, should be true or false"
     );
+}
+
+/// Found by `tests/fuzz.rs`: serde's message quoted the offending token into the mount's error (and
+/// so into the pod's FailedMount event).
+#[test]
+fn a_malformed_tokens_json_never_quotes_a_token() {
+    let none = SecretMap::new();
+    for tokens in [
+        r#"{"api://AzureADTokenExchange": "eyJhbGciOiJSUzI1NiJ9.SECRETTOKEN"}"#,
+        r#"["eyJhbGciOiJSUzI1NiJ9.SECRETTOKEN"]"#,
+        r#"{"api://AzureADTokenExchange": {"token": "eyJhbGciOiJSUzI1NiJ9.SECRETTOKEN"#,
+    ] {
+        let e = parse(&attrs(&[("clientID", "wi"), (TOKENS_KEY, tokens)]), &none, 0o644, &Default::default(), false)
+            .unwrap_err()
+            .message;
+        assert!(!e.contains("SECRETTOKEN"), "{e}");
+    }
 }
