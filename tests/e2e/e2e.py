@@ -40,6 +40,8 @@ KIT = env_flag("E2E_KIT")
 RELEASE, DRIVER_NS = "kvcsi", "kube-system"
 DS = "kvcsi-keyvault-csi"
 EMU_NS, NS, NS2 = "kv-emulator", "e2e", "e2e-other"
+ATTACKER = "e2e-attacker"  # the hostile tenant
+SLOW_VAULT = "e2eslow"  # a second vault, made to hang
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 VAULT = "e2ekv"
 HTTPS_PORT, HTTP_PORT, PROXY_PORT = 18443, 18080, 18444
@@ -123,6 +125,11 @@ def seed(issuer, jwks):
             "keys": [{"name": "my-key", "kty": "RSA", "size": 2048}],
             "certificates": [{"name": "my-cert", "subject": "CN=e2e.example.com"},
                              {"name": "short-lived", "subject": "CN=short.example.com", "validDays": 10}],
+        }, {
+            "name": SLOW_VAULT,
+            "tenant": TENANT,
+            "access": [{"principal": "sp-object", "secrets": ["get", "list"]}],
+            "secrets": [{"name": "slow-secret", "value": "slow-value"}],
         }],
     }
 
@@ -892,6 +899,88 @@ def s_upgrade_uninstall(ctx):
 SYNC_DEPLOY = f"{RELEASE}-keyvault-csi-sync-controller"
 
 
+def s_hostile_tenants(ctx):
+    """Hostile tenants (issue 25) on the real kit. An attacker namespace (1) points cloudEnvFileName at
+    another pod's mounted secret, by absolute and by relative path: the mount fails naming the allowed
+    directory, and nothing of the victim's appears in the attacker's events; (2) annotates its class
+    with an interval beyond Go's range and Go's longest, plus a 5,000-character refresh-now, which once
+    stopped refresh-now for every pod on the node; (3) mounts from a vault that hangs for 60 s.
+    Meanwhile the victim keeps mounting and refreshing on request, the driver stays Ready, and no task
+    panicked."""
+    emu = ctx["emu"]
+    victim_value = "victim-value-7f3a"
+    emu.set_secret("victim-secret", victim_value)
+    apply(spc("victim", NS, [{"objectName": "victim-secret", "objectType": "secret"}]))
+    apply(pod("victim", NS, [csi_volume("kv", "victim")]))
+    wait_pod("victim", NS)
+    uid = get("pod", "victim", NS)["metadata"]["uid"]
+    victim_file = f"/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~csi/kv/mount/victim-secret"
+
+    kubectl("create", "namespace", ATTACKER)
+    apply(sp_creds(ATTACKER))
+    emu.set_secret("attacker-secret", "attacker-own")
+    for name, path in (("steal-abs", victim_file), ("steal-rel", f"../../../../..{victim_file}")):
+        cls = spc(name, ATTACKER, [{"objectName": "attacker-secret", "objectType": "secret"}])
+        cls["spec"]["parameters"].update({"cloudName": "AzureStackCloud", "cloudEnvFileName": path})
+        apply(cls)
+        apply(pod(name, ATTACKER, [csi_volume("kv", name)]))
+        msg = failed_mount(name, ATTACKER, "cloudEnvFileName")
+        if "/cloudEnv" not in msg:
+            raise Failure(f"{name}: the error does not name the allowed directory: {msg}")
+
+    # (2) Hostile annotations on a class that mounts fine.
+    cls = spc("hostile", ATTACKER, [{"objectName": "attacker-secret", "objectType": "secret"}])
+    cls["metadata"]["annotations"] = {"keyvault-csi.io/rotation-poll-interval": "3000000000000000h"}
+    apply(cls)
+    apply(pod("noisy", ATTACKER, [csi_volume("kv", "hostile")]))
+    wait_pod("noisy", ATTACKER)
+    wait_for("an InvalidRotationInterval Warning on the attacker's pod", lambda: events(
+        ATTACKER, "noisy", "InvalidRotationInterval"), POLL * 2 + 10)
+    kubectl("annotate", "--overwrite", "secretproviderclass", "hostile", "-n", ATTACKER,
+            "keyvault-csi.io/rotation-poll-interval=2562047h", "keyvault-csi.io/refresh-now=1")
+    kubectl("annotate", "--overwrite", "pod", "noisy", "-n", ATTACKER, "keyvault-csi.io/refresh-now=" + "x" * 5000)
+    wait_for("the capped interval reported", lambda: [
+        e for e in events(ATTACKER, "noisy", "InvalidRotationInterval") if "capped at 720h" in e["message"]], 30)
+
+    # (3) A vault that hangs: the attacker's mount waits, the victim's do not.
+    emu.call("PUT", f"/faults/{SLOW_VAULT}", {"latency_ms": 60000})
+    slow = spc("slow", ATTACKER, [{"objectName": "slow-secret", "objectType": "secret"}])
+    slow["spec"]["parameters"]["keyvaultName"] = SLOW_VAULT
+    apply(slow)
+    apply(pod("stuck", ATTACKER, [csi_volume("kv", "slow")]))
+    time.sleep(2)
+    t0 = time.time()
+    apply(pod("victim2", NS, [csi_volume("kv", "victim")]))
+    wait_pod("victim2", NS, timeout=40)
+    victim_mount_s = time.time() - t0
+    if pod_ready("stuck", ATTACKER):
+        raise Failure("the hung vault's pod is Ready: the fault did not apply")
+
+    # The victim still gets refresh-now (served by the node-wide loop the attacker once stopped).
+    emu.set_secret("victim-secret", victim_value + "-2")
+    kubectl("annotate", "--overwrite", "pod", "victim", "-n", NS, f"keyvault-csi.io/refresh-now={int(time.time())}")
+    wait_for("the victim refreshed on request",
+             lambda: read("victim", NS, "/mnt/kv/victim-secret") == victim_value + "-2", 20)
+    emu.call("DELETE", f"/faults/{SLOW_VAULT}")
+
+    leaked = [e["message"] for e in events(ATTACKER) if victim_value in e.get("message", "")]
+    if leaked:
+        raise Failure(f"the victim's value reached the attacker's events: {leaked}")
+    long_events = [e["message"][:80] for e in events(ATTACKER) if len(e.get("message", "")) > 1500]
+    if long_events:
+        raise Failure(f"an event echoes the attacker's input unbounded: {long_events}")
+    if not driver_ready():
+        raise Failure("the driver is not Ready after the hostile tenant")
+    panics = metric_sum(metrics(), "task_panics_total")
+    if panics:
+        raise Failure(f"task_panics_total = {panics}")
+    for p in ("victim", "victim2"):
+        delete("pod", p, NS, wait=False, grace=0)
+    kubectl("delete", "namespace", ATTACKER, "--wait=false")
+    FIGURES["hostile-tenants"] = (f"victim's mount while another tenant's vault hangs: {victim_mount_s:.1f} s; "
+                                  "cloudEnvFileName escapes refused; node loops alive")
+
+
 def sync_pods():
     return [p for p in get("pods", ns=DRIVER_NS)["items"]
             if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "sync-controller"
@@ -1173,7 +1262,7 @@ def main():
             print(dump([NS, NS2, DRIVER_NS], DRIVER_NS, "keyvault-csi", pods), flush=True)
 
     def setup(ctx):
-        for ns in (NS, NS2, EMU_NS):
+        for ns in (NS, NS2, ATTACKER, EMU_NS):
             kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", timeout=180)
         emu.start()
         kubectl("create", "namespace", NS)
@@ -1201,6 +1290,7 @@ def main():
     run("rotation", s_rotation)
     run("refresh-now-and-class-interval", s_refresh_now)
     run("certificate-expiry", s_cert_expiry)
+    run("hostile-tenants", s_hostile_tenants)
     run("unmount", s_unmount, inspector)
     if "rot_pod" in ctx:
         run("driver-restart-mid-rotation", s_driver_restart, inspector)
@@ -1219,7 +1309,7 @@ def main():
         if not ctx.get("uninstalled"):
             remove_workloads()
             helm().uninstall(RELEASE, wait="watcher", timeout=120, ignore_not_found=True)
-        for ns in (NS, NS2, EMU_NS):
+        for ns in (NS, NS2, ATTACKER, EMU_NS):
             kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
         kubectl("delete", "configmap", "kv-emulator-ca", "-n", DRIVER_NS, "--ignore-not-found", check=False)
     finally:

@@ -60,7 +60,7 @@ pub struct PublishParams {
 pub enum NameKind {
     /// RFC 1123 label (namespaces): at most 63 of `a-z0-9-`, alphanumeric at both ends.
     Label,
-    /// RFC 1123 subdomain (pods, service accounts, classes): at most 253, labels joined by dots.
+    /// RFC 1123 subdomain (pods, service accounts, classes): at most 253, parts joined by dots.
     Subdomain,
     /// A UID: at most 64 of `a-zA-Z0-9-`.
     Uid,
@@ -69,16 +69,17 @@ pub enum NameKind {
 impl NameKind {
     /// Whether `s` has this shape.
     pub fn accepts(self, s: &str) -> bool {
-        let label = |l: &str| {
+        // Kubernetes' own checks: a label is at most 63; a subdomain's parts are not limited
+        // (IsDNS1123Subdomain checks the whole against 253 only).
+        let part = |l: &str| {
             !l.is_empty()
-                && l.len() <= 63
                 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         };
         match self {
-            NameKind::Label => label(s),
-            NameKind::Subdomain => s.len() <= 253 && s.split('.').all(label),
+            NameKind::Label => s.len() <= 63 && part(s),
+            NameKind::Subdomain => s.len() <= 253 && s.split('.').all(part),
             NameKind::Uid => !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
         }
     }
@@ -197,7 +198,7 @@ mod tests {
 
     #[test]
     fn pod_and_class_names_must_be_kubernetes_names_before_any_use() {
-        let long = "a".repeat(300);
+        let long = "a".repeat(254);
         for (key, bad) in [
             (POD_NAMESPACE_KEY, "../kube-system"),
             (POD_NAMESPACE_KEY, "ns/other"),
@@ -216,7 +217,7 @@ mod tests {
             assert!(e.to_string().len() < 200, "the value is shown bounded: {e}");
         }
         let mut r = request();
-        r.volume_context.insert(POD_NAME_KEY.into(), "web-7d9f.b-x2".into());
+        r.volume_context.insert(POD_NAME_KEY.into(), format!("web-7d9f.b-x2{}", "p".repeat(200)));
         r.volume_context.insert(POD_UID_KEY.into(), "0c6f3b8e-3f3a-4d4e-9c1e-2a7e5f6b8d90".into());
         assert!(PublishParams::parse(r).is_ok());
     }

@@ -535,3 +535,45 @@ async fn an_expiring_certificate_is_a_gauge_per_class_and_file_and_one_warning_p
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(text.contains(&format!("object=\"a\"}} {later}")), "{text}");
 }
+
+/// The hostile-tenant audit: one class with Go's longest duration as its interval plus refresh-now
+/// panicked the node-wide refresh loop (`Instant + interval`), silently ending refresh-now for every
+/// pod on the node. The interval is capped now (with a Warning), and the loop keeps serving.
+#[tokio::test(start_paused = true)]
+async fn the_most_hostile_interval_and_refresh_now_cannot_stop_the_node_wide_loops() {
+    let cluster = Arc::new(FakeCluster::default());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    for i in 0..2 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    // Beyond Go's range (a Duration, but `Instant + it` overflows): refused, the node's interval applies.
+    *cluster.class_interval.lock().unwrap() = Some("3000000000000000h".into());
+    *f.provider.fail.lock().unwrap() = true;
+    *cluster.class_refresh.lock().unwrap() = Some("now".into());
+    let loops = tokio::spawn(d.clone().run_refresh_requests(std::future::pending()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!loops.is_finished(), "the refresh-now loop is still running");
+    assert_eq!(cluster.events("MountRotationFailed").len(), 2, "both refreshes ran and failed cleanly");
+    let refused = cluster.events("InvalidRotationInterval");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].1.contains("longer than Go allows"), "{refused:?}");
+    assert_eq!(d.volumes().get(Path::new(&f.target(0))).unwrap().failures, 1);
+    // Go's longest duration: capped at 30 days, with a Warning.
+    *cluster.class_interval.lock().unwrap() = Some("2562047h".into());
+    *cluster.class_refresh.lock().unwrap() = Some("again".into());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.events("MountRotationFailed").len(), 4);
+    let capped = cluster.events("InvalidRotationInterval");
+    assert!(capped.len() == 2 && capped[1].1.contains("capped at 720h"), "{capped:?}");
+    // Other tenants' requests are still served.
+    *f.provider.fail.lock().unwrap() = false;
+    *f.provider.value.lock().unwrap() = "v2".into();
+    cluster.pod_refresh.lock().unwrap().insert("web-1".into(), "please".into());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(f.read(1).as_deref(), Some("v2"));
+    assert_eq!(cluster.events("RefreshedOnRequest").len(), 1);
+    assert_eq!(d.tasks().panics(crate::rotation::REFRESH_TASK), 0, "no panic to catch any more");
+    assert_eq!(d.rotate_due().await, 0, "capped at 30 days: nothing due");
+    loops.abort();
+}
