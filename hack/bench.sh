@@ -18,6 +18,7 @@ log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 if [ -z "${BENCH_ONLY:-}" ]; then
   $CARGO bench --locked -p keyvault --bench mount
+  $CARGO bench --locked -p keyvault --bench hostile
   $CARGO bench --locked -p keyvault-csi --bench rotation --no-run
   hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench rotation
 fi

@@ -17,14 +17,85 @@ const CANARY: &str = "CANARYsecretVALUE";
 
 /// Tokens the mutator splices in: the syntax of every format the targets read.
 const DICTIONARY: &[&str] = &[
-    "array:", "- |", "objectName:", "objectType:", "objectAlias:", "objectVersion:", "objectVersionHistory:",
-    "objectEncoding:", "objectFormat:", "filePermission:", "secret", "key", "cert", "pfx", "pem", "base64", "hex",
-    "utf-8", "../", "/", "..", "\0", "\n", "\"", "'", "{", "}", "[", "]", ":", ",", "0777", "99999999999999999999",
-    "-1", "NaN", "1e400", "2562047h", "9999999h", "1.5s", "ms", "µs", "h", "true", "false", "null", "AzureStackCloud",
-    "cloudEnvFileName", "/etc/passwd", "clientID", "tenantId", "keyvaultName", "usePodIdentity", "useVMManagedIdentity",
-    "userAssignedIdentityID", "token", "expirationTimestamp", "api://AzureADTokenExchange", "\u{202e}", "\u{feff}",
-    "value", "contentType", "application/x-pkcs12", "application/x-pem-file", "kid", "kty", "RSA", "EC", "crv", "P-256",
-    "n", "e", "x", "y", "access_token", "expires_in", "Bearer authorization=\"", "resource=\"", "scope=\"", "&",
+    "array:",
+    "- |",
+    "objectName:",
+    "objectType:",
+    "objectAlias:",
+    "objectVersion:",
+    "objectVersionHistory:",
+    "objectEncoding:",
+    "objectFormat:",
+    "filePermission:",
+    "secret",
+    "key",
+    "cert",
+    "pfx",
+    "pem",
+    "base64",
+    "hex",
+    "utf-8",
+    "../",
+    "/",
+    "..",
+    "\0",
+    "\n",
+    "\"",
+    "'",
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    ",",
+    "0777",
+    "99999999999999999999",
+    "-1",
+    "NaN",
+    "1e400",
+    "2562047h",
+    "9999999h",
+    "1.5s",
+    "ms",
+    "µs",
+    "h",
+    "true",
+    "false",
+    "null",
+    "AzureStackCloud",
+    "cloudEnvFileName",
+    "/etc/passwd",
+    "clientID",
+    "tenantId",
+    "keyvaultName",
+    "usePodIdentity",
+    "useVMManagedIdentity",
+    "userAssignedIdentityID",
+    "token",
+    "expirationTimestamp",
+    "api://AzureADTokenExchange",
+    "\u{202e}",
+    "\u{feff}",
+    "value",
+    "contentType",
+    "application/x-pkcs12",
+    "application/x-pem-file",
+    "kid",
+    "kty",
+    "RSA",
+    "EC",
+    "crv",
+    "P-256",
+    "n",
+    "e",
+    "x",
+    "y",
+    "access_token",
+    "expires_in",
+    "Bearer authorization=\"",
+    "resource=\"",
+    "scope=\"",
+    "&",
 ];
 
 /// A small deterministic RNG (xorshift64*), so a seed replays a run exactly.
@@ -100,12 +171,14 @@ fn fuzz(name: &str, target: impl Fn(&[u8])) {
     corpus.sort();
     let secs: f64 = std::env::var("FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let seed: u64 = std::env::var("FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_cafe);
-    let mut rng = Rng(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
+    let mut rng =
+        Rng(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
     let run = |input: &[u8]| {
         if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| target(input))) {
             let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/fuzz-failures");
             std::fs::create_dir_all(&out).unwrap();
-            let file = out.join(format!("{name}-{:016x}", input.iter().fold(0u64, |h, b| h.rotate_left(5) ^ *b as u64)));
+            let file =
+                out.join(format!("{name}-{:016x}", input.iter().fold(0u64, |h, b| h.rotate_left(5) ^ *b as u64)));
             std::fs::write(&file, input).unwrap();
             let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
             panic!("fuzz target {name} failed on {} (seed {seed}): {}", file.display(), why.unwrap_or_default());
@@ -165,12 +238,16 @@ fn base_attributes() -> BTreeMap<String, String> {
 }
 
 fn mount_parse(attrs: &BTreeMap<String, String>, secrets: &keyvault::params::SecretMap) -> Result<(), String> {
-    let clouds = keyvault::cloud::Clouds { env_dir: std::env::temp_dir().join("kv-fuzz-no-such-dir"), ..Default::default() };
+    let clouds =
+        keyvault::cloud::Clouds { env_dir: std::env::temp_dir().join("kv-fuzz-no-such-dir"), ..Default::default() };
     match keyvault::params::parse(attrs, secrets, 0o644, &clouds, false) {
         Ok(p) => {
             for o in &p.objects {
                 for path in keyvault::params::output_paths(o, true) {
-                    assert!(!path.starts_with('/') && !path.split('/').any(|c| c == ".."), "escaping file name {path:?}");
+                    assert!(
+                        !path.starts_with('/') && !path.split('/').any(|c| c == ".."),
+                        "escaping file name {path:?}"
+                    );
                 }
             }
             Ok(())
@@ -193,9 +270,8 @@ fn class_parameters() {
                 attrs.insert("objects".into(), text(input));
             }
         }
-        let secrets = [("clientid".to_string(), "id".into()), ("clientsecret".to_string(), CANARY.into())]
-            .into_iter()
-            .collect();
+        let secrets =
+            [("clientid".to_string(), "id".into()), ("clientsecret".to_string(), CANARY.into())].into_iter().collect();
         if let Err(e) = mount_parse(&attrs, &secrets) {
             no_canary("a class parameter error", &e);
         }
@@ -306,7 +382,9 @@ fn service_responses() {
             }
         }
         let _ = keyvault::convert::cer_to_pem(&s);
-        for enc in [keyvault::params::Encoding::Base64, keyvault::params::Encoding::Hex, keyvault::params::Encoding::Utf8] {
+        for enc in
+            [keyvault::params::Encoding::Base64, keyvault::params::Encoding::Hex, keyvault::params::Encoding::Utf8]
+        {
             let _ = keyvault::convert::decode(input.to_vec(), enc);
         }
         let _ = keyvault::vault::challenge_scope(&s, "kv1.vault.azure.net");
@@ -314,7 +392,10 @@ fn service_responses() {
         if let Ok(v) = reqwest::header::HeaderValue::from_bytes(input.get(..input.len().min(64)).unwrap_or_default()) {
             for k in ["retry-after", "retry-after-ms", "x-ms-retry-after-ms"] {
                 headers.insert(k, v.clone());
-                assert!(keyvault::transport::retry_after(&headers).is_none_or(|d| d <= keyvault::transport::MAX_RETRY_AFTER));
+                assert!(
+                    keyvault::transport::retry_after(&headers)
+                        .is_none_or(|d| d <= keyvault::transport::MAX_RETRY_AFTER)
+                );
             }
         }
         let planted = s.replace("TOKEN", CANARY);

@@ -943,7 +943,7 @@ def s_hostile_tenants(ctx):
         e for e in events(ATTACKER, "noisy", "InvalidRotationInterval") if "capped at 720h" in e["message"]], 30)
 
     # (3) A vault that hangs: the attacker's mount waits, the victim's do not.
-    emu.call("PUT", f"/faults/{SLOW_VAULT}", {"latency_ms": 60000})
+    emu.call("PUT", f"/faults/{SLOW_VAULT}", {"latencyMs": 60000})
     slow = spc("slow", ATTACKER, [{"objectName": "slow-secret", "objectType": "secret"}])
     slow["spec"]["parameters"]["keyvaultName"] = SLOW_VAULT
     apply(slow)

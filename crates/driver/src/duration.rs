@@ -40,7 +40,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
     }
     // Go's durations are int64 nanoseconds: anything longer is an error there, and here.
-    if !(total <= MAX_GO_SECS) {
+    if total.is_nan() || total > MAX_GO_SECS {
         return Err(format!("invalid duration {shown:?}: longer than Go allows (about 292 years)"));
     }
     Duration::try_from_secs_f64(total).map_err(|_| bad())

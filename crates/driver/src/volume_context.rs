@@ -80,7 +80,9 @@ impl NameKind {
         match self {
             NameKind::Label => s.len() <= 63 && part(s),
             NameKind::Subdomain => s.len() <= 253 && s.split('.').all(part),
-            NameKind::Uid => !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            NameKind::Uid => {
+                !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }
         }
     }
 

@@ -88,7 +88,10 @@ impl AzureArgs {
         let mut c = keyvault::Config {
             construct_pem_chain: self.construct_pem_chain,
             write_cert_and_key_in_separate_files: self.write_cert_and_key_in_separate_files,
-            clouds: keyvault::cloud::Clouds { default_cloud: self.cloud_name.clone(), env_dir: self.cloud_env_dir.clone() },
+            clouds: keyvault::cloud::Clouds {
+                default_cloud: self.cloud_name.clone(),
+                env_dir: self.cloud_env_dir.clone(),
+            },
             network: keyvault::NetworkConfig {
                 extra_ca_pem,
                 resolve_all_to: self.azure_resolve_to,
@@ -295,7 +298,8 @@ mod tests {
         };
         assert_clean("keyvault MountRequest", format!("{kv_request:?}"));
         // Workload identity (the token) and a service principal (the client secret).
-        let wi = keyvault::params::parse(&kv_request.attributes, &Default::default(), 0o644, &Default::default(), false);
+        let wi =
+            keyvault::params::parse(&kv_request.attributes, &Default::default(), 0o644, &Default::default(), false);
         let mut sp_attributes = kv_request.attributes.clone();
         sp_attributes.remove("clientID");
         let sp = keyvault::params::parse(&sp_attributes, &kv_request.secrets, 0o644, &Default::default(), false);

@@ -26,7 +26,8 @@ pub fn bind_private(path: &Path, flag: &str) -> anyhow::Result<tokio::net::UnixL
         let listener = tokio::net::UnixListener::bind(&staged)
             .with_context(|| format!("{flag}: cannot listen on {}", path.display()))?;
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&staged, path).with_context(|| format!("{flag}: cannot move the socket to {}", path.display()))?;
+        std::fs::rename(&staged, path)
+            .with_context(|| format!("{flag}: cannot move the socket to {}", path.display()))?;
         Ok(listener)
     })();
     let _ = std::fs::remove_dir_all(&private);

@@ -211,7 +211,10 @@ mod tests {
     fn every_builtin_cloud_case_insensitively() {
         let c = Clouds::default();
         assert_eq!(resolve("", "", &c).unwrap().keyvault_dns_suffix, "vault.azure.net");
-        assert_eq!(resolve("azureusgovernmentcloud", "", &c).unwrap().authority_host, "https://login.microsoftonline.us/");
+        assert_eq!(
+            resolve("azureusgovernmentcloud", "", &c).unwrap().authority_host,
+            "https://login.microsoftonline.us/"
+        );
         assert_eq!(resolve("AZURECHINACLOUD", "", &c).unwrap().keyvault_resource, "https://vault.azure.cn/");
         assert_eq!(resolve("AzureGermanCloud", "", &c).unwrap().keyvault_dns_suffix, "vault.microsoftazure.de");
         assert!(resolve("Mars", "", &c).unwrap_err().message.starts_with("cloudName Mars is not valid"));
@@ -223,7 +226,10 @@ mod tests {
         std::fs::write(dir.path().join("stack.json"), STACK).unwrap();
         let c = clouds(dir.path());
         let abs = dir.path().join("stack.json");
-        assert_eq!(resolve("AzureStackCloud", abs.to_str().unwrap(), &c).unwrap().keyvault_dns_suffix, "vault.stack.local");
+        assert_eq!(
+            resolve("AzureStackCloud", abs.to_str().unwrap(), &c).unwrap().keyvault_dns_suffix,
+            "vault.stack.local"
+        );
         assert_eq!(resolve("AzureStackCloud", "stack.json", &c).unwrap().authority_host, "https://login.stack.local/");
         assert!(resolve("AzureStackCloud", "", &c).is_err());
     }
@@ -267,7 +273,10 @@ mod tests {
         for (text, expect) in [
             ("\"the-value-of-a-secret\"", "is not a JSON object"),
             ("{\"activeDirectoryEndpoint\": the-value-of-a-secret}", "not valid JSON"),
-            ("{\"activeDirectoryEndpoint\": 1, \"keyVaultEndpoint\": \"the-value-of-a-secret\"}", "field activeDirectoryEndpoint is not a string"),
+            (
+                "{\"activeDirectoryEndpoint\": 1, \"keyVaultEndpoint\": \"the-value-of-a-secret\"}",
+                "field activeDirectoryEndpoint is not a string",
+            ),
             ("{\"keyVaultEndpoint\": \"the-value-of-a-secret\"", "unexpected end of the file"),
             ("{\"activeDirectoryEndpoint\": \"the-value-of-a-secret\"}", "field keyVaultEndpoint is missing"),
         ] {

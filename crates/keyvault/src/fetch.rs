@@ -53,6 +53,12 @@ impl Flights {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, f| fresh(f, f.cycle, false, now, window));
     }
 
+    /// Fetches held now.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Evicts every `window` (at least every second) until the flights are dropped.
     pub fn start_janitor(self: &Arc<Self>, window: Duration) {
         let weak = Arc::downgrade(self);

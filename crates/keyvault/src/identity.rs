@@ -202,7 +202,8 @@ fn evict(slots: &mut HashMap<(IdentityKey, String), Slot>) {
     slots.retain(|_, slot| !idle_and(slot, true));
     if slots.len() >= MAX_CACHED_TOKENS {
         let excess = slots.len() + 1 - MAX_CACHED_TOKENS;
-        let victims: Vec<_> = slots.iter().filter(|(_, s)| idle_and(s, false)).map(|(k, _)| k.clone()).take(excess).collect();
+        let victims: Vec<_> =
+            slots.iter().filter(|(_, s)| idle_and(s, false)).map(|(k, _)| k.clone()).take(excess).collect();
         for k in victims {
             slots.remove(&k);
         }
@@ -351,7 +352,11 @@ mod bound_tests {
         let now = Instant::now();
         let cached = refresh_in.map(|s| Cached {
             token: SecretString::from("t"),
-            refresh_at: if s >= 0 { now + Duration::from_secs(s as u64) } else { now - Duration::from_secs((-s) as u64) },
+            refresh_at: if s >= 0 {
+                now + Duration::from_secs(s as u64)
+            } else {
+                now - Duration::from_secs((-s) as u64)
+            },
         });
         Arc::new(tokio::sync::Mutex::new(cached))
     }

@@ -33,6 +33,19 @@ pub use transport::{NetworkConfig, Priority, RetryPolicy, VaultLimits};
 /// Vaults whose challenge scope is remembered at once (see `vault.rs`).
 pub const MAX_VAULT_SCOPES: usize = 1024;
 
+/// Entries in the provider's shared maps, each keyed by tenant input and each bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Per-vault rate windows.
+    pub vault_gates: usize,
+    /// Cached tokens (identity and scope).
+    pub cached_tokens: usize,
+    /// Discovered challenge scopes.
+    pub vault_scopes: usize,
+    /// In-flight and recently finished fetches.
+    pub flights: usize,
+}
+
 /// Provider settings (the upstream provider's flags, plus ours).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -183,6 +196,16 @@ impl Provider {
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// How much shared state the provider holds now (for the hostile-tenant bench and debugging).
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            vault_gates: self.transport.gates(),
+            cached_tokens: self.tokens.len(),
+            vault_scopes: self.scopes.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            flights: self.flights.len(),
+        }
     }
 
     /// Counters for metrics.

@@ -258,16 +258,15 @@ pub fn output_paths(o: &ObjectSpec, split_cert_and_key: bool) -> Vec<String> {
 /// The service-account token for `audience` from kubelet's tokens JSON.
 fn sa_token(tokens: Option<&str>, audience: &str) -> std::result::Result<String, String> {
     let tokens = tokens.filter(|t| !t.trim().is_empty()).ok_or("service account tokens not found")?;
-    let map: BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(tokens).map_err(|e| {
-            // Never serde's own message: it quotes the offending value, here a token (found by fuzzing).
-            let what = match e.classify() {
-                serde_json::error::Category::Data => "not a map of audiences to tokens",
-                serde_json::error::Category::Eof => "unexpected end of input",
-                _ => "not valid JSON",
-            };
-            format!("failed to unmarshal service account tokens, error: {what} at line {} column {}", e.line(), e.column())
-        })?;
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(tokens).map_err(|e| {
+        // Never serde's own message: it quotes the offending value, here a token (found by fuzzing).
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "not a map of audiences to tokens",
+            serde_json::error::Category::Eof => "unexpected end of input",
+            _ => "not valid JSON",
+        };
+        format!("failed to unmarshal service account tokens, error: {what} at line {} column {}", e.line(), e.column())
+    })?;
     map.get(audience)
         .and_then(|v| v.get("token"))
         .and_then(|t| t.as_str())

@@ -417,7 +417,8 @@ fn transport_error(method: &Method, url: &str, e: reqwest::Error) -> Error {
 /// or pause a vault for days).
 pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
     let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
-    let secs = |s: f64| (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())));
+    let secs =
+        |s: f64| (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())));
     get("retry-after-ms")
         .or_else(|| get("x-ms-retry-after-ms"))
         .and_then(|ms| secs(ms / 1000.0))
@@ -457,7 +458,8 @@ mod tests {
     #[test]
     fn gates_of_vaults_nobody_uses_are_dropped() {
         let stats = Arc::new(crate::Stats::default());
-        let t = Transport::new(&NetworkConfig::default(), RetryPolicy::default(), VaultLimits::default(), stats).unwrap();
+        let t =
+            Transport::new(&NetworkConfig::default(), RetryPolicy::default(), VaultLimits::default(), stats).unwrap();
         let busy = t.gate("https://busy.vault.azure.net");
         for i in 0..10_000 {
             let _ = t.gate(&format!("https://hostile-{i}.vault.azure.net"));

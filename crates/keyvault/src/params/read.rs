@@ -202,8 +202,7 @@ pub(crate) fn read(
     if tenant_id.is_empty() {
         f.error("tenantId", "tenantId is not provided", "set tenantId to the vault's Entra ID tenant")?;
     }
-    let cloud = match cloud::resolve(&get(params, "cloudName"), &get(params, "cloudEnvFileName"), options.clouds)
-    {
+    let cloud = match cloud::resolve(&get(params, "cloudName"), &get(params, "cloudEnvFileName"), options.clouds) {
         Ok(c) => Some(c),
         Err(e) => {
             let fix = "use AzurePublicCloud, AzureUSGovernmentCloud, AzureChinaCloud or AzureStackCloud";
