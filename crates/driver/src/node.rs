@@ -174,7 +174,7 @@ impl Driver {
             cluster: None,
             background_api: Arc::new(tokio::sync::Semaphore::new(4)),
             invalid_intervals: Default::default(),
-            tasks: Default::default(),
+            tasks: crate::supervise::Tasks::global().clone(),
         }
     }
 

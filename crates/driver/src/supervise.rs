@@ -49,6 +49,13 @@ pub struct Tasks {
 }
 
 impl Tasks {
+    /// The process's tasks: one `task_panics_total` family for the node driver, its watches and the
+    /// SecretSync controller.
+    pub fn global() -> &'static Tasks {
+        static GLOBAL: std::sync::OnceLock<Tasks> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(Tasks::default)
+    }
+
     /// Registers `task_panics_total`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(

@@ -2,7 +2,7 @@
 //! loop when the API server is missing or unreachable. Readiness is exposed for `/readyz`.
 
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::StreamExt;
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 /// A watched set of objects.
 #[derive(Clone)]
 pub struct Cache<K: kube::Resource<DynamicType = ()> + 'static> {
-    store: Store<K>,
+    store: Arc<RwLock<Store<K>>>,
     ready: Arc<AtomicBool>,
 }
 
@@ -24,50 +24,90 @@ where
 {
     /// Starts watching `api` with `config`; `trim` drops what the driver does not need before an
     /// object is stored (memory is per object on the node or in the cluster).
+    ///
+    /// The watch is supervised: if it panics (counted in `task_panics_total{task="<what> watch"}`),
+    /// it restarts with a fresh store after a backoff, and readiness is false until the new store has
+    /// listed (lookups fall back to the API meanwhile).
     pub fn start(
         what: &'static str,
         api: Api<K>,
         config: watcher::Config,
-        trim: impl FnMut(&mut K) + Send + 'static,
+        trim: impl FnMut(&mut K) + Clone + Send + 'static,
     ) -> Self {
         let (store, writer) = reflector::store();
+        let shared = Arc::new(RwLock::new(store));
         let ready = Arc::new(AtomicBool::new(false));
-        let stream = watcher(api, config).default_backoff().modify(trim).reflect(writer);
+        let (stores, r) = (shared.clone(), ready.clone());
+        let task: &'static str = Box::leak(format!("{what} watch").into_boxed_str());
+        let mut first = Some(writer);
         tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            let mut failing = false;
-            while let Some(event) = stream.next().await {
-                match event {
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!(cache = what, error = %e, "watch failed; retrying with backoff (lookups fall back to the API)");
-                    }
-                    Err(e) => tracing::debug!(cache = what, error = %e, "watch still failing"),
-                    Ok(_) if failing => {
-                        failing = false;
-                        tracing::info!(cache = what, "watch recovered");
-                    }
-                    Ok(_) => {}
-                }
-            }
+            crate::supervise::Tasks::global()
+                .supervise(task, std::future::pending::<()>, move |_| {
+                    let writer = first.take().unwrap_or_else(|| {
+                        let (store, writer) = reflector::store();
+                        *stores.write().unwrap_or_else(|e| e.into_inner()) = store;
+                        writer
+                    });
+                    r.store(false, Ordering::Relaxed);
+                    let store = stores.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    watch(what, api.clone(), config.clone(), trim.clone(), writer, store, r.clone())
+                })
+                .await
         });
-        let (s, r) = (store.clone(), ready.clone());
-        tokio::spawn(async move {
-            if s.wait_until_ready().await.is_ok() {
-                r.store(true, Ordering::Relaxed);
-                tracing::info!(cache = what, objects = s.state().len(), "cache synced");
-            }
-        });
-        Self { store, ready }
+        Self { store: shared, ready }
     }
 
     /// The cached object, if the watch has seen it.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
-        self.store.get(&ObjectRef::new(name).within(namespace))
+        self.store.read().unwrap_or_else(|e| e.into_inner()).get(&ObjectRef::new(name).within(namespace))
     }
 
     /// Whether the initial list has completed.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// One run of a watch: feeds the store until the stream ends, and marks it ready once listed.
+async fn watch<K>(
+    what: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+    writer: reflector::store::Writer<K>,
+    store: Store<K>,
+    ready: Arc<AtomicBool>,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let stream = watcher(api, config).default_backoff().modify(trim).reflect(writer);
+    let synced = async {
+        if store.wait_until_ready().await.is_ok() {
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!(cache = what, objects = store.state().len(), "cache synced");
+        }
+        std::future::pending::<()>().await
+    };
+    let feed = async {
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(cache = what, error = %e, "watch failed; retrying with backoff (lookups fall back to the API)");
+                }
+                Err(e) => tracing::debug!(cache = what, error = %e, "watch still failing"),
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!(cache = what, "watch recovered");
+                }
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = feed => {}
+        _ = synced => {}
     }
 }
