@@ -904,7 +904,7 @@ def s_hostile_tenants(ctx):
     another pod's mounted secret, by absolute and by relative path: the mount fails naming the allowed
     directory, and nothing of the victim's appears in the attacker's events; (2) annotates its class
     with an interval beyond Go's range and Go's longest, plus a 5,000-character refresh-now, which once
-    stopped refresh-now for every pod on the node; (3) mounts from a vault that hangs for 60 s.
+    stopped refresh-now for every pod on the node; (3) mounts from a vault that hangs for 30 s.
     Meanwhile the victim keeps mounting and refreshing on request, the driver stays Ready, and no task
     panicked."""
     emu = ctx["emu"]
@@ -943,7 +943,7 @@ def s_hostile_tenants(ctx):
         e for e in events(ATTACKER, "noisy", "InvalidRotationInterval") if "capped at 720h" in e["message"]], 30)
 
     # (3) A vault that hangs: the attacker's mount waits, the victim's do not.
-    emu.call("PUT", f"/faults/{SLOW_VAULT}", {"latencyMs": 60000})
+    emu.call("PUT", f"/faults/{SLOW_VAULT}", {"latencyMs": 30000})
     slow = spc("slow", ATTACKER, [{"objectName": "slow-secret", "objectType": "secret"}])
     slow["spec"]["parameters"]["keyvaultName"] = SLOW_VAULT
     apply(slow)
