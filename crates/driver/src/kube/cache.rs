@@ -2,8 +2,8 @@
 //! loop when the API server is missing or unreachable. Readiness is exposed for `/readyz`.
 
 use std::fmt::Debug;
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use futures_util::StreamExt;
 use kube::Api;
