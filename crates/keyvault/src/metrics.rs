@@ -223,3 +223,41 @@ pub fn register_provider(registry: &mut Registry, metrics: &ProviderMetrics, sta
     );
     registry.register_collector(Box::new(KeyvaultStats(stats)));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Observer;
+
+    fn series(metrics: &ProviderMetrics, stats: Arc<crate::Stats>) -> Vec<String> {
+        let mut registry = Registry::default();
+        register_provider(&mut registry, metrics, stats);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect()
+    }
+
+    /// Object and vault names are the tenant's: a namespace inventing names cannot grow the series.
+    #[test]
+    fn object_and_vault_labels_are_capped_with_an_overflow_series() {
+        let metrics = ProviderMetrics::default();
+        let stats = Arc::new(crate::Stats::default());
+        for i in 0..MAX_OBJECT_NAMES + 500 {
+            metrics.object_fetched("secret", &format!("hostile-{i}"), Duration::from_millis(1), None);
+        }
+        for i in 0..MAX_VAULTS + 500 {
+            stats.record_request(&format!("https://v{i}.vault.azure.net"), 404);
+        }
+        let lines = series(&metrics, stats.clone());
+        let objects: std::collections::BTreeSet<&str> = lines
+            .iter()
+            .filter(|l| l.starts_with("keyvault_request_count"))
+            .filter_map(|l| l.split("object_name=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(objects.len(), MAX_OBJECT_NAMES + 1, "the first names, then one overflow series");
+        assert!(objects.contains(OVERFLOW) && objects.contains("hostile-0") && !objects.contains("hostile-2400"));
+        let vaults = lines.iter().filter(|l| l.starts_with("keyvault_requests_total")).count();
+        assert_eq!(vaults, MAX_VAULTS + 1);
+        assert_eq!(stats.total_requests(), (MAX_VAULTS + 500) as u64, "every request still counted");
+    }
+}
