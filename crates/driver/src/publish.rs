@@ -350,13 +350,13 @@ impl Driver {
             Some(k) => k.refresh_seen.clone(),
             None => self.refresh_marks(params),
         };
-        if let Some(known) = known
-            && background
-        {
-            // The poller replays stored parameters: keep the credentials kubelet may have refreshed meanwhile.
-            volume.params = known.params;
+        if background {
+            // The poller replays stored parameters: keep the credentials kubelet refreshed meanwhile
+            // (read under the same lock as the write; the snapshot above predates the API calls).
+            self.volumes.replace_keeping_params(target.clone(), volume);
+        } else {
+            self.volumes.insert(target.clone(), volume);
         }
-        self.volumes.insert(target.clone(), volume);
         if let Some(cluster) = &self.cluster
             && (changed || !remount)
         {
@@ -387,6 +387,9 @@ impl Driver {
             if self.volumes.get(&target).is_some() {
                 continue;
             }
+            // Claimed before the mount is checked: kubelet unpublishing meanwhile would otherwise leave
+            // a volume recorded for a plain directory, which rotation would then write secrets into.
+            let Some(_claim) = self.volumes.try_claim(&target, Holder::Poller) else { continue };
             let mounter = self.mounter.clone();
             let t = target.clone();
             let populated =
@@ -395,7 +398,6 @@ impl Driver {
             if !matches!(populated, Ok(true)) {
                 continue;
             }
-            let Some(_claim) = self.volumes.try_claim(&target, Holder::Poller) else { continue };
             if self.volumes.get(&target).is_none() {
                 let mut volume = Volume::fresh(params, String::new(), Default::default());
                 volume.refresh_seen = self.refresh_marks(&volume.params);

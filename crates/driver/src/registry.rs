@@ -188,6 +188,17 @@ impl VolumeRegistry {
         self.volumes.lock().unwrap_or_else(|e| e.into_inner()).insert(target, volume);
     }
 
+    /// Replaces the volume at `target` after a background refresh, keeping the parameters stored
+    /// there now (in the same lock): kubelet may have brought fresh tokens while the refresh ran, and
+    /// the refresh's copy of them is older.
+    pub fn replace_keeping_params(&self, target: PathBuf, mut volume: Volume) {
+        let mut volumes = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = volumes.get(&target) {
+            volume.params = current.params.clone();
+        }
+        volumes.insert(target, volume);
+    }
+
     /// Applies `f` to the volume at `target`, if any.
     pub fn update(&self, target: &Path, f: impl FnOnce(&mut Volume)) {
         if let Some(v) = self.volumes.lock().unwrap_or_else(|e| e.into_inner()).get_mut(target) {
@@ -219,6 +230,26 @@ impl VolumeRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 26: kubelet's fresh tokens, stored while a poller refresh was recording, must not be
+    /// overwritten by the poller's older copy when it stores its result.
+    #[test]
+    fn a_refresh_result_keeps_the_credentials_kubelet_stored_meanwhile() {
+        use crate::redact::{ExposeSecret, SecretString};
+        let r = VolumeRegistry::default();
+        let t = PathBuf::from("/t");
+        let mut old = crate::publish::tests::params("/t");
+        old.tokens = Some(SecretString::from("old-token"));
+        r.insert(t.clone(), Volume::fresh(old.clone(), "p".into(), Default::default()));
+        // kubelet's republish, while the refresh (which started with `old`) awaited the API:
+        r.update(&t, |v| v.params.tokens = Some(SecretString::from("fresh-token")));
+        let mut result = Volume::fresh(old, "p".into(), [("secret/a".to_string(), "v2".to_string())].into());
+        result.failures = 0;
+        r.replace_keeping_params(t.clone(), result);
+        let v = r.get(&t).unwrap();
+        assert_eq!(v.params.tokens.as_ref().unwrap().expose_secret(), "fresh-token");
+        assert_eq!(v.object_versions["secret/a"], "v2", "the refresh's result is stored");
+    }
 
     #[test]
     fn a_target_can_be_claimed_once_until_released() {

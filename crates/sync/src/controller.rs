@@ -170,25 +170,9 @@ pub async fn run(
     tokio::spawn({
         let (store, classes, secrets) = (store.clone(), classes, secrets);
         async move {
-            // Asked again every second: a wait begun before the first list ends has been seen to
-            // miss its wake-up (kube-runtime 5's DelayedInit), a fresh one does not.
-            async fn synced<K: kube::Resource + Clone>(s: &Store<K>) -> Option<()>
-            where
-                K::DynamicType: Eq + std::hash::Hash + Clone,
-            {
-                loop {
-                    match tokio::time::timeout(Duration::from_secs(1), s.wait_until_ready()).await {
-                        Ok(r) => return r.ok(),
-                        Err(_) => continue,
-                    }
-                }
-            }
-            let synced = async {
-                synced(&store).await?;
-                synced(&classes).await?;
-                synced(&secrets).await
-            };
-            if synced.await.is_some() {
+            use driver::kube::synced;
+            let synced = async { synced(&store).await && synced(&classes).await && synced(&secrets).await };
+            if synced.await {
                 ready.store(true, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(secretsyncs = store.state().len(), "watch caches synced");
             }

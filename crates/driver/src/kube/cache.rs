@@ -82,7 +82,7 @@ async fn watch<K>(
 {
     let stream = watcher(api, config).default_backoff().modify(trim).reflect(writer);
     let synced = async {
-        if store.wait_until_ready().await.is_ok() {
+        if synced(&store).await {
             ready.store(true, Ordering::Relaxed);
             tracing::info!(cache = what, objects = store.state().len(), "cache synced");
         }
@@ -109,5 +109,21 @@ async fn watch<K>(
     tokio::select! {
         _ = feed => {}
         _ = synced => {}
+    }
+}
+
+/// Resolves once `store` has its first list (`false`: its writer is gone). The one readiness wait of
+/// every watch (node caches and the SecretSync controller): asked again every second, because a wait
+/// begun before the first list ends has been seen to miss its wake-up (kube-runtime 5's
+/// `DelayedInit`), and a fresh wait does not.
+pub async fn synced<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(r) = tokio::time::timeout(std::time::Duration::from_secs(1), store.wait_until_ready()).await {
+            return r.is_ok();
+        }
     }
 }

@@ -14,7 +14,7 @@ mod podstatus;
 pub mod secrets;
 mod tls;
 
-pub use cache::Cache;
+pub use cache::{Cache, synced};
 pub use classes::KubeClassSource;
 pub use cluster::KubeCluster;
 pub use events::{EventType, Recorder};
