@@ -84,6 +84,18 @@ mod tests {
         (c.pem(), key.serialize_pem())
     }
 
+    /// A certificate's `notAfter` is the vault's (a tenant's) data: extremes warn or pass, never panic.
+    #[test]
+    fn extreme_not_after_values_never_panic() {
+        let window = Duration::from_secs(30 * 86_400);
+        for not_after in [i64::MIN, -1, 0, i64::MAX] {
+            let _ = warning("f", not_after, 1_800_000_000, window);
+            let _ = warning("f", not_after, i64::MAX, Duration::MAX);
+        }
+        assert!(warning("f", i64::MIN, 1_800_000_000, window).unwrap().contains("expired"));
+        assert!(warning("f", i64::MAX, 1_800_000_000, window).is_none());
+    }
+
     #[test]
     fn the_earliest_not_after_of_a_chain_counts_and_plain_secrets_are_skipped() {
         let (leaf, key) = cert(1_900_000_000);

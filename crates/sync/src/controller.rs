@@ -857,6 +857,22 @@ mod tests {
         assert_eq!(five.round(at(7200 + 10)), hour.round(at(7200 + 10)), "same start, same fetch time");
     }
 
+    /// The most hostile values a SecretSync's annotation can carry: a round is still computed.
+    #[test]
+    fn hostile_intervals_are_capped_or_refused_and_rounds_still_compute() {
+        let c = config(3600, 60);
+        let (s, warning) = Schedule::of(&c, Some("2562047h"));
+        assert_eq!(s.interval, driver::annotations::MAX_CLASS_INTERVAL);
+        assert!(warning.unwrap().contains("capped at 720h"));
+        let _ = s.next_due("uid", SystemTime::now());
+        for v in ["3000000000000000h", "1e400h", &"9".repeat(10_000)] {
+            let (s, warning) = Schedule::of(&c, Some(v));
+            assert_eq!(s.interval, Duration::from_secs(3600), "{v:.20}");
+            assert!(warning.unwrap().len() < 400, "the value is quoted bounded");
+            let _ = s.next_due("uid", SystemTime::now());
+        }
+    }
+
     #[test]
     fn failures_back_off_exponentially_and_throttling_harder() {
         let f = Failure::new(FailureReason::ProviderError, "x");
