@@ -333,9 +333,26 @@ impl Driver {
         if let Some(sink) = &self.cluster
             && known.as_ref().is_none_or(|v| v.object_versions != response.object_versions)
         {
-            sink.record(params, &response.object_versions, known.is_some())
-                .await
-                .map_err(|source| PublishError::PodStatus { pod: pod.clone(), source })?;
+            let record = sink.record(params, &response.object_versions, known.is_some());
+            // A background refresh never makes kubelet wait on its API calls: kubelet arriving drops
+            // the write. The volume keeps its old versions (so kubelet's publish, or the next refresh,
+            // records the new ones) and, if the files changed, owes its Secrets a sync.
+            let recorded = if background {
+                tokio::select! {
+                    biased;
+                    () = guard.cancelled() => None,
+                    r = record => Some(r),
+                }
+            } else {
+                Some(record.await)
+            };
+            match recorded {
+                Some(r) => r.map_err(|source| PublishError::PodStatus { pod: pod.clone(), source })?,
+                None => {
+                    self.volumes.update(target, |v| v.sync_pending |= changed);
+                    return Ok(PublishOutcome::Skipped);
+                }
+            }
         }
         let mut volume = Volume::fresh(params.clone(), spec.provider.clone(), response.object_versions);
         volume.interval = self.volume_interval(params);
@@ -357,12 +374,26 @@ impl Driver {
         } else {
             self.volumes.insert(target.clone(), volume);
         }
+        let owed = known.as_ref().is_some_and(|k| k.sync_pending);
         if let Some(cluster) = &self.cluster
-            && (changed || !remount)
+            && (changed || !remount || owed)
         {
             let started = std::time::Instant::now();
-            let synced = cluster.written(params, spec, remount, &files).await;
-            self.metrics.secrets_synced(&spec.provider, synced, started);
+            let written = cluster.written(params, spec, remount, &files);
+            let synced = if background {
+                tokio::select! {
+                    biased;
+                    () = guard.cancelled() => None,
+                    n = written => Some(n),
+                }
+            } else {
+                Some(written.await)
+            };
+            match synced {
+                Some(n) => self.metrics.secrets_synced(&spec.provider, n, started),
+                // kubelet arrived: the next publish or refresh of this volume syncs its Secrets.
+                None => self.volumes.update(target, |v| v.sync_pending = true),
+            }
         }
         Ok(PublishOutcome::Published { provider: spec.provider.clone(), files: files.len(), changed, remount })
     }

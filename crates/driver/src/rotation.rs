@@ -134,6 +134,8 @@ impl Driver {
         // poller's next attempt (backoff capped at one interval) finds it back within one interval.
         let deadline = later(Instant::now(), interval.max(Duration::from_secs(1)));
         let attempt = self.execute(&params, Trigger::Poller { cycle, forced }, Some(deadline), &guard).await;
+        // Released before any event or status write: kubelet never waits on those.
+        drop(guard);
         let outcome = match attempt.result {
             Ok(o) => o,
             Err(e) => PublishOutcome::KeptAfterError(e),

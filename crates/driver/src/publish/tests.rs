@@ -357,6 +357,12 @@ struct FakeCluster {
     class_refresh: Mutex<Option<String>>,
     class_interval: Mutex<Option<String>>,
     events: Mutex<Vec<(String, String, String)>>,
+    /// While set, pod-status writes wait for it: an API server that does not answer.
+    record_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// The `secret/a` version of every pod-status write that completed.
+    recorded: Mutex<Vec<String>>,
+    /// Secret syncs.
+    synced: AtomicUsize,
 }
 
 impl FakeCluster {
@@ -371,15 +377,21 @@ impl crate::node::Cluster for FakeCluster {
     async fn record(
         &self,
         _: &PublishParams,
-        _: &BTreeMap<String, String>,
+        versions: &BTreeMap<String, String>,
         _: bool,
     ) -> Result<(), crate::kube::PodStatusError> {
+        let gate = self.record_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        self.recorded.lock().unwrap().push(versions.get("secret/a").cloned().unwrap_or_default());
         Ok(())
     }
     async fn remove(&self, _: &PublishParams) -> Result<(), crate::kube::PodStatusError> {
         Ok(())
     }
     async fn written(&self, _: &PublishParams, _: &SecretProviderClassSpec, _: bool, _: &[File]) -> usize {
+        self.synced.fetch_add(1, Ordering::SeqCst);
         0
     }
     async fn rotation_failed(&self, params: &PublishParams, message: &str) {
@@ -576,4 +588,61 @@ async fn the_most_hostile_interval_and_refresh_now_cannot_stop_the_node_wide_loo
     assert_eq!(d.tasks().panics(crate::rotation::REFRESH_TASK), 0, "no panic to catch any more");
     assert_eq!(d.rotate_due().await, 0, "capped at 30 days: nothing due");
     loops.abort();
+}
+
+/// Issue 26: with an API server that does not answer, a rotation refresh stuck writing the pod status
+/// must not hold the target while kubelet waits (kubelet got ABORTED). Kubelet's unpublish goes through
+/// at once; a republish meanwhile returns at once (the refresh is still under way), and after the refresh
+/// gave way to kubelet, the next publish records the new versions and syncs the Secrets it owed.
+#[tokio::test]
+async fn kubelet_never_waits_on_a_background_refreshs_api_calls() {
+    let cluster = Arc::new(FakeCluster::default());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    for i in 0..2 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    assert_eq!(*cluster.recorded.lock().unwrap(), ["v1", "v1"]);
+    *f.provider.value.lock().unwrap() = "v2".into();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *cluster.record_gate.lock().unwrap() = Some(gate.clone());
+    let refresh = |i: usize| {
+        let (d, p) = (d.clone(), f.volume(i));
+        tokio::spawn(async move { d.refresh(p, 7, true).await })
+    };
+    let (r0, r1) = (refresh(0), refresh(1));
+    wait_until(|| f.read(0).as_deref() == Some("v2") && f.read(1).as_deref() == Some("v2")).await;
+    // Both refreshes now await the API server. Kubelet unpublishes volume 0:
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let t0 = f.target(0);
+    d.unpublish("csi-1", &t0, Some(deadline)).await.expect("never ABORTED behind our own API call");
+    assert!(matches!(r0.await.unwrap(), PublishOutcome::Skipped), "the refresh gave way");
+    assert!(d.volumes().get(Path::new(&t0)).is_none());
+    // Kubelet republishes volume 1, then (the refresh gone) once more with its deadline.
+    *cluster.record_gate.lock().unwrap() = None;
+    let synced_before = cluster.synced.load(Ordering::SeqCst);
+    let (d1, p1) = (d.clone(), f.volume(1));
+    let claim = tokio::spawn(async move {
+        d1.volumes().claim_for_kubelet(Path::new(&p1.target_path), Duration::from_secs(5)).await.is_ok()
+    });
+    assert!(claim.await.unwrap(), "kubelet got the target at once");
+    assert!(matches!(r1.await.unwrap(), PublishOutcome::Skipped));
+    // A republish an interval later fetches again (the volume's age is what counts).
+    d.volumes().update(Path::new(&f.target(1)), |v| v.last_fetch = v.last_fetch.checked_sub(INTERVAL).unwrap());
+    let outcome = d.publish(f.volume(1), None).await.unwrap();
+    assert!(matches!(outcome, PublishOutcome::Published { changed: false, .. }), "{outcome:?}");
+    assert_eq!(cluster.recorded.lock().unwrap().last().map(String::as_str), Some("v2"), "new versions recorded");
+    assert!(cluster.synced.load(Ordering::SeqCst) > synced_before, "the Secrets owed were synced");
+    assert!(!d.volumes().get(Path::new(&f.target(1))).unwrap().sync_pending);
+    gate.notify_waiters();
+}
+
+async fn wait_until(f: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached");
 }
