@@ -128,9 +128,11 @@ impl Driver {
         let known = self.volumes.get(&target);
         if let Some(volume) = &known
             && self.volumes.holder(&target) == Some(Holder::Poller)
+            && self.healthy(&target).await
         {
-            // Our poller is refreshing this very volume: the republish has nothing left to do. Keep
-            // kubelet's fresh service-account tokens for the next refresh.
+            // Our poller is refreshing this very volume, and its mount is sound: the republish has
+            // nothing left to do. Keep kubelet's fresh service-account tokens for the next refresh.
+            // (A broken mount is kubelet's to repair: the claim below cancels the poller.)
             self.remember_credentials(&params);
             self.metrics.publish_ok(&volume.provider);
             return Ok(PublishOutcome::Skipped);
@@ -165,6 +167,13 @@ impl Driver {
         }
         m.publish_duration(started);
         attempt.result
+    }
+
+    /// Whether `target` is a readable, populated mount.
+    async fn healthy(&self, target: &Path) -> bool {
+        let (mounter, t) = (self.mounter.clone(), target.to_path_buf());
+        let state = blocking(move || inspect_target(&*mounter, &t, false)).await;
+        matches!(state, Ok(TargetState::Mounted { populated: true }))
     }
 
     /// kubelet sends fresh service-account tokens (and node-publish secrets) on every republish: keep

@@ -646,3 +646,24 @@ async fn wait_until(f: impl Fn() -> bool) {
     }
     panic!("condition not reached");
 }
+
+/// Issue 26: a republish while the poller holds the volume used to return at once, even when the
+/// mount was broken: kubelet's repair was dropped. It now cancels the poller and repairs.
+#[tokio::test]
+async fn a_republish_repairs_a_broken_mount_even_while_the_poller_holds_it() {
+    let f = Fixture::new(Some(INTERVAL));
+    let d = f.driver.clone();
+    d.publish(f.volume(0), None).await.unwrap();
+    let target = PathBuf::from(f.target(0));
+    let guard = d.volumes().try_claim(&target, crate::registry::Holder::Poller).unwrap();
+    let poller = tokio::spawn(async move {
+        guard.cancelled().await;
+        drop(guard);
+    });
+    // The mount breaks (here: its contents vanish; PlainDirMounter's "mount" is the ..data link).
+    std::fs::remove_dir_all(&target).unwrap();
+    let outcome = d.publish(f.volume(0), Some(std::time::Instant::now() + Duration::from_secs(5))).await.unwrap();
+    assert!(matches!(outcome, PublishOutcome::Published { .. }), "{outcome:?}");
+    assert_eq!(f.read(0).as_deref(), Some("v1"), "repaired");
+    poller.await.unwrap();
+}
