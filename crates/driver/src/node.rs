@@ -19,6 +19,10 @@ use crate::provider::Provider;
 use crate::registry::VolumeRegistry;
 use crate::volume_context::PublishParams;
 
+/// A volume found in a pod status after a restart, with its recorded object versions (so adopting it
+/// changes nothing the status says: Reloader's CSI mode watches those versions).
+pub type Rediscovered = (PublishParams, std::collections::BTreeMap<String, String>);
+
 /// Default file mode handed to providers (upstream's `"420"`).
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
 
@@ -99,9 +103,9 @@ pub trait Cluster: Send + Sync + 'static {
     ) -> usize;
     /// A rotation of the volume failed; its files were kept.
     async fn rotation_failed(&self, params: &PublishParams, message: &str);
-    /// The volumes this node had published before a restart (from its pod statuses), for
-    /// [`Driver::adopt`].
-    async fn rediscover(&self) -> Vec<PublishParams> {
+    /// The volumes this node had published before a restart (from its pod statuses), with the
+    /// object versions recorded for them, for [`Driver::adopt`].
+    async fn rediscover(&self) -> Vec<Rediscovered> {
         Vec::new()
     }
     /// Whether the pod still runs: a terminating or finished pod's volume is not rotated.

@@ -420,9 +420,9 @@ impl Driver {
     /// republish (which also brings fresh service-account tokens). A volume kubelet already
     /// republished, or one whose mount is gone, is left alone: nothing is mounted twice. Returns the
     /// number adopted.
-    pub async fn adopt(&self, volumes: Vec<PublishParams>) -> usize {
+    pub async fn adopt(&self, volumes: Vec<crate::node::Rediscovered>) -> usize {
         let mut adopted = 0;
-        for params in volumes {
+        for (params, versions) in volumes {
             let target = params.target_path.clone();
             if self.volumes.get(&target).is_some() {
                 continue;
@@ -439,7 +439,8 @@ impl Driver {
                 continue;
             }
             if self.volumes.get(&target).is_none() {
-                let mut volume = Volume::fresh(params, String::new(), Default::default());
+                // The recorded versions: the first refresh rewrites the status only if one changed.
+                let mut volume = Volume::fresh(params, String::new(), versions);
                 volume.refresh_seen = self.refresh_marks(&volume.params);
                 volume.interval = self.volume_interval(&volume.params);
                 self.volumes.insert(target.clone(), volume);

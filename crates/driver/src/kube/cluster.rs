@@ -281,7 +281,7 @@ impl Cluster for KubeCluster {
         synced
     }
 
-    async fn rediscover(&self) -> Vec<PublishParams> {
+    async fn rediscover(&self) -> Vec<crate::node::Rediscovered> {
         let api: Api<super::crd::v1::SecretProviderClassPodStatus> = Api::all(self.client.clone());
         let lp = kube::api::ListParams::default().labels(&format!("{}={}", super::NODE_LABEL, self.node));
         let statuses = match api.list(&lp).await {
@@ -297,7 +297,7 @@ impl Cluster for KubeCluster {
             let Some(s) = st.status.filter(|s| s.mounted && !s.target_path.is_empty()) else { continue };
             let ns = st.metadata.namespace.clone().unwrap_or_default();
             match self.volume_params(&ns, &s, &token_requests).await {
-                Some(p) => out.push(p),
+                Some(p) => out.push((p, s.objects.iter().map(|o| (o.id.clone(), o.version.clone())).collect())),
                 None => {
                     tracing::debug!(pod = %s.pod_name, namespace = %ns, "pod status without a matching pod volume; skipped")
                 }

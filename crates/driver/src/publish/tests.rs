@@ -667,3 +667,37 @@ async fn a_republish_repairs_a_broken_mount_even_while_the_poller_holds_it() {
     assert_eq!(f.read(0).as_deref(), Some("v1"), "repaired");
     poller.await.unwrap();
 }
+
+/// Stakater Reloader's CSI mode restarts workloads when the sorted `id=version` pairs of a pod status
+/// change. They must change exactly when a served object's version does: never on a republish, a no-op
+/// rotation or refresh, or an adoption after a restart.
+#[tokio::test(start_paused = true)]
+async fn pod_status_versions_change_exactly_when_an_objects_version_does() {
+    let cluster = Arc::new(FakeCluster::default());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    let recorded = || cluster.recorded.lock().unwrap().clone();
+    d.publish(f.volume(0), None).await.unwrap();
+    assert_eq!(recorded(), ["v1"], "the first mount");
+    d.publish(f.volume(0), None).await.unwrap();
+    tokio::time::advance(INTERVAL).await;
+    d.publish(f.volume(0), None).await.unwrap();
+    assert_eq!(f.calls(), 2, "the late republish fetched");
+    tokio::time::advance(INTERVAL).await;
+    assert_eq!(d.rotate_due().await, 1);
+    let refreshed = d.refresh(f.volume(0), 99, true).await;
+    assert!(matches!(refreshed, PublishOutcome::Published { changed: false, .. }), "{refreshed:?}");
+    assert_eq!(recorded(), ["v1"], "republishes, a rotation and a refresh that found v1 again wrote nothing");
+    *f.provider.value.lock().unwrap() = "v2".into();
+    tokio::time::advance(INTERVAL).await;
+    assert_eq!(d.rotate_due().await, 1);
+    assert_eq!(recorded(), ["v1", "v2"], "a new version: one write");
+    // A restart: the volume is found again from its pod status, with the versions recorded there.
+    let target = PathBuf::from(f.target(0));
+    d.volumes().remove(&target);
+    let found = vec![(f.volume(0), [("secret/a".to_string(), "v2".to_string())].into())];
+    assert_eq!(d.adopt(found).await, 1);
+    tokio::time::advance(INTERVAL).await;
+    assert_eq!(d.rotate_due().await, 1);
+    assert_eq!(recorded(), ["v1", "v2"], "adopting and rotating an unchanged volume wrote nothing");
+}
