@@ -156,14 +156,24 @@ async fn single(
     match o.kind {
         ObjectType::Secret => {
             let doc: SecretBundle = parse(&url, &body)?;
-            let value = doc.value.as_ref().ok_or_else(|| nil("secret value"))?.expose_secret();
+            doc.value.as_ref().ok_or_else(|| nil("secret value"))?;
             let version = version_of(doc.id.as_deref().ok_or_else(|| nil("secret id"))?);
             let cert_backed = doc.kid.as_deref().is_some_and(|k| !k.is_empty());
             let content = if cert_backed {
-                let ct = doc.content_type.as_deref().unwrap_or("");
-                convert::cert_secret(value, ct, o.format, config.construct_pem_chain).map_err(conv)?.into_bytes()
+                // PFX decoding runs PBKDF2 up to a million rounds per bag, as the vault's (a tenant's)
+                // file asks: never on the runtime's worker threads, which serve every tenant's mounts.
+                let (format, chain) = (o.format, config.construct_pem_chain);
+                tokio::task::spawn_blocking(move || {
+                    let value = doc.value.as_ref().map(|v| v.expose_secret()).unwrap_or_default();
+                    let ct = doc.content_type.as_deref().unwrap_or("");
+                    convert::cert_secret(value, ct, format, chain)
+                })
+                .await
+                .map_err(|e| conv(format!("converting the certificate failed: {e}")))?
+                .map_err(conv)?
+                .into_bytes()
             } else {
-                value.as_bytes().to_vec()
+                doc.value.as_ref().map(|v| v.expose_secret().as_bytes().to_vec()).unwrap_or_default()
             };
             let content = convert::decode(content, o.encoding).map_err(conv)?;
             let mut files = Vec::new();
