@@ -150,8 +150,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 let kube = driver::kube::KubeCluster::new(client, &args.nodeid, &args.drivername)
                     .with_classes(source.cache().clone());
                 let (pods, spcs) = (kube.pods().clone(), source.cache().clone());
-                readiness.push(("the pods watch to sync", Box::new(move || pods.is_ready())));
-                readiness.push(("the secretproviderclasses watch to sync", Box::new(move || spcs.is_ready())));
+                readiness.push(("pods watch not synced", Box::new(move || pods.is_ready())));
+                readiness.push(("secretproviderclasses watch not synced", Box::new(move || spcs.is_ready())));
                 cluster = Some(Arc::new(kube));
                 Arc::new(source)
             }
@@ -180,9 +180,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     driver_metrics.register(&mut app.registry, driver.volumes().clone());
     driver.tasks().register(&mut app.registry);
     let tasks = driver.tasks().clone();
-    for task in [driver::rotation::ROTATION_TASK, driver::rotation::REFRESH_TASK] {
+    for (task, shown) in [
+        (driver::rotation::ROTATION_TASK, "rotation task restarting after a panic"),
+        (driver::rotation::REFRESH_TASK, "refresh_now task restarting after a panic"),
+    ] {
         let tasks = tasks.clone();
-        readiness.push((task, Box::new(move || !tasks.unhealthy().contains(&task))));
+        readiness.push((shown, Box::new(move || !tasks.unhealthy().contains(&task))));
     }
     let driver = Arc::new(driver);
     if let Some(cluster) = cluster {
