@@ -25,7 +25,7 @@ where
     /// Starts watching `api` with `config`; `trim` drops what the driver does not need before an
     /// object is stored (memory is per object on the node or in the cluster).
     ///
-    /// The watch is supervised: if it panics (counted in `task_panics_total{task="<what> watch"}`),
+    /// The watch is supervised: if it panics (counted in `task_panics_total{task="<what>"}`),
     /// it restarts with a fresh store after a backoff, and readiness is false until the new store has
     /// listed (lookups fall back to the API meanwhile).
     pub fn start(
@@ -38,11 +38,10 @@ where
         let shared = Arc::new(RwLock::new(store));
         let ready = Arc::new(AtomicBool::new(false));
         let (stores, r) = (shared.clone(), ready.clone());
-        let task: &'static str = Box::leak(format!("{what} watch").into_boxed_str());
         let mut first = Some(writer);
         tokio::spawn(async move {
             crate::supervise::Tasks::global()
-                .supervise(task, std::future::pending::<()>, move |_| {
+                .supervise(what, std::future::pending::<()>, move |_| {
                     let writer = first.take().unwrap_or_else(|| {
                         let (store, writer) = reflector::store();
                         *stores.write().unwrap_or_else(|e| e.into_inner()) = store;
