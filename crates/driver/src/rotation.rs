@@ -31,7 +31,11 @@ use tracing::Instrument;
 
 use crate::annotations::{REFRESH_NOW, RefreshMarks, class_interval, shown};
 use crate::duration::later;
+use crate::node::{Driver, PublishOutcome};
+use crate::publish::Trigger;
+use crate::registry::{Holder, Volume};
 use crate::supervise::isolate;
+use crate::volume_context::PublishParams;
 
 /// Task names in logs and `task_panics_total{task}`.
 pub const ROTATION_TASK: &str = "rotation";
@@ -39,10 +43,6 @@ pub const ROTATION_TASK: &str = "rotation";
 pub const REFRESH_TASK: &str = "refresh_now";
 /// See [`ROTATION_TASK`].
 pub const EXPIRY_TASK: &str = "cert_expiry_warnings";
-use crate::node::{Driver, PublishOutcome};
-use crate::publish::Trigger;
-use crate::registry::{Holder, Volume};
-use crate::volume_context::PublishParams;
 
 /// Volumes refreshed at once by the poller.
 const ROTATION_CONCURRENCY: usize = 64;
@@ -188,9 +188,18 @@ impl Driver {
             .for_each_concurrent(ROTATION_CONCURRENCY, |params| async move {
                 let span = volume_span("rotation", &params);
                 let started = Instant::now();
+                let target = params.target_path.clone();
                 let outcome = match isolate(self.refresh(params, cycle, false).instrument(span.clone())).await {
                     Ok(o) => o,
-                    Err(panic) => return self.tasks.record_isolated(ROTATION_TASK, &panic),
+                    Err(panic) => {
+                        // Backs off like a failure, so one volume cannot panic on every tick.
+                        self.volumes.update(&target, |v| {
+                            v.failures = v.failures.saturating_add(1);
+                            let interval = v.interval.unwrap_or(DEFAULT_INTERVAL);
+                            v.retry_at = Some(later(Instant::now(), backoff(interval, v.failures)));
+                        });
+                        return self.tasks.record_isolated(ROTATION_TASK, &panic);
+                    }
                 };
                 let _e = span.enter();
                 match outcome {
