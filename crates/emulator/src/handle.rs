@@ -82,6 +82,15 @@ impl Handle {
         let v = w.vaults.get_mut(&vault.to_ascii_lowercase())?;
         Some(v.set_secret(name, value.into(), None, BTreeMap::new(), true).version)
     }
+    /// A secret's versions, oldest first: (version id, created, enabled).
+    pub fn secret_versions(&self, vault: &str, name: &str) -> Vec<(String, i64, bool)> {
+        let w = self.state.world();
+        w.vaults
+            .get(&vault.to_ascii_lowercase())
+            .and_then(|v| v.secrets.get(name))
+            .map(|vs| vs.iter().map(|s| (s.version.clone(), s.attributes.created, s.attributes.enabled)).collect())
+            .unwrap_or_default()
+    }
     /// Disables (or enables) every version of a secret.
     pub fn set_secret_enabled(&self, vault: &str, name: &str, enabled: bool) {
         let mut w = self.state.world();

@@ -264,6 +264,12 @@ pub struct SecretVersionSeed {
     /// Enabled (default true).
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Not valid before (Unix seconds).
+    #[serde(default)]
+    pub nbf: Option<i64>,
+    /// Expires (Unix seconds).
+    #[serde(default)]
+    pub exp: Option<i64>,
 }
 
 fn yes() -> bool {

@@ -161,6 +161,14 @@ impl Vault {
         v
     }
 
+    /// Sets the validity window (`nbf`, `exp`, Unix seconds) of a secret's newest version.
+    pub fn set_secret_window(&mut self, name: &str, nbf: Option<i64>, exp: Option<i64>) -> Option<SecretVersion> {
+        let v = self.secrets.get_mut(name)?.last_mut()?;
+        v.attributes.nbf = nbf;
+        v.attributes.exp = exp;
+        Some(v.clone())
+    }
+
     /// Adds a key version.
     pub fn create_key(&mut self, name: &str, spec: KeySpec) -> Result<KeyVersion, String> {
         let k = KeyVersion {
@@ -362,6 +370,9 @@ impl State {
                 }
                 for ver in &s.versions {
                     vault.set_secret(&s.name, ver.value.clone(), ver.content_type.clone(), s.tags.clone(), ver.enabled);
+                    if ver.nbf.is_some() || ver.exp.is_some() {
+                        vault.set_secret_window(&s.name, ver.nbf, ver.exp);
+                    }
                 }
             }
             for k in &v.keys {

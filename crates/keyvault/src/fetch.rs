@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretSlice};
 
-use crate::File;
 use crate::convert;
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::IdentityKey;
 use crate::model::{CertificateBundle, KeyBundle, SecretBundle};
 use crate::params::{Encoding, ObjectSpec, ObjectType};
 use crate::vault::{API_VERSION, VaultCall, parse};
+use crate::{File, Served};
 
 struct Flight {
     /// The response body (secret bytes, zeroed when the last sharer drops it).
@@ -72,7 +72,8 @@ impl Flights {
         });
     }
 
-    async fn get(&self, call: &VaultCall<'_>, url: &str) -> Result<Arc<SecretSlice<u8>>> {
+    /// The body at `url`, and whether it came from a fetch another caller made (a cache hit).
+    pub(crate) async fn get(&self, call: &VaultCall<'_>, url: &str) -> (Result<Arc<SecretSlice<u8>>>, bool) {
         let window = call.provider.config.dedup_window;
         let key = (url.to_string(), IdentityKey::of(&call.params.tenant_id, &call.params.identity));
         let (flight, hit) = {
@@ -109,7 +110,7 @@ impl Flights {
                 map.remove(&key);
             }
         }
-        result
+        (result, hit)
     }
 }
 
@@ -123,10 +124,13 @@ fn nil(what: &str) -> Error {
 
 /// Files and versions of one object of the class. Errors carry upstream's `failed to get objectType:…`
 /// prefix. A missing optional object is no file and an empty version.
-pub async fn object(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, Vec<(String, String)>)> {
+pub async fn object(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, Vec<Served>)> {
     let started = Instant::now();
-    let result =
-        if o.history > 1 { history(call, o).await } else { single(call, o, &o.version, o.file_name(), o.id()).await };
+    let result = if o.history > 1 || o.policy.is_set() {
+        listed(call, o).await
+    } else {
+        single(call, o, &o.version, o.file_name(), o.id()).await
+    };
     if let Some(obs) = &call.provider.observer {
         obs.object_fetched(o.kind.as_str(), &o.name, started.elapsed(), result.as_ref().err().map(|e| e.kind));
     }
@@ -135,7 +139,7 @@ pub async fn object(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, 
         // (and the driver's event) say what is missing; a later fetch that finds it writes the file.
         Err(e) if o.optional && e.kind == ErrorKind::NotFound && e.origin == crate::Origin::KeyVault => {
             tracing::warn!(object = %o.name, kind = o.kind.as_str(), "optional object not found; mounting without it");
-            Ok((Vec::new(), vec![(o.id(), String::new())]))
+            Ok((Vec::new(), vec![Served::new(o.id(), String::new(), call, false)]))
         }
         r => r.map_err(|e| e.context(format!("{}: ", o.describe()))),
     }
@@ -147,9 +151,11 @@ async fn single(
     version: &str,
     path: &str,
     id: String,
-) -> Result<(Vec<File>, Vec<(String, String)>)> {
+) -> Result<(Vec<File>, Vec<Served>)> {
     let url = format!("{}/{}/{}/{version}?api-version={API_VERSION}", call.base, o.kind.collection(), o.name);
-    let body = call.provider.flights.get(call, &url).await?;
+    let (body, hit) = call.provider.flights.get(call, &url).await;
+    let body = body?;
+    let served = |version: String| vec![Served::new(id.clone(), version, call, hit)];
     let config = &call.provider.config;
     let conv = |e: String| Error::new(ErrorKind::Internal, e);
     let file = |path: String, contents: Vec<u8>| File { path, mode: o.mode, contents: SecretSlice::from(contents) };
@@ -188,42 +194,58 @@ async fn single(
                 files.push(file(format!("{path}.key"), key.into_bytes()));
             }
             files.push(file(path.to_string(), content));
-            Ok((files, vec![(id, version)]))
+            Ok((files, served(version)))
         }
         ObjectType::Key => {
             let doc: KeyBundle = parse(&url, &body)?;
             let key = doc.key.as_ref().ok_or_else(|| nil("key value"))?;
             let version = version_of(key.kid.as_deref().ok_or_else(|| nil("key id"))?);
             let pem = convert::jwk_to_pem(key).map_err(conv)?;
-            Ok((vec![file(path.to_string(), pem.into_bytes())], vec![(id, version)]))
+            Ok((vec![file(path.to_string(), pem.into_bytes())], served(version)))
         }
         ObjectType::Cert => {
             let doc: CertificateBundle = parse(&url, &body)?;
             let cer = doc.cer.as_deref().ok_or_else(|| nil("certificate value"))?;
             let version = version_of(doc.id.as_deref().ok_or_else(|| nil("certificate id"))?);
             let pem = convert::cer_to_pem(cer).map_err(conv)?;
-            Ok((vec![file(path.to_string(), pem.into_bytes())], vec![(id, version)]))
+            Ok((vec![file(path.to_string(), pem.into_bytes())], served(version)))
         }
     }
 }
 
-/// `objectVersionHistory: N` writes exactly N files `<name>/0` (newest, or `objectVersion`) to
-/// `<name>/N-1`. (Reading upstream's loop suggests it emits N+1 when more versions exist; we write N,
-/// which is what the parameter's documentation promises.)
-async fn history(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, Vec<(String, String)>)> {
+/// Versions chosen from the object's version list: `objectVersionHistory: N` writes exactly N files
+/// `<name>/0` (newest, or `objectVersion`) to `<name>/N-1`; a version policy (ours) filters the list
+/// first, and without a history writes the one chosen version as the plain file. (Reading upstream's
+/// loop suggests it emits N+1 when more versions exist; we write N, which is what the parameter's
+/// documentation promises.)
+async fn listed(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, Vec<Served>)> {
     let items = call.list_versions(o.kind.collection(), &o.name).await?;
-    let mut versions: Vec<(i64, String)> = items
+    let now = crate::params::unix_now();
+    let mut versions: Vec<(i64, usize, String)> = items
         .iter()
-        .filter(|i| i.attributes.enabled == Some(true))
-        .filter_map(|i| {
+        .enumerate()
+        .filter(|(_, i)| o.policy.admits(&i.attributes, now))
+        .filter_map(|(n, i)| {
             let id = if o.kind == ObjectType::Key { i.kid.as_deref() } else { i.id.as_deref() };
-            Some((i.attributes.created.unwrap_or(0), version_of(id?)))
+            Some((i.attributes.created.unwrap_or(0), n, version_of(id?)))
         })
         .collect();
-    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+    // Newest first; versions created in the same second keep the vault's listing order, newest last.
+    versions.sort_by_key(|v| std::cmp::Reverse((v.0, v.1)));
+    let versions: Vec<String> = versions.into_iter().map(|v| v.2).collect();
+    if o.history <= 1 {
+        let Some(v) = versions.first() else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no version of the object is {} among its {} versions", o.policy.describe(), items.len()),
+            )
+            .from(crate::Origin::KeyVault));
+        };
+        return single(call, o, v, o.file_name(), o.id()).await;
+    }
     let start = if o.version.is_empty() || o.version.eq_ignore_ascii_case("latest") {
         0
-    } else if let Some(i) = versions.iter().position(|(_, v)| v.eq_ignore_ascii_case(&o.version)) {
+    } else if let Some(i) = versions.iter().position(|v| v.eq_ignore_ascii_case(&o.version)) {
         i
     } else {
         // Upstream writes no file for the object and the mount succeeds; so do we, but say so.
@@ -234,7 +256,7 @@ async fn history(call: &VaultCall<'_>, o: &ObjectSpec) -> Result<(Vec<File>, Vec
         );
         versions.len()
     };
-    let selected: Vec<String> = versions.into_iter().skip(start).take(o.history as usize).map(|(_, v)| v).collect();
+    let selected: Vec<String> = versions.into_iter().skip(start).take(o.history as usize).collect();
     let fetches = selected.iter().enumerate().map(|(i, v)| {
         let path = format!("{}/{i}", o.file_name());
         let id = format!("{}/{i}", o.id());

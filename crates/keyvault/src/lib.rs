@@ -11,6 +11,7 @@
 pub mod cloud;
 pub mod convert;
 pub mod error;
+pub mod failover;
 pub mod identity;
 pub mod lint;
 pub mod metrics;
@@ -65,6 +66,8 @@ pub struct Config {
     pub dedup_window: Duration,
     /// Deadline of a mount whose caller gave none.
     pub default_timeout: Duration,
+    /// How long a vault that failed is skipped in favour of a class's failover vaults, at first.
+    pub failover_backoff: Duration,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             limits: VaultLimits::default(),
             dedup_window: Duration::from_secs(5),
             default_timeout: Duration::from_secs(110),
+            failover_backoff: failover::FIRST_BACKOFF,
         }
     }
 }
@@ -147,6 +151,41 @@ pub struct MountResponse {
     pub files: Vec<File>,
     /// Object id → version.
     pub object_versions: BTreeMap<String, String>,
+    /// Each object version served, with where it came from (for the audit trail and failover).
+    pub served: Vec<Served>,
+    /// Who asked: the identity's kind and client id (never a credential).
+    pub identity: IdentitySummary,
+}
+
+/// One object version a mount served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// `<type>/<name>` (with history, `<type>/<name>/<i>`), as in the pod status.
+    pub id: String,
+    /// The version ("" for a missing optional object).
+    pub version: String,
+    /// The vault that served it.
+    pub vault: String,
+    /// Served by a failover vault, not the class's `keyvaultName`.
+    pub failover: bool,
+    /// Shared with another caller's fetch (no Key Vault request of its own).
+    pub cache_hit: bool,
+}
+
+impl Served {
+    pub(crate) fn new(id: String, version: String, call: &vault::VaultCall<'_>, cache_hit: bool) -> Self {
+        let failover = !call.vault.eq_ignore_ascii_case(&call.params.vault_name);
+        Self { id, version, vault: call.vault.clone(), failover, cache_hit }
+    }
+}
+
+/// The identity a mount used, as the audit trail names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentitySummary {
+    /// `workload`, `service-principal`, `managed-identity`, `identity-binding` or `pod-identity`.
+    pub kind: &'static str,
+    /// The client id ("" for a system-assigned identity or pod identity).
+    pub client_id: String,
 }
 
 /// Told about every object fetch (for metrics): type, name, duration (retries and conversion
@@ -165,6 +204,8 @@ pub struct Provider {
     /// Vault base URL → the token scope from its challenge, discovered once (one challenge in flight).
     scopes: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<String>>>>,
     flights: Arc<fetch::Flights>,
+    /// Vaults backing off after an outage (failover vaults).
+    health: failover::Health,
     /// Started with the first mount (a runtime exists then): evicts shared results on a timer.
     janitor: std::sync::OnceLock<()>,
     stats: Arc<Stats>,
@@ -179,6 +220,7 @@ impl Provider {
             transport::Transport::new(&config.network, config.retry.clone(), config.limits.clone(), stats.clone())?;
         let token_proxy =
             identity::proxy::TokenProxy::new(config.network.token_proxy.clone(), config.network.resolve_all_to);
+        let health = failover::Health::new(config.failover_backoff);
         Ok(Self {
             config,
             transport,
@@ -186,6 +228,7 @@ impl Provider {
             token_proxy,
             scopes: Mutex::new(HashMap::new()),
             flights: Arc::default(),
+            health,
             janitor: std::sync::OnceLock::new(),
             stats,
             observer: None,
@@ -224,22 +267,74 @@ impl Provider {
             self.config.write_cert_and_key_in_separate_files,
         )?;
         let deadline = req.deadline.unwrap_or_else(|| Instant::now() + self.config.default_timeout);
-        let call = vault::VaultCall {
-            provider: self,
-            params: &params,
-            base: vault::vault_base(&params, self.config.network.vault_port),
-            deadline,
-            priority: req.priority,
-            cycle: req.cycle,
-            fresh: req.fresh,
-        };
-        let results = futures_util::future::join_all(params.objects.iter().map(|o| fetch::object(&call, o))).await;
-        let mut resp = MountResponse::default();
+        let results = futures_util::future::join_all(
+            params.objects.iter().map(|o| self.object_from_any_vault(&params, o, &req, deadline)),
+        )
+        .await;
+        let mut resp = MountResponse { identity: params.identity.summary(), ..Default::default() };
         for r in results {
-            let (files, versions) = r?;
+            let (files, served) = r?;
             resp.files.extend(files);
-            resp.object_versions.extend(versions);
+            resp.object_versions.extend(served.iter().map(|s| (s.id.clone(), s.version.clone())));
+            resp.served.extend(served);
         }
         Ok(resp)
+    }
+
+    /// One object from the class's vault or, when that vault is down, from its failover vaults in
+    /// order (see [`failover`]).
+    async fn object_from_any_vault(
+        &self,
+        params: &params::MountParams,
+        o: &params::ObjectSpec,
+        req: &MountRequest,
+        deadline: Instant,
+    ) -> Result<(Vec<File>, Vec<Served>)> {
+        let vaults: Vec<&str> = std::iter::once(params.vault_name.as_str())
+            .chain(params.failover_vaults.iter().map(String::as_str))
+            .collect();
+        let mut last_error = None;
+        for (i, vault) in vaults.iter().enumerate() {
+            let base = vault::vault_base(vault, params, self.config.network.vault_port);
+            let last = i + 1 == vaults.len();
+            if !last && self.health.is_down(&base) {
+                continue;
+            }
+            let call = vault::VaultCall {
+                provider: self,
+                params,
+                vault: vault.to_string(),
+                base: base.clone(),
+                deadline: failover::attempt_deadline(deadline, i, vaults.len()),
+                priority: req.priority,
+                cycle: req.cycle,
+                fresh: req.fresh,
+            };
+            match fetch::object(&call, o).await {
+                Ok(r) => {
+                    if vaults.len() > 1 {
+                        self.health.answered(&base);
+                    }
+                    return Ok(r);
+                }
+                Err(e) if !last && failover::fails_over(&e) && Instant::now() < deadline => {
+                    tracing::warn!(object = %o.name, %vault, next = vaults[i + 1], error = %e, "vault unavailable; trying the next failover vault");
+                    self.health.failed(&base);
+                    last_error = Some(e);
+                }
+                Err(e) => {
+                    if vaults.len() > 1 && failover::fails_over(&e) {
+                        self.health.failed(&base);
+                    }
+                    return Err(match last_error {
+                        Some(first) if failover::fails_over(&e) => {
+                            e.context(format!("every vault failed (first: {first}); last: "))
+                        }
+                        _ => e,
+                    });
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::new(ErrorKind::Internal, "no vault to ask")))
     }
 }

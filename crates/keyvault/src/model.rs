@@ -84,6 +84,12 @@ pub struct Attributes {
     pub enabled: Option<bool>,
     /// Creation time (Unix seconds).
     pub created: Option<i64>,
+    /// Not valid before (Unix seconds).
+    #[serde(default)]
+    pub nbf: Option<i64>,
+    /// Expiry (Unix seconds).
+    #[serde(default)]
+    pub exp: Option<i64>,
 }
 
 /// Key Vault's error body: `{"error": {"code", "message", "innererror": {"code"}}}`.

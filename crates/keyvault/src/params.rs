@@ -103,6 +103,20 @@ impl PartialEq for Identity {
     }
 }
 
+impl Identity {
+    /// The identity's kind and client id, as the audit trail names them (never a credential).
+    pub fn summary(&self) -> crate::IdentitySummary {
+        let (kind, client_id) = match self {
+            Self::Workload { client_id, .. } => ("workload", client_id.clone()),
+            Self::ServicePrincipal { client_id, .. } => ("service-principal", client_id.clone()),
+            Self::ManagedIdentity { client_id } => ("managed-identity", client_id.clone().unwrap_or_default()),
+            Self::Binding { client_id, .. } => ("identity-binding", client_id.clone()),
+            Self::PodIdentity { .. } => ("pod-identity", String::new()),
+        };
+        crate::IdentitySummary { kind, client_id }
+    }
+}
+
 /// `objectType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ObjectType {
@@ -175,6 +189,52 @@ pub struct ObjectSpec {
     /// `optional: "true"` (ours; the upstream provider ignores the field, so a class stays portable):
     /// a missing object (404) lets the mount succeed without its file.
     pub optional: bool,
+    /// `objectVersionPolicy` / `objectNotAfter` (ours).
+    pub policy: VersionPolicy,
+}
+
+/// Which version an object without `objectVersion` serves (ours; upstream always serves the current
+/// version, even when it is disabled, not yet valid or expired).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VersionPolicy {
+    /// `objectVersionPolicy: latestEnabled`: the newest version that is enabled and valid now
+    /// (`nbf` ≤ now < `exp`).
+    pub latest_enabled: bool,
+    /// `objectNotAfter: <RFC 3339>`: the newest enabled version created at or before this time (Unix
+    /// seconds), for staged rollouts.
+    pub not_after: Option<i64>,
+}
+
+impl VersionPolicy {
+    /// Whether a version list decides the version.
+    pub fn is_set(&self) -> bool {
+        self.latest_enabled || self.not_after.is_some()
+    }
+
+    /// Whether a version with these attributes may be served at `now` (Unix seconds).
+    pub fn admits(&self, a: &crate::model::Attributes, now: i64) -> bool {
+        if a.enabled != Some(true) {
+            return false;
+        }
+        if self.latest_enabled && (a.nbf.is_some_and(|nbf| nbf > now) || a.exp.is_some_and(|exp| exp <= now)) {
+            return false;
+        }
+        self.not_after.is_none_or(|t| a.created.is_some_and(|c| c <= t))
+    }
+
+    /// What the policy asks, for messages.
+    pub fn describe(&self) -> String {
+        match (self.latest_enabled, self.not_after) {
+            (true, Some(t)) => format!("enabled, valid now and created at or before {}", rfc3339(t)),
+            (true, None) => "enabled and valid now (objectVersionPolicy: latestEnabled)".into(),
+            (false, Some(t)) => format!("enabled and created at or before {} (objectNotAfter)", rfc3339(t)),
+            (false, None) => "enabled".into(),
+        }
+    }
+}
+
+fn rfc3339(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
 }
 
 impl ObjectSpec {
@@ -206,6 +266,8 @@ pub struct MountParams {
     pub pod_namespace: String,
     /// Vault name.
     pub vault_name: String,
+    /// Failover vaults, in order (`failoverKeyvaultNames`, ours).
+    pub failover_vaults: Vec<String>,
     /// Tenant.
     pub tenant_id: String,
     /// Cloud.
@@ -295,6 +357,11 @@ pub fn jwt_claims(token: &str) -> Option<(String, String, i64)> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     Some((v["iss"].as_str()?.to_string(), v["sub"].as_str()?.to_string(), v["exp"].as_i64()?))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    now()
 }
 
 fn now() -> i64 {
@@ -392,6 +459,7 @@ pub fn parse(
         pod_name,
         pod_namespace,
         vault_name: read.vault_name,
+        failover_vaults: read.failover_vaults,
         tenant_id: read.tenant_id,
         cloud,
         identity,

@@ -16,9 +16,9 @@ use crate::transport::Reply;
 pub const API_VERSION: &str = "7.4";
 
 /// Base URL of a vault: `https://<vault>.<suffix>[:port]`.
-pub fn vault_base(params: &MountParams, port: Option<u16>) -> String {
+pub fn vault_base(vault: &str, params: &MountParams, port: Option<u16>) -> String {
     let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-    format!("https://{}.{}{port}", params.vault_name, params.cloud.keyvault_dns_suffix)
+    format!("https://{vault}.{}{port}", params.cloud.keyvault_dns_suffix)
 }
 
 /// Turns a non-success Key Vault reply into an error naming status, code and message.
@@ -94,6 +94,8 @@ pub struct VaultCall<'a> {
     pub provider: &'a crate::Provider,
     /// Parameters.
     pub params: &'a MountParams,
+    /// Vault name (the class's `keyvaultName`, or one of its failover vaults).
+    pub vault: String,
     /// Vault base URL.
     pub base: String,
     /// Deadline.
@@ -178,7 +180,8 @@ impl VaultCall<'_> {
         let mut url = format!("{}/{collection}/{name}/versions?api-version={API_VERSION}&maxresults=25", self.base);
         let mut items = Vec::new();
         loop {
-            let page: crate::model::VersionPage = parse(&url, &self.get(&url).await?)?;
+            // Through the shared flights: a rotation cycle lists each object once, like it GETs it once.
+            let page: crate::model::VersionPage = parse(&url, &*self.provider.flights.get(self, &url).await.0?)?;
             items.extend(page.value);
             match page.next_link.as_deref().filter(|l| !l.is_empty()) {
                 None => return Ok(items),

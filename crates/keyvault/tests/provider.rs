@@ -48,10 +48,17 @@ vaults:
       - {{ name: db-password, value: "s3cr3t-db" }}
       - {{ name: b64, value: "aGVsbG8gd29ybGQ=" }}
       - {{ name: hexed, value: "68656c6c6f" }}
+      - name: staged
+        versions:
+          - {{ value: s1 }}
+          - {{ value: s2-expired, exp: 1000000000 }}
+          - {{ value: s3-not-yet, nbf: 4102444800 }}
+          - {{ value: s4-disabled, enabled: false }}
       - name: history
         versions: [ {{ value: h1 }}, {{ value: h2 }}, {{ value: h3-disabled, enabled: false }}, {{ value: h4 }}, {{ value: h5 }} ]
     keys:
       - {{ name: rsa, kty: RSA, size: 2048 }}
+      - {{ name: rotated, kty: EC, curve: P-256, versions: 3 }}
       - {{ name: ec256, kty: EC, curve: P-256 }}
       - {{ name: ec384, kty: EC, curve: P-384 }}
       - {{ name: ec521, kty: EC, curve: P-521 }}
@@ -59,6 +66,13 @@ vaults:
     certificates:
       - {{ name: tls, subject: CN=tls.example.com }}
       - {{ name: tls-pem, contentType: application/x-pem-file, kty: EC, curve: P-256 }}
+  - name: kv2
+    tenant: {TENANT}
+    access:
+      - {{ principal: sp-oid, secrets: [get, list] }}
+    secrets:
+      - {{ name: db-password, value: "s3cr3t-db-replica" }}
+      - {{ name: only-in-kv2, value: "replica-only" }}
 "#
     ))
     .unwrap()
@@ -520,3 +534,6 @@ async fn a_missing_optional_object_is_skipped_and_appears_once_it_exists() {
     let e = p.mount(request(&forbidden, &[], &[("clientid", "denied"), ("clientsecret", "denied-secret")])).await;
     assert_eq!(e.unwrap_err().kind, ErrorKind::Forbidden);
 }
+
+#[path = "provider/policies.rs"]
+mod policies;

@@ -21,7 +21,12 @@ pub(super) fn set_secret(vault: &mut crate::state::Vault, base: &str, name: &str
     let content_type = b.get("contentType").and_then(Value::as_str).map(str::to_string);
     let tags = b.get("tags").and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default();
     let enabled = b.pointer("/attributes/enabled").and_then(Value::as_bool).unwrap_or(true);
-    let v = vault.set_secret(name, value.to_string(), content_type, tags, enabled);
+    let (nbf, exp) =
+        (b.pointer("/attributes/nbf").and_then(Value::as_i64), b.pointer("/attributes/exp").and_then(Value::as_i64));
+    let mut v = vault.set_secret(name, value.to_string(), content_type, tags, enabled);
+    if nbf.is_some() || exp.is_some() {
+        v = vault.set_secret_window(name, nbf, exp).unwrap_or(v);
+    }
     json_response(StatusCode::OK, &secret_json(base, name, &v, true))
 }
 

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::read::{Findings, Stop};
-use super::{Encoding, Format, ObjectSpec, ObjectType, parse_mode};
+use super::{Encoding, Format, ObjectSpec, ObjectType, VersionPolicy, parse_mode};
 
 #[derive(Deserialize)]
 struct ObjectsArray {
@@ -36,6 +36,10 @@ struct RawObject {
     file_permission: Scalar,
     #[serde(default)]
     optional: Scalar,
+    #[serde(default)]
+    object_version_policy: Scalar,
+    #[serde(default)]
+    object_not_after: Scalar,
 }
 
 /// A YAML scalar read as its text, whatever its YAML type (`filePermission: 0755` stays `0755`).
@@ -141,6 +145,7 @@ fn read_object(
         history: 0,
         mode: default_mode,
         optional: false,
+        policy: VersionPolicy::default(),
     };
     let prefix =
         format!("failed to get objectType:{type_text}, objectName:{}, objectVersion:{}: ", spec.name, spec.version);
@@ -228,6 +233,7 @@ fn read_object(
             "use optional: \"true\"".into(),
         )?,
     }
+    read_policy(raw, &mut spec, &mut problem)?;
     let perm = raw.file_permission.text();
     if !perm.is_empty() {
         match parse_mode(&perm) {
@@ -236,4 +242,49 @@ fn read_object(
         }
     }
     Ok(ClassObject { spec, type_text, source: source.to_string() })
+}
+
+/// `objectVersionPolicy` and `objectNotAfter` (ours): which version an object without `objectVersion`
+/// serves. Both choose a version from the object's version list, so neither goes with `objectVersion`.
+fn read_policy(
+    raw: &RawObject,
+    spec: &mut ObjectSpec,
+    problem: &mut impl FnMut(&str, String, String) -> Result<(), Stop>,
+) -> Result<(), Stop> {
+    let policy = raw.object_version_policy.text();
+    match policy.to_ascii_lowercase().as_str() {
+        "" | "latest" => {}
+        "latestenabled" => spec.policy.latest_enabled = true,
+        _ => problem(
+            "objectVersionPolicy",
+            format!("invalid objectVersionPolicy: {}, should be latest or latestEnabled", shown(&policy)),
+            "use latestEnabled to skip disabled, not-yet-valid and expired versions".into(),
+        )?,
+    }
+    let not_after = raw.object_not_after.text();
+    if !not_after.is_empty() {
+        match chrono::DateTime::parse_from_rfc3339(&not_after) {
+            Ok(t) => spec.policy.not_after = Some(t.timestamp()),
+            Err(_) => problem(
+                "objectNotAfter",
+                format!("invalid objectNotAfter: {}, should be an RFC 3339 time", shown(&not_after)),
+                "write a time such as 2026-11-30T18:00:00Z".into(),
+            )?,
+        }
+    }
+    if spec.policy.is_set() && !spec.version.is_empty() && !spec.version.eq_ignore_ascii_case("latest") {
+        let field = if spec.policy.not_after.is_some() { "objectNotAfter" } else { "objectVersionPolicy" };
+        problem(
+            field,
+            format!("{field} chooses a version, so it cannot be combined with objectVersion {}", spec.version),
+            "remove objectVersion (to follow the policy) or the policy (to pin the version)".into(),
+        )?;
+    }
+    Ok(())
+}
+
+/// A value as echoed in a message: at most 64 characters, quoted.
+fn shown(value: &str) -> String {
+    let cut: String = value.chars().take(64).collect();
+    if cut.len() < value.len() { format!("{cut:?}…") } else { format!("{cut:?}") }
 }

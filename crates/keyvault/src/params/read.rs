@@ -140,6 +140,8 @@ impl IdentityMode {
 pub struct ClassParameters {
     /// `keyvaultName`.
     pub vault_name: String,
+    /// `failoverKeyvaultNames` (ours): vaults with the same objects, asked in order when the vault is down.
+    pub failover_vaults: Vec<String>,
     /// `tenantId` (or the older `tenantID`).
     pub tenant_id: String,
     /// The cloud (`None` when `cloudName` is wrong).
@@ -234,20 +236,9 @@ pub(crate) fn read(
         }
     }
     if !vault_name.is_empty() {
-        if vault_name.len() < 3 || vault_name.len() > 24 {
-            f.error(
-                "keyvaultName",
-                format!("failed to get vault: Invalid vault name: {vault_name:?}, must be between 3 and 24 chars"),
-                "use the vault's name: 3-24 letters, digits and dashes",
-            )?;
-        } else if !vault_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            f.error(
-                "keyvaultName",
-                format!("failed to get vault: Invalid vault name: {vault_name:?}, must match [-a-zA-Z0-9]{{3,24}}"),
-                "use the vault's name: 3-24 letters, digits and dashes",
-            )?;
-        }
+        check_vault_name("keyvaultName", &vault_name, f)?;
     }
+    let failover_vaults = read_failover_vaults(params, &vault_name, f)?;
     let mut files = BTreeSet::new();
     for (i, o) in objects.iter().enumerate() {
         for p in output_paths(&o.spec, options.split_cert_and_key) {
@@ -263,5 +254,62 @@ pub(crate) fn read(
             }
         }
     }
-    Ok(ClassParameters { vault_name, tenant_id, cloud, identity, objects, files })
+    Ok(ClassParameters { vault_name, failover_vaults, tenant_id, cloud, identity, objects, files })
+}
+
+/// Key Vault's rule for a vault name, with upstream's messages.
+fn check_vault_name(field: &str, name: &str, f: &mut Findings) -> Result<(), Stop> {
+    let fix = "use the vault's name: 3-24 letters, digits and dashes";
+    if name.len() < 3 || name.len() > 24 {
+        let shown: String = name.chars().take(64).collect();
+        f.error(
+            field,
+            format!("failed to get vault: Invalid vault name: {shown:?}, must be between 3 and 24 chars"),
+            fix,
+        )
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        f.error(
+            field,
+            format!("failed to get vault: Invalid vault name: {name:?}, must match [-a-zA-Z0-9]{{3,24}}"),
+            fix,
+        )
+    } else {
+        Ok(())
+    }
+}
+
+/// The most failover vaults a class may list.
+pub const MAX_FAILOVER_VAULTS: usize = 4;
+
+/// `failoverKeyvaultNames`: vault names separated by commas, spaces or new lines, in the order they
+/// are asked.
+fn read_failover_vaults(
+    params: &BTreeMap<String, String>,
+    primary: &str,
+    f: &mut Findings,
+) -> Result<Vec<String>, Stop> {
+    const FIELD: &str = "failoverKeyvaultNames";
+    let text = get(params, FIELD);
+    let names: Vec<String> =
+        text.split(|c: char| c == ',' || c.is_whitespace()).filter(|n| !n.is_empty()).map(str::to_string).collect();
+    if names.len() > MAX_FAILOVER_VAULTS {
+        f.error(
+            FIELD,
+            format!("failoverKeyvaultNames lists {} vaults, at most {MAX_FAILOVER_VAULTS} are allowed", names.len()),
+            "keep the nearest vaults",
+        )?;
+        return Ok(Vec::new());
+    }
+    let mut seen = BTreeSet::from([primary.to_ascii_lowercase()]);
+    for n in &names {
+        check_vault_name(FIELD, n, f)?;
+        if !seen.insert(n.to_ascii_lowercase()) {
+            f.error(
+                FIELD,
+                format!("failoverKeyvaultNames lists {n:?} twice (or names keyvaultName)"),
+                "list each vault once",
+            )?;
+        }
+    }
+    Ok(names)
 }
