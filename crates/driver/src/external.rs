@@ -157,8 +157,18 @@ fn from_wire(provider: &str, resp: pb::MountResponse) -> Result<MountResponse, P
             Ok(File::new(f.path, mode, f.contents))
         })
         .collect::<Result<Vec<_>, ProviderError>>()?;
-    let object_versions = resp.object_version.into_iter().map(|v| (v.id, v.version)).collect();
-    Ok(MountResponse { files, object_versions })
+    let object_versions: std::collections::BTreeMap<String, String> =
+        resp.object_version.into_iter().map(|v| (v.id, v.version)).collect();
+    // An external provider names versions only: the audit trail shows them without a source.
+    let served = object_versions
+        .iter()
+        .map(|(id, version): (&String, &String)| crate::provider::Served {
+            id: id.clone(),
+            version: version.clone(),
+            ..Default::default()
+        })
+        .collect();
+    Ok(MountResponse { files, object_versions, served, requester: Default::default() })
 }
 
 #[async_trait]

@@ -9,6 +9,7 @@
 
 pub mod annotations;
 pub mod atomic_writer;
+pub mod audit;
 pub mod bounded;
 pub mod class;
 pub mod duration;

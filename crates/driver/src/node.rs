@@ -81,11 +81,13 @@ impl Providers {
 /// Secrets (`secretObjects`) and events. Only the pod status can fail a mount, as upstream.
 #[async_trait::async_trait]
 pub trait Cluster: Send + Sync + 'static {
-    /// A volume was published (or, with `refresh`, a published volume got new versions).
+    /// A volume was published (or, with `refresh`, a published volume got new versions). `failover`:
+    /// object id → the failover vault that served it (shown on the pod status and in an event).
     async fn record(
         &self,
         params: &PublishParams,
         versions: &BTreeMap<String, String>,
+        failover: &BTreeMap<String, String>,
         refresh: bool,
     ) -> Result<(), PodStatusError>;
     /// A volume was unpublished.
@@ -162,6 +164,8 @@ pub struct Driver {
     pub(crate) invalid_intervals: crate::bounded::SeenOnce<(String, String, String)>,
     /// The node-wide background tasks (rotation, refresh-now, expiry warnings), supervised.
     pub(crate) tasks: crate::supervise::Tasks,
+    /// The audit trail (`--audit-log`), off by default.
+    pub(crate) audit: crate::audit::Audit,
 }
 
 impl Driver {
@@ -179,7 +183,14 @@ impl Driver {
             background_api: Arc::new(tokio::sync::Semaphore::new(4)),
             invalid_intervals: Default::default(),
             tasks: crate::supervise::Tasks::global().clone(),
+            audit: crate::audit::Audit::off(),
         }
+    }
+
+    /// Writes the audit trail to `audit`.
+    pub fn with_audit(mut self, audit: crate::audit::Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Records every published volume in `sink` (the pod status in a cluster).

@@ -94,6 +94,41 @@ pub struct MountResponse {
     pub files: Vec<File>,
     /// Object id (`secret/db-password`) → version. Duplicate ids collapse, as upstream.
     pub object_versions: BTreeMap<String, String>,
+    /// Where each object version came from (in-process providers; external ones report nothing).
+    pub served: Vec<Served>,
+    /// The identity the provider used (in-process providers).
+    pub requester: Requester,
+}
+
+impl MountResponse {
+    /// Object id → the failover vault that served it, for objects not served by the class's vault.
+    pub fn failover(&self) -> BTreeMap<String, String> {
+        self.served.iter().filter(|s| s.failover).map(|s| (s.id.clone(), s.source.clone())).collect()
+    }
+}
+
+/// One object version a provider served.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Object id, as in the pod status.
+    pub id: String,
+    /// Version.
+    pub version: String,
+    /// Where it came from (the vault's name).
+    pub source: String,
+    /// From a failover source, not the class's own.
+    pub failover: bool,
+    /// Shared with another caller's fetch: no backend request of its own.
+    pub cache_hit: bool,
+}
+
+/// The identity a provider used for a mount: kind and client id, never a credential.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requester {
+    /// `workload`, `service-principal`, `managed-identity`, `identity-binding`, `pod-identity`.
+    pub identity: String,
+    /// Client id ("" when none).
+    pub client_id: String,
 }
 
 /// The broad class of a provider failure: decides the gRPC status code kubelet sees.

@@ -320,13 +320,13 @@ impl Driver {
             }
         };
         // The provider call is where a refresh spends its time; kubelet overtaking it stops it here.
-        let response = tokio::select! {
+        let mut response = tokio::select! {
             biased;
             () = guard.cancelled() => return Ok(PublishOutcome::Skipped),
             r = call => r.map_err(|source| PublishError::Provider { pod: pod.clone(), source })?,
         };
 
-        let files = std::sync::Arc::new(response.files);
+        let files = std::sync::Arc::new(std::mem::take(&mut response.files));
         let changed = if files.is_empty() {
             // A legacy provider wrote the files itself (deprecated upstream path, kept for compatibility).
             true
@@ -339,10 +339,11 @@ impl Driver {
             }
         };
         let known = self.volumes.get(target);
+        let failover = response.failover();
         if let Some(sink) = &self.cluster
-            && known.as_ref().is_none_or(|v| v.object_versions != response.object_versions)
+            && known.as_ref().is_none_or(|v| v.object_versions != response.object_versions || v.failover != failover)
         {
-            let record = sink.record(params, &response.object_versions, known.is_some());
+            let record = sink.record(params, &response.object_versions, &failover, known.is_some());
             // A background refresh never makes kubelet wait on its API calls: kubelet arriving drops
             // the write. The volume keeps its old versions (so kubelet's publish, or the next refresh,
             // records the new ones) and, if the files changed, owes its Secrets a sync.
@@ -363,7 +364,9 @@ impl Driver {
                 }
             }
         }
+        self.audit.volume(params, &response, audit_trigger(trigger, remount));
         let mut volume = Volume::fresh(params.clone(), spec.provider.clone(), response.object_versions);
+        volume.failover = failover;
         volume.interval = self.volume_interval(params);
         volume.cert_expiry = match (&known, files.is_empty()) {
             // A legacy provider wrote the files itself: nothing to read here.
@@ -557,5 +560,15 @@ fn clean_and_unmount(mounter: &dyn Mounter, target: &Path) -> io::Result<()> {
     match fs::remove_dir(target) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// Why a volume's objects were served, as the audit trail names it.
+fn audit_trigger(trigger: Trigger, remount: bool) -> crate::audit::Trigger {
+    match trigger {
+        Trigger::Kubelet if remount => crate::audit::Trigger::Republish,
+        Trigger::Kubelet => crate::audit::Trigger::Mount,
+        Trigger::Poller { forced: true, .. } => crate::audit::Trigger::Refresh,
+        Trigger::Poller { .. } => crate::audit::Trigger::Rotation,
     }
 }

@@ -26,6 +26,8 @@ pub struct Volume {
     pub provider: String,
     /// Object id → version, as last fetched.
     pub object_versions: BTreeMap<String, String>,
+    /// Object id → the failover vault that served it (see [`crate::provider::MountResponse::failover`]).
+    pub failover: BTreeMap<String, String>,
     /// When the provider last answered successfully for this volume: the rotation clock.
     pub last_fetch: Instant,
     /// Consecutive failed refreshes (reset by a success).
@@ -52,6 +54,7 @@ impl Volume {
             params,
             provider,
             object_versions,
+            failover: BTreeMap::new(),
             last_fetch: Instant::now(),
             failures: 0,
             retry_at: None,

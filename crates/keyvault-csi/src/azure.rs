@@ -165,6 +165,21 @@ impl Provider for AzureProvider {
             Ok(r) => Ok(MountResponse {
                 files: r.files.into_iter().map(|f| File { path: f.path, mode: f.mode, contents: f.contents }).collect(),
                 object_versions: r.object_versions,
+                served: r
+                    .served
+                    .into_iter()
+                    .map(|s| driver::provider::Served {
+                        id: s.id,
+                        version: s.version,
+                        source: s.vault,
+                        failover: s.failover,
+                        cache_hit: s.cache_hit,
+                    })
+                    .collect(),
+                requester: driver::provider::Requester {
+                    identity: r.identity.kind.to_string(),
+                    client_id: r.identity.client_id,
+                },
             }),
             Err(e) => Err(ProviderError::new(driver_kind(e.kind), "ProviderError", mount_failure(&e))),
         };

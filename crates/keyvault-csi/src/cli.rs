@@ -69,6 +69,9 @@ pub struct NodeArgs {
     /// Address of the HTTP server for /metrics, /healthz and /readyz (`:8095` = all interfaces).
     #[arg(long, default_value = ":8095", value_parser = parse_listen_addr)]
     pub metrics_addr: std::net::SocketAddr,
+    /// The audit trail.
+    #[command(flatten)]
+    pub audit: AuditArgs,
     /// Metrics backend; only Prometheus is supported.
     #[arg(long, default_value = "Prometheus", value_parser = parse_metrics_backend)]
     pub metrics_backend: String,
@@ -260,5 +263,29 @@ mod tests {
         let bare = Cli::try_parse_from(["keyvault-csi", "--enable-secret-rotation", "--v=2"]).unwrap();
         assert!(bare.node.enable_secret_rotation);
         assert_eq!(bare.verbosity, 2);
+    }
+}
+
+/// The audit trail's flags (node driver and SecretSync controller).
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Audit trail (ours): one JSON line per object served to a pod or Secret, to `stdout` or an
+    /// absolute file path. Off when empty.
+    #[arg(long, default_value = "", value_name = "stdout|PATH")]
+    pub audit_log: String,
+    /// Most audit lines per second; more are dropped and counted in `audit_lines_dropped_total`.
+    #[arg(long, default_value_t = 200, value_name = "LINES")]
+    pub audit_log_rate: u32,
+}
+
+impl AuditArgs {
+    /// The audit trail these flags ask for.
+    pub fn start(&self) -> anyhow::Result<driver::audit::Audit> {
+        if self.audit_log.is_empty() {
+            return Ok(driver::audit::Audit::off());
+        }
+        let sink: driver::audit::Sink =
+            self.audit_log.parse().map_err(|e: String| anyhow::anyhow!("--audit-log: {e}"))?;
+        Ok(driver::audit::Audit::start(&sink, self.audit_log_rate)?)
     }
 }

@@ -177,6 +177,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(cluster) = cluster.clone() {
         driver = driver.with_cluster(cluster);
     }
+    let audit = args.audit.start()?;
+    audit.register(&mut app.registry);
+    driver = driver.with_audit(audit);
     driver_metrics.register(&mut app.registry, driver.volumes().clone());
     driver.tasks().register(&mut app.registry);
     let tasks = driver.tasks().clone();

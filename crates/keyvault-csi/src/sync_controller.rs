@@ -61,6 +61,9 @@ pub struct SyncControllerArgs {
     #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true",
           value_parser = parse_go_bool, value_name = "BOOL")]
     pub partial_sync: bool,
+    /// The audit trail.
+    #[command(flatten)]
+    pub audit: crate::cli::AuditArgs,
     /// SecretSyncs checked at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
@@ -99,6 +102,8 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
     let providers = Providers::new(external).with_builtin("azure", azure);
     let metrics = sync::metrics::SyncMetrics::default();
     metrics.register(&mut app.registry);
+    let audit = args.audit.start()?;
+    audit.register(&mut app.registry);
     let ready = Arc::new(AtomicBool::new(false));
     let watching = ready.clone();
     let health = crate::http::Health::with_registry(std::mem::take(&mut app.registry))
@@ -144,6 +149,7 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
         require_opt_in: args.require_service_account_opt_in,
         concurrency: args.concurrency,
         partial_sync: args.partial_sync,
+        audit,
     };
     let tokens = sync::tokens::Tokens::new(sync::tokens::ApiMinter(client.clone()));
     let stop = app.stopped();

@@ -84,6 +84,7 @@ impl Health {
     }
 
     /// Vaults remembered now.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.down.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

@@ -276,6 +276,9 @@ impl Provider {
             let (files, served) = r?;
             resp.files.extend(files);
             resp.object_versions.extend(served.iter().map(|s| (s.id.clone(), s.version.clone())));
+            for s in served.iter().filter(|s| s.failover) {
+                self.stats.record_failover(&s.vault);
+            }
             resp.served.extend(served);
         }
         Ok(resp)

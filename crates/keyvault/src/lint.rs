@@ -23,6 +23,7 @@ pub const KNOWN_PARAMETERS: &[&str] = &[
     "userAssignedIdentityID",
     "clientID",
     "objects",
+    "failoverKeyvaultNames",
     "resourceGroup",
     "subscriptionId",
 ];

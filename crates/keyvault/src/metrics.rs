@@ -153,6 +153,11 @@ struct VaultStatus {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Vault {
+    vault: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Result_ {
     result: String,
 }
@@ -196,6 +201,17 @@ impl Collector for KeyvaultStats {
             )?;
             for (r, v) in [("acquired", &s.token_acquisitions), ("cache_hit", &s.token_cache_hits)] {
                 ConstCounter::new(v.load(Ordering::Relaxed)).encode(m.encode_family(&Result_ { result: r.into() })?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "keyvault_failover_objects",
+                "Objects served by a failover vault (failoverKeyvaultNames) because the class's vault was down",
+                None,
+                MetricType::Counter,
+            )?;
+            for (vault, n) in s.failovers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                ConstCounter::new(*n).encode(m.encode_family(&Vault { vault: vault.clone() })?)?;
             }
         }
         let waited = s.limiter_wait_micros.load(Ordering::Relaxed) as f64 / 1e6;

@@ -21,6 +21,8 @@ pub struct Stats {
     pub token_cache_hits: AtomicU64,
     /// Total time requests waited for a vault's rate limiter (µs).
     pub limiter_wait_micros: AtomicU64,
+    /// Objects served by a failover vault, by vault name (`failoverKeyvaultNames`).
+    pub failovers: Mutex<BTreeMap<String, u64>>,
     /// Bounds the vaults `requests` is kept by (vault names come from classes).
     vaults: crate::metrics::BoundedLabel,
 }
@@ -34,6 +36,7 @@ impl Default for Stats {
             token_acquisitions: Default::default(),
             token_cache_hits: Default::default(),
             limiter_wait_micros: Default::default(),
+            failovers: Default::default(),
             vaults: crate::metrics::BoundedLabel::new(crate::metrics::MAX_VAULTS),
         }
     }
@@ -44,6 +47,12 @@ impl Stats {
     pub fn record_request(&self, vault: &str, status: u16) {
         let vault = self.vaults.label(vault);
         *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((vault, status)).or_default() += 1;
+    }
+
+    /// Counts one object served by the failover vault `vault`.
+    pub fn record_failover(&self, vault: &str) {
+        let vault = self.vaults.label(vault);
+        *self.failovers.lock().unwrap_or_else(|e| e.into_inner()).entry(vault).or_default() += 1;
     }
 
     /// Adds rate-limiter wait time.

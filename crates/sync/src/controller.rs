@@ -62,6 +62,8 @@ pub struct Config {
     /// When some objects fail, sync the keys that could be fetched (Azure's `enablePartialSecretSync`);
     /// a SecretSync's `keyvault-csi.io/partial-sync` annotation overrides it.
     pub partial_sync: bool,
+    /// The audit trail: one line per object synced into a Secret.
+    pub audit: driver::audit::Audit,
 }
 
 /// What the controller remembers of a SecretSync's last check, to tell a poll from a change.
@@ -373,6 +375,7 @@ async fn fetch_each(
     provider: &dyn driver::provider::Provider,
     request: &MountRequest,
     parts: Vec<String>,
+    served: impl Fn(&driver::provider::MountResponse),
 ) -> Option<(BTreeMap<String, Vec<u8>>, Vec<String>)> {
     let fetches = parts.into_iter().map(|objects| {
         let mut r = request.clone();
@@ -383,7 +386,10 @@ async fn fetch_each(
     let mut errors = Vec::new();
     for result in futures_util::future::join_all(fetches).await {
         match result {
-            Ok(r) => files.extend(files_of(&r)),
+            Ok(r) => {
+                served(&r);
+                files.extend(files_of(&r));
+            }
             Err(e) => errors.push(e.message),
         }
     }
@@ -493,8 +499,16 @@ async fn sync(
         },
         fresh: trigger == Trigger::Forced,
     };
+    let audit_subject =
+        driver::audit::Subject { namespace: &ns, pod: "", secret: &name, service_account: sa, class: class_name };
+    let audited = |r: &driver::provider::MountResponse| {
+        ctx.config.audit.served(&audit_subject, r, driver::audit::Trigger::Sync);
+    };
     let (files, errors) = match provider.mount(request.clone()).await {
-        Ok(r) => (files_of(&r), Vec::new()),
+        Ok(r) => {
+            audited(&r);
+            (files_of(&r), Vec::new())
+        }
         Err(e) => {
             let failure = Failure::new(
                 FailureReason::ProviderError,
@@ -504,7 +518,7 @@ async fn sync(
             let parts = partial_sync(ss, &ctx.config).then(|| split_objects(&request.attributes)).flatten();
             match parts {
                 Some(parts) if parts.len() > 1 => {
-                    fetch_each(provider.as_ref(), &request, parts).await.ok_or(failure)?
+                    fetch_each(provider.as_ref(), &request, parts, audited).await.ok_or(failure)?
                 }
                 _ => return Err(failure),
             }
@@ -797,6 +811,7 @@ mod tests {
             require_opt_in: true,
             concurrency: 1,
             partial_sync: false,
+            audit: driver::audit::Audit::off(),
         }
     }
 

@@ -187,9 +187,19 @@ impl Cluster for KubeCluster {
         &self,
         params: &PublishParams,
         versions: &BTreeMap<String, String>,
+        failover: &BTreeMap<String, String>,
         refresh: bool,
     ) -> Result<(), PodStatusError> {
-        self.statuses.record(params, versions, refresh).await?;
+        self.statuses.record(params, versions, failover, refresh).await?;
+        if !failover.is_empty() {
+            let list: Vec<String> = failover.iter().map(|(id, vault)| format!("{id} from {vault}")).collect();
+            let msg = format!(
+                "the class's vault is unavailable; served by failover vaults: {} (the class's vault is used again once it answers)",
+                list.join(", ")
+            );
+            let (component, kind) = (MOUNT_COMPONENT, EventType::Warning);
+            self.events.pod_event(&params.pod, component, kind, "ServedByFailoverVault", &msg).await;
+        }
         // A provider reports a missing optional object as an empty version (keyvault-csi's Azure
         // provider does; upstream providers never send one): say which, on the pod.
         for id in versions.iter().filter(|(_, v)| v.is_empty()).map(|(id, _)| id) {

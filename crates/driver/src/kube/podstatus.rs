@@ -44,6 +44,9 @@ pub struct KubePodStatus {
     node: String,
 }
 
+/// Pod-status annotation: object id → the failover vault that served it (JSON), while any did.
+pub const SERVED_FROM: &str = "keyvault-csi.io/served-from";
+
 impl KubePodStatus {
     /// Writes statuses labelled with `node`.
     pub fn new(client: kube::Client, node: &str) -> Self {
@@ -79,9 +82,13 @@ impl KubePodStatus {
         &self,
         p: &PublishParams,
         versions: &BTreeMap<String, String>,
+        failover: &BTreeMap<String, String>,
         refresh: bool,
     ) -> Result<(), PodStatusError> {
         let name = status_name(p)?;
+        // Which objects a failover vault served (ours): an annotation, because the status schema is
+        // upstream's. `null` in the merge patch removes it once the class's vault serves again.
+        let served_from = (!failover.is_empty()).then(|| serde_json::to_string(failover).unwrap_or_default());
         let api = self.api(&p.pod.namespace);
         let owner = OwnerReference {
             api_version: "v1".into(),
@@ -102,6 +109,7 @@ impl KubePodStatus {
                 name: Some(name.clone()),
                 namespace: Some(p.pod.namespace.clone()),
                 labels: Some([(super::NODE_LABEL.to_string(), self.node.clone())].into()),
+                annotations: served_from.clone().map(|s| [(SERVED_FROM.to_string(), s)].into()),
                 owner_references: Some(vec![owner.clone()]),
                 ..Default::default()
             },
@@ -111,7 +119,11 @@ impl KubePodStatus {
             // Our own status with new versions: one merge patch per rotated volume (labels merged, owner
             // and status replaced) instead of create, conflict, get and update.
             let patch = serde_json::json!({
-                "metadata": { "labels": obj.metadata.labels, "ownerReferences": obj.metadata.owner_references },
+                "metadata": {
+                    "labels": obj.metadata.labels,
+                    "annotations": { SERVED_FROM: served_from },
+                    "ownerReferences": obj.metadata.owner_references,
+                },
                 "status": obj.status,
             });
             match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
@@ -128,6 +140,11 @@ impl KubePodStatus {
                 let meta = &mut current.metadata;
                 meta.labels.get_or_insert_with(Default::default).insert(super::NODE_LABEL.into(), self.node.clone());
                 meta.owner_references = Some(vec![owner]);
+                let annotations = meta.annotations.get_or_insert_with(Default::default);
+                match &served_from {
+                    Some(s) => annotations.insert(SERVED_FROM.into(), s.clone()),
+                    None => annotations.remove(SERVED_FROM),
+                };
                 current.status = Some(status);
                 api.replace(&name, &PostParams::default(), &current).await.map(|_| ()).map_err(PodStatusError::Api)
             }

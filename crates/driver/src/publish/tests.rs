@@ -75,6 +75,7 @@ impl Provider for FakeProvider {
         Ok(MountResponse {
             files: vec![File::new("a", 0o644, value.clone().into_bytes())],
             object_versions: [("secret/a".to_string(), value)].into(),
+            ..Default::default()
         })
     }
 }
@@ -378,6 +379,7 @@ impl crate::node::Cluster for FakeCluster {
         &self,
         _: &PublishParams,
         versions: &BTreeMap<String, String>,
+        _failover: &BTreeMap<String, String>,
         _: bool,
     ) -> Result<(), crate::kube::PodStatusError> {
         let gate = self.record_gate.lock().unwrap().clone();

@@ -137,3 +137,34 @@ fn parameters_that_look_like_azures_are_recognised() {
     assert!(looks_like_azure(&params(&[("keyvaultName", "kv")])));
     assert!(!looks_like_azure(&params(&[("roleName", "r")])));
 }
+
+#[test]
+fn version_policies_and_failover_vaults_are_checked_in_one_run() {
+    let o = objects(&[
+        "objectName: a\nobjectType: secret\nobjectVersionPolicy: latestEnabled",
+        "objectName: b\nobjectType: secret\nobjectNotAfter: \"2026-11-30T18:00:00Z\"",
+        "objectName: c\nobjectType: secret\nobjectVersionPolicy: newest\nobjectNotAfter: soon",
+        "objectName: d\nobjectType: secret\nobjectVersion: 0123\nobjectVersionPolicy: latestEnabled",
+    ]);
+    let p = params(&[
+        ("keyvaultName", "kv1"),
+        ("failoverKeyvaultNames", "kv-west, kv_east"),
+        ("tenantId", "t"),
+        ("clientID", "c"),
+        ("objects", &o),
+    ]);
+    let l = lint(&p, false);
+    assert_eq!(
+        fields(&l),
+        [
+            ("objects[2].objectVersionPolicy", Severity::Error),
+            ("objects[2].objectNotAfter", Severity::Error),
+            ("objects[3].objectVersionPolicy", Severity::Error),
+            ("failoverKeyvaultNames", Severity::Error),
+        ]
+    );
+    let class = l.class.unwrap();
+    assert_eq!(class.failover_vaults, ["kv-west", "kv_east"]);
+    assert!(class.objects[0].spec.policy.latest_enabled);
+    assert_eq!(class.objects[1].spec.policy.not_after, Some(1_796_061_600));
+}
