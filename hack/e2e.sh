@@ -53,7 +53,25 @@ if [ -z "${E2E_IMAGE_REPOSITORY:-}" ]; then
     done
   fi
   [ -n "$sock" ] || { echo "e2e: no containerd socket on this machine to import the images into; push target/e2e/*.oci.tar and set E2E_IMAGE_REPOSITORY, E2E_IMAGE_TAG and E2E_EMULATOR_IMAGE" >&2; exit 2; }
-  for img in keyvault-csi kv-emulator; do
+  images=(keyvault-csi kv-emulator)
+  # The upstream driver (migration scenario), when the machine has its binary: packed with the host's
+  # mount and umount (its mount library runs them) and their libraries, as its own image ships them.
+  upstream=${E2E_UPSTREAM_DRIVER_XZ:-$ROOT/../shared/upstream/secrets-store-csi-driver.xz}
+  if [ -f "$upstream" ]; then
+    xz -dc "$upstream" >"$OUT/secrets-store-csi-driver" && chmod +x "$OUT/secrets-store-csi-driver"
+    files=("$OUT/secrets-store-csi-driver:/secrets-store-csi-driver")
+    for bin in /usr/bin/mount /usr/bin/umount; do
+      files+=("$bin:$bin")
+      for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^\t\/lib/{print $1}'); do
+        files+=("$(readlink -f "$lib"):$lib")
+      done
+    done
+    export E2E_UPSTREAM_IMAGE=ghcr.io/keyvault-csi/upstream-secrets-store-csi-driver:$TAG
+    python3 hack/oci-image.py --out "$OUT/upstream-driver.oci.tar" --name "$E2E_UPSTREAM_IMAGE" \
+      --entrypoint /secrets-store-csi-driver $(printf '%s\n' "${files[@]}" | sort -u) "${extra[@]}"
+    images+=(upstream-driver)
+  fi
+  for img in "${images[@]}"; do
     ctr --address "$sock" -n k8s.io images import "$OUT/$img.oci.tar" >/dev/null
   done
   log "images imported into containerd ($sock)"

@@ -129,7 +129,8 @@ def seed(issuer, jwks):
             "name": SLOW_VAULT,
             "tenant": TENANT,
             "access": [{"principal": "sp-object", "secrets": ["get", "list"]}],
-            "secrets": [{"name": "slow-secret", "value": "slow-value"}],
+            "secrets": [{"name": "slow-secret", "value": "slow-value"},
+                        {"name": "db-password", "value": "Pa55w0rd-replica"}],
         }],
     }
 
@@ -894,6 +895,183 @@ def s_upgrade_uninstall(ctx):
 
 
 # ----------------------------------------------------------------------------------------------------
+# The operator's life: failover vaults, migration from the add-on and back
+
+
+def s_failover(ctx):
+    """failoverKeyvaultNames: with the class's vault down (every request 503), a new pod mounts from the
+    failover vault; the pod status and a Warning event say so. With the vault back, a new pod is served
+    by it again (after the back-off)."""
+    emu = ctx["emu"]
+    c = spc("with-failover", NS, [{"objectName": "db-password", "objectType": "secret"}])
+    c["spec"]["parameters"]["failoverKeyvaultNames"] = SLOW_VAULT
+    apply(c)
+    emu.call("PUT", f"/faults/{VAULT}", {"outage": True})
+    try:
+        apply(pod("failover", NS, [csi_volume("kv", "with-failover")]))
+        wait_pod("failover", NS, timeout=120)
+    finally:
+        emu.call("DELETE", f"/faults/{VAULT}")
+    if read("failover", NS, "/mnt/kv/db-password") != "Pa55w0rd-replica":
+        raise Failure("not served by the failover vault")
+    st = get("secretproviderclasspodstatus", f"failover-{NS}-with-failover", NS)
+    served = json.loads((st["metadata"].get("annotations") or {}).get("keyvault-csi.io/served-from", "{}"))
+    if served != {"secret/db-password": SLOW_VAULT}:
+        raise Failure(f"pod status annotation keyvault-csi.io/served-from: {served}")
+    ev = wait_for("ServedByFailoverVault event", lambda: events(NS, "failover", "ServedByFailoverVault"), 20)
+    if SLOW_VAULT not in ev[0]["message"] or "Pa55w0rd" in ev[0]["message"]:
+        raise Failure(f"event {ev[0]['message']!r}")
+    m = metrics()
+    if not any(k.startswith("keyvault_failover_objects_total") and SLOW_VAULT in k for k in m):
+        raise Failure("keyvault_failover_objects_total has no series for the failover vault")
+    # The vault answers again: once its back-off (10 s) is over, mounts are served by it.
+    time.sleep(11)
+    apply(pod("failback", NS, [csi_volume("kv", "with-failover")]))
+    wait_pod("failback", NS)
+    if read("failback", NS, "/mnt/kv/db-password") != "Pa55w0rd-e2e":
+        raise Failure("not served by the class's vault after it recovered")
+    for p in ("failover", "failback"):
+        delete("pod", p, NS, wait=False)
+
+
+UPSTREAM_DS, UPSTREAM_PROVIDER_DS = "aks-secrets-store-csi-driver", "aks-secrets-store-provider-azure"
+UPSTREAM_SA = "e2e-upstream-secrets-store"
+
+
+def upstream_addon(emu):
+    """The AKS add-on's shape, from upstream binaries: the Secrets Store CSI Driver v1.6 DaemonSet (with
+    the registrar) and the Azure provider DaemonSet (our binary's `provider` mode on the provider
+    socket, standing in for the Go provider), their CSIDriver, and (a test shortcut) cluster-admin."""
+    image = os.environ["E2E_UPSTREAM_IMAGE"]
+    values = chart_values(emu)
+    root, providers = "/var/lib/kubelet", "/var/run/secrets-store-csi-providers"
+    env = values["linux"]["env"] + [{"name": "KUBE_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+
+    def ds(name, containers, volumes):
+        return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name, "namespace": DRIVER_NS},
+                "spec": {"selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": {"app": name}},
+                                      "spec": {"serviceAccountName": UPSTREAM_SA, "hostNetwork": KIT,
+                                               "dnsPolicy": "ClusterFirstWithHostNet",
+                                               "containers": containers, "volumes": volumes}}}}
+
+    host = lambda n, p, t="DirectoryOrCreate": {"name": n, "hostPath": {"path": p, "type": t}}  # noqa: E731
+    driver = ds(UPSTREAM_DS, [
+        {"name": "node-driver-registrar",
+         "image": "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.16.0",
+         "imagePullPolicy": "IfNotPresent",
+         "args": ["--csi-address=/csi/csi.sock", f"--kubelet-registration-path={root}/plugins/csi-secrets-store/csi.sock"],
+         "volumeMounts": [{"name": "plugin-dir", "mountPath": "/csi"},
+                          {"name": "registration-dir", "mountPath": "/registration"}]},
+        {"name": "secrets-store", "image": image, "imagePullPolicy": PULL,
+         "args": ["--endpoint=unix:///csi/csi.sock", "--nodeid=$(KUBE_NODE_NAME)", f"--provider-volume={providers}",
+                  "--enable-secret-rotation=true", "--rotation-poll-interval=2m", "--metrics-addr=:18095", "-v=2"],
+         "env": env, "securityContext": {"privileged": True},
+         "volumeMounts": [{"name": "plugin-dir", "mountPath": "/csi"},
+                          {"name": "mountpoint-dir", "mountPath": f"{root}/pods", "mountPropagation": "Bidirectional"},
+                          {"name": "providers-dir", "mountPath": providers}]},
+    ], [host("plugin-dir", f"{root}/plugins/csi-secrets-store"), host("registration-dir", f"{root}/plugins_registry"),
+        host("mountpoint-dir", f"{root}/pods"), host("providers-dir", providers)])
+    provider = ds(UPSTREAM_PROVIDER_DS, [
+        {"name": "provider-azure-installer", "image": f"{values['linux']['image']['repository']}:{values['linux']['image']['tag']}",
+         "imagePullPolicy": PULL,
+         "args": ["provider", "--endpoint=unix:///provider/azure.sock", "--metrics-addr=:18898", "--healthz-port=18989"]
+                 + values["linux"]["extraArgs"],
+         "env": values["linux"]["env"],
+         "volumeMounts": [{"name": "providers-dir", "mountPath": "/provider"}] + values["linux"]["volumeMounts"]},
+    ], [host("providers-dir", providers)] + values["linux"]["volumes"])
+    csidriver = {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": "secrets-store.csi.k8s.io"},
+                 "spec": {"podInfoOnMount": True, "attachRequired": False, "requiresRepublish": True,
+                          "volumeLifecycleModes": ["Ephemeral"]}}
+    rbac = [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": UPSTREAM_SA, "namespace": DRIVER_NS}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": UPSTREAM_SA},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+             "subjects": [{"kind": "ServiceAccount", "name": UPSTREAM_SA, "namespace": DRIVER_NS}]}]
+    return [csidriver, *rbac, driver, provider]
+
+
+def upstream_ready():
+    for name in (UPSTREAM_DS, UPSTREAM_PROVIDER_DS):
+        d = get("daemonset", name, DRIVER_NS, check=False)
+        if not d or d.get("status", {}).get("numberReady", 0) < 1:
+            return False
+    return True
+
+
+def remove_upstream(keep_csidriver=False):
+    for name in (UPSTREAM_DS, UPSTREAM_PROVIDER_DS):
+        kubectl("delete", "daemonset", name, "-n", DRIVER_NS, "--ignore-not-found", "--wait=true", timeout=120)
+    wait_for("the add-on's pods gone", lambda: not [
+        p for p in get("pods", ns=DRIVER_NS)["items"] if labels(p).get("app") in (UPSTREAM_DS, UPSTREAM_PROVIDER_DS)], 90)
+    if not keep_csidriver:
+        kubectl("delete", "csidriver", "secrets-store.csi.k8s.io", "--ignore-not-found")
+
+
+def restarts(name, ns):
+    p = get("pod", name, ns)
+    return p["metadata"]["uid"], sum(c.get("restartCount", 0) for c in p["status"].get("containerStatuses", []))
+
+
+def s_migration(ctx):
+    """docs/migration.md on the kit: pods mounted by the add-on (upstream driver + provider DaemonSets)
+    keep running while the add-on goes and the chart comes (adopting the CSIDriver, tolerating the
+    CRDs); keyvault-csi adopts their volumes, rotates and unmounts them. Then the rollback: the add-on
+    back, a pod mounted by keyvault-csi keeps its files, new pods mount under the add-on."""
+    if not os.environ.get("E2E_UPSTREAM_IMAGE"):
+        raise Failure("no upstream driver image (E2E_UPSTREAM_IMAGE): ../shared/upstream missing?")
+    emu = ctx["emu"]
+    apply(*upstream_addon(emu))
+    wait_for("the add-on's DaemonSets Ready", upstream_ready, 120)
+    apply(spc("migrating", NS, [{"objectName": "migrating", "objectType": "secret"}]))
+    emu.set_secret("migrating", "before-migration")
+    apply(pod("addon-mounted", NS, [csi_volume("kv", "migrating")]))
+    wait_pod("addon-mounted", NS, timeout=120)
+    if read("addon-mounted", NS, "/mnt/kv/migrating") != "before-migration":
+        raise Failure("the add-on did not mount the pod")
+    before = restarts("addon-mounted", NS)
+
+    # The runbook: the add-on goes (its pods, its provider), the CSIDriver is handed to Helm, the chart comes.
+    remove_upstream(keep_csidriver=True)
+    kubectl("label", "csidriver", "secrets-store.csi.k8s.io", "app.kubernetes.io/managed-by=Helm", "--overwrite")
+    kubectl("annotate", "csidriver", "secrets-store.csi.k8s.io", f"meta.helm.sh/release-name={RELEASE}",
+            f"meta.helm.sh/release-namespace={DRIVER_NS}", "--overwrite")
+    t0 = time.time()
+    helm().install(str(CHART), RELEASE, chart_values(emu), namespace=DRIVER_NS, timeout=180, wait="watcher")
+    wait_for("keyvault-csi Ready", driver_ready, 120)
+    if read("addon-mounted", NS, "/mnt/kv/migrating") != "before-migration":
+        raise Failure("the mounted file changed or vanished during the swap")
+    emu.set_secret("migrating", "after-migration")
+    wait_for("the adopted volume rotated by keyvault-csi",
+             lambda: read("addon-mounted", NS, "/mnt/kv/migrating") == "after-migration", 2 * POLL + 20)
+    FIGURES["migration"] = f"add-on → keyvault-csi: adopted volume rotated {time.time() - t0:.0f} s after helm install"
+    if restarts("addon-mounted", NS) != before:
+        raise Failure(f"the pod restarted or was replaced: {before} -> {restarts('addon-mounted', NS)}")
+    delete("pod", "addon-mounted", NS, wait=True)  # kubelet's unpublish, served by keyvault-csi
+
+    # Rollback: a pod mounted by keyvault-csi, then the add-on back.
+    apply(pod("ours-mounted", NS, [csi_volume("kv", "migrating")]))
+    wait_pod("ours-mounted", NS)
+    before = restarts("ours-mounted", NS)
+    helm().uninstall(RELEASE, wait="watcher", timeout=120)
+    ctx["uninstalled"] = True
+    wait_for("driver pods gone", lambda: not driver_pods(), 90)
+    apply(*upstream_addon(emu))
+    wait_for("the add-on's DaemonSets Ready again", upstream_ready, 120)
+    if read("ours-mounted", NS, "/mnt/kv/migrating") != "after-migration" or restarts("ours-mounted", NS) != before:
+        raise Failure("the pod mounted by keyvault-csi lost its files or restarted during the rollback")
+    apply(pod("addon-again", NS, [csi_volume("kv", "migrating")]))
+    wait_pod("addon-again", NS, timeout=120)
+    if read("addon-again", NS, "/mnt/kv/migrating") != "after-migration":
+        raise Failure("the add-on cannot mount after the rollback")
+    for p in ("ours-mounted", "addon-again"):
+        delete("pod", p, NS, wait=True)  # both unmounted by the add-on's driver
+    remove_upstream()
+    kubectl("delete", "clusterrolebinding", UPSTREAM_SA, "--ignore-not-found")
+    kubectl("delete", "serviceaccount", UPSTREAM_SA, "-n", DRIVER_NS, "--ignore-not-found")
+
+
+# ----------------------------------------------------------------------------------------------------
 # SecretSync: mount-less sync (no kubelet involved)
 
 SYNC_DEPLOY = f"{RELEASE}-keyvault-csi-sync-controller"
@@ -1303,8 +1481,11 @@ def main():
     run("secretsync-429-storm-and-restart", s_secret_sync_storm_restart)
     run("metrics", s_metrics)
     run("scale-50", s_scale, inspector)
+    run("failover-vault", s_failover)
     if "rot_pod" in ctx:
         run("helm-upgrade-uninstall", s_upgrade_uninstall)
+    if ctx.get("uninstalled"):
+        run("migration-from-addon-and-back", s_migration)
 
     # Teardown: our namespaces and, unless uninstalled above, the release.
     if env_flag("E2E_KEEP"):
