@@ -74,8 +74,14 @@ impl Provider for FakeProvider {
         let value = self.value.lock().unwrap().clone();
         Ok(MountResponse {
             files: vec![File::new("a", 0o644, value.clone().into_bytes())],
-            object_versions: [("secret/a".to_string(), value)].into(),
-            ..Default::default()
+            object_versions: [("secret/a".to_string(), value.clone())].into(),
+            served: vec![crate::provider::Served {
+                id: "secret/a".into(),
+                version: value,
+                source: "kv1".into(),
+                ..Default::default()
+            }],
+            requester: crate::provider::Requester { identity: "workload".into(), client_id: "cid".into() },
         })
     }
 }
@@ -702,4 +708,41 @@ async fn pod_status_versions_change_exactly_when_an_objects_version_does() {
     tokio::time::advance(INTERVAL).await;
     assert_eq!(d.rotate_due().await, 1);
     assert_eq!(recorded(), ["v1", "v2"], "adopting and rotating an unchanged volume wrote nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_audit_trail_names_each_trigger_of_a_volume() {
+    let mut f = Fixture::new(Some(INTERVAL));
+    let log = f.dir.path().join("audit.log");
+    let audit = crate::audit::Audit::start(&crate::audit::Sink::File(log.clone()), 1000).unwrap();
+    f.driver = Arc::new(Arc::into_inner(f.driver).unwrap().with_audit(audit.clone()));
+    let d = &f.driver;
+    d.publish(f.volume(0), None).await.unwrap();
+    *f.provider.value.lock().unwrap() = "v2".into();
+    tokio::time::advance(INTERVAL).await;
+    assert_eq!(d.rotate_due().await, 1);
+    tokio::time::advance(INTERVAL).await;
+    d.publish(f.volume(0), None).await.unwrap();
+    assert_eq!(audit.counts(), (3, 0));
+    let mut lines = Vec::new();
+    for _ in 0..500 {
+        lines = std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_string).collect();
+        if lines.len() == 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let got: Vec<(String, String, String)> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["trigger"].as_str().unwrap().into(),
+                v["version"].as_str().unwrap().into(),
+                v["pod"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [("mount", "v1"), ("rotation", "v2"), ("republish", "v2")];
+    assert_eq!(got, want.map(|(t, v)| (t.to_string(), v.to_string(), "web-0".to_string())));
 }
