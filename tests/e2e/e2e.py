@@ -907,6 +907,9 @@ def s_failover(ctx):
     c["spec"]["parameters"]["failoverKeyvaultNames"] = SLOW_VAULT
     apply(c)
     emu.call("PUT", f"/faults/{VAULT}", {"outage": True})
+    # A fetch of the same object and identity from the last 5 s (--keyvault-dedup-window) would be
+    # shared with this pod; let that window pass so its mount asks the vault.
+    time.sleep(6)
     try:
         apply(pod("failover", NS, [csi_volume("kv", "with-failover")]))
         wait_pod("failover", NS, timeout=120)
