@@ -7,7 +7,7 @@
 #   4. SecretSync: 1,000 SecretSyncs over 10 objects and 5 identities, the real sync-controller on the
 #      same API server (crates/keyvault-csi/benches/secretsync.rs).
 # BENCH_ONLY=sidebyside runs only part 3, BENCH_ONLY=secretsync only part 4. BENCH_REPEATS, BENCH_VOLUMES tune it; BENCH_README=1 rewrites
-# the README's comparison from the run.
+# docs/performance.md's comparison from the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -51,7 +51,7 @@ if [ "${BENCH_ONLY:-}" != secretsync ]; then
   log "side by side: upstream v1.6 + mock provider, keyvault-csi + the same provider, keyvault-csi + Azure (emulated)"
   hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench sidebyside
   args=(--svg docs/bench.svg)
-  [ -n "${BENCH_README:-}" ] && args+=(--readme README.md)
+  [ -n "${BENCH_README:-}" ] && args+=(--readme docs/performance.md)
   python3 hack/bench-report.py "$OUT/sidebyside.json" "${args[@]}"
 fi
 if [ "${BENCH_ONLY:-}" != sidebyside ]; then
