@@ -208,6 +208,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_class_objects_list_splits_into_one_list_per_object_and_anything_else_does_not() {
+        let objects =
+            "array:\n  - |\n    objectName: a\n    objectType: secret\n  - |\n    objectName: b\n    objectType: key\n";
+        let attrs = BTreeMap::from([("objects".to_string(), objects.to_string())]);
+        let parts = split_objects(&attrs).unwrap();
+        assert_eq!(parts.len(), 2);
+        #[derive(serde::Deserialize)]
+        struct Objects {
+            array: Vec<String>,
+        }
+        let b: Objects = serde_saphyr::from_str(&parts[1]).unwrap();
+        assert_eq!(b.array, vec!["objectName: b\nobjectType: key\n".to_string()], "the entry, verbatim");
+        assert_eq!(split_objects(&BTreeMap::new()), None);
+        let other = BTreeMap::from([("objects".to_string(), "a,b".to_string())]);
+        assert_eq!(split_objects(&other), None, "not the array: list");
+    }
+
+    #[test]
     fn provider_codes_become_bounded_labels() {
         assert_eq!(provider_code_label("ProviderBinaryNotFound"), "ProviderBinaryNotFound");
         assert_eq!(provider_code_label("with spaces: and the secret value"), "GRPCProviderError");
@@ -217,4 +235,22 @@ mod tests {
         assert!(distinct.len() <= MAX_PROVIDER_CODES + 1, "{} labels", distinct.len());
         assert!(distinct.contains("GRPCProviderError"));
     }
+}
+
+/// The `objects` parameter (the `array:` list of Azure's provider and upstream's test provider) with
+/// the one entry `item`: how one object is fetched on its own (`check --live`, partial SecretSync).
+pub fn one_object(item: &str) -> String {
+    // YAML reads JSON: the same list with one entry.
+    serde_json::json!({ "array": [item] }).to_string()
+}
+
+/// The `objects` parameter of `attributes` as one parameter per object ([`one_object`]); `None` when
+/// it is not such a list.
+pub fn split_objects(attributes: &BTreeMap<String, String>) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Objects {
+        array: Vec<String>,
+    }
+    let objects: Objects = serde_saphyr::from_str(attributes.get("objects")?).ok()?;
+    Some(objects.array.iter().map(|o| one_object(o)).collect())
 }

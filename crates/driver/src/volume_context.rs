@@ -161,16 +161,56 @@ impl PublishParams {
     /// Class parameters under `csi.storage.k8s.io/` are dropped: those keys carry kubelet's pod identity
     /// (pod name, namespace, service-account tokens), and a class author must not be able to forge them.
     pub fn attributes(&self, parameters: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        let mut attrs: BTreeMap<String, String> = parameters
-            .iter()
-            .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        attrs.extend(self.volume_context.iter().map(|(k, v)| (k.clone(), v.clone())));
-        if let Some(t) = &self.tokens {
-            attrs.insert(TOKENS_KEY.to_string(), t.expose_secret().to_string());
-        }
-        attrs
+        provider_attributes(parameters, &self.volume_context, self.tokens.as_ref())
+    }
+}
+
+/// The one place provider attributes are made (mounts, SecretSync, `check --live`): class parameters
+/// without the reserved `csi.storage.k8s.io/` keys, overlaid by `context` (what kubelet puts in the
+/// volume context, or its stand-in), plus the service-account tokens JSON.
+pub fn provider_attributes(
+    parameters: &BTreeMap<String, String>,
+    context: &BTreeMap<String, String>,
+    tokens: Option<&SecretString>,
+) -> BTreeMap<String, String> {
+    let mut attrs: BTreeMap<String, String> = parameters
+        .iter()
+        .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    attrs.extend(context.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(t) = tokens {
+        attrs.insert(TOKENS_KEY.to_string(), t.expose_secret().to_string());
+    }
+    attrs
+}
+
+/// Who a provider call is for, as kubelet's volume context names it: a pod, or what stands in for one
+/// (a SecretSync, `check --live`, standalone mode).
+pub struct Caller<'a> {
+    /// Pod name (or the stand-in's name).
+    pub pod: &'a str,
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Pod UID ("" when none).
+    pub uid: &'a str,
+    /// Service account.
+    pub service_account: &'a str,
+}
+
+impl Caller<'_> {
+    /// The volume-context keys kubelet sets for a pod.
+    pub fn context(&self) -> BTreeMap<String, String> {
+        [
+            (POD_NAME_KEY, self.pod),
+            (POD_NAMESPACE_KEY, self.namespace),
+            (POD_UID_KEY, self.uid),
+            (SERVICE_ACCOUNT_KEY, self.service_account),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 }
 

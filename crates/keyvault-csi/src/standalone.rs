@@ -14,7 +14,7 @@ use driver::class::{ClassError, ClassSource, SecretProviderClassSpec};
 use driver::external::ExternalProviders;
 use driver::mounter::{Mounter, PlainDirMounter, TmpfsMounter};
 use driver::node::PublishOutcome;
-use driver::redact::{SecretString, TOKENS_KEY, secret_map};
+use driver::redact::{TOKENS_KEY, secret_map};
 use driver::volume_context::{self as vc, PodInfo, PublishParams};
 use driver::{Config, Driver, Providers};
 
@@ -117,7 +117,11 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
     let tokens = match &args.service_account_token_file {
         Some(f) => {
             let jwt = read_secret_file(f, "--service-account-token-file")?;
-            Some(SecretString::from(serde_json::json!({ "api://AzureADTokenExchange": { "token": jwt } }).to_string()))
+            // Its expiry as kubelet would state it (the provider checks the JWT's own `exp`).
+            let exp = keyvault::params::jwt_claims(&jwt).map_or(0, |c| c.2);
+            let expires = k8s_openapi::jiff::Timestamp::from_second(exp).unwrap_or_default();
+            let token = driver::kube::credentials::MintedToken { token: jwt.into(), expires };
+            Some(driver::kube::credentials::tokens_json([(keyvault::params::WI_AUDIENCE, &token)]))
         }
         None => None,
     };

@@ -3,15 +3,12 @@
 //! policy allows), cached and refreshed after 80 % of its life. A token that fails to refresh is
 //! served while it is still valid, as kubelet's token manager does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::Api;
-use kube::api::PostParams;
-use secrecy::{ExposeSecret, SecretString};
+use driver::kube::credentials::{MintedToken, mint_token, tokens_json};
+use secrecy::SecretString;
 
 /// Upstream's token lifetime (its admission policy requires exactly this).
 pub const EXPIRATION_SECONDS: i64 = 600;
@@ -46,23 +43,11 @@ impl Minter for ApiMinter {
         service_account: &str,
         audience: &str,
     ) -> Result<(SecretString, SystemTime), String> {
-        let api: Api<ServiceAccount> = Api::namespaced(self.0.clone(), namespace);
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![audience.to_string()],
-                expiration_seconds: Some(EXPIRATION_SECONDS),
-                bound_object_ref: None,
-            },
-            ..Default::default()
-        };
-        let answer = api
-            .create_token_request(service_account, &PostParams::default(), &request)
+        let t = mint_token(&self.0, namespace, service_account, audience, Some(EXPIRATION_SECONDS), None)
             .await
-            .map_err(|e| driver::kube::describe(&e))?;
-        let status = answer.status.ok_or("the API server returned no token")?;
-        let expires =
-            SystemTime::UNIX_EPOCH + Duration::from_secs(status.expiration_timestamp.0.as_second().max(0) as u64);
-        Ok((SecretString::from(status.token), expires))
+            .map_err(|e| e.to_string())?;
+        let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(t.expires.as_second().max(0) as u64);
+        Ok((t.token, expires))
     }
 }
 
@@ -86,16 +71,13 @@ impl Tokens {
         service_account: &str,
         audiences: &[String],
     ) -> Result<SecretString, String> {
-        let mut out = BTreeMap::new();
+        let mut minted = Vec::new();
         for audience in audiences {
             let c = self.get(namespace, service_account, audience).await?;
-            let expiry = k8s_openapi::jiff::Timestamp::try_from(c.expires).map_err(|e| e.to_string())?;
-            out.insert(
-                audience.clone(),
-                serde_json::json!({"token": c.token.expose_secret(), "expirationTimestamp": expiry.to_string()}),
-            );
+            let expires = k8s_openapi::jiff::Timestamp::try_from(c.expires).map_err(|e| e.to_string())?;
+            minted.push((audience.as_str(), MintedToken { token: c.token, expires }));
         }
-        Ok(SecretString::from(serde_json::to_string(&out).expect("JSON of strings")))
+        Ok(tokens_json(minted.iter().map(|(a, t)| (*a, t))))
     }
 
     async fn get(&self, namespace: &str, service_account: &str, audience: &str) -> Result<Cached, String> {
@@ -137,6 +119,7 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -8,7 +8,7 @@ mod cache;
 mod classes;
 mod cluster;
 pub mod crd;
-mod credentials;
+pub mod credentials;
 mod events;
 mod podstatus;
 pub mod secrets;

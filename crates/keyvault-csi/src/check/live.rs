@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use driver::kube::crd::v1::SecretProviderClass;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use driver::kube::credentials::{MintError, MintedToken, mint_token, tokens_json};
+use driver::volume_context::{Caller, provider_attributes};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::storage::v1::{CSIDriver, CSINode};
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use serde::Serialize;
 
 use driver::kube::describe;
@@ -101,11 +102,6 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-#[derive(Serialize)]
-struct ObjectsArray {
-    array: Vec<String>,
-}
-
 /// Runs the live checks; `Err` when the cluster cannot be asked at all (exit code 2).
 pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     let ns = args.namespace.as_str();
@@ -187,11 +183,8 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
             .push(skip("objects", format!("provider {:?} is not the built-in Azure provider", spc.spec.spec.provider)));
         return Ok(report);
     }
-    let mut attributes: BTreeMap<String, String> = params.clone();
-    attributes.retain(|k, _| !k.starts_with("csi.storage.k8s.io/"));
-    attributes.insert("csi.storage.k8s.io/pod.name".into(), "keyvault-csi-check".into());
-    attributes.insert("csi.storage.k8s.io/pod.namespace".into(), ns.into());
-    attributes.insert("csi.storage.k8s.io/serviceAccount.name".into(), args.service_account.clone());
+    let caller = Caller { pod: "keyvault-csi-check", namespace: ns, uid: "", service_account: &args.service_account };
+    let mut tokens = None;
     let mut secrets = keyvault::params::SecretMap::new();
     if let Some(name) = &args.node_publish_secret_ref {
         match Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await {
@@ -224,8 +217,7 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     } else if let Some(audience) = audience {
         match service_account_token(&client, ns, &args.service_account, audience).await {
             Ok(token) => {
-                let tokens = serde_json::json!({ audience: { "token": token, "expirationTimestamp": "" } });
-                attributes.insert("csi.storage.k8s.io/serviceAccount.tokens".into(), tokens.to_string());
+                tokens = Some(tokens_json([(audience, &token)]));
                 checks.push(pass(
                     "service account token",
                     format!("kubelet can get a {audience} token for {ns}/{}", args.service_account),
@@ -246,9 +238,8 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     let mut identity_ok = None;
     for object in lint.objects() {
         let name = object.spec.name.clone();
-        let one = ObjectsArray { array: vec![object.source.clone()] };
-        let mut attrs = attributes.clone();
-        attrs.insert("objects".into(), serde_saphyr::to_string(&one).unwrap_or_default());
+        let mut attrs = provider_attributes(&params, &caller.context(), tokens.as_ref());
+        attrs.insert("objects".into(), driver::provider::one_object(&object.source));
         let request = keyvault::MountRequest {
             attributes: attrs,
             secrets: secrets.clone(),
@@ -350,36 +341,26 @@ async fn token_audience(client: &kube::Client, audience: &str) -> Check {
     }
 }
 
-async fn service_account_token(client: &kube::Client, ns: &str, sa: &str, audience: &str) -> Result<String, Check> {
+async fn service_account_token(
+    client: &kube::Client,
+    ns: &str,
+    sa: &str,
+    audience: &str,
+) -> Result<MintedToken, Check> {
     let c = "service account token";
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let req = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![audience.into()],
-            expiration_seconds: Some(600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    match api.create_token_request(sa, &PostParams::default(), &req).await {
-        Ok(t) => t
-            .status
-            .map(|s| s.token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| skip(c, "the API server returned no token")),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(fail(
+    match mint_token(client, ns, sa, audience, Some(600), None).await {
+        Ok(t) => Ok(t),
+        Err(MintError::NoToken) => Err(skip(c, "the API server returned no token")),
+        Err(e) if e.code() == Some(404) => Err(fail(
             c,
             format!("service account {ns}/{sa} does not exist"),
             Some(format!("serviceaccounts \"{sa}\" not found")),
         )),
-        Err(kube::Error::Api(s)) if s.code == 403 => Err(skip(
+        Err(e) if e.code() == Some(403) => Err(skip(
             c,
-            format!(
-                "you may not create tokens for {ns}/{sa} ({}); the identity and objects are not checked",
-                s.message
-            ),
+            format!("you may not create tokens for {ns}/{sa} ({e}); the identity and objects are not checked"),
         )),
-        Err(e) => Err(fail(c, describe(&e), None)),
+        Err(e) => Err(fail(c, e.to_string(), None)),
     }
 }
 
