@@ -239,14 +239,6 @@ pub fn sync_hash(key: &[u8], data: &BTreeMap<String, Vec<u8>>, p: &Provenance<'_
     format!("v1:{}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Whether the Secret must be written: its hash changed, or the last attempt did not end Ready
-/// (a failed write, or a Secret never written).
-pub fn must_write(status: Option<&SecretSyncStatus>, hash: &str) -> bool {
-    let Some(st) = status else { return true };
-    let ready = st.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
-    st.sync_hash != hash || !ready
-}
-
 /// The conditions after an outcome, all three recomputed (`created`: the Secret existed before).
 pub fn conditions(
     previous: &[Condition],
@@ -428,27 +420,5 @@ mod tests {
         assert_eq!(by(&again, SECRET_CREATED).last_transition_time, at(200));
         assert_eq!(by(&again, SECRET_UPDATED).status, "False");
         assert_eq!(by(&again, READY).observed_generation, Some(2));
-    }
-
-    #[test]
-    fn nothing_is_written_when_the_hash_holds_and_the_last_sync_was_ready() {
-        assert!(must_write(None, "v1:a"));
-        let ok = SecretSyncStatus {
-            sync_hash: "v1:a".into(),
-            conditions: conditions(&[], 1, &at(1), Ok(Written::Created)),
-            ..Default::default()
-        };
-        assert!(!must_write(Some(&ok), "v1:a"));
-        assert!(must_write(Some(&ok), "v1:b"));
-        let failed = SecretSyncStatus {
-            conditions: conditions(
-                &ok.conditions,
-                1,
-                &at(2),
-                Err(&Failure::new(FailureReason::ControllerPatchError, "x")),
-            ),
-            ..ok.clone()
-        };
-        assert!(must_write(Some(&failed), "v1:a"), "a failed write is retried even with the same hash");
     }
 }

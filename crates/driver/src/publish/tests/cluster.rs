@@ -1,0 +1,391 @@
+use super::*;
+
+/// A cluster whose annotations the test sets, recording the events the driver reports.
+#[derive(Default)]
+pub(super) struct FakeCluster {
+    pod_refresh: Mutex<BTreeMap<String, String>>,
+    class_refresh: Mutex<Option<String>>,
+    class_interval: Mutex<Option<String>>,
+    events: Mutex<Vec<(String, String, String)>>,
+    /// While set, pod-status writes wait for it: an API server that does not answer.
+    record_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// The `secret/a` version of every pod-status write that completed.
+    recorded: Mutex<Vec<String>>,
+    /// Secret syncs.
+    synced: AtomicUsize,
+}
+
+impl FakeCluster {
+    fn events(&self, reason: &str) -> Vec<(String, String)> {
+        let events = self.events.lock().unwrap();
+        events.iter().filter(|(_, r, _)| r == reason).map(|(pod, _, m)| (pod.clone(), m.clone())).collect()
+    }
+}
+
+#[async_trait]
+impl crate::node::Cluster for FakeCluster {
+    async fn record(
+        &self,
+        _: &PublishParams,
+        versions: &BTreeMap<String, String>,
+        _failover: &BTreeMap<String, String>,
+        _: bool,
+    ) -> Result<(), crate::kube::PodStatusError> {
+        let gate = self.record_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        self.recorded.lock().unwrap().push(versions.get("secret/a").cloned().unwrap_or_default());
+        Ok(())
+    }
+    async fn remove(&self, _: &PublishParams) -> Result<(), crate::kube::PodStatusError> {
+        Ok(())
+    }
+    async fn written(&self, _: &PublishParams, _: &SecretProviderClassSpec, _: bool, _: &[File]) -> usize {
+        self.synced.fetch_add(1, Ordering::SeqCst);
+        0
+    }
+    async fn rotation_failed(&self, params: &PublishParams, message: &str) {
+        self.events.lock().unwrap().push((params.pod.name.clone(), "MountRotationFailed".into(), message.into()));
+    }
+    fn hints(&self, params: &PublishParams) -> crate::annotations::VolumeHints {
+        crate::annotations::VolumeHints {
+            refresh: crate::annotations::RefreshMarks {
+                pod: self.pod_refresh.lock().unwrap().get(&params.pod.name).cloned(),
+                class: self.class_refresh.lock().unwrap().clone(),
+            },
+            class_interval: self.class_interval.lock().unwrap().clone(),
+        }
+    }
+    async fn refreshed(&self, params: &PublishParams, message: &str) {
+        self.events.lock().unwrap().push((params.pod.name.clone(), "RefreshedOnRequest".into(), message.into()));
+    }
+    async fn certificate_expiring(&self, params: &PublishParams, message: &str) {
+        self.events.lock().unwrap().push((params.pod.name.clone(), "CertificateExpiring".into(), message.into()));
+    }
+    async fn class_interval_invalid(&self, params: &PublishParams, message: &str) {
+        self.events.lock().unwrap().push((params.pod.name.clone(), "InvalidRotationInterval".into(), message.into()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_now_on_a_pod_refreshes_its_volume_once_even_with_rotation_off_and_an_event_says_so() {
+    let cluster = Arc::new(FakeCluster::default());
+    // A value present at mount time asks nothing: it was already served by the mount itself.
+    cluster.pod_refresh.lock().unwrap().insert("web-0".into(), "t0".into());
+    let f = Fixture::with_cluster(None, cluster.clone());
+    let d = f.driver.clone();
+    for i in 0..2 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    assert_eq!(d.serve_refresh_requests().await, 0);
+    *f.provider.value.lock().unwrap() = "v2".into();
+    cluster.pod_refresh.lock().unwrap().insert("web-0".into(), "2026-12-01T10:00:00Z".into());
+    assert_eq!(d.serve_refresh_requests().await, 1, "only the annotated pod's volume");
+    assert_eq!((f.read(0).as_deref(), f.read(1).as_deref()), (Some("v2"), Some("v1")));
+    assert_eq!(f.calls(), 3);
+    let events = cluster.events("RefreshedOnRequest");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "web-0");
+    assert_eq!(
+        events[0].1,
+        r#"refreshed on request (keyvault-csi.io/refresh-now="2026-12-01T10:00:00Z" on the pod): 1 files, contents changed"#
+    );
+    assert!(!events[0].1.contains("v2"), "no value in an event");
+    // Served once; removing the annotation asks nothing either.
+    assert_eq!(d.serve_refresh_requests().await, 0);
+    cluster.pod_refresh.lock().unwrap().clear();
+    assert_eq!(d.serve_refresh_requests().await, 0);
+    assert_eq!(f.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_now_on_a_class_refreshes_every_volume_in_one_cycle_and_a_failure_keeps_the_files() {
+    let cluster = Arc::new(FakeCluster::default());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    for i in 0..3 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    *f.provider.value.lock().unwrap() = "v2".into();
+    *cluster.class_refresh.lock().unwrap() = Some("1".into());
+    assert_eq!(d.serve_refresh_requests().await, 3);
+    assert!((0..3).all(|i| f.read(i).as_deref() == Some("v2")));
+    let cycles = f.provider.cycles.lock().unwrap().clone();
+    let forced: std::collections::HashSet<_> = cycles[3..].iter().collect();
+    assert_eq!(forced.len(), 1, "one cycle, so the provider shares identical fetches: {cycles:?}");
+    assert!(forced.iter().all(|c| c.is_some()), "background calls, under the provider's dedup and rate limits");
+    assert_eq!(cluster.events("RefreshedOnRequest").len(), 3);
+    // A failing vault: the request is served (once), the files stay, the failure is reported.
+    *f.provider.fail.lock().unwrap() = true;
+    *cluster.class_refresh.lock().unwrap() = Some("2".into());
+    assert_eq!(d.serve_refresh_requests().await, 3);
+    assert!((0..3).all(|i| f.read(i).as_deref() == Some("v2")), "files kept");
+    assert_eq!(cluster.events("MountRotationFailed").len(), 3);
+    assert_eq!(d.serve_refresh_requests().await, 0, "not retried every second; rotation's backoff takes over");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_class_interval_overrides_the_nodes_and_is_bounded_below() {
+    let cluster = Arc::new(FakeCluster::default());
+    *cluster.class_interval.lock().unwrap() = Some("10m".into());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    d.publish(f.volume(0), None).await.unwrap();
+    tokio::time::advance(INTERVAL * 2).await;
+    assert_eq!(d.rotate_due().await, 0, "a 10 m class is not due after the node's 2 m");
+    tokio::time::advance(Duration::from_secs(360)).await;
+    assert_eq!(d.rotate_due().await, 1, "due at 10 m");
+    // Asking for 1 s gets the 30 s floor: not due at 20 s, due at 30 s.
+    *cluster.class_interval.lock().unwrap() = Some("1s".into());
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert_eq!(d.rotate_due().await, 0);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(d.rotate_due().await, 1);
+    assert_eq!(d.volumes().get(Path::new(&f.target(0))).unwrap().interval, Some(Duration::from_secs(30)));
+    // An unusable value: the node's interval applies, and one Warning says why.
+    *cluster.class_interval.lock().unwrap() = Some("soon".into());
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(d.rotate_due().await, 0);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(d.rotate_due().await, 1);
+    tokio::task::yield_now().await;
+    let warnings = cluster.events("InvalidRotationInterval");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].1.contains("keyvault-csi.io/rotation-poll-interval") && warnings[0].1.contains("soon"));
+}
+
+/// A self-signed certificate PEM valid until `not_after` (Unix seconds).
+fn cert_pem(not_after: i64) -> String {
+    let mut p = rcgen::CertificateParams::new(vec!["example.com".into()]).unwrap();
+    p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+    p.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()
+}
+
+#[tokio::test]
+async fn an_expiring_certificate_is_a_gauge_per_class_and_file_and_one_warning_per_pod() {
+    let cluster = Arc::new(FakeCluster::default());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    let soon = chrono::Utc::now().timestamp() + 10 * 86_400;
+    *f.provider.value.lock().unwrap() = cert_pem(soon);
+    for i in 0..2 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    assert_eq!(d.warn_expiring().await, 2, "one per pod");
+    assert_eq!(d.warn_expiring().await, 0, "once per file and notAfter");
+    let warnings = cluster.events("CertificateExpiring");
+    assert!(warnings[0].1.starts_with("certificate in file \"a\" expires at "), "{warnings:?}");
+    assert!(warnings[0].1.contains("(in 9d23h)") || warnings[0].1.contains("(in 10d0h)"), "{warnings:?}");
+    assert!(!warnings[0].1.contains("BEGIN"), "no certificate text in an event");
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = crate::metrics::Metrics::default();
+    metrics.register(&mut registry, d.volumes().clone());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let series: Vec<&str> = text.lines().filter(|l| l.starts_with("certificate_expiry_timestamp_seconds{")).collect();
+    assert_eq!(
+        series,
+        [format!("certificate_expiry_timestamp_seconds{{namespace=\"ns\",class=\"spc\",object=\"a\"}} {soon}")]
+    );
+    // A renewed certificate far from expiry: the gauge follows, and nothing is warned.
+    let later = soon + 365 * 86_400;
+    *f.provider.value.lock().unwrap() = cert_pem(later);
+    *cluster.class_refresh.lock().unwrap() = Some("renewed".into());
+    assert_eq!(d.serve_refresh_requests().await, 2);
+    assert_eq!(d.warn_expiring().await, 0);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains(&format!("object=\"a\"}} {later}")), "{text}");
+}
+
+/// The hostile-tenant audit: one class with Go's longest duration as its interval plus refresh-now
+/// panicked the node-wide refresh loop (`Instant + interval`), silently ending refresh-now for every
+/// pod on the node. The interval is capped now (with a Warning), and the loop keeps serving.
+#[tokio::test(start_paused = true)]
+async fn the_most_hostile_interval_and_refresh_now_cannot_stop_the_node_wide_loops() {
+    let cluster = Arc::new(FakeCluster::default());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    for i in 0..2 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    // Beyond Go's range (a Duration, but `Instant + it` overflows): refused, the node's interval applies.
+    *cluster.class_interval.lock().unwrap() = Some("3000000000000000h".into());
+    *f.provider.fail.lock().unwrap() = true;
+    *cluster.class_refresh.lock().unwrap() = Some("now".into());
+    let loops = tokio::spawn(d.clone().run_refresh_requests(std::future::pending()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!loops.is_finished(), "the refresh-now loop is still running");
+    assert_eq!(cluster.events("MountRotationFailed").len(), 2, "both refreshes ran and failed cleanly");
+    let refused = cluster.events("InvalidRotationInterval");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].1.contains("longer than Go allows"), "{refused:?}");
+    assert_eq!(d.volumes().get(Path::new(&f.target(0))).unwrap().failures, 1);
+    // Go's longest duration: capped at 30 days, with a Warning.
+    *cluster.class_interval.lock().unwrap() = Some("2562047h".into());
+    *cluster.class_refresh.lock().unwrap() = Some("again".into());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.events("MountRotationFailed").len(), 4);
+    let capped = cluster.events("InvalidRotationInterval");
+    assert!(capped.len() == 2 && capped[1].1.contains("capped at 720h"), "{capped:?}");
+    // Other tenants' requests are still served.
+    *f.provider.fail.lock().unwrap() = false;
+    *f.provider.value.lock().unwrap() = "v2".into();
+    cluster.pod_refresh.lock().unwrap().insert("web-1".into(), "please".into());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(f.read(1).as_deref(), Some("v2"));
+    assert_eq!(cluster.events("RefreshedOnRequest").len(), 1);
+    assert_eq!(d.tasks().panics(crate::rotation::REFRESH_TASK), 0, "no panic to catch any more");
+    assert_eq!(d.rotate_due().await, 0, "capped at 30 days: nothing due");
+    loops.abort();
+}
+
+/// Issue 26: with an API server that does not answer, a rotation refresh stuck writing the pod status
+/// must not hold the target while kubelet waits (kubelet got ABORTED). Kubelet's unpublish goes through
+/// at once; a republish meanwhile returns at once (the refresh is still under way), and after the refresh
+/// gave way to kubelet, the next publish records the new versions and syncs the Secrets it owed.
+#[tokio::test]
+async fn kubelet_never_waits_on_a_background_refreshs_api_calls() {
+    let cluster = Arc::new(FakeCluster::default());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    for i in 0..2 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    assert_eq!(*cluster.recorded.lock().unwrap(), ["v1", "v1"]);
+    *f.provider.value.lock().unwrap() = "v2".into();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *cluster.record_gate.lock().unwrap() = Some(gate.clone());
+    let refresh = |i: usize| {
+        let (d, p) = (d.clone(), f.volume(i));
+        tokio::spawn(async move { d.refresh(p, 7, true).await })
+    };
+    let (r0, r1) = (refresh(0), refresh(1));
+    wait_until(|| f.read(0).as_deref() == Some("v2") && f.read(1).as_deref() == Some("v2")).await;
+    // Both refreshes now await the API server. Kubelet unpublishes volume 0:
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let t0 = f.target(0);
+    d.unpublish("csi-1", &t0, Some(deadline)).await.expect("never ABORTED behind our own API call");
+    assert!(matches!(r0.await.unwrap(), PublishOutcome::Skipped), "the refresh gave way");
+    assert!(d.volumes().get(Path::new(&t0)).is_none());
+    // Kubelet republishes volume 1, then (the refresh gone) once more with its deadline.
+    *cluster.record_gate.lock().unwrap() = None;
+    let synced_before = cluster.synced.load(Ordering::SeqCst);
+    let (d1, p1) = (d.clone(), f.volume(1));
+    let claim = tokio::spawn(async move {
+        d1.volumes().claim_for_kubelet(Path::new(&p1.target_path), Duration::from_secs(5)).await.is_ok()
+    });
+    assert!(claim.await.unwrap(), "kubelet got the target at once");
+    assert!(matches!(r1.await.unwrap(), PublishOutcome::Skipped));
+    // A republish an interval later fetches again (the volume's age is what counts).
+    d.volumes().update(Path::new(&f.target(1)), |v| v.last_fetch = v.last_fetch.checked_sub(INTERVAL).unwrap());
+    let outcome = d.publish(f.volume(1), None).await.unwrap();
+    assert!(matches!(outcome, PublishOutcome::Published { changed: false, .. }), "{outcome:?}");
+    assert_eq!(cluster.recorded.lock().unwrap().last().map(String::as_str), Some("v2"), "new versions recorded");
+    assert!(cluster.synced.load(Ordering::SeqCst) > synced_before, "the Secrets owed were synced");
+    assert!(!d.volumes().get(Path::new(&f.target(1))).unwrap().sync_pending);
+    gate.notify_waiters();
+}
+
+async fn wait_until(f: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached");
+}
+
+/// Issue 26: a republish while the poller holds the volume used to return at once, even when the
+/// mount was broken: kubelet's repair was dropped. It now cancels the poller and repairs.
+#[tokio::test]
+async fn a_republish_repairs_a_broken_mount_even_while_the_poller_holds_it() {
+    let f = Fixture::new(Some(INTERVAL));
+    let d = f.driver.clone();
+    d.publish(f.volume(0), None).await.unwrap();
+    let target = PathBuf::from(f.target(0));
+    let guard = d.volumes().try_claim(&target, crate::registry::Holder::Poller).unwrap();
+    let poller = tokio::spawn(async move {
+        guard.cancelled().await;
+        drop(guard);
+    });
+    // The mount breaks (here: its contents vanish; PlainDirMounter's "mount" is the ..data link).
+    std::fs::remove_dir_all(&target).unwrap();
+    let outcome = d.publish(f.volume(0), Some(std::time::Instant::now() + Duration::from_secs(5))).await.unwrap();
+    assert!(matches!(outcome, PublishOutcome::Published { .. }), "{outcome:?}");
+    assert_eq!(f.read(0).as_deref(), Some("v1"), "repaired");
+    poller.await.unwrap();
+}
+
+/// Stakater Reloader's CSI mode restarts workloads when the sorted `id=version` pairs of a pod status
+/// change. They must change exactly when a served object's version does: never on a republish, a no-op
+/// rotation or refresh, or an adoption after a restart.
+#[tokio::test(start_paused = true)]
+async fn pod_status_versions_change_exactly_when_an_objects_version_does() {
+    let cluster = Arc::new(FakeCluster::default());
+    let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    let d = f.driver.clone();
+    let recorded = || cluster.recorded.lock().unwrap().clone();
+    d.publish(f.volume(0), None).await.unwrap();
+    assert_eq!(recorded(), ["v1"], "the first mount");
+    d.publish(f.volume(0), None).await.unwrap();
+    tokio::time::advance(INTERVAL).await;
+    d.publish(f.volume(0), None).await.unwrap();
+    assert_eq!(f.calls(), 2, "the late republish fetched");
+    tokio::time::advance(INTERVAL).await;
+    assert_eq!(d.rotate_due().await, 1);
+    let refreshed = d.refresh(f.volume(0), 99, true).await;
+    assert!(matches!(refreshed, PublishOutcome::Published { changed: false, .. }), "{refreshed:?}");
+    assert_eq!(recorded(), ["v1"], "republishes, a rotation and a refresh that found v1 again wrote nothing");
+    *f.provider.value.lock().unwrap() = "v2".into();
+    tokio::time::advance(INTERVAL).await;
+    assert_eq!(d.rotate_due().await, 1);
+    assert_eq!(recorded(), ["v1", "v2"], "a new version: one write");
+    // A restart: the volume is found again from its pod status, with the versions recorded there.
+    let target = PathBuf::from(f.target(0));
+    d.volumes().remove(&target);
+    let found = vec![(f.volume(0), [("secret/a".to_string(), "v2".to_string())].into())];
+    assert_eq!(d.adopt(found).await, 1);
+    tokio::time::advance(INTERVAL).await;
+    assert_eq!(d.rotate_due().await, 1);
+    assert_eq!(recorded(), ["v1", "v2"], "adopting and rotating an unchanged volume wrote nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_audit_trail_names_each_trigger_of_a_volume() {
+    let mut f = Fixture::new(Some(INTERVAL));
+    let log = f.dir.path().join("audit.log");
+    let audit = crate::audit::Audit::start(&crate::audit::Sink::File(log.clone()), 1000).unwrap();
+    f.driver = Arc::new(Arc::into_inner(f.driver).unwrap().with_audit(audit.clone()));
+    let d = &f.driver;
+    d.publish(f.volume(0), None).await.unwrap();
+    *f.provider.value.lock().unwrap() = "v2".into();
+    tokio::time::advance(INTERVAL).await;
+    assert_eq!(d.rotate_due().await, 1);
+    tokio::time::advance(INTERVAL).await;
+    d.publish(f.volume(0), None).await.unwrap();
+    assert_eq!(audit.counts(), (3, 0));
+    let mut lines = Vec::new();
+    for _ in 0..500 {
+        lines = std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_string).collect();
+        if lines.len() == 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let got: Vec<(String, String, String)> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["trigger"].as_str().unwrap().into(),
+                v["version"].as_str().unwrap().into(),
+                v["pod"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [("mount", "v1"), ("rotation", "v2"), ("republish", "v2")];
+    assert_eq!(got, want.map(|(t, v)| (t.to_string(), v.to_string(), "web-0".to_string())));
+}
