@@ -361,7 +361,10 @@ async fn sigterm_lets_an_in_flight_publish_finish_then_exits_cleanly() {
         let _ = vol;
         tokio::spawn(async move { client.node_publish_volume(req).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The publish is in flight once the provider has it (it answers 1.5 s later).
+    while provider.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     driver.signal(nix::sys::signal::Signal::SIGTERM);
     publish.await.unwrap().expect("the in-flight publish completes");
     assert_eq!(driver.wait_exit(Duration::from_secs(10)).await, Some(0));

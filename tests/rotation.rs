@@ -221,10 +221,13 @@ async fn a_429_storm_and_an_outage_lose_no_files_and_recover_within_an_interval(
         }
         h.set_throttle("kv-rot", 100000, Duration::from_secs(10));
         h.clear_faults("kv-rot");
+        // It recovers (how fast, within one interval, is shown on paused time by the driver's unit test
+        // `a_long_outage_backs_off_to_one_attempt_per_interval_and_recovers_within_one_interval`; a
+        // wall-clock bound here would only measure the runner's load).
         let recovered = Instant::now();
         let target = vols[0].target(&node);
         while std::fs::read_to_string(target.join("s0")).unwrap() != format!("after-{storm}") {
-            assert!(recovered.elapsed() < Duration::from_secs(4), "{storm}: not recovered within about one interval");
+            assert!(recovered.elapsed() < Duration::from_secs(60), "{storm}: never recovered");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -290,6 +293,8 @@ async fn unpublishing_500_volumes_during_a_rotation_cycle_aborts_none_and_leaves
         assert!(Instant::now() < deadline, "no rotation started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The cycle in flight now has not reported yet: its report is the sign it is over.
+    let cycles_before = d.logs().matches("rotation cycle complete").count();
     let mut tasks = Vec::new();
     for chunk in vols.chunks(32) {
         let (mut client, reqs) =
@@ -311,8 +316,13 @@ async fn unpublishing_500_volumes_during_a_rotation_cycle_aborts_none_and_leaves
         aborted += t.await.unwrap();
     }
     assert_eq!(aborted, 0, "kubelet never sees ABORTED because of our poller");
-    // Give a refresh that had already fetched time to (wrongly) write, then look for leftovers.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Wait for the cycle that was in flight to end (every refresh of it has written, or not, by then),
+    // then look for leftovers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.logs().matches("rotation cycle complete").count() <= cycles_before {
+        assert!(Instant::now() < deadline, "the rotation cycle in flight never completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let left: Vec<_> = vols.iter().filter(|v| !d.mounts_at(&v.target(&node)).is_empty()).collect();
     assert!(left.is_empty(), "{} tmpfs mounts left behind", left.len());
     assert!(vols.iter().all(|v| !v.target(&node).exists()), "every target directory is gone");

@@ -1338,10 +1338,17 @@ def s_secret_sync(ctx):
         raise Failure("secretsync_ready for ss-db is not 1")
     if not m.get('secretsync_failures_total{namespace="e2e",name="ss-optout",reason="ControllerSyncError"}'):
         raise Failure("no failure counted for ss-optout")
-    # Nothing changed since: a round writes nothing.
+    # Nothing changed since: a round writes nothing. First see the round run (ss-db checked again and
+    # found up to date), then count the Secret writes across it.
     before = m.get('secretsync_api_writes_total{kind="secret"}', 0)
-    time.sleep(POLL + 4)
-    after = sync_metrics().get('secretsync_api_writes_total{kind="secret"}', 0)
+    checked = m.get('secretsync_reconcile_total{result="unchanged"}', 0)
+    last = m.get('secretsync_last_success_timestamp_seconds{namespace="e2e",name="ss-db"}', 0)
+    wait_for("a round that checks ss-db again", lambda: sync_metrics().get(
+        'secretsync_last_success_timestamp_seconds{namespace="e2e",name="ss-db"}', 0) > last, POLL + 30)
+    after_m = sync_metrics()
+    if after_m.get('secretsync_reconcile_total{result="unchanged"}', 0) <= checked:
+        raise Failure("the round ran but counted no unchanged check")
+    after = after_m.get('secretsync_api_writes_total{kind="secret"}', 0)
     if after != before:
         raise Failure(f"a round with nothing changed wrote {after - before} Secrets")
     for n in ("ss-foreign", "ss-optout"):

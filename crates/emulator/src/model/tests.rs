@@ -49,9 +49,25 @@ fn import_keeps_every_certificate_and_puts_the_leaf_first_unless_told_to_preserv
     let kept = CertMaterial::import(&pfx, "pw", true).unwrap();
     assert_eq!(kept.certs, given);
     assert_eq!(kept.leaf(), leaf.as_slice());
-    // The stored PFX keeps that order too.
-    let stored = pfx::Bundle::from_base64(&kept.secret_value(PKCS12).unwrap(), "").unwrap();
-    assert_eq!(stored.ordered_certs(false).unwrap(), given.iter().map(|c| c.as_slice()).collect::<Vec<_>>());
+    // The stored PFX keeps that order too, as an independent parser (the OpenSSL CLI) reads it.
+    let der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, kept.secret_value(PKCS12).unwrap()).unwrap();
+    let path = std::env::temp_dir().join(format!("emulator-kept-{}.pfx", std::process::id()));
+    std::fs::write(&path, der).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["pkcs12", "-legacy", "-nokeys", "-passin", "pass:", "-in"])
+        .arg(&path)
+        .output()
+        .expect("the openssl CLI is needed as the independent PKCS#12 parser (apt-get install openssl)");
+    std::fs::remove_file(&path).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let certs: Vec<Vec<u8>> = pem::parse_many(&out.stdout)
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| b.contents().to_vec())
+        .collect();
+    assert_eq!(certs, given);
 }
 
 #[test]
