@@ -5,7 +5,8 @@
 #   KUBECONFIG set             -> that cluster (kind, AKS, anything); nothing is started or stopped.
 #   else KUBE_BIN_DIR (default ../shared/k8s when it exists) -> the single-node kit: started with its up.sh,
 #                                 stopped with its down.sh afterwards (E2E_KEEP_CLUSTER=1 keeps it).
-# Images: the static release binaries (hack/release.sh, amd64) are packed into OCI archives without a
+# Images: the static release binaries (hack/release.sh, amd64), or with E2E_BUILD=test the test build's
+#   binaries with their shared libraries (what CI does, right after `make test`), are packed into OCI archives without a
 #   Docker daemon (hack/oci-image.py) and imported into the node's containerd with `ctr` (the kit, or any
 #   node this machine is). On another cluster, push them yourself and set E2E_IMAGE_REPOSITORY /
 #   E2E_EMULATOR_IMAGE (the archives are in target/e2e/).
@@ -32,20 +33,49 @@ finish() {
 }
 trap finish EXIT
 
-# The binaries (static musl; the same build `make release` makes) and their images.
+# `src:dst` pairs for the shared libraries (and the loader) a dynamically linked binary needs, for an
+# image that has no distribution under it.
+libs_of() {
+  local lib
+  for lib in $(ldd "$1" | awk '/=> \//{print $3} /^\t\/lib/{print $1}'); do
+    echo "$(readlink -f "$lib"):$lib"
+  done
+}
+
+# The binaries and their images. E2E_BUILD=release (default): the static musl binaries `make release`
+# builds, as shipped. E2E_BUILD=test: the binaries `make test` has just built (target/debug, the same
+# code), stripped and packed with their shared libraries, so CI compiles the workspace once for tests and
+# cluster (the static build is `make release`'s; CI does not repeat it).
 if [ -z "${E2E_IMAGE_REPOSITORY:-}" ]; then
-  log "building static release binaries (amd64)"
-  RELEASE_ARCHES=amd64 RELEASE_EMULATOR=1 hack/release.sh >"$OUT/release.log" 2>&1 \
-    || { tail -n 40 "$OUT/release.log"; exit 1; }
-  export E2E_IMAGE_REPOSITORY=ghcr.io/keyvault-csi/keyvault-csi E2E_IMAGE_TAG=$TAG
-  export E2E_EMULATOR_IMAGE=ghcr.io/keyvault-csi/kv-emulator:$TAG
   ca_bundle=/etc/ssl/certs/ca-certificates.crt
   extra=(); [ -f "$ca_bundle" ] && extra=("$ca_bundle:/etc/ssl/certs/ca-certificates.crt")
+  case ${E2E_BUILD:-release} in
+    release)
+      log "building static release binaries (amd64)"
+      RELEASE_ARCHES=amd64 RELEASE_EMULATOR=1 hack/release.sh >"$OUT/release.log" 2>&1 \
+        || { tail -n 40 "$OUT/release.log"; exit 1; }
+      driver_files=("target/release-static/keyvault-csi-linux-amd64:/usr/local/bin/keyvault-csi")
+      emulator_files=("target/release-static/kv-emulator-linux-amd64:/usr/local/bin/kv-emulator")
+      ;;
+    test)
+      log "packing the test build's binaries (target/debug)"
+      # The test command's own build (a no-op right after `make test`; the same features, so nothing
+      # is rebuilt): it leaves the binaries in target/debug.
+      cargo test --workspace --locked --no-run >"$OUT/build.log" 2>&1 \
+        || { tail -n 40 "$OUT/build.log"; exit 1; }
+      mkdir -p "$OUT/bin"
+      for b in keyvault-csi kv-emulator; do strip -o "$OUT/bin/$b" "target/debug/$b"; done
+      driver_files=("$OUT/bin/keyvault-csi:/usr/local/bin/keyvault-csi" $(libs_of "$OUT/bin/keyvault-csi"))
+      emulator_files=("$OUT/bin/kv-emulator:/usr/local/bin/kv-emulator" $(libs_of "$OUT/bin/kv-emulator"))
+      ;;
+    *) echo "e2e: E2E_BUILD is release or test" >&2; exit 2 ;;
+  esac
+  export E2E_IMAGE_REPOSITORY=ghcr.io/keyvault-csi/keyvault-csi E2E_IMAGE_TAG=$TAG
+  export E2E_EMULATOR_IMAGE=ghcr.io/keyvault-csi/kv-emulator:$TAG
   python3 hack/oci-image.py --out "$OUT/keyvault-csi.oci.tar" --name "$E2E_IMAGE_REPOSITORY:$TAG" \
-    --entrypoint /usr/local/bin/keyvault-csi \
-    target/release-static/keyvault-csi-linux-amd64:/usr/local/bin/keyvault-csi "${extra[@]}"
+    --entrypoint /usr/local/bin/keyvault-csi "${driver_files[@]}" "${extra[@]}"
   python3 hack/oci-image.py --out "$OUT/kv-emulator.oci.tar" --name "$E2E_EMULATOR_IMAGE" \
-    --entrypoint /usr/local/bin/kv-emulator target/release-static/kv-emulator-linux-amd64:/usr/local/bin/kv-emulator
+    --entrypoint /usr/local/bin/kv-emulator "${emulator_files[@]}"
   sock=${CONTAINERD_ADDRESS:-}
   if [ -z "$sock" ]; then
     for s in "${K8S_KIT_HOME:-/var/tmp/k8s-kit}/run/containerd/containerd.sock" /run/containerd/containerd.sock; do
@@ -61,10 +91,7 @@ if [ -z "${E2E_IMAGE_REPOSITORY:-}" ]; then
     xz -dc "$upstream" >"$OUT/secrets-store-csi-driver" && chmod +x "$OUT/secrets-store-csi-driver"
     files=("$OUT/secrets-store-csi-driver:/secrets-store-csi-driver")
     for bin in /usr/bin/mount /usr/bin/umount; do
-      files+=("$bin:$bin")
-      for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^\t\/lib/{print $1}'); do
-        files+=("$(readlink -f "$lib"):$lib")
-      done
+      files+=("$bin:$bin" $(libs_of "$bin"))
     done
     export E2E_UPSTREAM_IMAGE=ghcr.io/keyvault-csi/upstream-secrets-store-csi-driver:$TAG
     python3 hack/oci-image.py --out "$OUT/upstream-driver.oci.tar" --name "$E2E_UPSTREAM_IMAGE" \

@@ -208,11 +208,11 @@ fn first_component(p: &str) -> &str {
 }
 
 fn new_generation_name() -> String {
-    let now = chrono::Utc::now();
+    let now = jiff::Timestamp::now();
     format!(
         "..{}.{:09}{:06}",
-        now.format("%Y_%m_%d_%H_%M_%S"),
-        now.timestamp_subsec_nanos(),
+        now.strftime("%Y_%m_%d_%H_%M_%S"),
+        now.subsec_nanosecond(),
         rand::random::<u32>() % 1_000_000
     )
 }

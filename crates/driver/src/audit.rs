@@ -199,7 +199,7 @@ impl Audit {
     /// One line per object version `response` served to `subject`.
     pub fn served(&self, subject: &Subject<'_>, response: &MountResponse, trigger: Trigger) {
         let Some(inner) = &self.inner else { return };
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let time = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
         for s in &response.served {
             let record = Record {
                 time: time.clone(),

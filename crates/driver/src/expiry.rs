@@ -53,7 +53,10 @@ pub fn warning(file: &str, not_after: i64, now: i64, warn_before: std::time::Dur
     if left > i64::try_from(warn_before.as_secs()).unwrap_or(i64::MAX) {
         return None;
     }
-    let at = chrono::DateTime::from_timestamp(not_after, 0).map(|t| t.to_rfc3339()).unwrap_or_default();
+    // RFC 3339 with a numeric offset, as the message has always been written.
+    let at = jiff::Timestamp::from_second(not_after)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string())
+        .unwrap_or_default();
     Some(if left <= 0 {
         format!("certificate in file {file:?} expired at {at}")
     } else {

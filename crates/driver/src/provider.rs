@@ -203,6 +203,24 @@ pub trait Provider: Send + Sync + 'static {
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError>;
 }
 
+/// The `objects` parameter (the `array:` list of Azure's provider and upstream's test provider) with
+/// the one entry `item`: how one object is fetched on its own (`check --live`, partial SecretSync).
+pub fn one_object(item: &str) -> String {
+    // YAML reads JSON: the same list with one entry.
+    serde_json::json!({ "array": [item] }).to_string()
+}
+
+/// The `objects` parameter of `attributes` as one parameter per object ([`one_object`]); `None` when
+/// it is not such a list.
+pub fn split_objects(attributes: &BTreeMap<String, String>) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Objects {
+        array: Vec<String>,
+    }
+    let objects: Objects = serde_saphyr::from_str(attributes.get("objects")?).ok()?;
+    Some(objects.array.iter().map(|o| one_object(o)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,22 +253,4 @@ mod tests {
         assert!(distinct.len() <= MAX_PROVIDER_CODES + 1, "{} labels", distinct.len());
         assert!(distinct.contains("GRPCProviderError"));
     }
-}
-
-/// The `objects` parameter (the `array:` list of Azure's provider and upstream's test provider) with
-/// the one entry `item`: how one object is fetched on its own (`check --live`, partial SecretSync).
-pub fn one_object(item: &str) -> String {
-    // YAML reads JSON: the same list with one entry.
-    serde_json::json!({ "array": [item] }).to_string()
-}
-
-/// The `objects` parameter of `attributes` as one parameter per object ([`one_object`]); `None` when
-/// it is not such a list.
-pub fn split_objects(attributes: &BTreeMap<String, String>) -> Option<Vec<String>> {
-    #[derive(serde::Deserialize)]
-    struct Objects {
-        array: Vec<String>,
-    }
-    let objects: Objects = serde_saphyr::from_str(attributes.get("objects")?).ok()?;
-    Some(objects.array.iter().map(|o| one_object(o)).collect())
 }

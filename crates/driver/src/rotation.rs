@@ -286,7 +286,7 @@ impl Driver {
     /// comes close). Returns the warnings emitted.
     pub async fn warn_expiring(&self) -> usize {
         let (Some(cluster), Some(window)) = (&self.cluster, self.config.cert_expiry_warning) else { return 0 };
-        let now = chrono::Utc::now().timestamp();
+        let now = jiff::Timestamp::now().as_second();
         let mut warned = 0;
         for (target, volume) in self.volumes.snapshot() {
             for (file, &not_after) in &volume.cert_expiry {

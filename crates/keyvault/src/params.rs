@@ -234,7 +234,7 @@ impl VersionPolicy {
 }
 
 fn rfc3339(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+    jiff::Timestamp::from_second(t).map_or_else(|_| t.to_string(), |d| d.to_string())
 }
 
 impl ObjectSpec {

@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use sha2::Sha256;
 
-use crate::api::{MANAGED_LABEL, SecretObject, SecretSyncStatus};
+use crate::api::{MANAGED_LABEL, SecretObject};
 
 /// Condition types.
 pub const SECRET_CREATED: &str = "SecretCreated";

@@ -238,7 +238,7 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     let mut identity_ok = None;
     for object in lint.objects() {
         let name = object.spec.name.clone();
-        let mut attrs = provider_attributes(&params, &caller.context(), tokens.as_ref());
+        let mut attrs = provider_attributes(params, &caller.context(), tokens.as_ref());
         attrs.insert("objects".into(), driver::provider::one_object(&object.source));
         let request = keyvault::MountRequest {
             attributes: attrs,

@@ -263,8 +263,8 @@ fn read_policy(
     }
     let not_after = raw.object_not_after.text();
     if !not_after.is_empty() {
-        match chrono::DateTime::parse_from_rfc3339(&not_after) {
-            Ok(t) => spec.policy.not_after = Some(t.timestamp()),
+        match not_after.parse::<jiff::Timestamp>() {
+            Ok(t) => spec.policy.not_after = Some(t.as_second()),
             Err(_) => problem(
                 "objectNotAfter",
                 format!("invalid objectNotAfter: {}, should be an RFC 3339 time", shown(&not_after)),

@@ -8,7 +8,7 @@ fn text(r: &keyvault::MountResponse, path: &str) -> String {
 }
 
 fn rfc3339(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0).unwrap().to_rfc3339()
+    jiff::Timestamp::from_second(t).unwrap().to_string()
 }
 
 #[tokio::test]

@@ -167,7 +167,7 @@ async fn an_expiring_certificate_is_a_gauge_per_class_and_file_and_one_warning_p
     let cluster = Arc::new(FakeCluster::default());
     let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
     let d = f.driver.clone();
-    let soon = chrono::Utc::now().timestamp() + 10 * 86_400;
+    let soon = jiff::Timestamp::now().as_second() + 10 * 86_400;
     *f.provider.value.lock().unwrap() = cert_pem(soon);
     for i in 0..2 {
         d.publish(f.volume(i), None).await.unwrap();
