@@ -12,6 +12,10 @@ use crate::identity::TokenSource;
 use crate::params::{ExposeSecret, MountParams};
 use crate::transport::Reply;
 
+/// The most pages of a version list read (25 versions each): an object with an endless history must
+/// not spend a vault's request budget on every mount.
+pub const MAX_VERSION_PAGES: usize = 200;
+
 /// API version sent on every call (the upstream provider's).
 pub const API_VERSION: &str = "7.4";
 
@@ -175,11 +179,12 @@ impl VaultCall<'_> {
         unreachable!("the loop returns on its second pass")
     }
 
-    /// Every version item of an object, following `nextLink` (only ever to the same vault).
+    /// Every version item of an object, following `nextLink` (only ever to the same vault), at most
+    /// [`MAX_VERSION_PAGES`] pages.
     pub async fn list_versions(&self, collection: &str, name: &str) -> Result<Vec<crate::model::VersionItem>> {
         let mut url = format!("{}/{collection}/{name}/versions?api-version={API_VERSION}&maxresults=25", self.base);
         let mut items = Vec::new();
-        loop {
+        for _ in 0..MAX_VERSION_PAGES {
             // Through the shared flights: a rotation cycle lists each object once, like it GETs it once.
             let page: crate::model::VersionPage = parse(&url, &*self.provider.flights.get(self, &url).await.0?)?;
             items.extend(page.value);
@@ -194,6 +199,14 @@ impl VaultCall<'_> {
                 }
             }
         }
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "the object has more than {} versions (read {MAX_VERSION_PAGES} pages); a version policy or objectVersionHistory cannot choose among them",
+                items.len()
+            ),
+        )
+        .from(Origin::KeyVault))
     }
 }
 

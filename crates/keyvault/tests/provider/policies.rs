@@ -158,3 +158,19 @@ async fn failover_vault_names_are_checked() {
         assert!(e.message.contains(want), "{value}: {e}");
     }
 }
+
+#[tokio::test]
+async fn an_endless_version_history_is_read_to_a_bound_not_to_its_end() {
+    let (h, p) = setup(|_| {}).await;
+    let pages = keyvault::vault::MAX_VERSION_PAGES;
+    for i in 0..pages * 25 + 1 {
+        h.set_secret("kv1", "churned", &format!("v{i}"));
+    }
+    h.reset_stats();
+    let objs = objects(&["objectName: churned\nobjectType: secret\nobjectVersionPolicy: latestEnabled"]);
+    let e = p.mount(request(&objs, &[], SP)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+    assert!(e.message.contains("objectName:churned") && e.message.contains("more than"), "{e}");
+    let listed = h.count(|k| k.vault == "kv1" && k.object == "churned" && k.status == 200);
+    assert_eq!(listed as usize, pages, "exactly the bound's pages were read");
+}
