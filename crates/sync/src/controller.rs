@@ -225,13 +225,7 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
     let now = SystemTime::now();
     let previous = ctx.seen.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
 
-    let observed = Observed {
-        generation,
-        class: class_id.clone(),
-        secret_version: secret_version.clone(),
-        refresh_now: refresh_now.clone(),
-        interval: schedule.interval,
-    };
+    let observed = Observed { generation, class: class_id, secret_version, refresh_now, interval: schedule.interval };
     let trigger = match trigger_of(previous.as_ref(), &observed, &schedule, now) {
         Ok(t) => t,
         Err(wait) => return Action::requeue(wait),
@@ -255,20 +249,12 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
     let outcome = sync(&ss, &ctx, class.as_deref(), live.as_deref(), trigger).await;
     let elapsed = started.elapsed();
     let status_before = ss.status.clone().unwrap_or_default();
-    let mut seen = Seen {
-        generation,
-        class: class_id,
-        secret_version,
-        refresh_now: refresh_now.clone(),
-        interval: schedule.interval,
-        due: None,
-        failures: previous.as_ref().map_or(0, |p| p.failures),
-    };
+    let mut seen = Seen { observed, due: None, failures: previous.as_ref().map_or(0, |p| p.failures) };
     let labels = SyncLabels { namespace: ns.clone(), name: name.clone() };
     let next_round = schedule.next_due(ss.uid().as_deref().unwrap_or(&name), now);
     if let Ok(done) = &outcome {
         // Our own write's watch event is not a change (a partial sync writes too).
-        seen.secret_version = done.secret_version.clone().or(seen.secret_version);
+        seen.observed.secret_version = done.secret_version.clone().or(seen.observed.secret_version);
     }
     let wait = match (failure_of(outcome.as_ref()), &outcome) {
         (None, Ok(done)) => {

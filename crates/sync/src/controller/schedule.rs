@@ -7,13 +7,10 @@ use super::{Config, MAX_JITTER};
 use crate::decide::Failure;
 
 /// What the controller remembers of a SecretSync's last check, to tell a poll from a change.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(super) struct Seen {
-    pub(super) generation: i64,
-    pub(super) class: Option<(String, i64)>,
-    pub(super) secret_version: Option<String>,
-    pub(super) refresh_now: Option<String>,
-    pub(super) interval: Duration,
+    /// The SecretSync and its inputs as that check saw them.
+    pub(super) observed: Observed,
     pub(super) due: Option<SystemTime>,
     pub(super) failures: u32,
 }
@@ -49,13 +46,8 @@ pub(super) fn trigger_of(
     at: SystemTime,
 ) -> Result<Trigger, Duration> {
     match previous {
-        Some(p)
-            if p.generation == now.generation
-                && p.class == now.class
-                && p.secret_version == now.secret_version
-                && p.interval == now.interval =>
-        {
-            if p.refresh_now != now.refresh_now && now.refresh_now.is_some() {
+        Some(p) if Observed { refresh_now: now.refresh_now.clone(), ..p.observed.clone() } == *now => {
+            if p.observed.refresh_now != now.refresh_now && now.refresh_now.is_some() {
                 Ok(Trigger::Forced)
             } else if p.due.is_none_or(|d| d <= at) {
                 Ok(Trigger::Poll(schedule.round(at)))
@@ -64,7 +56,7 @@ pub(super) fn trigger_of(
                 Err(p.due.and_then(|d| d.duration_since(at).ok()).unwrap_or_default())
             }
         }
-        Some(p) if p.generation != now.generation && now.generation > 0 => Ok(Trigger::Forced),
+        Some(p) if p.observed.generation != now.generation && now.generation > 0 => Ok(Trigger::Forced),
         _ => Ok(Trigger::Change),
     }
 }
@@ -220,15 +212,7 @@ mod tests {
             refresh_now: None,
             interval: schedule.interval,
         };
-        let seen = |due: u64| Seen {
-            generation: now.generation,
-            class: now.class.clone(),
-            secret_version: now.secret_version.clone(),
-            refresh_now: None,
-            interval: now.interval,
-            due: Some(at(due)),
-            failures: 0,
-        };
+        let seen = |due: u64| Seen { observed: now.clone(), due: Some(at(due)), failures: 0 };
         // New to this process: a change.
         assert_eq!(trigger_of(None, &now, &schedule, at(100)), Ok(Trigger::Change));
         // Nothing changed and the round is not due: wait for it.
@@ -239,7 +223,7 @@ mod tests {
         let asked = Observed { refresh_now: Some("1".into()), ..now.clone() };
         assert_eq!(trigger_of(Some(&seen(130)), &asked, &schedule, at(100)), Ok(Trigger::Forced));
         let mut was_asked = seen(130);
-        was_asked.refresh_now = Some("1".into());
+        was_asked.observed.refresh_now = Some("1".into());
         assert_eq!(trigger_of(Some(&was_asked), &now, &schedule, at(100)), Err(Duration::from_secs(30)));
         // A new generation forces; the class or the Secret changing is a change.
         let edited = Observed { generation: 3, ..now.clone() };
