@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::http::{aad_error, json_response};
 use crate::model::now;
 use crate::state::{StatKey, State};
-use crate::tokens::{AccessClaims, KEYVAULT_RESOURCE, peek_claims};
+use crate::tokens::{AccessClaims, KEYVAULT_RESOURCE, STORAGE_RESOURCE, peek_claims};
 
 /// Lifetime of issued access tokens.
 pub const TOKEN_LIFETIME: i64 = 3599;
@@ -28,10 +28,16 @@ fn count(state: &State, kind: &str, object: &str, method: &str, resp: &Response<
     });
 }
 
-fn access_token(state: &State, tenant: &str, oid: &str, appid: &str) -> String {
+/// The resources the emulated Entra ID issues tokens for (its audience form, without a trailing
+/// slash): Key Vault, and Storage (the change-event queue).
+fn known_resource(resource: &str) -> Option<&'static str> {
+    [KEYVAULT_RESOURCE, STORAGE_RESOURCE].into_iter().find(|r| *r == resource.trim_end_matches('/'))
+}
+
+fn access_token(state: &State, tenant: &str, oid: &str, appid: &str, aud: &str) -> String {
     let t = now();
     state.signer.sign(&AccessClaims {
-        aud: KEYVAULT_RESOURCE.into(),
+        aud: aud.into(),
         iss: format!("https://sts.windows.net/{tenant}/"),
         tid: tenant.into(),
         oid: oid.into(),
@@ -109,14 +115,14 @@ fn issue(state: &State, tenant: &str, form: &BTreeMap<String, String>) -> Respon
             ),
         );
     };
-    if resource.trim_end_matches('/') != KEYVAULT_RESOURCE {
+    let Some(audience) = known_resource(resource) else {
         return aad_error(
             StatusCode::BAD_REQUEST,
             "invalid_resource",
             500011,
             &format!("The resource principal named {resource} was not found in the tenant named {tenant}."),
         );
-    }
+    };
     let w = state.world();
     let Some(apps) = w.tenants.get(tenant) else {
         return bad(90002, &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID."));
@@ -222,7 +228,7 @@ fn issue(state: &State, tenant: &str, form: &BTreeMap<String, String>) -> Respon
             "token_type": "Bearer",
             "expires_in": TOKEN_LIFETIME,
             "ext_expires_in": TOKEN_LIFETIME,
-            "access_token": access_token(state, tenant, &oid, &appid),
+            "access_token": access_token(state, tenant, &oid, &appid, audience),
         }),
     )
 }
@@ -246,13 +252,13 @@ fn imds_inner(state: &State, headers: &HeaderMap, query: &BTreeMap<String, Strin
         return err(StatusCode::BAD_REQUEST, "invalid_request", "Required query variable 'api-version' is missing");
     }
     let resource = query.get("resource").cloned().unwrap_or_default();
-    if resource.trim_end_matches('/') != KEYVAULT_RESOURCE {
+    let Some(audience) = known_resource(&resource) else {
         return err(
             StatusCode::BAD_REQUEST,
             "invalid_resource",
             &format!("AADSTS500011: The resource principal named {resource} was not found"),
         );
-    }
+    };
     let w = state.world();
     let identity = match query.get("client_id").filter(|c| !c.is_empty()) {
         Some(c) => w.managed.iter().find(|m| !m.system_assigned && &m.client_id == c),
@@ -266,7 +272,7 @@ fn imds_inner(state: &State, headers: &HeaderMap, query: &BTreeMap<String, Strin
     json_response(
         StatusCode::OK,
         &json!({
-            "access_token": access_token(state, &m.tenant, &m.object_id, &m.client_id),
+            "access_token": access_token(state, &m.tenant, &m.object_id, &m.client_id, audience),
             "client_id": m.client_id,
             "expires_in": TOKEN_LIFETIME.to_string(),
             "expires_on": (t + TOKEN_LIFETIME).to_string(),
@@ -282,6 +288,7 @@ fn imds_inner(state: &State, headers: &HeaderMap, query: &BTreeMap<String, Strin
 pub fn nmi(state: &State, headers: &HeaderMap, query: &BTreeMap<String, String>) -> Response<Body> {
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let (pod, ns) = (h("podname"), h("podns"));
+    let audience = query.get("resource").and_then(|r| known_resource(r)).unwrap_or(KEYVAULT_RESOURCE);
     let w = state.world();
     let client =
         w.pod_identities.iter().find(|(n, p, _)| *n == ns && (p.is_empty() || *p == pod)).map(|(_, _, c)| c.clone());
@@ -299,7 +306,7 @@ pub fn nmi(state: &State, headers: &HeaderMap, query: &BTreeMap<String, String>)
                 StatusCode::OK,
                 &json!({
                     "token": {
-                        "access_token": access_token(state, &m.tenant, &m.object_id, &m.client_id),
+                        "access_token": access_token(state, &m.tenant, &m.object_id, &m.client_id, audience),
                         "refresh_token": "",
                         "expires_in": TOKEN_LIFETIME.to_string(),
                         "expires_on": (t + TOKEN_LIFETIME).to_string(),
@@ -342,14 +349,14 @@ fn exchange_binding(state: &State, cluster: &str, tenant: &str, form: &BTreeMap<
         );
     }
     let scope = form.get("scope").cloned().unwrap_or_default();
-    if scope.strip_suffix("/.default").map(|r| r.trim_end_matches('/')) != Some(KEYVAULT_RESOURCE) {
+    let Some(audience) = scope.strip_suffix("/.default").and_then(known_resource) else {
         return aad_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             1002012,
             &format!("The provided value for scope {scope} is not valid."),
         );
-    }
+    };
     let client_id = form.get("client_id").cloned().unwrap_or_default();
     let forbidden = |msg: String| proxy_error(StatusCode::FORBIDDEN, "unauthorized_client", &msg);
     let Some(assertion) = form
@@ -418,7 +425,7 @@ fn exchange_binding(state: &State, cluster: &str, tenant: &str, form: &BTreeMap<
             "token_type": "Bearer",
             "expires_in": TOKEN_LIFETIME,
             "ext_expires_in": TOKEN_LIFETIME,
-            "access_token": access_token(state, tenant, &oid, &client_id),
+            "access_token": access_token(state, tenant, &oid, &client_id, audience),
         }),
     )
 }

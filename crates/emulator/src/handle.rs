@@ -28,6 +28,17 @@ impl Handle {
     pub fn vault_url(&self, vault: &str) -> String {
         format!("https://{vault}.{}:{}/", self.vault_suffix, self.https_addr.port())
     }
+    /// `https://<account>.queue.core.windows.net:<port>/<queue>`.
+    pub fn queue_url(&self, account: &str, queue: &str) -> String {
+        format!("https://{account}.{}:{}/{queue}", crate::QUEUE_SUFFIX, self.https_addr.port())
+    }
+    /// Sets a queue's faults.
+    pub fn set_queue_faults(&self, account: &str, queue: &str, faults: crate::queue::QueueFaults) {
+        let mut w = self.state.world();
+        if let Some(q) = w.storage.get_mut(account).and_then(|a| a.queues.get_mut(queue)) {
+            q.faults = faults;
+        }
+    }
     /// `https://login.microsoftonline.com:<port>`.
     pub fn authority_url(&self) -> String {
         format!("https://{}:{}", self.authority_host, self.https_addr.port())
@@ -81,6 +92,13 @@ impl Handle {
         let mut w = self.state.world();
         let v = w.vaults.get_mut(&vault.to_ascii_lowercase())?;
         Some(v.set_secret(name, value.into(), None, BTreeMap::new(), true).version)
+    }
+    /// Sets the validity window (`nbf`, `exp`, Unix seconds) of a secret's newest version.
+    pub fn set_secret_window(&self, vault: &str, name: &str, nbf: Option<i64>, exp: Option<i64>) {
+        let mut w = self.state.world();
+        if let Some(v) = w.vaults.get_mut(&vault.to_ascii_lowercase()) {
+            v.set_secret_window(name, nbf, exp);
+        }
     }
     /// A secret's versions, oldest first: (version id, created, enabled).
     pub fn secret_versions(&self, vault: &str, name: &str) -> Vec<(String, i64, bool)> {

@@ -14,11 +14,13 @@
 //! bug with the provider it tests.
 
 mod entra;
+pub mod events;
 mod handle;
 mod http;
 mod kv;
 pub mod model;
 pub mod proxy;
+pub mod queue;
 pub mod seed;
 
 pub use handle::Handle;
@@ -44,6 +46,8 @@ use state::State;
 
 /// The emulator's default Key Vault DNS suffix (the real one, impersonated).
 pub const DEFAULT_VAULT_SUFFIX: &str = "vault.azure.net";
+/// The queue service's DNS suffix (the real one, impersonated): `<account>.queue.core.windows.net`.
+pub const QUEUE_SUFFIX: &str = "queue.core.windows.net";
 /// The emulator's default authority host (the real one, impersonated).
 pub const DEFAULT_AUTHORITY_HOST: &str = "login.microsoftonline.com";
 
@@ -210,7 +214,13 @@ fn finish(
     authority: &str,
 ) -> Result<Material, StartError> {
     let e = |e: rcgen::Error| StartError::Tls(e.to_string());
-    let sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), authority.to_string(), format!("*.{suffix}")];
+    let sans = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        authority.to_string(),
+        format!("*.{suffix}"),
+        format!("*.{QUEUE_SUFFIX}"),
+    ];
     let mut params = CertificateParams::new(sans).map_err(e)?;
     params.distinguished_name.push(DnType::CommonName, format!("*.{suffix}"));
     let key = KeyPair::generate().map_err(e)?;
@@ -333,6 +343,17 @@ async fn dispatch_https(
         };
         return kv::handle(&app.state, req).await;
     }
+    if let Some(account) = hostname.strip_suffix(&format!(".{QUEUE_SUFFIX}")) {
+        let req = queue::QueueRequest {
+            account: account.to_string(),
+            method,
+            segments: path.trim_start_matches('/').split('/').collect(),
+            query,
+            headers: &headers,
+            body: &body,
+        };
+        return queue::handle(&app.state, &app.vault_suffix, req);
+    }
     plain(StatusCode::NOT_FOUND, &format!("unknown host {host}"))
 }
 
@@ -394,6 +415,14 @@ fn control(app: &AppState, method: &Method, rest: &str, uri: &Uri, body: &[u8]) 
                     ok(json!({ "version": s.version }))
                 }
                 None => bad(format!("no vault {vault}")),
+            }
+        }
+        (_, ["queues", account, queue, rest @ ..]) => {
+            let mut w = app.state.world();
+            w.route_changes(&app.vault_suffix);
+            match queue::control(&mut w, method, &account.to_ascii_lowercase(), queue, rest, body) {
+                Ok(v) => ok(v),
+                Err(e) => bad(e),
             }
         }
         (&Method::GET, ["sa-token"]) => {

@@ -65,6 +65,9 @@ pub struct Seed {
     /// AKS identity bindings, served by the token proxy.
     #[serde(default)]
     pub identity_bindings: Vec<IdentityBindingSeed>,
+    /// Storage accounts whose queues receive vaults' change events.
+    #[serde(default)]
+    pub storage_accounts: Vec<crate::queue::StorageAccountSeed>,
 }
 
 /// An AKS identity binding: a user-assigned identity bound to one cluster, and the service accounts

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::events::{Change, ObjectType, What};
 use crate::model::{
     Attributes, CertMaterial, CertVersion, KeySpec, KeyVersion, PKCS12, SecretVersion, Versions, generate_key,
     new_version,
@@ -70,6 +71,10 @@ pub struct Vault {
     pub throttle_window: Duration,
     window_start: Instant,
     window_count: u64,
+    /// Changes not yet delivered to the queues subscribed to this vault (see [`crate::queue`]).
+    pub changes: Vec<crate::events::Change>,
+    /// Expiry events already sent.
+    pub announced: crate::queue::Announced,
 }
 
 /// A certificate's latest `create` operation.
@@ -82,6 +87,9 @@ pub struct CertOperation {
     /// The issuer named in the policy.
     pub issuer: String,
 }
+
+/// Undelivered changes a vault keeps.
+pub const MAX_PENDING_CHANGES: usize = 10_000;
 
 /// Azure's per-vault limit for GETs: 4,000 per 10 s.
 pub const DEFAULT_THROTTLE: (u64, u64) = (4000, 10);
@@ -101,6 +109,8 @@ impl Vault {
             throttle_window: Duration::from_secs(DEFAULT_THROTTLE.1),
             window_start: Instant::now(),
             window_count: 0,
+            changes: Vec::new(),
+            announced: Default::default(),
         }
     }
 
@@ -158,7 +168,57 @@ impl Vault {
             managed_key: false,
         };
         self.secrets.entry(name.to_string()).or_default().push(v.clone());
+        self.record(Change::new_version(ObjectType::Secret, name, &v.version, None, None));
         v
+    }
+
+    /// Records a change for the event subscriptions (bounded: an undelivered backlog past
+    /// [`MAX_PENDING_CHANGES`] loses its oldest, like events Event Grid gives up on).
+    fn record(&mut self, change: Change) {
+        if self.changes.len() >= MAX_PENDING_CHANGES {
+            self.changes.remove(0);
+        }
+        self.changes.push(change);
+    }
+
+    /// The near-expiry and expired events due now for current versions, each announced once.
+    pub fn expiry_events(&mut self, now: i64, near: i64) -> Vec<Change> {
+        let mut current: Vec<(ObjectType, String, String, Option<i64>, Option<i64>)> = Vec::new();
+        for (name, v) in &self.secrets {
+            if let Some(l) = v.last().filter(|l| !l.managed_key) {
+                current.push((ObjectType::Secret, name.clone(), l.version.clone(), l.attributes.nbf, l.attributes.exp));
+            }
+        }
+        for (name, v) in &self.keys {
+            if let Some(l) = v.last().filter(|l| !l.managed) {
+                current.push((ObjectType::Key, name.clone(), l.version.clone(), l.attributes.nbf, l.attributes.exp));
+            }
+        }
+        for (name, v) in &self.certificates {
+            if let Some(l) = v.last() {
+                current.push((
+                    ObjectType::Certificate,
+                    name.clone(),
+                    l.version.clone(),
+                    l.attributes.nbf,
+                    l.attributes.exp,
+                ));
+            }
+        }
+        let mut due = Vec::new();
+        for (kind, name, version, nbf, exp) in current {
+            let Some(exp) = exp else { continue };
+            for (what, at) in [(What::NearExpiry, exp - near), (What::Expired, exp)] {
+                let key = (kind, name.clone(), version.clone(), what);
+                if now >= at && !self.announced.contains(&key) {
+                    self.announced.insert(key);
+                    let mut c = Change::new_version(kind, &name, &version, nbf, Some(exp));
+                    c.what = what;
+                    due.push(c);
+                }
+            }
+        }
+        due
     }
 
     /// Sets the validity window (`nbf`, `exp`, Unix seconds) of a secret's newest version.
@@ -166,6 +226,16 @@ impl Vault {
         let v = self.secrets.get_mut(name)?.last_mut()?;
         v.attributes.nbf = nbf;
         v.attributes.exp = exp;
+        // The event of the version being set carries its window.
+        if let Some(c) = self
+            .changes
+            .iter_mut()
+            .rev()
+            .find(|c| c.kind == ObjectType::Secret && c.name == name && c.version == v.version)
+        {
+            c.nbf = nbf;
+            c.exp = exp;
+        }
         Some(v.clone())
     }
 
@@ -179,6 +249,7 @@ impl Vault {
             managed: false,
         };
         self.keys.entry(name.to_string()).or_default().push(k.clone());
+        self.record(Change::new_version(ObjectType::Key, name, &k.version, None, None));
         Ok(k)
     }
 
@@ -217,6 +288,13 @@ impl Vault {
             managed_key: true,
         });
         self.certificates.entry(name.to_string()).or_default().push(cert.clone());
+        self.record(Change::new_version(
+            ObjectType::Certificate,
+            name,
+            &cert.version,
+            cert.attributes.nbf,
+            cert.attributes.exp,
+        ));
         Ok(cert)
     }
 }
@@ -295,6 +373,8 @@ pub struct World {
     pub stats: BTreeMap<StatKey, u64>,
     /// AKS identity bindings.
     pub bindings: Vec<crate::seed::IdentityBindingSeed>,
+    /// Storage accounts (the change-event queues) by name.
+    pub storage: HashMap<String, crate::queue::Account>,
 }
 
 /// The shared state.
@@ -319,6 +399,11 @@ impl State {
             faults: HashMap::new(),
             stats: BTreeMap::new(),
             bindings: seed.identity_bindings.clone(),
+            storage: seed
+                .storage_accounts
+                .iter()
+                .map(|a| (a.name.to_ascii_lowercase(), crate::queue::Account::from_seed(a)))
+                .collect(),
         };
         for t in &seed.tenants {
             let apps = world.tenants.entry(t.id.clone()).or_default();
@@ -389,6 +474,8 @@ impl State {
                     .map_err(|e| format!("certificate {}: {e}", c.name))?;
                 vault.add_certificate(&c.name, &material, c.content_type.as_deref().unwrap_or(PKCS12))?;
             }
+            // What the seed put there existed before any subscription.
+            vault.changes.clear();
             world.vaults.insert(v.name.to_ascii_lowercase(), vault);
         }
         Ok(Self {

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// Key Vault's resource id (the audience of its tokens).
 pub const KEYVAULT_RESOURCE: &str = "https://vault.azure.net";
+/// Azure Storage's resource (the audience of queue tokens).
+pub const STORAGE_RESOURCE: &str = "https://storage.azure.com";
 
 /// Claims of an access token.
 #[derive(Clone, Debug, Serialize, Deserialize)]
