@@ -51,6 +51,11 @@ VARIANTS = {
                      "tokenProxyCAFile": "/etc/corp-ca/ca.pem"},
     },
     "sync-controller": {"syncController": {"enabled": True, "replicas": 2, "tokenRequestAudiences": ["a", "b"]}},
+    "events": {
+        "syncController": {"enabled": True},
+        "events": {"enabled": True, "queueUrl": "https://kvevents.queue.core.windows.net/kv-events",
+                   "tenantId": "t", "clientId": "c"},
+    },
     "monitoring": {
         "metrics": {
             "service": {"enabled": True},
@@ -244,6 +249,8 @@ def test_rbac_is_least_privilege():
         ({"provider": {"keyvaultRateLimit": 5000}}, "at '/provider/keyvaultRateLimit'"),
         ({"linux": {"extraArgs": ["-v=5"]}}, "at '/linux/extraArgs/0'"),
         ({"linux": {"hostNetwork": "true"}}, "at '/linux/hostNetwork'"),
+        ({"events": {"queueUrl": "http://a.queue.core.windows.net/q"}}, "at '/events/queueUrl'"),
+        ({"events": {"identity": "pod"}}, "at '/events/identity'"),
     ],
 )
 def test_bad_values_are_rejected_with_the_path(values, message):
@@ -366,6 +373,25 @@ def test_the_sync_controller_binary_accepts_its_rendered_arguments():
         r = subprocess.run([str(binary), *args], env=env, capture_output=True, timeout=30)
         assert r.returncode == 1, (r.returncode, r.stderr.decode())
         assert "no Kubernetes configuration" in r.stderr.decode(), r.stderr.decode()
+
+
+def test_change_events_read_one_configmap_by_name_and_need_the_controller():
+    docs = render(VARIANTS["events"])
+    reader = one(docs, "Role", "keyvault-csi-invalidations-reader")
+    assert reader["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                                "resourceNames": ["keyvault-csi-invalidations"], "verbs": ["get", "list", "watch"]}]
+    node = container(docs, "secrets-store")["args"]
+    assert "--events-poll-interval=1h" in node and "--events-namespace=kube-system" in node
+    ctl = container(docs, "sync-controller")
+    assert "--events-queue-url=https://kvevents.queue.core.windows.net/kv-events" in ctl["args"]
+    assert {"name": "azure-identity-token", "mountPath": "/var/run/secrets/azure/tokens", "readOnly": True} in ctl["volumeMounts"]
+    writer = [r for r in one(docs, "Role", "kv-keyvault-csi-sync-controller")["rules"] if r["resources"] == ["configmaps"]]
+    assert {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["keyvault-csi-invalidations"],
+            "verbs": ["get", "patch"]} in writer
+    assert not [d for d in render() if d["metadata"]["name"] == "keyvault-csi-invalidations-reader"]
+    with pytest.raises(Exception) as e:
+        render({"events": {"enabled": True, "queueUrl": "https://a.queue.core.windows.net/q"}})
+    assert "needs syncController.enabled" in str(e.value)
 
 
 def test_the_admission_policies_bind_the_controllers_account_and_its_audiences():

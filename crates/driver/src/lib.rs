@@ -17,6 +17,7 @@ pub mod error;
 pub mod expiry;
 pub mod external;
 pub mod grpc;
+pub mod invalidation;
 pub mod kube;
 pub mod lint;
 pub mod metrics;

@@ -122,7 +122,25 @@ pub struct Metrics {
     pub k8s_secret_duration: Family<OsLabels, Histogram>,
     /// `node_publish_duration_seconds` (ours): kubelet's publish calls, up to its 2-minute limit.
     pub node_publish_duration: Family<OsLabels, Histogram>,
+    /// `events_invalidations_total{outcome}` (ours): Key Vault change events this node acted on
+    /// (`refreshed`: it held the object) or dropped (`unused`).
+    pub events_invalidations: Family<OutcomeLabels, Counter>,
+    /// `event_to_file_seconds` (ours): from a change event's `eventTime` to the new files.
+    pub event_to_file: Histogram,
+    /// `events_healthy` (ours): 1 while the event consumer's heartbeat is fresh (long polls), 0 when
+    /// this node polls at its normal interval.
+    pub events_healthy: Gauge,
 }
+
+/// `{outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What happened.
+    pub outcome: String,
+}
+
+/// `event_to_file_seconds` buckets: the event path's target is about 3 s.
+pub const EVENT_BUCKETS: [f64; 11] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -138,6 +156,9 @@ impl Default for Metrics {
             sync_k8s_secret: Family::default(),
             k8s_secret_duration: Family::new_with_constructor(hist),
             node_publish_duration: Family::new_with_constructor(|| Histogram::new(PUBLISH_BUCKETS)),
+            events_invalidations: Family::default(),
+            event_to_file: Histogram::new(EVENT_BUCKETS),
+            events_healthy: Gauge::default(),
         }
     }
 }
@@ -178,6 +199,21 @@ impl Metrics {
             "node_publish_duration_seconds",
             "Distribution of how long kubelet's NodePublishVolume calls took (kubelet gives up at 120 s)",
             self.node_publish_duration.clone(),
+        );
+        registry.register(
+            "events_invalidations",
+            "Key Vault change events this node acted on (outcome=refreshed) or dropped (outcome=unused)",
+            self.events_invalidations.clone(),
+        );
+        registry.register(
+            "event_to_file_seconds",
+            "Distribution of the time from a Key Vault change event's eventTime to the changed files",
+            self.event_to_file.clone(),
+        );
+        registry.register(
+            "events_healthy",
+            "1 while the change-event consumer's heartbeat is fresh; 0 when the node polls at its normal interval",
+            self.events_healthy.clone(),
         );
         registry.register_collector(Box::new(VolumeGauges(volumes)));
     }

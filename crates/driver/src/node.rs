@@ -42,6 +42,9 @@ pub struct Config {
     /// Warn on the pod this long before a mounted certificate expires (`--cert-expiry-warning`;
     /// `None`: never).
     pub cert_expiry_warning: Option<Duration>,
+    /// `--events-poll-interval`: while Key Vault change events flow (see [`crate::invalidation`]),
+    /// volumes are polled this rarely instead (never more often than their own interval).
+    pub events_poll_interval: Option<Duration>,
 }
 
 /// `--cert-expiry-warning`'s default: 30 days.
@@ -124,6 +127,11 @@ pub trait Cluster: Send + Sync + 'static {
     async fn class_interval_invalid(&self, _params: &PublishParams, _message: &str) {}
     /// A certificate the volume mounts expires soon, or has expired.
     async fn certificate_expiring(&self, _params: &PublishParams, _message: &str) {}
+    /// The invalidations ConfigMap's data as last watched (see [`crate::invalidation`]); `None` when
+    /// change events are not configured.
+    fn invalidations(&self) -> Option<BTreeMap<String, String>> {
+        None
+    }
 }
 
 /// What a successful `NodePublishVolume` did.
@@ -166,6 +174,8 @@ pub struct Driver {
     pub(crate) tasks: crate::supervise::Tasks,
     /// The audit trail (`--audit-log`), off by default.
     pub(crate) audit: crate::audit::Audit,
+    /// The change-event entries this node has acted on.
+    pub(crate) invalidations_seen: std::sync::Mutex<crate::invalidation::Seen>,
 }
 
 impl Driver {
@@ -184,6 +194,7 @@ impl Driver {
             invalid_intervals: Default::default(),
             tasks: crate::supervise::Tasks::global().clone(),
             audit: crate::audit::Audit::off(),
+            invalidations_seen: Default::default(),
         }
     }
 

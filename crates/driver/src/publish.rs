@@ -367,6 +367,11 @@ impl Driver {
         self.audit.volume(params, &response, audit_trigger(trigger, remount));
         let mut volume = Volume::fresh(params.clone(), spec.provider.clone(), response.object_versions);
         volume.failover = failover;
+        volume.sources = response
+            .served
+            .iter()
+            .filter_map(|s| Some((s.source.to_ascii_lowercase(), s.id.split('/').nth(1)?.to_string())))
+            .collect();
         volume.interval = self.volume_interval(params);
         volume.cert_expiry = match (&known, files.is_empty()) {
             // A legacy provider wrote the files itself: nothing to read here.
@@ -446,6 +451,14 @@ impl Driver {
                 let mut volume = Volume::fresh(params, String::new(), versions);
                 volume.refresh_seen = self.refresh_marks(&volume.params);
                 volume.interval = self.volume_interval(&volume.params);
+                // Nodes restarted together (a rollout) would otherwise all poll at the same moments:
+                // each node's first poll comes at its own phase of the interval.
+                if let Some(interval) = volume.interval {
+                    let wait = crate::rotation::node_phase(&self.config.node_id, interval);
+                    if let Some(t) = tokio::time::Instant::now().checked_sub(interval.saturating_sub(wait)) {
+                        volume.last_fetch = t;
+                    }
+                }
                 self.volumes.insert(target.clone(), volume);
                 adopted += 1;
             }

@@ -28,6 +28,9 @@ pub struct Volume {
     pub object_versions: BTreeMap<String, String>,
     /// Object id → the failover vault that served it (see [`crate::provider::MountResponse::failover`]).
     pub failover: BTreeMap<String, String>,
+    /// (vault, object name) of what it holds, as the provider reported serving them: what a change
+    /// event is matched against. Empty for a volume adopted after a restart until its first refresh.
+    pub sources: std::collections::BTreeSet<(String, String)>,
     /// When the provider last answered successfully for this volume: the rotation clock.
     pub last_fetch: Instant,
     /// Consecutive failed refreshes (reset by a success).
@@ -48,6 +51,15 @@ pub struct Volume {
 }
 
 impl Volume {
+    /// Whether it holds `name` from `vault`: by what the provider served, else (adopted, not yet
+    /// refreshed) by object name in any vault; an extra refresh costs a fetch, a missed one a stale file.
+    pub fn holds(&self, vault: &str, name: &str) -> bool {
+        if self.sources.is_empty() {
+            return self.object_versions.keys().any(|id| id.split('/').nth(1) == Some(name));
+        }
+        self.sources.contains(&(vault.to_ascii_lowercase(), name.to_string()))
+    }
+
     /// A volume fetched just now.
     pub fn fresh(params: PublishParams, provider: String, object_versions: BTreeMap<String, String>) -> Self {
         Self {
@@ -55,6 +67,7 @@ impl Volume {
             provider,
             object_versions,
             failover: BTreeMap::new(),
+            sources: Default::default(),
             last_fetch: Instant::now(),
             failures: 0,
             retry_at: None,

@@ -43,6 +43,8 @@ pub const ROTATION_TASK: &str = "rotation";
 pub const REFRESH_TASK: &str = "refresh_now";
 /// See [`ROTATION_TASK`].
 pub const EXPIRY_TASK: &str = "cert_expiry_warnings";
+/// See [`ROTATION_TASK`].
+pub const INVALIDATION_TASK: &str = "change_events";
 
 /// Volumes refreshed at once by the poller.
 const ROTATION_CONCURRENCY: usize = 64;
@@ -71,6 +73,14 @@ pub fn backoff(interval: Duration, failures: u32) -> Duration {
     poll_tick(interval).saturating_mul(1u32 << failures.min(16)).min(interval)
 }
 
+/// A node's phase within `interval`, from its name (FNV-1a): spread evenly over the interval across
+/// a cluster's nodes, and the same after every restart of one node.
+pub fn node_phase(node: &str, interval: Duration) -> Duration {
+    let ms = interval.as_millis().max(1) as u64;
+    let h = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    Duration::from_millis(h % ms)
+}
+
 /// Whether a cycle starts now, and which volumes it takes (`None`: no volume is due). `interval` is a
 /// volume's own rotation interval; `active` says whether its pod still runs (a terminating pod's
 /// volume is not rotated).
@@ -96,6 +106,22 @@ impl Driver {
     /// `--min-rotation-poll-interval`), else the node's; `None` when rotation is off. An unusable
     /// annotation is reported once per class and value, and the node's interval applies.
     pub(crate) fn volume_interval(&self, params: &PublishParams) -> Option<Duration> {
+        let interval = self.polled_interval(params)?;
+        // While change events flow, polls are only the safety net.
+        Some(match self.events_poll_interval_now() {
+            Some(long) => interval.max(long),
+            None => interval,
+        })
+    }
+
+    /// `--events-poll-interval` while the event consumer's heartbeat is fresh; `None` otherwise.
+    pub(crate) fn events_poll_interval_now(&self) -> Option<Duration> {
+        let long = self.config.events_poll_interval?;
+        let data = self.cluster.as_ref()?.invalidations()?;
+        crate::invalidation::healthy(&data, std::time::SystemTime::now()).then_some(long)
+    }
+
+    fn polled_interval(&self, params: &PublishParams) -> Option<Duration> {
         let node = self.config.rotation_interval?;
         let Some(cluster) = &self.cluster else { return Some(node) };
         let raw = cluster.hints(params).class_interval;
@@ -281,6 +307,78 @@ impl Driver {
         n
     }
 
+    /// Acts on Key Vault change events (see [`crate::invalidation`]): every volume holding a changed
+    /// object is refreshed now, in one forced cycle (one fetch per distinct object and identity,
+    /// nothing reused from before the event), through the same executor, claims and vault limits as
+    /// rotation. An event for an object no volume holds costs nothing. Returns the volumes refreshed.
+    pub async fn serve_invalidations(&self) -> usize {
+        let Some(cluster) = &self.cluster else { return 0 };
+        let Some(data) = cluster.invalidations() else { return 0 };
+        let healthy = crate::invalidation::healthy(&data, std::time::SystemTime::now());
+        self.metrics.events_healthy.set(i64::from(healthy));
+        let news = self.invalidations_seen.lock().unwrap_or_else(|e| e.into_inner()).news(&data);
+        if news.is_empty() {
+            return 0;
+        }
+        let volumes = self.volumes.snapshot();
+        let mut due: Vec<(PublishParams, u64)> = Vec::new();
+        for inv in &news {
+            let holders: Vec<_> = volumes
+                .iter()
+                .filter(|(_, v)| v.holds(&inv.object.vault, &inv.object.name))
+                .filter(|(_, v)| cluster.pod_active(&v.params.pod))
+                .collect();
+            let outcome = if holders.is_empty() { "unused" } else { "refreshed" };
+            self.metrics
+                .events_invalidations
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome: outcome.into() })
+                .inc();
+            tracing::info!(vault = %inv.object.vault, kind = %inv.object.kind, object = %inv.object.name,
+                version = %inv.entry.version, volumes = holders.len(), "change event");
+            for (_, v) in holders {
+                // One refresh per volume, however many of its objects changed; the oldest event
+                // time is the one its latency is measured from.
+                match due.iter_mut().find(|(p, _)| p.target_path == v.params.target_path) {
+                    Some((_, t)) => *t = (*t).min(inv.entry.event_ms),
+                    None => due.push((v.params.clone(), inv.entry.event_ms)),
+                }
+            }
+        }
+        if due.is_empty() {
+            return 0;
+        }
+        let cycle = self.cycles.fetch_add(1, Ordering::Relaxed);
+        let n = due.len();
+        futures_util::stream::iter(due)
+            .for_each_concurrent(ROTATION_CONCURRENCY, |(params, event_ms)| async move {
+                let span = volume_span("change-event", &params);
+                let outcome = match isolate(self.refresh(params, cycle, true).instrument(span.clone())).await {
+                    Ok(o) => o,
+                    Err(panic) => return self.tasks.record_isolated(INVALIDATION_TASK, &panic),
+                };
+                let _e = span.enter();
+                match outcome {
+                    PublishOutcome::Published { files, changed, .. } => {
+                        if changed && event_ms > 0 {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap_or_default()
+                                .as_millis() as u64;
+                            self.metrics.event_to_file.observe(now.saturating_sub(event_ms) as f64 / 1000.0);
+                        }
+                        tracing::info!(files, changed, "refreshed on a change event")
+                    }
+                    PublishOutcome::KeptAfterError(e) => {
+                        tracing::warn!(error = %e, error_type = %e.label(), "refresh on a change event failed; keeping the current files")
+                    }
+                    // kubelet holds it: its republish (or the next poll) fetches anyway.
+                    PublishOutcome::Skipped => {}
+                }
+            })
+            .await;
+        n
+    }
+
     /// Warns on each pod whose volume mounts a certificate expiring within `--cert-expiry-warning`
     /// (once per file and `notAfter`: a renewed certificate is warned about afresh when it, too,
     /// comes close). Returns the warnings emitted.
@@ -337,6 +435,9 @@ impl Driver {
             }
             if let Err(panic) = isolate(self.serve_refresh_requests()).await {
                 self.tasks.record_isolated(REFRESH_TASK, &panic);
+            }
+            if let Err(panic) = isolate(self.serve_invalidations()).await {
+                self.tasks.record_isolated(INVALIDATION_TASK, &panic);
             }
             if let Err(panic) = isolate(self.warn_expiring()).await {
                 self.tasks.record_isolated(EXPIRY_TASK, &panic);
@@ -422,6 +523,19 @@ mod tests {
         );
         let no_hot = &vols[1..];
         assert_eq!(plan_cycle(no_hot.iter().map(|(t, v)| (t, v)), now, interval, |_| true), None);
+    }
+
+    #[test]
+    fn node_phases_spread_over_the_interval_and_stay_put() {
+        let i = Duration::from_secs(120);
+        let phases: Vec<Duration> = (0..1000).map(|n| node_phase(&format!("aks-nodepool1-{n}-vmss"), i)).collect();
+        assert!(phases.iter().all(|p| *p < i));
+        let mut per_tenth = [0usize; 10];
+        for p in &phases {
+            per_tenth[(p.as_millis() * 10 / i.as_millis()) as usize] += 1;
+        }
+        assert!(per_tenth.iter().all(|n| (60..=140).contains(n)), "even across the interval: {per_tenth:?}");
+        assert_eq!(node_phase("node-a", i), node_phase("node-a", i));
     }
 
     #[test]

@@ -183,7 +183,9 @@ impl Vault {
 
     /// The near-expiry and expired events due now for current versions, each announced once.
     pub fn expiry_events(&mut self, now: i64, near: i64) -> Vec<Change> {
-        let mut current: Vec<(ObjectType, String, String, Option<i64>, Option<i64>)> = Vec::new();
+        // (type, name, version, nbf, exp) of each object's current version.
+        type Current = (ObjectType, String, String, Option<i64>, Option<i64>);
+        let mut current: Vec<Current> = Vec::new();
         for (name, v) in &self.secrets {
             if let Some(l) = v.last().filter(|l| !l.managed_key) {
                 current.push((ObjectType::Secret, name.clone(), l.version.clone(), l.attributes.nbf, l.attributes.exp));

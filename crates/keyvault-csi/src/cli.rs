@@ -87,6 +87,14 @@ pub struct NodeArgs {
     /// How often mounted contents are re-fetched when rotation is on.
     #[arg(long, default_value = "2m", value_parser = parse_go_duration, value_name = "DURATION")]
     pub rotation_poll_interval: Duration,
+    /// While Key Vault change events flow (the controller's consumer heartbeat is fresh), poll
+    /// mounted volumes this rarely instead: events bring changes within seconds and polls are the
+    /// safety net (ours; e.g. `1h`). Unset: no change events on this node.
+    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION")]
+    pub events_poll_interval: Option<Duration>,
+    /// Namespace of the change-event invalidations ConfigMap (the chart's release namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub events_namespace: String,
     /// The shortest rotation interval a SecretProviderClass may ask for with its
     /// `keyvault-csi.io/rotation-poll-interval` annotation (ours); shorter ones are raised to this.
     #[arg(long, default_value = "30s", value_parser = parse_min_interval, value_name = "DURATION")]

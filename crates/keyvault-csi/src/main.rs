@@ -4,6 +4,7 @@ mod app;
 mod azure;
 mod check;
 mod cli;
+mod events;
 mod http;
 mod logging;
 mod metrics;
@@ -138,6 +139,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         rotation_interval: args.enable_secret_rotation.then_some(args.rotation_poll_interval),
         min_class_interval: args.min_rotation_poll_interval,
         cert_expiry_warning: (!args.cert_expiry_warning.is_zero()).then_some(args.cert_expiry_warning),
+        events_poll_interval: args.events_poll_interval,
     };
     let mut cluster: Option<Arc<dyn driver::node::Cluster>> = None;
     let mut readiness: Vec<(&'static str, http::ReadyCheck)> = Vec::new();
@@ -147,8 +149,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             Ok(client) => {
                 // Watches retry with backoff while the API server is away; lookups fall back to GETs.
                 let source = driver::kube::KubeClassSource::watching(client.clone());
-                let kube = driver::kube::KubeCluster::new(client, &args.nodeid, &args.drivername)
+                let mut kube = driver::kube::KubeCluster::new(client, &args.nodeid, &args.drivername)
                     .with_classes(source.cache().clone());
+                if args.events_poll_interval.is_some() {
+                    kube = kube.with_invalidations(&args.events_namespace);
+                }
                 let (pods, spcs) = (kube.pods().clone(), source.cache().clone());
                 readiness.push(("pods watch not synced", Box::new(move || pods.is_ready())));
                 readiness.push(("secretproviderclasses watch not synced", Box::new(move || spcs.is_ready())));

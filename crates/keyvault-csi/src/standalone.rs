@@ -106,6 +106,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
         rotation_interval: rotation,
         min_class_interval: driver::node::DEFAULT_MIN_CLASS_INTERVAL,
         cert_expiry_warning: Some(driver::node::DEFAULT_CERT_EXPIRY_WARNING),
+        events_poll_interval: None,
     };
     let driver = Driver::new(config, mounter, classes, providers);
 

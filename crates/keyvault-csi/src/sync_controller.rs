@@ -86,6 +86,9 @@ pub struct SyncControllerArgs {
     /// Azure provider settings.
     #[command(flatten)]
     pub azure: AzureArgs,
+    /// Key Vault change events (ours).
+    #[command(flatten)]
+    pub events: crate::events::EventArgs,
 }
 
 /// Runs the controller until SIGTERM/SIGINT (or until leadership is lost: exits non-zero, so the
@@ -98,6 +101,11 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
     };
     let mut app = App::new();
     let (azure, _) = app.azure(&args.azure, Some(args.rotation_poll_interval), true)?;
+    let queue = crate::events::QueueSource::from_args(&args.events, azure.provider.clone())?;
+    let event_metrics = sync::events::EventMetrics::default();
+    if queue.is_some() {
+        event_metrics.register(&mut app.registry);
+    }
     let external = ExternalProviders::new(vec![], args.provider_volume.clone(), args.max_call_recv_msg_size as usize);
     let providers = Providers::new(external).with_builtin("azure", azure);
     let metrics = sync::metrics::SyncMetrics::default();
@@ -152,8 +160,33 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
         audit,
     };
     let tokens = sync::tokens::Tokens::new(sync::tokens::ApiMinter(client.clone()));
+    // The change-event consumer runs beside the controller, under the same Lease.
+    let events = queue.map(|queue| {
+        let holders = sync::events::Holders::default();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let consumer_config = sync::events::Config {
+            namespace: namespace.clone(),
+            max_dequeue: args.events.events_max_dequeue,
+            idle_wait: Duration::from_secs(1),
+        };
+        tracing::info!(queue = ?args.events.events_queue_url, identity = %args.events.events_identity, "change events on");
+        let consumer = sync::events::run(
+            client.clone(),
+            consumer_config,
+            Arc::new(queue),
+            holders.clone(),
+            event_metrics.clone(),
+            tx,
+            app.stopped(),
+        );
+        app.spawn("change-event consumer", async move {
+            consumer.await;
+            Ok(())
+        });
+        (holders, rx)
+    });
     let stop = app.stopped();
-    let controller = sync::controller::run(client, config, hash_key, providers, tokens, metrics, ready, stop);
+    let controller = sync::controller::run(client, config, hash_key, providers, tokens, metrics, ready, events, stop);
     let lost = match &elector {
         Some(elector) => tokio::select! {
             _ = controller => false,

@@ -11,6 +11,7 @@
 pub mod cloud;
 pub mod convert;
 pub mod error;
+pub mod events;
 pub mod failover;
 pub mod identity;
 pub mod lint;
@@ -249,6 +250,11 @@ impl Provider {
             vault_scopes: self.scopes.lock().unwrap_or_else(|e| e.into_inner()).len(),
             flights: self.flights.len(),
         }
+    }
+
+    /// The cloud `--cloud-name` names (endpoints for the provider's own calls, e.g. the event queue).
+    pub fn default_cloud(&self) -> Result<cloud::Cloud> {
+        cloud::resolve("", "", &self.config.clouds)
     }
 
     /// Counters for metrics.

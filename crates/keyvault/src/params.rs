@@ -337,6 +337,19 @@ fn sa_token(tokens: Option<&str>, audience: &str) -> std::result::Result<String,
         .ok_or_else(|| format!("token for audience {audience} not found"))
 }
 
+/// A workload identity from a service-account token of our own (a projected token file, as Azure
+/// Workload Identity mounts it), for the controller's own calls (the change-event queue).
+pub fn own_workload_identity(client_id: &str, token: &str) -> std::result::Result<Identity, String> {
+    let what = "the workload identity token file";
+    let (issuer, subject) = claims_of_live_token(token.trim(), WI_AUDIENCE, what)?;
+    Ok(Identity::Workload {
+        client_id: client_id.into(),
+        token: SecretString::from(token.trim().to_string()),
+        subject,
+        issuer,
+    })
+}
+
 /// A service-account token's `iss` and `sub`, refused when it has expired.
 fn claims_of_live_token(token: &str, audience: &str, what: &str) -> std::result::Result<(String, String), String> {
     let (issuer, subject, exp) = jwt_claims(token)

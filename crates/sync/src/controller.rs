@@ -85,6 +85,8 @@ pub struct Context {
     recorder: Recorder,
     seen: Mutex<HashMap<(String, String), Seen>>,
     accounts: Mutex<HashMap<(String, String), Account>>,
+    /// What each SecretSync holds, for change events (see [`crate::events`]).
+    holders: crate::events::Holders,
 }
 
 /// A service account's opt-in annotation as last read (`None`: the account does not exist).
@@ -114,8 +116,13 @@ pub async fn run(
     tokens: Tokens,
     metrics: SyncMetrics,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    events: Option<(crate::events::Holders, tokio::sync::mpsc::UnboundedReceiver<(String, String)>)>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let (holders, triggers) = match events {
+        Some((h, rx)) => (h, Some(rx)),
+        None => (Default::default(), None),
+    };
     let syncs: Api<SecretSync> = Api::all(client.clone());
     let (classes, class_writer) = reflector::store();
     let class_stream = watcher(Api::<SecretProviderClass>::all(client.clone()), watcher::Config::default())
@@ -149,6 +156,14 @@ pub async fn run(
             Some(ObjectRef::new(&s.name_any()).within(&s.namespace().unwrap_or_default()))
         })
         .graceful_shutdown_on(stop);
+    // Change events force a check of the SecretSyncs holding the changed object.
+    let controller = match triggers {
+        Some(rx) => controller.reconcile_on(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+                .map(|(ns, name)| ObjectRef::<SecretSync>::new(&name).within(&ns)),
+        ),
+        None => controller,
+    };
 
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), COMPONENT),
@@ -162,6 +177,7 @@ pub async fn run(
         metrics,
         seen: Mutex::default(),
         accounts: Mutex::default(),
+        holders,
     });
     tokio::spawn({
         let (store, classes, secrets) = (store.clone(), classes, secrets);
@@ -183,6 +199,7 @@ pub async fn run(
                     // Deleted: its Secret goes with it (owner reference); forget its state and series.
                     let ns = r.namespace.clone().unwrap_or_default();
                     forget.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns.clone(), r.name.clone()));
+                    forget.holders.forget(&(ns.clone(), r.name.clone()));
                     forget.metrics.forget(&ns, &r.name);
                 }
                 // A watch failing (RBAC, a missing CRD, the API server away): retried with backoff.
@@ -225,7 +242,15 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
     let now = SystemTime::now();
     let previous = ctx.seen.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
 
-    let observed = Observed { generation, class: class_id, secret_version, refresh_now, interval: schedule.interval };
+    let invalidations = ctx.holders.invalidations(&key);
+    let observed = Observed {
+        generation,
+        class: class_id,
+        secret_version,
+        refresh_now,
+        interval: schedule.interval,
+        invalidations,
+    };
     let trigger = match trigger_of(previous.as_ref(), &observed, &schedule, now) {
         Ok(t) => t,
         Err(wait) => return Action::requeue(wait),

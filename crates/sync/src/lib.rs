@@ -11,6 +11,7 @@
 pub mod api;
 pub mod controller;
 pub mod decide;
+pub mod events;
 pub mod leader;
 pub mod lint;
 pub mod metrics;

@@ -34,6 +34,7 @@ pub struct KubeCluster {
     events: Recorder,
     pods: Cache<Pod>,
     classes: Option<Cache<super::crd::v1::SecretProviderClass>>,
+    invalidations: Option<(Cache<k8s_openapi::api::core::v1::ConfigMap>, String)>,
 }
 
 impl KubeCluster {
@@ -63,7 +64,21 @@ impl KubeCluster {
             driver_name: driver_name.to_string(),
             pods,
             classes: None,
+            invalidations: None,
         }
+    }
+
+    /// Watches the change-event invalidations ConfigMap in `namespace` (one object, by name: see
+    /// [`crate::invalidation`]).
+    pub fn with_invalidations(mut self, namespace: &str) -> Self {
+        let cache = Cache::start(
+            "invalidations",
+            Api::namespaced(self.client.clone(), namespace),
+            watcher::Config::default().fields(&format!("metadata.name={}", crate::invalidation::CONFIGMAP)),
+            |c: &mut k8s_openapi::api::core::v1::ConfigMap| c.metadata.managed_fields = None,
+        );
+        self.invalidations = Some((cache, namespace.to_string()));
+        self
     }
 
     /// Reads class annotations (refresh-now, rotation interval) from `classes`, the class watch.
@@ -183,6 +198,11 @@ impl KubeCluster {
 
 #[async_trait]
 impl Cluster for KubeCluster {
+    fn invalidations(&self) -> Option<BTreeMap<String, String>> {
+        let (cache, ns) = self.invalidations.as_ref()?;
+        Some(cache.get(ns, crate::invalidation::CONFIGMAP).and_then(|c| c.data.clone()).unwrap_or_default())
+    }
+
     async fn record(
         &self,
         params: &PublishParams,

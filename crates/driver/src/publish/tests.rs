@@ -103,6 +103,7 @@ impl Fixture {
             rotation_interval: rotation,
             min_class_interval: crate::node::DEFAULT_MIN_CLASS_INTERVAL,
             cert_expiry_warning: Some(crate::node::DEFAULT_CERT_EXPIRY_WARNING),
+            events_poll_interval: None,
         };
         let providers = Providers::new(ExternalProviders::new(vec![], PathBuf::from("/nonexistent"), 4 << 20))
             .with_builtin("fake", provider.clone());

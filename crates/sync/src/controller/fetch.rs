@@ -61,6 +61,13 @@ pub(super) async fn fetch(
         driver::audit::Subject { namespace: &ns, pod: "", secret: &name, service_account: sa, class: class_name };
     let audited = |r: &driver::provider::MountResponse| {
         ctx.config.audit.served(&audit_subject, r, driver::audit::Trigger::Sync);
+        // What change events are matched against (with a partial sync, what was served so far).
+        let sources = r
+            .served
+            .iter()
+            .filter_map(|s| Some((s.source.to_ascii_lowercase(), s.id.split('/').nth(1)?.to_string())))
+            .collect();
+        ctx.holders.record((ns.clone(), name.clone()), sources);
     };
     match provider.mount(request.clone()).await {
         Ok(r) => {

@@ -34,11 +34,14 @@ pub(super) struct Observed {
     pub(super) secret_version: Option<String>,
     pub(super) refresh_now: Option<String>,
     pub(super) interval: Duration,
+    /// Change events about objects it holds (a count: a new one forces a check).
+    pub(super) invalidations: u64,
 }
 
 /// Why the SecretSync is checked now, or how long nothing is due: a change of its generation, class,
 /// Secret or interval is a change (a new generation forces a fetch, like `forceSynchronization`); a new
-/// refresh-now value forces one; otherwise the round's poll once it is due.
+/// refresh-now value or a change event about one of its objects forces one; otherwise the round's poll
+/// once it is due.
 pub(super) fn trigger_of(
     previous: Option<&Seen>,
     now: &Observed,
@@ -46,8 +49,16 @@ pub(super) fn trigger_of(
     at: SystemTime,
 ) -> Result<Trigger, Duration> {
     match previous {
-        Some(p) if Observed { refresh_now: now.refresh_now.clone(), ..p.observed.clone() } == *now => {
-            if p.observed.refresh_now != now.refresh_now && now.refresh_now.is_some() {
+        Some(p)
+            if Observed {
+                refresh_now: now.refresh_now.clone(),
+                invalidations: now.invalidations,
+                ..p.observed.clone()
+            } == *now =>
+        {
+            if (p.observed.refresh_now != now.refresh_now && now.refresh_now.is_some())
+                || p.observed.invalidations != now.invalidations
+            {
                 Ok(Trigger::Forced)
             } else if p.due.is_none_or(|d| d <= at) {
                 Ok(Trigger::Poll(schedule.round(at)))
@@ -211,6 +222,7 @@ mod tests {
             secret_version: Some("7".into()),
             refresh_now: None,
             interval: schedule.interval,
+            invalidations: 0,
         };
         let seen = |due: u64| Seen { observed: now.clone(), due: Some(at(due)), failures: 0 };
         // New to this process: a change.
@@ -232,5 +244,8 @@ mod tests {
         assert_eq!(trigger_of(Some(&seen(130)), &class_changed, &schedule, at(100)), Ok(Trigger::Change));
         let tampered = Observed { secret_version: Some("8".into()), ..now.clone() };
         assert_eq!(trigger_of(Some(&seen(130)), &tampered, &schedule, at(100)), Ok(Trigger::Change));
+        // A change event about one of its objects forces a fetch (nothing from before it is reused).
+        let event = Observed { invalidations: 1, ..now.clone() };
+        assert_eq!(trigger_of(Some(&seen(130)), &event, &schedule, at(100)), Ok(Trigger::Forced));
     }
 }
