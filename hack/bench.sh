@@ -6,7 +6,9 @@
 #      (KUBECONFIG, or the kit: see hack/cluster.sh), then tables and an SVG (hack/bench-report.py).
 #   4. SecretSync: 1,000 SecretSyncs over 10 objects and 5 identities, the real sync-controller on the
 #      same API server (crates/keyvault-csi/benches/secretsync.rs).
-# BENCH_ONLY=sidebyside runs only part 3, BENCH_ONLY=secretsync only part 4. BENCH_REPEATS, BENCH_VOLUMES tune it; BENCH_README=1 rewrites
+#   5. cluster: N = 10, 25, 50 driver processes (own node names, sockets, kubelet directories, metrics
+#      ports) on the same API server, change events off and on (crates/keyvault-csi/benches/cluster.rs).
+# BENCH_ONLY=sidebyside runs only part 3, BENCH_ONLY=secretsync only part 4, BENCH_ONLY=cluster only part 5 (CLUSTER_NODES=10,25 narrows it). BENCH_REPEATS, BENCH_VOLUMES tune it; BENCH_README=1 rewrites
 # docs/performance.md's comparison from the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,7 @@ KEEP_CLUSTER=${BENCH_KEEP_CLUSTER:-}
 cluster_start bench
 trap 'cluster_stop "$OUT/down.log"' EXIT
 
+if [ "${BENCH_ONLY:-}" != cluster ]; then
 command -v xz >/dev/null || { apt-get update -qq && apt-get install -y -qq xz-utils; }
 UPSTREAM_DIR=${UPSTREAM_DIR:-$ROOT/../shared/upstream}
 for f in secrets-store-csi-driver e2e-provider; do
@@ -46,7 +49,8 @@ if [ "$(uname -m)" = x86_64 ] && [ -z "${KEYVAULT_CSI_BIN:-}" ]; then
   RELEASE_ARCHES=amd64 hack/release.sh >"$OUT/release.log" 2>&1 || { tail -n 40 "$OUT/release.log"; exit 1; }
   export KEYVAULT_CSI_BIN=$ROOT/target/release-static/keyvault-csi-linux-amd64
 fi
-if [ "${BENCH_ONLY:-}" != secretsync ]; then
+fi
+if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = sidebyside ]; then
   $CARGO bench --locked -p keyvault-csi --bench sidebyside --no-run
   log "side by side: upstream v1.6 + mock provider, keyvault-csi + the same provider, keyvault-csi + Azure (emulated)"
   hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench sidebyside
@@ -54,8 +58,13 @@ if [ "${BENCH_ONLY:-}" != secretsync ]; then
   [ -n "${BENCH_README:-}" ] && args+=(--readme docs/performance.md)
   python3 hack/bench-report.py "$OUT/sidebyside.json" "${args[@]}"
 fi
-if [ "${BENCH_ONLY:-}" != sidebyside ]; then
+if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = secretsync ]; then
   $CARGO bench --locked -p keyvault-csi --bench secretsync --no-run
   log "SecretSync: 1,000 SecretSyncs, 10 objects, 5 identities, the real sync-controller"
   $CARGO bench --locked -p keyvault-csi --bench secretsync
+fi
+if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = cluster ]; then
+  $CARGO bench --locked -p keyvault-csi --bench cluster --no-run
+  log "cluster: 10, 25 and 50 nodes on one API server, change events off and on"
+  hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench cluster
 fi

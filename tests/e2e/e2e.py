@@ -49,6 +49,8 @@ HTTPS_PORT, HTTP_PORT, PROXY_PORT = 18443, 18080, 18444
 # derived from it, as AKS derives it).
 CLUSTER_ID = "e2ekit"
 POLL = 15  # rotationPollInterval, seconds
+SYNC_SA = f"{RELEASE}-keyvault-csi-sync-controller"
+EVENTS_ACCOUNT, EVENTS_QUEUE = "e2eevents", "kv-events"
 BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.29-4"
 PULL = os.environ.get("E2E_PULL_POLICY", "IfNotPresent")
 TMP = pathlib.Path(tempfile.mkdtemp(prefix="kvcsi-e2e-"))
@@ -106,9 +108,16 @@ def seed(issuer, jwks):
                 {"clientId": "wi-client", "objectId": "wi-object", "federatedCredentials": [
                     {"issuer": issuer, "subject": f"system:serviceaccount:{NS}:workload",
                      "audience": "api://AzureADTokenExchange"}]},
+                # The change-event consumer: the controller's own service account, federated.
+                {"clientId": "events-client", "objectId": "events-object", "federatedCredentials": [
+                    {"issuer": issuer, "subject": f"system:serviceaccount:{DRIVER_NS}:{SYNC_SA}",
+                     "audience": "api://AzureADTokenExchange"}]},
             ],
         }],
         "issuers": [{"url": issuer, "jwks": jwks}],
+        # Event Grid's system topic on the vault, delivering to a Storage queue.
+        "storageAccounts": [{"name": EVENTS_ACCOUNT, "tenant": TENANT, "queues": [
+            {"name": EVENTS_QUEUE, "subscriptions": [{"vault": VAULT}], "processors": ["events-object"]}]}],
         "vaults": [{
             "name": VAULT,
             "tenant": TENANT,
@@ -937,6 +946,90 @@ def s_failover(ctx):
         delete("pod", p, NS, wait=False)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Cluster scale: Key Vault change events
+
+
+def events_values(emu, enabled=True):
+    values = chart_values(emu)
+    values["events"] = {
+        "enabled": enabled,
+        "queueUrl": f"https://{EVENTS_ACCOUNT}.queue.core.windows.net:{HTTPS_PORT}/{EVENTS_QUEUE}",
+        "identity": "workload", "tenantId": TENANT, "clientId": "events-client", "pollInterval": "1h",
+    }
+    return values
+
+
+def invalidations():
+    cm = get("configmap", "keyvault-csi-invalidations", DRIVER_NS, check=False) or {}
+    return cm.get("data") or {}
+
+
+def s_change_events(ctx):
+    """Polls at 1 h, events on: a secret changed in the vault reaches a mounted file, a secretObjects
+    Secret and a SecretSync's Secret within seconds through Event Grid → Storage queue → the
+    controller's consumer → the invalidations ConfigMap. With the queue taken away, the nodes fall back
+    to their normal poll interval (a Warning says so) and the next poll brings the change."""
+    emu = ctx["emu"]
+    old = driver_pod()
+    helm().upgrade(str(CHART), RELEASE, events_values(emu), namespace=DRIVER_NS, timeout=180, wait="watcher")
+    wait_for("the driver restarted with events", lambda: driver_ready() and driver_pod() != old, 120)
+    wait_for("the consumer's heartbeat", lambda: "heartbeat" in invalidations(), 90)
+    wait_for("the node on the long interval", lambda: metric_sum(metrics(), "events_healthy") == 1, 30)
+    emu.set_secret("ev-secret", "ev-v1")
+    apply({"apiVersion": "v1", "kind": "ServiceAccount",
+           "metadata": {"name": "workload", "namespace": NS,
+                        "annotations": {"azure.workload.identity/client-id": "wi-client",
+                                        "keyvault-csi.io/allow-secret-syncs": "ss-db,ss-foreign,ss-heal,ss-partial,ss-ev"}}})
+    objects = [{"objectName": "ev-secret", "objectType": "secret"}]
+    apply(spc("ev-class", NS, objects, secret_objects=[
+        {"secretName": "ev-synced", "type": "Opaque", "data": [{"objectName": "ev-secret", "key": "value"}]}]),
+          spc("ev-class-wi", NS, objects, client_id="wi-client"),
+          pod("ev-pod", NS, [csi_volume("kv", "ev-class")]),
+          secret_sync("ss-ev", "ev-class-wi", "workload", [("ev-secret", "value")]))
+    wait_pod("ev-pod", NS)
+    wait_ready("ss-ev", 60)
+
+    def everywhere(value):
+        file_ok = read("ev-pod", NS, "/mnt/kv/ev-secret") == value
+        synced = (secret_values("ev-synced") or {}).get("value") == value
+        ss = (secret_values("ss-ev") or {}).get("value") == value
+        return file_ok and synced and ss
+
+    wait_for("v1 everywhere", lambda: everywhere("ev-v1"), 30)
+    t0 = time.time()
+    emu.set_secret("ev-secret", "ev-v2")
+    wait_for("the change through the event path", lambda: everywhere("ev-v2"), 30, interval=0.2)
+    took = time.time() - t0
+    FIGURES["change-event"] = f"vault change to file, secretObjects Secret and SecretSync Secret in {took:.1f} s (polls: 1 h)"
+    if took > 10:
+        raise Failure(f"the event path took {took:.1f} s (about 3 s expected)")
+    m = metrics()
+    if metric_sum(m, "events_invalidations_total") < 1 or metric_sum(m, "event_to_file_seconds_count") < 1:
+        raise Failure("events_invalidations_total / event_to_file_seconds not recorded")
+
+    # The queue taken away: the heartbeat stops, the node polls at rotationPollInterval again.
+    emu.call("PUT", f"/queues/{EVENTS_ACCOUNT}/{EVENTS_QUEUE}/faults", {"unavailable": True})
+    try:
+        wait_for("ChangeEventsUnavailable warning",
+                 lambda: events(DRIVER_NS, "keyvault-csi-invalidations", "ChangeEventsUnavailable"), 60)
+        wait_for("the node back on polling", lambda: metric_sum(metrics(), "events_healthy") == 0, 150)
+        t0 = time.time()
+        emu.set_secret("ev-secret", "ev-v3")
+        wait_for("the change through polling", lambda: read("ev-pod", NS, "/mnt/kv/ev-secret") == "ev-v3",
+                 3 * POLL + 10)
+        FIGURES["change-event-fallback"] = f"queue away: the change reached the file by polling in {time.time() - t0:.1f} s"
+    finally:
+        emu.call("PUT", f"/queues/{EVENTS_ACCOUNT}/{EVENTS_QUEUE}/faults", {})
+    wait_for("ChangeEventsRestored", lambda: events(DRIVER_NS, "keyvault-csi-invalidations", "ChangeEventsRestored"), 60)
+    delete("pod", "ev-pod", NS, wait=False)
+    delete("secretsync", "ss-ev", NS, wait=False)
+    # Back to the values the other scenarios expect.
+    old = driver_pod()
+    helm().upgrade(str(CHART), RELEASE, chart_values(emu), namespace=DRIVER_NS, timeout=180, wait="watcher")
+    wait_for("the driver restarted without events", lambda: driver_ready() and driver_pod() != old, 120)
+
+
 UPSTREAM_DS, UPSTREAM_PROVIDER_DS = "aks-secrets-store-csi-driver", "aks-secrets-store-provider-azure"
 UPSTREAM_SA = "e2e-upstream-secrets-store"
 
@@ -1492,6 +1585,7 @@ def main():
     run("metrics", s_metrics)
     run("scale-50", s_scale, inspector)
     run("failover-vault", s_failover)
+    run("change-events", s_change_events)
     if "rot_pod" in ctx:
         run("helm-upgrade-uninstall", s_upgrade_uninstall)
     if ctx.get("uninstalled"):

@@ -177,6 +177,7 @@ fn run_live(args: &CheckArgs) -> u8 {
                     live::Status::Pass => "PASS",
                     live::Status::Fail => "FAIL",
                     live::Status::Skip => "SKIP",
+                    live::Status::Warn => "WARN",
                 };
                 println!("{tag} {}: {}", c.check, c.detail);
                 if let Some(p) = &c.prevents {

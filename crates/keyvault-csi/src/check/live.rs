@@ -50,6 +50,12 @@ pub struct LiveArgs {
     /// Kubeconfig (default: `KUBECONFIG`, then in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// Nodes that mount the class, for the Key Vault budget (default: the cluster's node count).
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<u64>,
+    /// The nodes' `--rotation-poll-interval` (a class annotation overrides it), for the budget.
+    #[arg(long, default_value = "2m", value_parser = driver::duration::parse_go_duration, value_name = "DURATION")]
+    pub rotation_poll_interval: Duration,
     /// The Azure provider's settings, as the driver has them.
     #[command(flatten)]
     pub azure: crate::azure::AzureArgs,
@@ -65,6 +71,8 @@ pub enum Status {
     Fail,
     /// Could not be checked from here.
     Skip,
+    /// Works now, but will not at scale (the Key Vault budget).
+    Warn,
 }
 
 /// One live check.
@@ -170,6 +178,26 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     };
     if let Some(audience) = audience {
         checks.push(token_audience(&client, audience).await);
+    }
+
+    // 2b. Polls across the cluster fit in the vault's budget.
+    let nodes = match args.nodes {
+        Some(n) => Some(n),
+        None => Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+            .list_metadata(&ListParams::default())
+            .await
+            .ok()
+            .map(|l| l.items.len() as u64),
+    };
+    let annotation = spc.metadata.annotations.as_ref().and_then(|a| a.get(driver::annotations::ROTATION_INTERVAL));
+    let interval = match driver::annotations::class_interval(annotation.map(String::as_str), Duration::from_secs(30)) {
+        Ok(Some(c)) => c.interval,
+        _ => args.rotation_poll_interval,
+    };
+    let objects = lint.objects().len() as u64;
+    match nodes {
+        Some(nodes) => checks.push(budget(nodes, objects, interval)),
+        None => checks.push(skip("Key Vault budget", "cannot count nodes (pass --nodes)")),
     }
 
     // 3. Synced Secrets are ours to write.
@@ -279,6 +307,31 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
         None => {}
     }
     Ok(report)
+}
+
+/// Key Vault's limit for GETs per vault per 10 s.
+pub const VAULT_GETS_PER_10S: f64 = 4000.0;
+
+/// What polling this class on `nodes` nodes every `interval` costs its vault, against Key Vault's
+/// limit: GETs per 10 s = nodes × objects × 10 / interval (one identity per class; more identities
+/// multiply it). Above half of the limit: a warning, with the ways out.
+pub fn budget(nodes: u64, objects: u64, interval: Duration) -> Check {
+    let per_10s = nodes as f64 * objects as f64 * 10.0 / interval.as_secs_f64().max(1.0);
+    let share = per_10s / VAULT_GETS_PER_10S * 100.0;
+    let detail = format!(
+        "{nodes} node(s) × {objects} object(s) every {interval:?}: {per_10s:.0} GETs per 10 s, {share:.0} % of one vault's {VAULT_GETS_PER_10S:.0}"
+    );
+    if share > 50.0 {
+        let fix = "lengthen the class's keyvault-csi.io/rotation-poll-interval, turn on change events (events.enabled, docs/change-events.md: polls every hour, changes in seconds), or move widely shared objects to a SecretSync (one fetch per interval for the cluster)";
+        Check {
+            check: "Key Vault budget".into(),
+            status: Status::Warn,
+            detail: format!("{detail}{}; {fix}", if share > 100.0 { ": Key Vault will throttle (429)" } else { "" }),
+            prevents: None,
+        }
+    } else {
+        pass("Key Vault budget", detail)
+    }
 }
 
 async fn driver_registration(client: &kube::Client) -> Check {
@@ -445,5 +498,22 @@ async fn synced_secret(client: &kube::Client, ns: &str, name: &str) -> Check {
         }
         Err(kube::Error::Api(s)) if s.code == 403 => skip(c, format!("cannot read Secrets here: {}", s.message)),
         Err(e) => fail(c, describe(&e), None),
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_warns_past_half_of_a_vaults_limit() {
+        let two_min = Duration::from_secs(120);
+        let small = budget(100, 10, two_min);
+        assert_eq!(small.status, Status::Pass);
+        assert!(small.detail.contains("83 GETs per 10 s"), "{}", small.detail);
+        let big = budget(5000, 10, two_min);
+        assert_eq!(big.status, Status::Warn);
+        assert!(big.detail.contains("4167 GETs") && big.detail.contains("throttle"), "{}", big.detail);
+        assert_eq!(budget(5000, 10, Duration::from_secs(3600)).status, Status::Pass, "events on: polls hourly");
     }
 }
