@@ -405,6 +405,42 @@ fn service_responses() {
     });
 }
 
+/// Key Vault change events as they come off the queue (whoever can write to the queue writes them),
+/// the queue's message list, and the invalidations ConfigMap the nodes read.
+#[test]
+fn change_events() {
+    fuzz("events", |input| {
+        let s = text(input).replace("TOKEN", CANARY);
+        match keyvault::events::parse(&s) {
+            Ok(c) => {
+                assert!(c.vault.len() <= 24 && c.name.len() <= 127 && c.version.len() <= 64);
+                let key = driver::invalidation::ObjectKey {
+                    vault: c.vault.clone(),
+                    kind: c.kind.class_type().into(),
+                    name: c.name.clone(),
+                };
+                assert_eq!(
+                    driver::invalidation::ObjectKey::parse(&key.key()),
+                    Some(key),
+                    "every parsed event is a valid key"
+                );
+            }
+            Err(e) => no_canary("an event error", &e.to_string()),
+        }
+        if let Ok(messages) = keyvault::events::parse_messages(&s) {
+            assert!(messages.iter().all(|m| m.text.len() <= keyvault::events::MAX_MESSAGE_BYTES * 4));
+        }
+        if let Ok(data) = serde_json::from_slice::<std::collections::BTreeMap<String, String>>(input) {
+            let mut seen = driver::invalidation::Seen::default();
+            seen.news(&data);
+            assert!(seen.news(&data).is_empty());
+            let _ = driver::invalidation::healthy(&data, std::time::SystemTime::now());
+            let board = driver::invalidation::Board::resume(&data);
+            assert!(board.len() <= data.len());
+        }
+    });
+}
+
 /// The SecretSync spec (`secret-sync.x-k8s.io`), as `check` and the controller read it.
 #[test]
 fn secretsync_spec() {

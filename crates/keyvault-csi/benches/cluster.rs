@@ -104,8 +104,16 @@ fn setup_cluster(n: usize) -> Vec<(String, String, String)> {
     }
     apply(objects);
     let out = kubectl(
-        &["-n", NS, "get", "pods", "-l", "kvcsi-bench=cluster", "-o",
-          "jsonpath={range .items[*]}{.spec.nodeName} {.metadata.name} {.metadata.uid}{\"\\n\"}{end}"],
+        &[
+            "-n",
+            NS,
+            "get",
+            "pods",
+            "-l",
+            "kvcsi-bench=cluster",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {.metadata.name} {.metadata.uid}{\"\\n\"}{end}",
+        ],
         None,
     );
     let pods: Vec<(String, String, String)> = out
@@ -224,7 +232,11 @@ async fn run(emu: &emulator::Handle, n: usize, events: bool) -> Value {
             if let Ok(ch) = channel(&socket).await {
                 break Some(csi_proto::csi::node_client::NodeClient::new(ch));
             }
-            assert!(Instant::now() < deadline, "driver did not serve: {}", std::fs::read_to_string(d.node.path("driver.log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "driver did not serve: {}",
+                std::fs::read_to_string(d.node.path("driver.log")).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
     }
@@ -250,7 +262,8 @@ async fn run(emu: &emulator::Handle, n: usize, events: bool) -> Value {
         let mut v = PodVolume::new(pod, "cluster");
         v.namespace = NS.into();
         v.uid = uid.clone();
-        v.secrets = [("clientid".to_string(), "sp".to_string()), ("clientsecret".to_string(), "sp-secret".to_string())].into();
+        v.secrets =
+            [("clientid".to_string(), "sp".to_string()), ("clientsecret".to_string(), "sp-secret".to_string())].into();
         volumes.push((i, v));
     }
     let api0 = api_requests();
@@ -369,12 +382,15 @@ async fn main() {
 /// The table, the fitted per-node constants and the extrapolation.
 fn print_report(runs: &[Value]) {
     println!("\n## cluster: many nodes on one API server ({} objects per node, {VOLUMES} volumes per node)\n", OBJECTS);
-    println!("| nodes | events | API req/node/min idle | API req/node, mount burst | API req/node/min rotation | watches/node | RSS MiB (mean) | KV GETs per interval | max KV GETs in 10 s | change→file p50 / p99 |");
+    println!(
+        "| nodes | events | API req/node/min idle | API req/node, mount burst | API req/node/min rotation | watches/node | RSS MiB (mean) | KV GETs per interval | max KV GETs in 10 s | change→file p50 / p99 |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
         println!(
             "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} ({} s) | {:.0} | {:.2} / {:.2} s |",
-            r["nodes"], if r["events"].as_bool() == Some(true) { "on" } else { "off" },
+            r["nodes"],
+            if r["events"].as_bool() == Some(true) { "on" } else { "off" },
             r["api_per_node_min"]["idle"].as_f64().unwrap_or(0.0),
             r["api_per_node_min"]["burst_total_per_node"].as_f64().unwrap_or(0.0),
             r["api_per_node_min"]["rotation"].as_f64().unwrap_or(0.0),
@@ -395,9 +411,15 @@ fn print_report(runs: &[Value]) {
     let idle = mean(&|r| r["api_per_node_min"]["idle"].as_f64().unwrap_or(0.0), true);
     let rot = mean(&|r| r["api_per_node_min"]["rotation"].as_f64().unwrap_or(0.0), false);
     let watch = mean(&|r| r["watches_per_node"].as_f64().unwrap_or(0.0), true);
-    let gets_per_node = mean(&|r| r["kv_gets_per_interval"].as_f64().unwrap_or(0.0) / r["nodes"].as_f64().unwrap_or(1.0), false);
-    println!("\nfitted per node: {idle:.2} API requests/min idle (events on), {rot:.2}/min while rotating every {}s, {watch:.1} watches, {gets_per_node:.1} Key Vault GETs per interval (= distinct objects × identities)", INTERVAL.as_secs());
-    println!("\n| nodes | API requests/s (idle, events on) | watches | KV GETs per 10 s, polling every 2 min | KV GETs per 10 s, events on (polls hourly) |");
+    let gets_per_node =
+        mean(&|r| r["kv_gets_per_interval"].as_f64().unwrap_or(0.0) / r["nodes"].as_f64().unwrap_or(1.0), false);
+    println!(
+        "\nfitted per node: {idle:.2} API requests/min idle (events on), {rot:.2}/min while rotating every {}s, {watch:.1} watches, {gets_per_node:.1} Key Vault GETs per interval (= distinct objects × identities)",
+        INTERVAL.as_secs()
+    );
+    println!(
+        "\n| nodes | API requests/s (idle, events on) | watches | KV GETs per 10 s, polling every 2 min | KV GETs per 10 s, events on (polls hourly) |"
+    );
     println!("|---|---|---|---|---|");
     for n in [1000.0, 5000.0] {
         let poll = n * gets_per_node * 10.0 / 120.0;

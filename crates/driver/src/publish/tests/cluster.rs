@@ -13,6 +13,8 @@ pub(super) struct FakeCluster {
     recorded: Mutex<Vec<String>>,
     /// Secret syncs.
     synced: AtomicUsize,
+    /// The invalidations ConfigMap's data (`None`: change events off).
+    invalidations: Mutex<Option<BTreeMap<String, String>>>,
 }
 
 impl FakeCluster {
@@ -66,6 +68,66 @@ impl crate::node::Cluster for FakeCluster {
     async fn class_interval_invalid(&self, params: &PublishParams, message: &str) {
         self.events.lock().unwrap().push((params.pod.name.clone(), "InvalidRotationInterval".into(), message.into()));
     }
+    fn invalidations(&self) -> Option<BTreeMap<String, String>> {
+        self.invalidations.lock().unwrap().clone()
+    }
+}
+
+/// Applies a consumer's merge patch to the fake ConfigMap.
+fn apply_patch(cluster: &FakeCluster, patch: serde_json::Value) {
+    let mut g = cluster.invalidations.lock().unwrap();
+    let data = g.get_or_insert_with(BTreeMap::new);
+    for (k, v) in patch["data"].as_object().unwrap() {
+        match v.as_str() {
+            Some(s) => data.insert(k.clone(), s.to_string()),
+            None => data.remove(k),
+        };
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_event_refreshes_only_the_volumes_holding_the_object_in_one_cycle() {
+    use crate::invalidation::{Board, ObjectKey};
+    let cluster = Arc::new(FakeCluster::default());
+    let mut f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
+    Arc::get_mut(&mut f.driver).unwrap().config.events_poll_interval = Some(Duration::from_secs(3600));
+    let d = f.driver.clone();
+    let mut board = Board::default();
+    let now = std::time::SystemTime::now();
+    apply_patch(&cluster, board.apply([], now, true).unwrap());
+    for i in 0..3 {
+        d.publish(f.volume(i), None).await.unwrap();
+    }
+    assert_eq!(d.serve_invalidations().await, 0, "the first look only learns what is there");
+    // While the heartbeat is fresh, polls are hourly: nothing is due after the node's 2 minutes.
+    tokio::time::advance(INTERVAL * 2).await;
+    assert_eq!(d.rotate_due().await, 0);
+    let other = ObjectKey { vault: "kv1".into(), kind: "secret".into(), name: "unrelated".into() };
+    apply_patch(&cluster, board.apply([(other, String::new(), None)], now, false).unwrap());
+    assert_eq!(d.serve_invalidations().await, 0, "nobody here holds it: no fetch");
+    assert_eq!(f.calls(), 3);
+    *f.provider.value.lock().unwrap() = "v2".into();
+    let held = ObjectKey { vault: "kv1".into(), kind: "secret".into(), name: "a".into() };
+    apply_patch(&cluster, board.apply([(held.clone(), "v2".into(), Some(now))], now, false).unwrap());
+    assert_eq!(d.serve_invalidations().await, 3);
+    assert!((0..3).all(|i| f.read(i).as_deref() == Some("v2")));
+    let cycles = f.provider.cycles.lock().unwrap().clone();
+    let event_cycles: std::collections::HashSet<_> = cycles[3..].iter().collect();
+    assert_eq!(event_cycles.len(), 1, "one forced cycle: identical fetches shared: {cycles:?}");
+    assert_eq!(d.serve_invalidations().await, 0, "acted on once");
+    // A duplicate delivery: refreshed again, nothing changes (no pod-status write).
+    let recorded = cluster.recorded.lock().unwrap().len();
+    apply_patch(&cluster, board.apply([(held.clone(), "v2".into(), None)], now, false).unwrap());
+    assert_eq!(d.serve_invalidations().await, 3);
+    assert_eq!(cluster.recorded.lock().unwrap().len(), recorded, "a no-op refresh writes no status");
+    // Same name in another vault: not ours.
+    let elsewhere = ObjectKey { vault: "kv2".into(), kind: "secret".into(), name: "a".into() };
+    apply_patch(&cluster, board.apply([(elsewhere, String::new(), None)], now, false).unwrap());
+    assert_eq!(d.serve_invalidations().await, 0);
+    // The heartbeat stale (the queue away): back to the node's interval.
+    cluster.invalidations.lock().unwrap().as_mut().unwrap().insert("heartbeat".into(), "2020-01-01T00:00:00Z".into());
+    tokio::time::advance(INTERVAL).await;
+    assert_eq!(d.rotate_due().await, 3, "polling at 2 minutes again");
 }
 
 #[tokio::test(start_paused = true)]
