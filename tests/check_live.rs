@@ -29,6 +29,15 @@ tenants:
         objectId: wi-oid
         federatedCredentials: [ {{ issuer: "{ISSUER}", subject: "system:serviceaccount:apps:web" }} ]
       - {{ clientId: reader, objectId: reader-oid, clientSecret: reader-secret-value }}
+      - clientId: events
+        objectId: events-oid
+        federatedCredentials: [ {{ issuer: "{ISSUER}", subject: "system:serviceaccount:kube-system:keyvault-csi-sync-controller" }} ]
+storageAccounts:
+  - name: checkevents
+    tenant: {TENANT}
+    queues:
+      - {{ name: kv-events, subscriptions: [ {{ vault: kv-check }} ], processors: [ events-oid ] }}
+      - {{ name: not-granted, processors: [] }}
 managedIdentities:
   - {{ tenant: {TENANT}, clientId: uami, objectId: uami-oid }}
 issuers:
@@ -81,6 +90,11 @@ async fn cluster() -> Env {
             json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": sa, "namespace": "apps" } }),
         );
     }
+    api.put(
+        "serviceaccounts",
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": { "name": "keyvault-csi-sync-controller", "namespace": "kube-system" } }),
+    );
     let mut c = class(
         "apps",
         "web",
@@ -337,4 +351,25 @@ async fn a_secret_sync_is_checked_with_its_class_account_opt_in_controller_and_s
         secret["prevents"],
         "secret apps/web-sync already exists and is not managed by this SecretSync (owned by Deployment web); delete it or rename the SecretSync"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_event_queue_is_checked_with_the_controllers_identity() {
+    let env = cluster().await;
+    let port = env.h.https_addr.port();
+    let url = |q: &str| format!("--events-queue-url=https://checkevents.queue.core.windows.net:{port}/{q}");
+    let ids = [format!("--events-tenant-id={TENANT}"), "--events-client-id=events".to_string()];
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let ok = url("kv-events");
+    let (code, r, err) = live(&env, &[&[ok.as_str()], ids.as_slice()].concat());
+    assert_eq!(code, Some(0), "{r:#}{err}");
+    assert_eq!(check(&r, "queue access")["status"], "pass", "{r:#}");
+    let denied = url("not-granted");
+    let (code, r, _) = live(&env, &[&[denied.as_str()], ids.as_slice()].concat());
+    assert_eq!(code, Some(1));
+    let detail = check(&r, "queue access")["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("403") && detail.contains("Storage Queue Data Message Processor"), "{detail}");
+    let (code, r, _) = live(&env, &["--events-queue-url=http://checkevents.queue.core.windows.net/q"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(check(&r, "queue URL")["status"], "fail");
 }

@@ -275,6 +275,17 @@ impl crate::Provider {
         parse_messages(&String::from_utf8_lossy(&r.body))
     }
 
+    /// Peeks at up to one message without taking it: proves the URL, the identity and its access
+    /// (`check --live`). Returns how many messages were visible (0 or 1).
+    pub async fn queue_peek(&self, q: &QueueClient) -> Result<usize> {
+        let url = format!("{}/messages?peekonly=true&numofmessages=1", q.url);
+        let r = self.storage_request(q, Method::GET, &url, Instant::now() + Duration::from_secs(30)).await?;
+        if !r.status.is_success() {
+            return Err(storage_error(&r, "Peek Messages"));
+        }
+        Ok(parse_messages(&String::from_utf8_lossy(&r.body))?.len())
+    }
+
     /// Deletes a message taken with [`Self::queue_receive`].
     pub async fn queue_delete(&self, q: &QueueClient, m: &Message) -> Result<()> {
         let url = format!(

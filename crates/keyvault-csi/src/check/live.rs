@@ -50,6 +50,19 @@ pub struct LiveArgs {
     /// Kubeconfig (default: `KUBECONFIG`, then in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// With `--events-queue-url`: the change-event queue is checked (Peek Messages) with the
+    /// controller's identity, instead of a class.
+    #[arg(long, value_name = "URL")]
+    pub events_queue_url: Option<String>,
+    /// The controller's service account (`<namespace>/<name>`), whose federated token reads the queue.
+    #[arg(long, default_value = "kube-system/keyvault-csi-sync-controller", value_name = "NS/NAME")]
+    pub events_service_account: String,
+    /// Tenant and client id of the queue's identity (workload identity).
+    #[arg(long, default_value = "", value_name = "TENANT")]
+    pub events_tenant_id: String,
+    /// See `--events-tenant-id`.
+    #[arg(long, default_value = "", value_name = "CLIENT_ID")]
+    pub events_client_id: String,
     /// Nodes that mount the class, for the Key Vault budget (default: the cluster's node count).
     #[arg(long, value_name = "N")]
     pub nodes: Option<u64>,
@@ -115,6 +128,10 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     let ns = args.namespace.as_str();
     let client = crate::kube_client(args.kubeconfig.as_deref()).await?;
     let mut report = Report::default();
+    if let Some(url) = &args.events_queue_url {
+        report.checks.extend(event_queue(&client, args, url).await);
+        return Ok(report);
+    }
     let mut service_account = args.service_account.clone();
     let mut sync_object = None;
     let class = match &args.secret_sync {
@@ -126,7 +143,10 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
             }
             None => return Ok(report),
         },
-        None => args.class.as_deref().ok_or("--live needs --class or --secret-sync (and --namespace)")?,
+        None => args
+            .class
+            .as_deref()
+            .ok_or("--live needs --class or --secret-sync (and --namespace), or --events-queue-url")?,
     };
     let args = &LiveArgs { service_account, ..args.clone() };
     let checks = &mut report.checks;
@@ -307,6 +327,70 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
         None => {}
     }
     Ok(report)
+}
+
+/// The change-event queue, as the controller reads it: its URL, a token for the controller's service
+/// account exchanged for a Storage token, and Peek Messages (which takes nothing off the queue).
+async fn event_queue(client: &kube::Client, args: &LiveArgs, url: &str) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let url = match keyvault::events::check_queue_url(url) {
+        Ok(u) => u,
+        Err(e) => return vec![fail("queue URL", e, None)],
+    };
+    checks.push(pass("queue URL", url.clone()));
+    if args.events_tenant_id.is_empty() || args.events_client_id.is_empty() {
+        checks.push(fail("queue identity", "--events-tenant-id and --events-client-id are required", None));
+        return checks;
+    }
+    let Some((ns, sa)) = args.events_service_account.split_once('/') else {
+        checks.push(fail("queue identity", "--events-service-account must be <namespace>/<name>", None));
+        return checks;
+    };
+    let token = match service_account_token(client, ns, sa, WORKLOAD_AUDIENCE).await {
+        Ok(t) => t,
+        Err(c) => {
+            checks.push(c);
+            return checks;
+        }
+    };
+    let identity = match keyvault::params::own_workload_identity(
+        &args.events_client_id,
+        secrecy::ExposeSecret::expose_secret(&token.token),
+    ) {
+        Ok(i) => i,
+        Err(e) => {
+            checks.push(fail("queue identity", e, None));
+            return checks;
+        }
+    };
+    let provider =
+        match args.azure.config(None).and_then(|c| keyvault::Provider::new(c).map_err(|e| anyhow::anyhow!("{e}"))) {
+            Ok(p) => p,
+            Err(e) => {
+                checks.push(fail("queue", format!("Azure provider: {e}"), None));
+                return checks;
+            }
+        };
+    let cloud = match provider.default_cloud() {
+        Ok(c) => c,
+        Err(e) => {
+            checks.push(fail("queue", e.to_string(), None));
+            return checks;
+        }
+    };
+    let q = keyvault::events::QueueClient { url, tenant: args.events_tenant_id.clone(), identity, cloud };
+    match provider.queue_peek(&q).await {
+        Ok(n) => checks.push(pass(
+            "queue access",
+            format!("{ns}/{sa} (client {}) can read the queue ({n} message(s) visible)", args.events_client_id),
+        )),
+        Err(e) => checks.push(fail(
+            "queue access",
+            e.to_string(),
+            Some("ChangeEventsUnavailable: nodes poll at --rotation-poll-interval".into()),
+        )),
+    }
+    checks
 }
 
 /// Key Vault's limit for GETs per vault per 10 s.
