@@ -194,6 +194,11 @@ def test_host_network_is_off_by_default_and_complete_when_on():
     assert {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"} in driver["env"]
     pod = one(render({"linux": {"dnsPolicy": "Default"}}), "DaemonSet")["spec"]["template"]["spec"]
     assert pod["dnsPolicy"] == "Default" and "hostNetwork" not in pod
+    # The controller on the host network: a new pod cannot start beside the old one (same ports), so a
+    # rollout replaces instead of surging (it would wait forever on one node).
+    ctl = one(render({"syncController": {"enabled": True, "hostNetwork": True}}), "Deployment")["spec"]
+    assert ctl["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert "strategy" not in one(render({"syncController": {"enabled": True}}), "Deployment")["spec"]
 
 
 def rules(docs, role):
