@@ -54,6 +54,8 @@ pub enum Trigger {
     Rotation,
     /// A refresh-now request.
     Refresh,
+    /// A Key Vault change event (ours; see `docs/change-events.md`).
+    Event,
     /// A SecretSync (the controller).
     Sync,
 }

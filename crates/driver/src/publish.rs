@@ -46,9 +46,27 @@ pub enum Trigger {
     Poller {
         /// Cycle number.
         cycle: u64,
-        /// A refresh-now request: fetch whatever the volume's age.
-        forced: bool,
+        /// Why the volume is refreshed.
+        reason: Refresh,
     },
+}
+
+/// Why the poller refreshes a volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// Its rotation interval came.
+    Rotation,
+    /// A refresh-now request: fetch whatever the volume's age.
+    Request,
+    /// A Key Vault change event about one of its objects: fetch whatever its age.
+    Event,
+}
+
+impl Trigger {
+    /// Whether the fetch must ignore the volume's age and reuse nothing from before it.
+    pub fn forced(&self) -> bool {
+        matches!(self, Trigger::Poller { reason: Refresh::Request | Refresh::Event, .. })
+    }
 }
 
 /// What the target path looks like before a publish.
@@ -90,7 +108,7 @@ pub fn plan(
         (Trigger::Kubelet, TargetState::NotMounted, _) => Plan::Fetch { mount: true, keep_on_error: false },
         // The poller never mounts: a volume without its mount was unpublished (or kubelet will repair it).
         (Trigger::Poller { .. }, TargetState::NotMounted, _) | (Trigger::Poller { .. }, _, None) => Plan::Skip,
-        (Trigger::Poller { forced: true, .. }, TargetState::Mounted { .. }, Some(_)) => {
+        (t @ Trigger::Poller { .. }, TargetState::Mounted { .. }, Some(_)) if t.forced() => {
             Plan::Fetch { mount: false, keep_on_error: populated }
         }
         (trigger, TargetState::Mounted { .. }, Some(age)) => {
@@ -303,7 +321,7 @@ impl Driver {
                 Trigger::Poller { cycle, .. } => Some(cycle),
                 Trigger::Kubelet => None,
             },
-            fresh: matches!(trigger, Trigger::Poller { forced: true, .. }),
+            fresh: trigger.forced(),
         };
         let late = || {
             let why = if background { "within one rotation interval" } else { "before kubelet's deadline" };
@@ -581,7 +599,8 @@ fn audit_trigger(trigger: Trigger, remount: bool) -> crate::audit::Trigger {
     match trigger {
         Trigger::Kubelet if remount => crate::audit::Trigger::Republish,
         Trigger::Kubelet => crate::audit::Trigger::Mount,
-        Trigger::Poller { forced: true, .. } => crate::audit::Trigger::Refresh,
-        Trigger::Poller { .. } => crate::audit::Trigger::Rotation,
+        Trigger::Poller { reason: Refresh::Request, .. } => crate::audit::Trigger::Refresh,
+        Trigger::Poller { reason: Refresh::Event, .. } => crate::audit::Trigger::Event,
+        Trigger::Poller { reason: Refresh::Rotation, .. } => crate::audit::Trigger::Rotation,
     }
 }

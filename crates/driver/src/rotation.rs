@@ -32,7 +32,7 @@ use tracing::Instrument;
 use crate::annotations::{REFRESH_NOW, RefreshMarks, class_interval, shown};
 use crate::duration::later;
 use crate::node::{Driver, PublishOutcome};
-use crate::publish::Trigger;
+use crate::publish::{Refresh, Trigger};
 use crate::registry::{Holder, Volume};
 use crate::supervise::isolate;
 use crate::volume_context::PublishParams;
@@ -148,10 +148,10 @@ impl Driver {
         self.cluster.as_ref().map(|c| c.hints(params).refresh).unwrap_or_default()
     }
 
-    /// A background refresh of a published volume (rotation, or with `forced` a refresh-now request,
-    /// which ignores the volume's age). A target kubelet is working on is skipped, and kubelet arriving
+    /// A background refresh of a published volume (its rotation, a refresh-now request or a change
+    /// event; the last two ignore the volume's age). A target kubelet is working on is skipped, and kubelet arriving
     /// meanwhile stops the refresh. Records `rotation_reconcile*` metrics only.
-    pub async fn refresh(&self, params: PublishParams, cycle: u64, forced: bool) -> PublishOutcome {
+    pub async fn refresh(&self, params: PublishParams, cycle: u64, reason: Refresh) -> PublishOutcome {
         let started = std::time::Instant::now();
         let target = params.target_path.clone();
         let Some(guard) = self.volumes.try_claim(&target, Holder::Poller) else { return PublishOutcome::Skipped };
@@ -159,7 +159,7 @@ impl Driver {
         // A refresh never outlives one interval: retries against a vault that is down stop, and the
         // poller's next attempt (backoff capped at one interval) finds it back within one interval.
         let deadline = later(Instant::now(), interval.max(Duration::from_secs(1)));
-        let attempt = self.execute(&params, Trigger::Poller { cycle, forced }, Some(deadline), &guard).await;
+        let attempt = self.execute(&params, Trigger::Poller { cycle, reason }, Some(deadline), &guard).await;
         // Released before any event or status write: kubelet never waits on those.
         drop(guard);
         let outcome = match attempt.result {
@@ -215,7 +215,7 @@ impl Driver {
                 let span = volume_span("rotation", &params);
                 let started = Instant::now();
                 let target = params.target_path.clone();
-                let outcome = match isolate(self.refresh(params, cycle, false).instrument(span.clone())).await {
+                let outcome = match isolate(self.refresh(params, cycle, Refresh::Rotation).instrument(span.clone())).await {
                     Ok(o) => o,
                     Err(panic) => {
                         // Backs off like a failure, so one volume cannot panic on every tick.
@@ -276,7 +276,7 @@ impl Driver {
             .for_each_concurrent(ROTATION_CONCURRENCY, |(params, marks, request)| async move {
                 let span = volume_span("refresh-now", &params);
                 let target = params.target_path.clone();
-                let outcome = match isolate(self.refresh(params.clone(), cycle, true).instrument(span.clone())).await {
+                let outcome = match isolate(self.refresh(params.clone(), cycle, Refresh::Request).instrument(span.clone())).await {
                     Ok(o) => o,
                     Err(panic) => {
                         // Served (and failed): the request is not retried every second.
@@ -352,7 +352,7 @@ impl Driver {
         futures_util::stream::iter(due)
             .for_each_concurrent(ROTATION_CONCURRENCY, |(params, event_ms)| async move {
                 let span = volume_span("change-event", &params);
-                let outcome = match isolate(self.refresh(params, cycle, true).instrument(span.clone())).await {
+                let outcome = match isolate(self.refresh(params, cycle, Refresh::Event).instrument(span.clone())).await {
                     Ok(o) => o,
                     Err(panic) => return self.tasks.record_isolated(INVALIDATION_TASK, &panic),
                 };

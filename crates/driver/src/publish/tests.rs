@@ -143,8 +143,8 @@ impl Fixture {
 fn the_plan_covers_every_trigger_and_target_state() {
     use Plan::*;
     use TargetState::*;
-    let (k, p) = (Trigger::Kubelet, Trigger::Poller { cycle: 1, forced: false });
-    let now = Trigger::Poller { cycle: 2, forced: true };
+    let (k, p) = (Trigger::Kubelet, Trigger::Poller { cycle: 1, reason: Refresh::Rotation });
+    let now = Trigger::Poller { cycle: 2, reason: Refresh::Request };
     let (on, off) = (Some(INTERVAL), None);
     let (young, old, half) = (Some(Duration::from_secs(5)), Some(INTERVAL), Some(Duration::from_secs(55)));
     let populated = Mounted { populated: true };
@@ -266,7 +266,7 @@ async fn unpublish_overtakes_a_refresh_in_flight_and_the_poller_never_brings_the
     assert_eq!(poller.await.unwrap(), 1);
     assert!(!Path::new(&t).exists(), "the target is gone");
     // A refresh from a stale snapshot finds the volume gone and does nothing.
-    let out = d.refresh(params(&t), 9, false).await;
+    let out = d.refresh(params(&t), 9, Refresh::Rotation).await;
     assert!(matches!(out, PublishOutcome::Skipped), "{out:?}");
     assert!(!Path::new(&t).exists(), "the poller never recreates an unpublished volume");
     assert!(d.volumes().is_empty());

@@ -321,7 +321,7 @@ async fn kubelet_never_waits_on_a_background_refreshs_api_calls() {
     *cluster.record_gate.lock().unwrap() = Some(gate.clone());
     let refresh = |i: usize| {
         let (d, p) = (d.clone(), f.volume(i));
-        tokio::spawn(async move { d.refresh(p, 7, true).await })
+        tokio::spawn(async move { d.refresh(p, 7, Refresh::Request).await })
     };
     let (r0, r1) = (refresh(0), refresh(1));
     wait_until(|| f.read(0).as_deref() == Some("v2") && f.read(1).as_deref() == Some("v2")).await;
@@ -398,7 +398,7 @@ async fn pod_status_versions_change_exactly_when_an_objects_version_does() {
     assert_eq!(f.calls(), 2, "the late republish fetched");
     tokio::time::advance(INTERVAL).await;
     assert_eq!(d.rotate_due().await, 1);
-    let refreshed = d.refresh(f.volume(0), 99, true).await;
+    let refreshed = d.refresh(f.volume(0), 99, Refresh::Request).await;
     assert!(matches!(refreshed, PublishOutcome::Published { changed: false, .. }), "{refreshed:?}");
     assert_eq!(recorded(), ["v1"], "republishes, a rotation and a refresh that found v1 again wrote nothing");
     *f.provider.value.lock().unwrap() = "v2".into();
