@@ -23,7 +23,8 @@ _real_getaddrinfo = socket.getaddrinfo
 
 
 def _local_getaddrinfo(host, *args, **kwargs):
-    if isinstance(host, str) and (host.endswith(".vault.azure.net") or host == "login.microsoftonline.com"):
+    if isinstance(host, str) and (host.endswith(".vault.azure.net") or host.endswith(".queue.core.windows.net")
+                                  or host == "login.microsoftonline.com"):
         host = "127.0.0.1"
     return _real_getaddrinfo(host, *args, **kwargs)
 
@@ -57,6 +58,7 @@ def emulator():
         "port": port,
         "ca": ca,
         "vault_url": f"https://conformance.vault.azure.net:{port}",
+        "queue_account_url": f"https://confevents.queue.core.windows.net:{port}",
         "authority": f"https://login.microsoftonline.com:{port}",
         "tenant": TENANT,
     }
