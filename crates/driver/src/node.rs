@@ -176,6 +176,8 @@ pub struct Driver {
     pub(crate) audit: crate::audit::Audit,
     /// The change-event entries this node has acted on.
     pub(crate) invalidations_seen: std::sync::Mutex<crate::invalidation::Seen>,
+    /// Whether the event consumer's heartbeat was fresh at the last look (polls on the long interval).
+    pub(crate) events_healthy: std::sync::atomic::AtomicBool,
 }
 
 impl Driver {
@@ -195,6 +197,7 @@ impl Driver {
             tasks: crate::supervise::Tasks::global().clone(),
             audit: crate::audit::Audit::off(),
             invalidations_seen: Default::default(),
+            events_healthy: Default::default(),
         }
     }
 

@@ -114,11 +114,11 @@ impl Driver {
         })
     }
 
-    /// `--events-poll-interval` while the event consumer's heartbeat is fresh; `None` otherwise.
+    /// `--events-poll-interval` while the event consumer's heartbeat is fresh (as last seen by
+    /// [`Self::serve_invalidations`], every second); `None` otherwise.
     pub(crate) fn events_poll_interval_now(&self) -> Option<Duration> {
         let long = self.config.events_poll_interval?;
-        let data = self.cluster.as_ref()?.invalidations()?;
-        crate::invalidation::healthy(&data, std::time::SystemTime::now()).then_some(long)
+        self.events_healthy.load(Ordering::Relaxed).then_some(long)
     }
 
     fn polled_interval(&self, params: &PublishParams) -> Option<Duration> {
@@ -315,6 +315,7 @@ impl Driver {
         let Some(cluster) = &self.cluster else { return 0 };
         let Some(data) = cluster.invalidations() else { return 0 };
         let healthy = crate::invalidation::healthy(&data, std::time::SystemTime::now());
+        self.events_healthy.store(healthy, Ordering::Relaxed);
         self.metrics.events_healthy.set(i64::from(healthy));
         let news = self.invalidations_seen.lock().unwrap_or_else(|e| e.into_inner()).news(&data);
         if news.is_empty() {
