@@ -391,6 +391,12 @@ impl Driver {
             .filter_map(|s| Some((s.source.to_ascii_lowercase(), s.id.split('/').nth(1)?.to_string())))
             .collect();
         volume.interval = self.volume_interval(params);
+        if known.is_none() {
+            // A first mount's first poll comes at the node's phase of the interval (earlier, never
+            // later): pods started together across nodes (a rollout, a scale-up) do not make every
+            // node ask the vault at the same moments ever after.
+            self.phase_first_poll(&mut volume);
+        }
         volume.cert_expiry = match (&known, files.is_empty()) {
             // A legacy provider wrote the files itself: nothing to read here.
             (Some(k), true) => k.cert_expiry.clone(),
@@ -441,6 +447,17 @@ impl Driver {
             .map_err(|source| PublishError::Mount { path: target.to_path_buf(), source })
     }
 
+    /// Moves a volume's first poll to the node's phase of its interval: at most one interval away, as
+    /// always, and at the same offset on every restart of this node (see [`crate::rotation::node_phase`]).
+    fn phase_first_poll(&self, volume: &mut Volume) {
+        let Some(interval) = volume.interval else { return };
+        let phase = crate::rotation::node_phase(&self.config.node_id, interval);
+        // Due `interval - phase` from now: as if last fetched `phase` ago.
+        if let Some(t) = tokio::time::Instant::now().checked_sub(phase) {
+            volume.last_fetch = t;
+        }
+    }
+
     /// After a restart: takes back the volumes the cluster says this node published whose tmpfs is
     /// still mounted and populated, so the poller rotates them again without waiting for kubelet's
     /// republish (which also brings fresh service-account tokens). A volume kubelet already
@@ -469,14 +486,9 @@ impl Driver {
                 let mut volume = Volume::fresh(params, String::new(), versions);
                 volume.refresh_seen = self.refresh_marks(&volume.params);
                 volume.interval = self.volume_interval(&volume.params);
-                // Nodes restarted together (a rollout) would otherwise all poll at the same moments:
-                // each node's first poll comes at its own phase of the interval.
-                if let Some(interval) = volume.interval {
-                    let wait = crate::rotation::node_phase(&self.config.node_id, interval);
-                    if let Some(t) = tokio::time::Instant::now().checked_sub(interval.saturating_sub(wait)) {
-                        volume.last_fetch = t;
-                    }
-                }
+                // Nodes restarted together (a driver rollout) would otherwise all poll at the same
+                // moments: each node's first poll comes at its own phase of the interval.
+                self.phase_first_poll(&mut volume);
                 self.volumes.insert(target.clone(), volume);
                 adopted += 1;
             }

@@ -76,6 +76,9 @@ pub fn backoff(interval: Duration, failures: u32) -> Duration {
 /// A node's phase within `interval`, from its name (FNV-1a): spread evenly over the interval across
 /// a cluster's nodes, and the same after every restart of one node.
 pub fn node_phase(node: &str, interval: Duration) -> Duration {
+    if node.is_empty() {
+        return Duration::ZERO;
+    }
     let ms = interval.as_millis().max(1) as u64;
     let h = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     Duration::from_millis(h % ms)

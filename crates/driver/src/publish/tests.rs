@@ -98,7 +98,8 @@ impl Fixture {
         *provider.value.lock().unwrap() = "v1".into();
         let config = Config {
             driver_name: "secrets-store.csi.k8s.io".into(),
-            node_id: "n".into(),
+            // No name, no phase: the tests' clocks start at the mount (see `rotation::node_phase`).
+            node_id: String::new(),
             vendor_version: "test".into(),
             rotation_interval: rotation,
             min_class_interval: crate::node::DEFAULT_MIN_CLASS_INTERVAL,
@@ -194,6 +195,33 @@ async fn a_republish_refetches_only_after_a_full_interval() {
     let out = d.publish(params(&f.target(0)), None).await.unwrap();
     assert!(matches!(out, PublishOutcome::Published { changed: true, remount: true, .. }), "{out:?}");
     assert_eq!(f.read(0).as_deref(), Some("v2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_mount_is_first_polled_at_the_nodes_phase_and_never_later_than_one_interval() {
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    for node in ["aks-nodepool1-0", "aks-nodepool1-1", "aks-nodepool1-2"] {
+        let mut f = Fixture::new(Some(INTERVAL));
+        Arc::get_mut(&mut f.driver).unwrap().config.node_id = node.into();
+        let d = f.driver.clone();
+        d.publish(params(&f.target(0)), None).await.unwrap();
+        let phase = crate::rotation::node_phase(node, INTERVAL);
+        let first_poll = INTERVAL - phase;
+        assert!(first_poll > Duration::ZERO && first_poll <= INTERVAL);
+        tokio::time::advance(first_poll.saturating_sub(Duration::from_secs(11))).await;
+        assert_eq!(d.rotate_due().await, 0, "{node}: not before its phase");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(d.rotate_due().await, 1, "{node}: at its phase, {first_poll:?} after the mount");
+        // Then every interval, from there.
+        tokio::time::advance(INTERVAL - Duration::from_secs(1)).await;
+        assert_eq!(d.rotate_due().await, 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(d.rotate_due().await, 1);
+    }
+    let phases: std::collections::BTreeSet<_> = ["aks-nodepool1-0", "aks-nodepool1-1", "aks-nodepool1-2"]
+        .map(|n| crate::rotation::node_phase(n, INTERVAL))
+        .into();
+    assert_eq!(phases.len(), 3, "three nodes, three phases");
 }
 
 #[tokio::test(start_paused = true)]
