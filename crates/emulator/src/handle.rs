@@ -32,6 +32,14 @@ impl Handle {
     pub fn queue_url(&self, account: &str, queue: &str) -> String {
         format!("https://{account}.{}:{}/{queue}", crate::QUEUE_SUFFIX, self.https_addr.port())
     }
+    /// Delivers what the vaults recorded, then empties a queue (a fresh start for the next reader).
+    pub fn purge_queue(&self, account: &str, queue: &str) {
+        let mut w = self.state.world();
+        w.route_changes(&self.vault_suffix);
+        if let Some(q) = w.storage.get_mut(account).and_then(|a| a.queues.get_mut(queue)) {
+            q.purge();
+        }
+    }
     /// Sets a queue's faults.
     pub fn set_queue_faults(&self, account: &str, queue: &str, faults: crate::queue::QueueFaults) {
         let mut w = self.state.world();

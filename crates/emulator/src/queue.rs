@@ -159,6 +159,11 @@ impl Queue {
         }
     }
 
+    /// Drops every message (Storage's Clear Messages).
+    pub fn purge(&mut self) {
+        self.messages.clear();
+    }
+
     fn drop_expired(&mut self, now: SystemTime) {
         self.messages.retain(|m| m.expires > now);
     }

@@ -202,6 +202,8 @@ async fn run(emu: &emulator::Handle, n: usize, events: bool) -> Value {
     teardown_cluster();
     let pods = setup_cluster(n);
     let mut controller = None;
+    // Events of earlier runs' changes would make this run's nodes refresh: start from an empty queue.
+    emu.purge_queue(ACCOUNT, QUEUE);
     if events {
         let node = Node::new();
         let mut args = vec![
