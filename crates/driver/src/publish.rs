@@ -392,10 +392,11 @@ impl Driver {
             .collect();
         volume.interval = self.volume_interval(params);
         if known.is_none() {
-            // A first mount's first poll comes at the node's phase of the interval (earlier, never
-            // later): pods started together across nodes (a rollout, a scale-up) do not make every
-            // node ask the vault at the same moments ever after.
-            self.phase_first_poll(&mut volume);
+            // A first mount's first poll comes at the node's phase of the second half of the interval
+            // (earlier, never later, and never sooner than half the interval: a class asking for 24 h
+            // is not polled minutes after its mount): pods started together across nodes (a scale-up)
+            // do not make every node ask the vault at the same moments ever after.
+            self.phase_first_poll(&mut volume, 2);
         }
         volume.cert_expiry = match (&known, files.is_empty()) {
             // A legacy provider wrote the files itself: nothing to read here.
@@ -447,11 +448,12 @@ impl Driver {
             .map_err(|source| PublishError::Mount { path: target.to_path_buf(), source })
     }
 
-    /// Moves a volume's first poll to the node's phase of its interval: at most one interval away, as
-    /// always, and at the same offset on every restart of this node (see [`crate::rotation::node_phase`]).
-    fn phase_first_poll(&self, volume: &mut Volume) {
+    /// Moves a volume's first poll earlier by the node's phase of `interval / spread`: at most one
+    /// interval away, as always, and at the same offset on every restart of this node (see
+    /// [`crate::rotation::node_phase`]).
+    fn phase_first_poll(&self, volume: &mut Volume, spread: u32) {
         let Some(interval) = volume.interval else { return };
-        let phase = crate::rotation::node_phase(&self.config.node_id, interval);
+        let phase = crate::rotation::node_phase(&self.config.node_id, interval / spread.max(1));
         // Due `interval - phase` from now: as if last fetched `phase` ago.
         if let Some(t) = tokio::time::Instant::now().checked_sub(phase) {
             volume.last_fetch = t;
@@ -487,8 +489,9 @@ impl Driver {
                 volume.refresh_seen = self.refresh_marks(&volume.params);
                 volume.interval = self.volume_interval(&volume.params);
                 // Nodes restarted together (a driver rollout) would otherwise all poll at the same
-                // moments: each node's first poll comes at its own phase of the interval.
-                self.phase_first_poll(&mut volume);
+                // moments: each node's first poll comes at its own phase of the whole interval (when
+                // the volume was last fetched is not known here).
+                self.phase_first_poll(&mut volume, 1);
                 self.volumes.insert(target.clone(), volume);
                 adopted += 1;
             }
