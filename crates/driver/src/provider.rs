@@ -100,7 +100,21 @@ pub struct MountResponse {
     pub requester: Requester,
 }
 
+/// The object name in a pod-status object id (`<type>/<name>`, with history `<type>/<name>/<i>`).
+pub fn object_name(id: &str) -> Option<&str> {
+    id.split('/').nth(1)
+}
+
 impl MountResponse {
+    /// (vault in lowercase, object name) of every object served: what a Key Vault change event is
+    /// matched against (see [`crate::invalidation`]).
+    pub fn sources(&self) -> std::collections::BTreeSet<(String, String)> {
+        self.served
+            .iter()
+            .filter_map(|s| Some((s.source.to_ascii_lowercase(), object_name(&s.id)?.to_string())))
+            .collect()
+    }
+
     /// Object id → the failover vault that served it, for objects not served by the class's vault.
     pub fn failover(&self) -> BTreeMap<String, String> {
         self.served.iter().filter(|s| s.failover).map(|s| (s.id.clone(), s.source.clone())).collect()

@@ -383,13 +383,10 @@ impl Driver {
             }
         }
         self.audit.volume(params, &response, audit_trigger(trigger, remount));
+        let sources = response.sources();
         let mut volume = Volume::fresh(params.clone(), spec.provider.clone(), response.object_versions);
         volume.failover = failover;
-        volume.sources = response
-            .served
-            .iter()
-            .filter_map(|s| Some((s.source.to_ascii_lowercase(), s.id.split('/').nth(1)?.to_string())))
-            .collect();
+        volume.sources = sources;
         volume.interval = self.volume_interval(params);
         if known.is_none() {
             // A first mount's first poll comes at the node's phase of the second half of the interval

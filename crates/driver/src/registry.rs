@@ -55,7 +55,7 @@ impl Volume {
     /// refreshed) by object name in any vault; an extra refresh costs a fetch, a missed one a stale file.
     pub fn holds(&self, vault: &str, name: &str) -> bool {
         if self.sources.is_empty() {
-            return self.object_versions.keys().any(|id| id.split('/').nth(1) == Some(name));
+            return self.object_versions.keys().any(|id| crate::provider::object_name(id) == Some(name));
         }
         self.sources.contains(&(vault.to_ascii_lowercase(), name.to_string()))
     }

@@ -112,12 +112,6 @@ impl sync::events::EventSource for QueueSource {
 
     async fn delete(&self, handle: &(String, String)) -> Result<(), String> {
         let q = self.client()?;
-        let m = keyvault::events::Message {
-            id: handle.0.clone(),
-            pop_receipt: handle.1.clone(),
-            dequeue_count: 0,
-            text: String::new(),
-        };
-        self.provider.queue_delete(&q, &m).await.map_err(|e| e.to_string())
+        self.provider.queue_delete(&q, &handle.0, &handle.1).await.map_err(|e| e.to_string())
     }
 }

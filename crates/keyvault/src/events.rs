@@ -287,12 +287,12 @@ impl crate::Provider {
     }
 
     /// Deletes a message taken with [`Self::queue_receive`].
-    pub async fn queue_delete(&self, q: &QueueClient, m: &Message) -> Result<()> {
+    pub async fn queue_delete(&self, q: &QueueClient, id: &str, pop_receipt: &str) -> Result<()> {
         let url = format!(
             "{}/messages/{}?popreceipt={}",
             q.url,
-            crate::identity::urlencode(&m.id),
-            crate::identity::urlencode(&m.pop_receipt)
+            crate::identity::urlencode(id),
+            crate::identity::urlencode(pop_receipt)
         );
         let r = self.storage_request(q, Method::DELETE, &url, Instant::now() + Duration::from_secs(30)).await?;
         // 404: already deleted (by an earlier attempt whose answer was lost) or expired: done either way.

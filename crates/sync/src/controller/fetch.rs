@@ -62,12 +62,7 @@ pub(super) async fn fetch(
     let audited = |r: &driver::provider::MountResponse| {
         ctx.config.audit.served(&audit_subject, r, driver::audit::Trigger::Sync);
         // What change events are matched against (with a partial sync, what was served so far).
-        let sources = r
-            .served
-            .iter()
-            .filter_map(|s| Some((s.source.to_ascii_lowercase(), s.id.split('/').nth(1)?.to_string())))
-            .collect();
-        ctx.holders.record((ns.clone(), name.clone()), sources);
+        ctx.holders.record((ns.clone(), name.clone()), r.sources());
     };
     match provider.mount(request.clone()).await {
         Ok(r) => {
