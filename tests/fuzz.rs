@@ -285,19 +285,22 @@ fn class_parameters() {
 fn annotations_and_durations() {
     fuzz("durations", |input| {
         let s = text(input);
-        let _ = driver::duration::parse_go_duration(&s);
-        match driver::annotations::class_interval(Some(&s), Duration::from_secs(30)) {
+        let _ = secrets_store::duration::parse_go_duration(&s);
+        match secrets_store::annotations::class_interval(Some(&s), Duration::from_secs(30)) {
             Ok(Some(c)) => {
-                assert!(c.interval >= Duration::from_secs(30) && c.interval <= driver::annotations::MAX_CLASS_INTERVAL);
+                assert!(
+                    c.interval >= Duration::from_secs(30)
+                        && c.interval <= secrets_store::annotations::MAX_CLASS_INTERVAL
+                );
                 // What the poller computes from it must not panic.
                 let now = tokio::time::Instant::now();
-                let _ = driver::duration::later(now, c.interval);
+                let _ = secrets_store::duration::later(now, c.interval);
                 let _ = driver::rotation::backoff(c.interval, u32::MAX);
             }
             Ok(None) => unreachable!(),
             Err(e) => assert!(e.len() < 400, "an annotation error is bounded: {} bytes", e.len()),
         }
-        assert!(driver::annotations::shown(&s).chars().count() <= 65);
+        assert!(secrets_store::annotations::shown(&s).chars().count() <= 65);
     });
 }
 
@@ -326,11 +329,11 @@ fn volume_context_and_tokens() {
             secrets: [("csi.storage.k8s.io/serviceAccount.tokens".to_string(), tokens)].into_iter().collect(),
             ..Default::default()
         };
-        match driver::volume_context::PublishParams::parse(req) {
+        match secrets_store::volume_context::PublishParams::parse(req) {
             Ok(p) => {
                 for (v, kind) in [
-                    (&p.pod.namespace, driver::volume_context::NameKind::Label),
-                    (&p.pod.name, driver::volume_context::NameKind::Subdomain),
+                    (&p.pod.namespace, secrets_store::volume_context::NameKind::Label),
+                    (&p.pod.name, secrets_store::volume_context::NameKind::Subdomain),
                 ] {
                     assert!(v.is_empty() || kind.accepts(v), "{v:?} passed validation");
                 }
@@ -414,13 +417,13 @@ fn change_events() {
         match keyvault::events::parse(&s) {
             Ok(c) => {
                 assert!(c.vault.len() <= 24 && c.name.len() <= 127 && c.version.len() <= 64);
-                let key = driver::invalidation::ObjectKey {
+                let key = secrets_store::invalidation::ObjectKey {
                     vault: c.vault.clone(),
                     kind: c.kind.class_type().into(),
                     name: c.name.clone(),
                 };
                 assert_eq!(
-                    driver::invalidation::ObjectKey::parse(&key.key()),
+                    secrets_store::invalidation::ObjectKey::parse(&key.key()),
                     Some(key),
                     "every parsed event is a valid key"
                 );
@@ -431,11 +434,11 @@ fn change_events() {
             assert!(messages.iter().all(|m| m.text.len() <= keyvault::events::MAX_MESSAGE_BYTES * 4));
         }
         if let Ok(data) = serde_json::from_slice::<std::collections::BTreeMap<String, String>>(input) {
-            let mut seen = driver::invalidation::Seen::default();
+            let mut seen = secrets_store::invalidation::Seen::default();
             seen.news(&data);
             assert!(seen.news(&data).is_empty());
-            let _ = driver::invalidation::healthy(&data, std::time::SystemTime::now());
-            let board = driver::invalidation::Board::resume(&data);
+            let _ = secrets_store::invalidation::healthy(&data, std::time::SystemTime::now());
+            let board = secrets_store::invalidation::Board::resume(&data);
             assert!(board.len() <= data.len());
         }
     });

@@ -175,7 +175,7 @@ async fn the_provider_subcommand_serves_v1alpha1_to_the_external_provider_client
     let logs = std::fs::read_to_string(&provider_log).unwrap();
     let metrics = logged_addr(&logs, "metrics=").expect("metrics address logged");
     let healthz = logged_addr(&logs, "healthz=").expect("healthz address logged");
-    let client = driver::external::ExternalProvider::new("azure", &socket, 4 << 20);
+    let client = secrets_store::external::ExternalProvider::new("azure", &socket, 4 << 20);
     let version = client.version().await.unwrap();
     assert_eq!(version.version, "v1alpha1");
 
@@ -185,7 +185,7 @@ async fn the_provider_subcommand_serves_v1alpha1_to_the_external_provider_client
         health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
-    use driver::provider::Provider;
+    use secrets_store::provider::Provider;
     let attributes: BTreeMap<String, String> = [
         ("csi.storage.k8s.io/pod.name", "p"),
         ("csi.storage.k8s.io/pod.namespace", "default"),
@@ -203,9 +203,9 @@ async fn the_provider_subcommand_serves_v1alpha1_to_the_external_provider_client
         ("clientid".to_string(), "sp".to_string()),
         ("clientsecret".to_string(), "metrics-client-secret".to_string()),
     ]);
-    let req = driver::provider::MountRequest {
+    let req = secrets_store::provider::MountRequest {
         attributes: attributes.clone(),
-        secrets: Some(driver::redact::secret_map(secrets)),
+        secrets: Some(secrets_store::redact::secret_map(secrets)),
         target_path: "/unused".into(),
         permission: 0o644,
         current_object_versions: BTreeMap::new(),
@@ -217,7 +217,7 @@ async fn the_provider_subcommand_serves_v1alpha1_to_the_external_provider_client
     let resp = client.mount(req.clone()).await.unwrap();
     assert_eq!(resp.files.len(), 1);
     assert_eq!((resp.files[0].path.as_str(), resp.files[0].mode), ("db-password", 0o400));
-    assert_eq!(driver::redact::ExposeSecret::expose_secret(&resp.files[0].contents), b"metrics-secret-value-1");
+    assert_eq!(secrets_store::redact::ExposeSecret::expose_secret(&resp.files[0].contents), b"metrics-secret-value-1");
     assert_eq!(
         resp.object_versions["secret/db-password"],
         h.latest_version("kv-metrics", "secrets", "db-password").unwrap()

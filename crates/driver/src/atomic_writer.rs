@@ -20,8 +20,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
-use crate::provider::File;
-use crate::redact::ExposeSecret;
+use secrets_store::provider::File;
+use secrets_store::redact::ExposeSecret;
 
 const DATA_DIR: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
@@ -303,6 +303,33 @@ fn cleanup(target: &Path, top_level: &BTreeSet<&str>, live: &str, previous: Opti
     }
 }
 
+/// The files of a mounted volume by relative path (`objectName`), following the atomic writer's
+/// symlinks and skipping its `..` entries. Only for volumes a legacy provider wrote itself: otherwise
+/// the driver syncs from the payload it just wrote.
+pub fn mounted_files(target: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
+    fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("..") {
+                continue;
+            }
+            let path: PathBuf = entry.path();
+            let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            // `metadata` follows the symlink into the current generation.
+            if std::fs::metadata(&path)?.is_dir() {
+                walk(&path, &key, out)?;
+            } else {
+                out.insert(key, std::fs::read(&path)?);
+            }
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    walk(target, "", &mut out)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,5 +510,15 @@ mod tests {
         assert!(reads > 100, "readers must actually have raced the writer");
         assert!(retired * 100 <= reads, "{retired} of {reads} reads found their generation retired");
         assert_eq!(fs::read_to_string(t.join("a")).unwrap(), body(1000, "a"));
+    }
+
+    #[test]
+    fn mounted_files_follow_the_writers_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = vec![File::new("foo", 0o644, b"1".to_vec()), File::new("d/bar", 0o644, b"2".to_vec())];
+        write(dir.path(), &files).unwrap();
+        let got = mounted_files(dir.path()).unwrap();
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["d/bar", "foo"]);
+        assert_eq!(got["foo"], b"1");
     }
 }

@@ -9,9 +9,15 @@ use std::path::PathBuf;
 use tonic::{Code, Status};
 
 use crate::atomic_writer::{PayloadError, WriteError};
-use crate::class::ClassError;
-use crate::external::LookupError;
-use crate::provider::{ErrorKind, ProviderError};
+use secrets_store::class::ClassError;
+use secrets_store::external::LookupError;
+use secrets_store::provider::ProviderError;
+
+impl From<secrets_store::volume_context::InvalidRequest> for PublishError {
+    fn from(e: secrets_store::volume_context::InvalidRequest) -> Self {
+        PublishError::InvalidArgument(e.0)
+    }
+}
 
 /// Why `NodePublishVolume` failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +115,7 @@ pub enum PublishError {
         pod: String,
         /// Cause.
         #[source]
-        source: crate::kube::PodStatusError,
+        source: kube_bridge::PodStatusError,
     },
     /// Another operation on the same target is in progress (CSI: `ABORTED`).
     #[error("an operation on target path {0} is already in progress")]
@@ -136,7 +142,7 @@ impl PublishError {
     /// The bounded `error_class` label (`throttled`, `auth`, `not_found`, `network`, `other`): what an
     /// alert tells apart without matching free text.
     pub fn class(&self) -> &'static str {
-        use crate::provider::ErrorKind as K;
+        use secrets_store::provider::ErrorKind as K;
         match self {
             Self::Provider { source, .. } => match source.kind {
                 K::ResourceExhausted => "throttled",
@@ -166,47 +172,6 @@ impl PublishError {
             Self::Busy(_) => Code::Aborted,
         };
         Status::new(code, self.to_string())
-    }
-}
-
-impl ErrorKind {
-    const ALL: [ErrorKind; 7] = [
-        Self::InvalidArgument,
-        Self::NotFound,
-        Self::PermissionDenied,
-        Self::ResourceExhausted,
-        Self::Unavailable,
-        Self::DeadlineExceeded,
-        Self::Internal,
-    ];
-
-    /// The gRPC code of a provider failure: the one map from kinds to codes, used for kubelet's status
-    /// and for the provider protocol alike.
-    pub fn grpc_code(self) -> Code {
-        match self {
-            Self::InvalidArgument => Code::InvalidArgument,
-            Self::NotFound => Code::NotFound,
-            Self::PermissionDenied => Code::PermissionDenied,
-            Self::ResourceExhausted => Code::ResourceExhausted,
-            Self::Unavailable => Code::Unavailable,
-            Self::DeadlineExceeded => Code::DeadlineExceeded,
-            Self::Internal => Code::Internal,
-        }
-    }
-
-    /// The kind of an external provider's status code: the inverse of [`Self::grpc_code`], plus the
-    /// codes it never produces folded into their nearest kind.
-    pub fn from_grpc_code(code: Code) -> Self {
-        if let Some(kind) = Self::ALL.into_iter().find(|k| k.grpc_code() == code) {
-            return kind;
-        }
-        match code {
-            Code::FailedPrecondition | Code::OutOfRange => Self::InvalidArgument,
-            Code::Unauthenticated => Self::PermissionDenied,
-            Code::Aborted => Self::Unavailable,
-            Code::Cancelled => Self::DeadlineExceeded,
-            _ => Self::Internal,
-        }
     }
 }
 
@@ -245,21 +210,13 @@ impl UnpublishError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_kind_round_trips_through_its_grpc_code() {
-        for kind in ErrorKind::ALL {
-            assert_eq!(ErrorKind::from_grpc_code(kind.grpc_code()), kind);
-        }
-        assert_eq!(ErrorKind::from_grpc_code(Code::Unauthenticated), ErrorKind::PermissionDenied);
-        assert_eq!(ErrorKind::from_grpc_code(Code::Unknown), ErrorKind::Internal);
-    }
+    use secrets_store::provider::ErrorKind;
 
     #[test]
     fn every_error_has_one_of_five_classes() {
         let provider = |kind| PublishError::Provider {
             pod: "ns/p".into(),
-            source: crate::provider::ProviderError::new(kind, "GRPCProviderError", "x"),
+            source: secrets_store::provider::ProviderError::new(kind, "GRPCProviderError", "x"),
         };
         let classes: Vec<&str> = ErrorKind::ALL.iter().map(|k| provider(*k).class()).collect();
         for c in ["throttled", "auth", "not_found", "network", "other"] {

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::provider::File;
-use crate::redact::ExposeSecret;
+use secrets_store::provider::File;
+use secrets_store::redact::ExposeSecret;
 
 /// File path (as in the volume) → earliest `notAfter` (Unix seconds) of the certificates in it.
 pub type Expiries = BTreeMap<String, i64>;

@@ -7,9 +7,10 @@ use csi_proto::csi::{self, identity_server::Identity, node_server::Node};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::error::PublishError;
 use crate::node::{Driver, PublishOutcome};
-use crate::redact::{keys_only, sanitized_map};
-use crate::volume_context::PublishParams;
+use secrets_store::redact::{keys_only, sanitized_map};
+use secrets_store::volume_context::PublishParams;
 
 /// The CSI Identity service.
 #[derive(Clone)]
@@ -139,7 +140,7 @@ impl Node for NodeService {
         );
         tracing::trace!(parent: &span, volume_id = %r.volume_id, readonly = r.readonly, volume_context = %sanitized_map(&context),
             secrets = %keys_only(&secrets), "NodePublishVolume request");
-        let params = PublishParams::parse(r).map_err(|e| e.to_status())?;
+        let params = PublishParams::parse(r).map_err(|e| PublishError::from(e).to_status())?;
         let driver = self.driver.clone();
         let started = Instant::now();
         // Run to completion even if kubelet gives up on the call: a half-done publish must still clean up.

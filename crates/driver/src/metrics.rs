@@ -139,9 +139,6 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
-/// `event_to_file_seconds` buckets: the event path's target is about 3 s.
-pub const EVENT_BUCKETS: [f64; 11] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0];
-
 impl Default for Metrics {
     fn default() -> Self {
         let hist = || Histogram::new(driver_buckets());
@@ -157,7 +154,7 @@ impl Default for Metrics {
             k8s_secret_duration: Family::new_with_constructor(hist),
             node_publish_duration: Family::new_with_constructor(|| Histogram::new(PUBLISH_BUCKETS)),
             events_invalidations: Family::default(),
-            event_to_file: Histogram::new(EVENT_BUCKETS),
+            event_to_file: Histogram::new(secrets_store::invalidation::EVENT_BUCKETS),
             events_healthy: Gauge::default(),
         }
     }

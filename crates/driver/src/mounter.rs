@@ -48,7 +48,7 @@ impl Mounter for TmpfsMounter {
             Ok(()) => Ok(()),
             // A process still holds the volume open: detach it so the pod can terminate; the kernel
             // frees the tmpfs when the last user goes away.
-            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => sys_mount::unmount(target, UnmountFlags::DETACH),
+            Err(e) if e.kind() == io::ErrorKind::ResourceBusy => sys_mount::unmount(target, UnmountFlags::DETACH),
             Err(e) => Err(e),
         }
     }

@@ -5,19 +5,18 @@
 //! and [`crate::rotation`] (a pure planner of rotation cycles and the poller that runs them).
 //! Kubelet's calls always win over the poller: see [`crate::registry`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::class::{ClassSource, SecretProviderClassSpec};
 use crate::error::PublishError;
-use crate::external::{ExternalProviders, LookupError};
-use crate::kube::PodStatusError;
 use crate::metrics::Metrics;
 use crate::mounter::Mounter;
-use crate::provider::Provider;
 use crate::registry::VolumeRegistry;
-use crate::volume_context::PublishParams;
+use kube_bridge::PodStatusError;
+use secrets_store::class::{ClassSource, SecretProviderClassSpec};
+use secrets_store::provider::Providers;
+use secrets_store::volume_context::PublishParams;
 
 /// A volume found in a pod status after a restart, with its recorded object versions (so adopting it
 /// changes nothing the status says: Reloader's CSI mode watches those versions).
@@ -42,43 +41,13 @@ pub struct Config {
     /// Warn on the pod this long before a mounted certificate expires (`--cert-expiry-warning`;
     /// `None`: never).
     pub cert_expiry_warning: Option<Duration>,
-    /// `--events-poll-interval`: while Key Vault change events flow (see [`crate::invalidation`]),
+    /// `--events-poll-interval`: while Key Vault change events flow (see [`secrets_store::invalidation`]),
     /// volumes are polled this rarely instead (never more often than their own interval).
     pub events_poll_interval: Option<Duration>,
 }
 
 /// `--cert-expiry-warning`'s default: 30 days.
 pub const DEFAULT_CERT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
-
-/// `--min-rotation-poll-interval`'s default.
-pub const DEFAULT_MIN_CLASS_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Providers by name: in-process ones first, else an external provider's socket.
-pub struct Providers {
-    builtin: HashMap<String, Arc<dyn Provider>>,
-    external: ExternalProviders,
-}
-
-impl Providers {
-    /// Only external providers.
-    pub fn new(external: ExternalProviders) -> Self {
-        Self { builtin: HashMap::new(), external }
-    }
-
-    /// Serves `name` in-process instead of over a socket.
-    pub fn with_builtin(mut self, name: &str, provider: Arc<dyn Provider>) -> Self {
-        self.builtin.insert(name.to_string(), provider);
-        self
-    }
-
-    /// The provider serving `name`: in-process, else its socket.
-    pub fn get(&self, name: &str) -> Result<Arc<dyn Provider>, LookupError> {
-        if let Some(p) = self.builtin.get(name) {
-            return Ok(p.clone());
-        }
-        Ok(Arc::new(self.external.lookup(name)?))
-    }
-}
 
 /// What the driver tells the cluster about its volumes: the `SecretProviderClassPodStatus`, synced
 /// Secrets (`secretObjects`) and events. Only the pod status can fail a mount, as upstream.
@@ -104,7 +73,7 @@ pub trait Cluster: Send + Sync + 'static {
         params: &PublishParams,
         spec: &SecretProviderClassSpec,
         rotated: bool,
-        files: &[crate::provider::File],
+        files: &[secrets_store::provider::File],
     ) -> usize;
     /// A rotation of the volume failed; its files were kept.
     async fn rotation_failed(&self, params: &PublishParams, message: &str);
@@ -114,11 +83,11 @@ pub trait Cluster: Send + Sync + 'static {
         Vec::new()
     }
     /// Whether the pod still runs: a terminating or finished pod's volume is not rotated.
-    fn pod_active(&self, _pod: &crate::volume_context::PodInfo) -> bool {
+    fn pod_active(&self, _pod: &secrets_store::volume_context::PodInfo) -> bool {
         true
     }
-    /// What the volume's pod and class annotations ask right now (see [`crate::annotations`]).
-    fn hints(&self, _params: &PublishParams) -> crate::annotations::VolumeHints {
+    /// What the volume's pod and class annotations ask right now (see [`secrets_store::annotations`]).
+    fn hints(&self, _params: &PublishParams) -> secrets_store::annotations::VolumeHints {
         Default::default()
     }
     /// A refresh-now request was served (`message` says which and what changed).
@@ -127,7 +96,7 @@ pub trait Cluster: Send + Sync + 'static {
     async fn class_interval_invalid(&self, _params: &PublishParams, _message: &str) {}
     /// A certificate the volume mounts expires soon, or has expired.
     async fn certificate_expiring(&self, _params: &PublishParams, _message: &str) {}
-    /// The invalidations ConfigMap's data as last watched (see [`crate::invalidation`]); `None` when
+    /// The invalidations ConfigMap's data as last watched (see [`secrets_store::invalidation`]); `None` when
     /// change events are not configured.
     fn invalidations(&self) -> Option<BTreeMap<String, String>> {
         None
@@ -171,11 +140,11 @@ pub struct Driver {
     /// editing the annotation in a loop cannot grow it.
     pub(crate) invalid_intervals: crate::bounded::SeenOnce<(String, String, String)>,
     /// The node-wide background tasks (rotation, refresh-now, expiry warnings), supervised.
-    pub(crate) tasks: crate::supervise::Tasks,
+    pub(crate) tasks: kube_bridge::supervise::Tasks,
     /// The audit trail (`--audit-log`), off by default.
-    pub(crate) audit: crate::audit::Audit,
+    pub(crate) audit: secrets_store::audit::Audit,
     /// The change-event entries this node has acted on.
-    pub(crate) invalidations_seen: std::sync::Mutex<crate::invalidation::Seen>,
+    pub(crate) invalidations_seen: std::sync::Mutex<secrets_store::invalidation::Seen>,
     /// Whether the event consumer's heartbeat was fresh at the last look (polls on the long interval).
     pub(crate) events_healthy: std::sync::atomic::AtomicBool,
 }
@@ -194,15 +163,15 @@ impl Driver {
             cluster: None,
             background_api: Arc::new(tokio::sync::Semaphore::new(4)),
             invalid_intervals: Default::default(),
-            tasks: crate::supervise::Tasks::global().clone(),
-            audit: crate::audit::Audit::off(),
+            tasks: kube_bridge::supervise::Tasks::global().clone(),
+            audit: secrets_store::audit::Audit::off(),
             invalidations_seen: Default::default(),
             events_healthy: Default::default(),
         }
     }
 
     /// Writes the audit trail to `audit`.
-    pub fn with_audit(mut self, audit: crate::audit::Audit) -> Self {
+    pub fn with_audit(mut self, audit: secrets_store::audit::Audit) -> Self {
         self.audit = audit;
         self
     }
@@ -220,7 +189,7 @@ impl Driver {
     }
 
     /// The supervised background tasks (register their metric, read their health).
-    pub fn tasks(&self) -> &crate::supervise::Tasks {
+    pub fn tasks(&self) -> &kube_bridge::supervise::Tasks {
         &self.tasks
     }
 

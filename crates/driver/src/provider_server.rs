@@ -1,5 +1,5 @@
 //! Any [`Provider`] served on the upstream v1alpha1 protocol (`/v1alpha1.CSIDriverProvider/{Version,Mount}`),
-//! so the upstream Secrets Store CSI driver can use it: the server side of [`crate::external`].
+//! so the upstream Secrets Store CSI driver can use it: the server side of [`secrets_store::external`].
 //!
 //! The wire rules are upstream's: attributes and secrets are JSON objects of strings (secrets may be
 //! JSON `null`), the permission is a decimal string, and the upstream driver sends current object
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use csi_proto::provider::{self as pb, csi_driver_provider_server::CsiDriverProvider};
 use tonic::{Request, Response, Status};
 
-use crate::provider::{MountRequest, Provider};
-use crate::redact::{ExposeSecret, secret_map};
+use secrets_store::provider::{MountRequest, Provider};
+use secrets_store::redact::{ExposeSecret, secret_map};
 
 /// Called after each `Mount` with the status code and the time it took.
 pub type Observer = Arc<dyn Fn(tonic::Code, Duration) + Send + Sync>;

@@ -23,13 +23,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::atomic_writer::{self, WriteError, WriteOutcome};
-use crate::class::SecretProviderClassSpec;
 use crate::error::{PublishError, UnpublishError};
 use crate::mounter::Mounter;
 use crate::node::{DEFAULT_FILE_MODE, Driver, PublishOutcome, blocking};
-use crate::provider::{ErrorKind, MountRequest, ProviderError};
 use crate::registry::{Contended, Holder, TargetGuard, Volume};
-use crate::volume_context::PublishParams;
+use secrets_store::class::SecretProviderClassSpec;
+use secrets_store::provider::{ErrorKind, MountRequest, ProviderError};
+use secrets_store::volume_context::PublishParams;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -607,12 +607,12 @@ fn clean_and_unmount(mounter: &dyn Mounter, target: &Path) -> io::Result<()> {
 }
 
 /// Why a volume's objects were served, as the audit trail names it.
-fn audit_trigger(trigger: Trigger, remount: bool) -> crate::audit::Trigger {
+fn audit_trigger(trigger: Trigger, remount: bool) -> secrets_store::audit::Trigger {
     match trigger {
-        Trigger::Kubelet if remount => crate::audit::Trigger::Republish,
-        Trigger::Kubelet => crate::audit::Trigger::Mount,
-        Trigger::Poller { reason: Refresh::Request, .. } => crate::audit::Trigger::Refresh,
-        Trigger::Poller { reason: Refresh::Event, .. } => crate::audit::Trigger::Event,
-        Trigger::Poller { reason: Refresh::Rotation, .. } => crate::audit::Trigger::Rotation,
+        Trigger::Kubelet if remount => secrets_store::audit::Trigger::Republish,
+        Trigger::Kubelet => secrets_store::audit::Trigger::Mount,
+        Trigger::Poller { reason: Refresh::Request, .. } => secrets_store::audit::Trigger::Refresh,
+        Trigger::Poller { reason: Refresh::Event, .. } => secrets_store::audit::Trigger::Event,
+        Trigger::Poller { reason: Refresh::Rotation, .. } => secrets_store::audit::Trigger::Rotation,
     }
 }

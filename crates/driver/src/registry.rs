@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::volume_context::PublishParams;
+use secrets_store::volume_context::PublishParams;
 
 /// A volume this driver published successfully.
 #[derive(Clone, Debug)]
@@ -26,7 +26,7 @@ pub struct Volume {
     pub provider: String,
     /// Object id → version, as last fetched.
     pub object_versions: BTreeMap<String, String>,
-    /// Object id → the failover vault that served it (see [`crate::provider::MountResponse::failover`]).
+    /// Object id → the failover vault that served it (see [`secrets_store::provider::MountResponse::failover`]).
     pub failover: BTreeMap<String, String>,
     /// (vault, object name) of what it holds, as the provider reported serving them: what a change
     /// event is matched against. Empty for a volume adopted after a restart until its first refresh.
@@ -38,7 +38,7 @@ pub struct Volume {
     /// After a failed refresh, not before this.
     pub retry_at: Option<Instant>,
     /// The refresh-now values this volume was last refreshed (or mounted) with.
-    pub refresh_seen: crate::annotations::RefreshMarks,
+    pub refresh_seen: secrets_store::annotations::RefreshMarks,
     /// Its rotation interval (its class's, else the node's) as last planned; `None`: rotation off.
     pub interval: Option<Duration>,
     /// Certificate files → earliest `notAfter` (see [`crate::expiry`]).
@@ -55,7 +55,7 @@ impl Volume {
     /// refreshed) by object name in any vault; an extra refresh costs a fetch, a missed one a stale file.
     pub fn holds(&self, vault: &str, name: &str) -> bool {
         if self.sources.is_empty() {
-            return self.object_versions.keys().any(|id| crate::provider::object_name(id) == Some(name));
+            return self.object_versions.keys().any(|id| secrets_store::provider::object_name(id) == Some(name));
         }
         self.sources.contains(&(vault.to_ascii_lowercase(), name.to_string()))
     }
@@ -156,7 +156,7 @@ impl VolumeRegistry {
 
     /// Claims `target` for kubelet: a poller holding it is cancelled and awaited for up to `wait`.
     pub async fn claim_for_kubelet(self: &Arc<Self>, target: &Path, wait: Duration) -> Result<TargetGuard, Contended> {
-        let deadline = crate::duration::later(Instant::now(), wait);
+        let deadline = secrets_store::duration::later(Instant::now(), wait);
         loop {
             let released = {
                 let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,7 +255,7 @@ mod tests {
     /// overwritten by the poller's older copy when it stores its result.
     #[test]
     fn a_refresh_result_keeps_the_credentials_kubelet_stored_meanwhile() {
-        use crate::redact::{ExposeSecret, SecretString};
+        use secrets_store::redact::{ExposeSecret, SecretString};
         let r = VolumeRegistry::default();
         let t = PathBuf::from("/t");
         let mut old = crate::publish::tests::params("/t");

@@ -8,7 +8,7 @@
 //! are refreshed after half of it, at no extra Key Vault cost.
 //!
 //! Each volume rotates on its own interval: its class's `keyvault-csi.io/rotation-poll-interval`,
-//! else the node's (see [`crate::annotations`]); the cycle logic is per volume, so classes with
+//! else the node's (see [`secrets_store::annotations`]); the cycle logic is per volume, so classes with
 //! different intervals share cycles whenever their volumes are due together.
 //!
 //! A refresh-now request (`keyvault-csi.io/refresh-now` changed on the pod or the class) is served by
@@ -29,13 +29,13 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::annotations::{REFRESH_NOW, RefreshMarks, class_interval, shown};
-use crate::duration::later;
 use crate::node::{Driver, PublishOutcome};
 use crate::publish::{Refresh, Trigger};
 use crate::registry::{Holder, Volume};
-use crate::supervise::isolate;
-use crate::volume_context::PublishParams;
+use kube_bridge::supervise::isolate;
+use secrets_store::annotations::{REFRESH_NOW, RefreshMarks, class_interval, shown};
+use secrets_store::duration::later;
+use secrets_store::volume_context::PublishParams;
 
 /// Task names in logs and `task_panics_total{task}`.
 pub const ROTATION_TASK: &str = "rotation";
@@ -310,14 +310,14 @@ impl Driver {
         n
     }
 
-    /// Acts on Key Vault change events (see [`crate::invalidation`]): every volume holding a changed
+    /// Acts on Key Vault change events (see [`secrets_store::invalidation`]): every volume holding a changed
     /// object is refreshed now, in one forced cycle (one fetch per distinct object and identity,
     /// nothing reused from before the event), through the same executor, claims and vault limits as
     /// rotation. An event for an object no volume holds costs nothing. Returns the volumes refreshed.
     pub async fn serve_invalidations(&self) -> usize {
         let Some(cluster) = &self.cluster else { return 0 };
         let Some(data) = cluster.invalidations() else { return 0 };
-        let healthy = crate::invalidation::healthy(&data, std::time::SystemTime::now());
+        let healthy = secrets_store::invalidation::healthy(&data, std::time::SystemTime::now());
         self.events_healthy.store(healthy, Ordering::Relaxed);
         self.metrics.events_healthy.set(i64::from(healthy));
         let news = self.invalidations_seen.lock().unwrap_or_else(|e| e.into_inner()).news(&data);

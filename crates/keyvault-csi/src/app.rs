@@ -55,7 +55,7 @@ impl App {
         }
     }
 
-    /// A maker of [`App::stopped`] futures, for tasks that are restarted (see `driver::supervise`).
+    /// A maker of [`App::stopped`] futures, for tasks that are restarted (see `kube_bridge::supervise`).
     pub fn stop_fn(&self) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static {
         let rx = self.stop_rx.clone();
         move || {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use clap::Args;
-use driver::provider::{ErrorKind, File, MountRequest, MountResponse, Provider, ProviderError};
+use secrets_store::provider::{ErrorKind, File, MountRequest, MountResponse, Provider, ProviderError};
 
 use crate::cli::{parse_go_bool, parse_go_duration};
 
@@ -168,7 +168,7 @@ impl Provider for AzureProvider {
                 served: r
                     .served
                     .into_iter()
-                    .map(|s| driver::provider::Served {
+                    .map(|s| secrets_store::provider::Served {
                         id: s.id,
                         version: s.version,
                         source: s.vault,
@@ -176,7 +176,7 @@ impl Provider for AzureProvider {
                         cache_hit: s.cache_hit,
                     })
                     .collect(),
-                requester: driver::provider::Requester {
+                requester: secrets_store::provider::Requester {
                     identity: r.identity.kind.to_string(),
                     client_id: r.identity.client_id,
                 },
@@ -200,7 +200,7 @@ pub fn mount_failure(e: &keyvault::Error) -> String {
 /// The Azure provider's parameter linter, for `keyvault-csi check`.
 pub struct AzureLint;
 
-impl driver::lint::ParametersLint for AzureLint {
+impl secrets_store::lint::ParametersLint for AzureLint {
     fn provider(&self) -> &str {
         "azure"
     }
@@ -209,21 +209,23 @@ impl driver::lint::ParametersLint for AzureLint {
         keyvault::lint::PROVIDER_ALIASES
     }
 
-    fn recognises(&self, spec: &driver::class::SecretProviderClassSpec) -> bool {
+    fn recognises(&self, spec: &secrets_store::class::SecretProviderClassSpec) -> bool {
         keyvault::lint::looks_like_azure(&spec.parameters)
     }
 
-    fn lint(&self, spec: &driver::class::SecretProviderClassSpec) -> driver::lint::ParametersReport {
+    fn lint(&self, spec: &secrets_store::class::SecretProviderClassSpec) -> secrets_store::lint::ParametersReport {
         let lint = keyvault::lint::lint(&spec.parameters, false);
         let findings = lint
             .findings
             .iter()
             .map(|f| match f.severity {
-                keyvault::params::Severity::Error => driver::lint::Finding::error(&f.field, &f.message, &f.fix),
-                keyvault::params::Severity::Warning => driver::lint::Finding::warning(&f.field, &f.message, &f.fix),
+                keyvault::params::Severity::Error => secrets_store::lint::Finding::error(&f.field, &f.message, &f.fix),
+                keyvault::params::Severity::Warning => {
+                    secrets_store::lint::Finding::warning(&f.field, &f.message, &f.fix)
+                }
             })
             .collect();
-        driver::lint::ParametersReport { findings, files: lint.files().cloned() }
+        secrets_store::lint::ParametersReport { findings, files: lint.files().cloned() }
     }
 }
 
@@ -234,7 +236,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use csi_proto::csi::{NodePublishVolumeRequest, VolumeCapability};
-    use driver::volume_context::PublishParams;
+    use secrets_store::volume_context::PublishParams;
 
     /// A service-account JWT (`iss`, `sub`, `exp` in 2100); its signature is the marker searched for.
     const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL29pZGMvIiwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50Om5zOnNhIiwiZXhwIjo0MTAyNDQ0ODAwfQ.sig-TOKEN-VALUE";
@@ -290,7 +292,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let driver_request = driver::provider::MountRequest {
+        let driver_request = secrets_store::provider::MountRequest {
             attributes: params.attributes(&spc_parameters),
             secrets: params.secrets.clone(),
             target_path: params.target_path.clone(),
@@ -302,7 +304,7 @@ mod tests {
             fresh: false,
         };
         assert_clean("driver MountRequest", format!("{driver_request:?}"));
-        let file = driver::provider::File::new("a", 0o644, FILE.as_bytes().to_vec());
+        let file = secrets_store::provider::File::new("a", 0o644, FILE.as_bytes().to_vec());
         assert_clean("driver File", format!("{file:?}"));
 
         let kv_request = keyvault::MountRequest {
@@ -325,8 +327,8 @@ mod tests {
         }
 
         // Errors a mount can fail with, as kubelet and the logs see them.
-        let provider_error = driver::provider::ProviderError::new(
-            driver::provider::ErrorKind::PermissionDenied,
+        let provider_error = secrets_store::provider::ProviderError::new(
+            secrets_store::provider::ErrorKind::PermissionDenied,
             "ProviderError",
             "failed to mount objects, error: 403",
         );

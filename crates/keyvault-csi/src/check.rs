@@ -1,13 +1,13 @@
 //! `keyvault-csi check`: finds everything wrong with SecretProviderClass manifests before a pod gets
 //! stuck in ContainerCreating, and reports every problem with its field path and the fix. The rules
-//! live with what they describe (`driver::lint`, `keyvault::lint`, the latter on the mount's own
+//! live with what they describe (`secrets_store::lint`, `keyvault::lint`, the latter on the mount's own
 //! parameter reader); this module reads files, prints and sets the exit code: 0 clean, 1 problems
 //! found, 2 unreadable input.
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use driver::class::SecretProviderClass;
+use secrets_store::class::SecretProviderClass;
 
 mod live;
 
@@ -40,11 +40,11 @@ pub enum Output {
     Json,
 }
 
-pub use driver::lint::Finding;
+pub use secrets_store::lint::Finding;
 
 /// Lints one manifest: the driver's part and the Azure provider's parameters.
 pub fn check_class(spc: &SecretProviderClass) -> Vec<Finding> {
-    driver::lint::lint_class(spc, &[&crate::azure::AzureLint])
+    secrets_store::lint::lint_class(spc, &[&crate::azure::AzureLint])
 }
 
 /// A manifest `check` understands.
@@ -65,7 +65,7 @@ pub fn parse(text: &str) -> Result<Manifest, String> {
             .map(|s| Manifest::Sync(Box::new(s)))
             .map_err(|e| format!("not a SecretSync manifest: {e}"));
     }
-    driver::class::parse_manifest(text)
+    secrets_store::class::parse_manifest(text)
         .map(Manifest::Class)
         .map_err(|e| format!("not a SecretProviderClass or SecretSync manifest: {e}"))
 }
@@ -73,7 +73,7 @@ pub fn parse(text: &str) -> Result<Manifest, String> {
 /// Findings per manifest; a SecretSync's sourcePaths are checked against its class when the class is
 /// among the manifests (same namespace and name).
 pub fn check_manifests(manifests: &[(String, Manifest)]) -> Vec<(String, Vec<Finding>)> {
-    use driver::lint::ParametersLint;
+    use secrets_store::lint::ParametersLint;
     let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| "default".into());
     let files: std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> = manifests
         .iter()
@@ -202,7 +202,7 @@ mod tests {
         for (k, v) in params {
             yaml.push_str(&format!("    {k}: {}\n", serde_json::to_string(v).unwrap()));
         }
-        driver::class::parse_manifest(&yaml).unwrap()
+        secrets_store::class::parse_manifest(&yaml).unwrap()
     }
 
     const OBJECTS: &str = "array:\n  - |\n    objectName: secret1\n    objectType: secret\n";
@@ -250,7 +250,7 @@ mod tests {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/classes/classic-exercise.yaml"))
                 .unwrap();
-        let f = check_class(&driver::class::parse_manifest(&text).unwrap());
+        let f = check_class(&secrets_store::class::parse_manifest(&text).unwrap());
         let got: Vec<(&str, &str)> = f.iter().map(|x| (x.path.as_str(), x.severity)).collect();
         assert_eq!(
             got,
@@ -313,7 +313,7 @@ mod tests {
             "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata:\n  name: c\nspec:\n  provider: azure\n  parameters:\n    keyvaultName: kv1\n    tenantId: t\n    clientID: c\n    objects: {}\n  secretObjects:\n  - secretName: s\n    type: Opaque\n    data:\n    - objectName: secret1\n      key: a\n    - objectName: nope\n      key: b\n",
             serde_json::to_string(OBJECTS).unwrap()
         );
-        let f = check_class(&driver::class::parse_manifest(&yaml).unwrap());
+        let f = check_class(&secrets_store::class::parse_manifest(&yaml).unwrap());
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].path, "spec.secretObjects[0].data[1].objectName");
         assert!(f[0].message.contains("\"nope\" is not a file this class mounts (files: secret1)"));

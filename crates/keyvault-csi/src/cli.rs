@@ -199,7 +199,7 @@ pub fn parse_go_bool(s: &str) -> Result<bool, String> {
     keyvault::params::parse_bool(s).map_err(|_| invalid())
 }
 
-pub use driver::duration::parse_go_duration;
+pub use secrets_store::duration::parse_go_duration;
 
 fn parse_min_interval(s: &str) -> Result<Duration, String> {
     let d = parse_go_duration(s)?;
@@ -288,12 +288,12 @@ pub struct AuditArgs {
 
 impl AuditArgs {
     /// The audit trail these flags ask for.
-    pub fn start(&self) -> anyhow::Result<driver::audit::Audit> {
+    pub fn start(&self) -> anyhow::Result<secrets_store::audit::Audit> {
         if self.audit_log.is_empty() {
-            return Ok(driver::audit::Audit::off());
+            return Ok(secrets_store::audit::Audit::off());
         }
-        let sink: driver::audit::Sink =
+        let sink: secrets_store::audit::Sink =
             self.audit_log.parse().map_err(|e: String| anyhow::anyhow!("--audit-log: {e}"))?;
-        Ok(driver::audit::Audit::start(&sink, self.audit_log_rate)?)
+        Ok(secrets_store::audit::Audit::start(&sink, self.audit_log_rate)?)
     }
 }

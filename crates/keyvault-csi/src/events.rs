@@ -88,7 +88,11 @@ impl QueueSource {
 fn received(m: keyvault::events::Message) -> Received {
     let change = match keyvault::events::parse(&m.text) {
         Ok(c) => Ok(Announced {
-            object: driver::invalidation::ObjectKey { vault: c.vault, kind: c.kind.class_type().into(), name: c.name },
+            object: secrets_store::invalidation::ObjectKey {
+                vault: c.vault,
+                kind: c.kind.class_type().into(),
+                name: c.name,
+            },
             version: c.version,
             event_time: c.event_time,
         }),

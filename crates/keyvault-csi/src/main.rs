@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use driver::class::{ClassError, ClassSource, DirClassSource, SecretProviderClassSpec};
-use driver::external::ExternalProviders;
 use driver::mounter::TmpfsMounter;
-use driver::{Config, Driver, Providers};
+use driver::{Config, Driver};
+use secrets_store::class::{ClassError, ClassSource, DirClassSource, SecretProviderClassSpec};
+use secrets_store::external::ExternalProviders;
+use secrets_store::provider::Providers;
 
 use app::App;
 use cli::{Cli, NodeArgs};
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(cli::Command::Crds) = cli.command {
-        print!("{}", driver::kube::crd::crds_yaml());
+        print!("{}", kube_bridge::crd::crds_yaml());
         // The SecretSync CRD as its own document stream (the chart ships it as a second file).
         print!("{}", sync::api::crd_yaml());
         return std::process::ExitCode::SUCCESS;
@@ -148,8 +149,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         None => match kube_client(args.kubeconfig.as_deref()).await {
             Ok(client) => {
                 // Watches retry with backoff while the API server is away; lookups fall back to GETs.
-                let source = driver::kube::KubeClassSource::watching(client.clone());
-                let mut kube = driver::kube::KubeCluster::new(client, &args.nodeid, &args.drivername)
+                let source = kube_bridge::KubeClassSource::watching(client.clone());
+                let mut kube = driver::cluster::KubeCluster::new(client, &args.nodeid, &args.drivername)
                     .with_classes(source.cache().clone());
                 if args.events_poll_interval.is_some() {
                     kube = kube.with_invalidations(&args.events_namespace);

@@ -10,13 +10,14 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use clap::Args;
-use driver::class::{ClassError, ClassSource, SecretProviderClassSpec};
-use driver::external::ExternalProviders;
 use driver::mounter::{Mounter, PlainDirMounter, TmpfsMounter};
 use driver::node::PublishOutcome;
-use driver::redact::{TOKENS_KEY, secret_map};
-use driver::volume_context::{self as vc, PodInfo, PublishParams};
-use driver::{Config, Driver, Providers};
+use driver::{Config, Driver};
+use secrets_store::class::{ClassError, ClassSource, SecretProviderClassSpec};
+use secrets_store::external::ExternalProviders;
+use secrets_store::provider::Providers;
+use secrets_store::redact::{TOKENS_KEY, secret_map};
+use secrets_store::volume_context::{self as vc, PodInfo, PublishParams};
 
 use crate::app::App;
 use crate::azure::AzureArgs;
@@ -85,8 +86,8 @@ fn read_secret_file(p: &PathBuf, flag: &str) -> anyhow::Result<String> {
 /// Runs `keyvault-csi mount`.
 pub async fn run(args: MountArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.class).with_context(|| format!("--class {}", args.class.display()))?;
-    let spc =
-        driver::class::parse_manifest(&text).map_err(|e| anyhow::anyhow!("--class {}: {e}", args.class.display()))?;
+    let spc = secrets_store::class::parse_manifest(&text)
+        .map_err(|e| anyhow::anyhow!("--class {}: {e}", args.class.display()))?;
     let namespace = args.namespace.clone().or(spc.metadata.namespace.clone()).unwrap_or_else(|| "default".into());
     let target =
         if args.target.is_absolute() { args.target.clone() } else { std::env::current_dir()?.join(&args.target) };
@@ -104,7 +105,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
         node_id: "standalone".into(),
         vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
         rotation_interval: rotation,
-        min_class_interval: driver::node::DEFAULT_MIN_CLASS_INTERVAL,
+        min_class_interval: secrets_store::annotations::DEFAULT_MIN_CLASS_INTERVAL,
         cert_expiry_warning: Some(driver::node::DEFAULT_CERT_EXPIRY_WARNING),
         events_poll_interval: None,
     };
@@ -121,8 +122,8 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
             // Its expiry as kubelet would state it (the provider checks the JWT's own `exp`).
             let exp = keyvault::params::jwt_claims(&jwt).map_or(0, |c| c.2);
             let expires = k8s_openapi::jiff::Timestamp::from_second(exp).unwrap_or_default();
-            let token = driver::kube::credentials::MintedToken { token: jwt.into(), expires };
-            Some(driver::kube::credentials::tokens_json([(keyvault::params::WI_AUDIENCE, &token)]))
+            let token = kube_bridge::credentials::MintedToken { token: jwt.into(), expires };
+            Some(kube_bridge::credentials::tokens_json([(keyvault::params::WI_AUDIENCE, &token)]))
         }
         None => None,
     };

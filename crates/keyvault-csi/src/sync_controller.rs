@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use driver::Providers;
-use driver::duration::parse_go_duration;
-use driver::external::ExternalProviders;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
+use secrets_store::duration::parse_go_duration;
+use secrets_store::external::ExternalProviders;
+use secrets_store::provider::Providers;
 
 use crate::app::App;
 use crate::azure::AzureArgs;
@@ -219,7 +219,7 @@ async fn hash_key(client: &kube::Client, namespace: &str, name: &str) -> anyhow:
         let found = api
             .get_opt(name)
             .await
-            .map_err(|e| anyhow::anyhow!("reading Secret {namespace}/{name}: {}", driver::kube::describe(&e)))?;
+            .map_err(|e| anyhow::anyhow!("reading Secret {namespace}/{name}: {}", kube_bridge::describe(&e)))?;
         if let Some(key) = found.and_then(|s| s.data).and_then(|mut d| d.remove(KEY)).filter(|k| k.0.len() >= 32) {
             return Ok(key.0);
         }
@@ -236,7 +236,7 @@ async fn hash_key(client: &kube::Client, namespace: &str, name: &str) -> anyhow:
             }
             // Another replica created it first: read theirs.
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => anyhow::bail!("creating Secret {namespace}/{name}: {}", driver::kube::describe(&e)),
+            Err(e) => anyhow::bail!("creating Secret {namespace}/{name}: {}", kube_bridge::describe(&e)),
         }
     }
     anyhow::bail!("Secret {namespace}/{name} exists without a usable key (32 bytes under \"key\"): delete it")

@@ -8,6 +8,7 @@
 //! of a mount are fetched concurrently, and identical fetches (same vault, object, version and
 //! identity) that are in flight or finished within `dedup_window` share one request.
 
+pub mod budget;
 pub mod cloud;
 pub mod convert;
 pub mod error;

@@ -7,7 +7,7 @@
 //!   rebuilt leaf → intermediates → root by AKI/SKI. Unlike upstream, certificates that are not on the
 //!   leaf's chain (a cross-signed intermediate, an unrelated CA) follow the chain in stored order
 //!   instead of making the whole chain fall back to stored order or fail with `no leaf found`.
-//! * [`Writer`] builds PKCS#12 files bag by bag: the emulator's Key Vault-shaped PFX (3DES key, RC2
+//! * `Writer` (feature `writer`: the emulator and tests) builds PKCS#12 files bag by bag: the emulator's Key Vault-shaped PFX (3DES key, RC2
 //!   certificates, SHA-1 MAC, as Go's `x/crypto/pkcs12` reads) and every fixture shape the tests need.
 //!
 //! Used by the provider (PFX-backed secrets), the driver (`kubernetes.io/tls` Secrets) and the
@@ -15,6 +15,7 @@
 
 mod chain;
 mod read;
+#[cfg(feature = "writer")]
 mod write;
 
 #[cfg(test)]
@@ -22,6 +23,7 @@ mod tests;
 
 pub use chain::order as chain_order;
 pub use read::{Bundle, CertEntry, KeyEntry};
+#[cfg(feature = "writer")]
 pub use write::{Encryption, Mac, Writer};
 
 /// Why a PKCS#12 file could not be read or written. Messages name the cause, never key material.

@@ -20,9 +20,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
-use driver::Providers;
-use driver::kube::crd::v1::SecretProviderClass;
-use driver::kube::{EventType, Recorder};
+use kube_bridge::crd::v1::SecretProviderClass;
+use kube_bridge::{EventType, Recorder};
+use secrets_store::provider::Providers;
 
 use crate::api::{MANAGED_LABEL, SecretSync};
 use crate::decide::{self, Failure, FailureReason, Provenance, Written};
@@ -57,7 +57,7 @@ pub struct Config {
     /// a SecretSync's `keyvault-csi.io/partial-sync` annotation overrides it.
     pub partial_sync: bool,
     /// The audit trail: one line per object synced into a Secret.
-    pub audit: driver::audit::Audit,
+    pub audit: secrets_store::audit::Audit,
 }
 
 mod fetch;
@@ -182,7 +182,7 @@ pub async fn run(
     tokio::spawn({
         let (store, classes, secrets) = (store.clone(), classes, secrets);
         async move {
-            use driver::kube::synced;
+            use kube_bridge::synced;
             let synced = async { synced(&store).await && synced(&classes).await && synced(&secrets).await };
             if synced.await {
                 ready.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -218,7 +218,7 @@ async fn reconcile(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Result<Action, Nev
     // One SecretSync's input must not stop the controller: a panic is caught, counted in
     // task_panics_total{task="secretsync"}, and the object is retried a round later.
     let tasks = ctx.metrics.tasks.clone();
-    match driver::supervise::isolate(check(ss, ctx.clone()).instrument(span)).await {
+    match kube_bridge::supervise::isolate(check(ss, ctx.clone()).instrument(span)).await {
         Ok(action) => Ok(action),
         Err(panic) => {
             tasks.record_isolated("secretsync", &panic);
@@ -236,9 +236,11 @@ async fn check(ss: Arc<SecretSync>, ctx: Arc<Context>) -> Action {
     let class_id = class.as_ref().map(|c| (c.uid().unwrap_or_default(), c.metadata.generation.unwrap_or(0)));
     let live = ctx.secrets.get(&ObjectRef::new(&name).within(&ns));
     let secret_version = live.as_ref().and_then(|s| s.resource_version());
-    let refresh_now = ss.annotations().get(driver::annotations::REFRESH_NOW).cloned();
-    let (schedule, invalid_interval) =
-        Schedule::of(&ctx.config, ss.annotations().get(driver::annotations::ROTATION_INTERVAL).map(String::as_str));
+    let refresh_now = ss.annotations().get(secrets_store::annotations::REFRESH_NOW).cloned();
+    let (schedule, invalid_interval) = Schedule::of(
+        &ctx.config,
+        ss.annotations().get(secrets_store::annotations::ROTATION_INTERVAL).map(String::as_str),
+    );
     let now = SystemTime::now();
     let previous = ctx.seen.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
 
@@ -353,8 +355,7 @@ async fn sync(
         None => {
             // Not in the watch cache (created a moment ago, or the watch is behind): ask the API.
             let api: Api<SecretProviderClass> = Api::namespaced(ctx.client.clone(), &ns);
-            owned =
-                api.get_opt(class_name).await.map_err(|e| misconfigured(class_name, &driver::kube::describe(&e)))?;
+            owned = api.get_opt(class_name).await.map_err(|e| misconfigured(class_name, &kube_bridge::describe(&e)))?;
             owned.as_ref().ok_or_else(|| misconfigured(class_name, "not found"))?
         }
     };
@@ -396,7 +397,7 @@ async fn sync(
     // The label-filtered cache does not see foreign Secrets, nor one written a moment ago: ask.
     let existing = match live {
         Some(s) => Some(s.clone()),
-        None => api.get_opt(&name).await.map_err(|e| patch_failed(&ns, &name, &driver::kube::describe(&e)))?,
+        None => api.get_opt(&name).await.map_err(|e| patch_failed(&ns, &name, &kube_bridge::describe(&e)))?,
     };
     if let Some(existing) = &existing {
         if !owned_by(existing, ss) {
@@ -417,7 +418,7 @@ async fn sync(
     let applied = api
         .patch(&name, &params, &Patch::Apply(&desired))
         .await
-        .map_err(|e| patch_failed(&ns, &name, &driver::kube::describe(&e)))?;
+        .map_err(|e| patch_failed(&ns, &name, &kube_bridge::describe(&e)))?;
     ctx.metrics.wrote("secret");
     let written = if existing.is_some() { Written::Updated } else { Written::Created };
     tracing::info!(keys = data.len(), ?written, "Secret written");

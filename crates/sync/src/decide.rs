@@ -184,7 +184,7 @@ pub fn partial_data(
             ));
         };
         let value = if tls {
-            driver::kube::tls_value(key, file).map_err(|e| {
+            kube_bridge::tls_value(key, file).map_err(|e| {
                 Failure::new(FailureReason::RemoteSecretStoreFetchFailed, format!("targetKey {key:?}: {e}"))
             })?
         } else {

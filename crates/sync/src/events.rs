@@ -1,7 +1,7 @@
 //! The change-event consumer: a task of the leader-elected controller that pulls Key Vault change
 //! events from a queue ([`EventSource`]; the binary wires Azure Storage) and turns each into an
 //! invalidation of one (vault, object type, name): an entry in the invalidations ConfigMap the nodes
-//! watch (see [`driver::invalidation`]), and a forced check of the SecretSyncs that hold the object.
+//! watch (see [`secrets_store::invalidation`]), and a forced check of the SecretSyncs that hold the object.
 //!
 //! Messages are deleted only after their invalidation is written, so a crash or a failed write
 //! redelivers them (at least once, like Event Grid). A message that is not a usable event is left for
@@ -13,17 +13,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use driver::invalidation::{Board, CONFIGMAP, HEARTBEAT_EVERY, ObjectKey};
-use driver::kube::{EventType, Recorder};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube_bridge::{EventType, Recorder};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use secrets_store::invalidation::{Board, CONFIGMAP, HEARTBEAT_EVERY, ObjectKey};
 
 /// The component events are reported as.
 pub const COMPONENT: &str = "keyvault-csi-change-events";
@@ -109,7 +109,7 @@ impl Default for EventMetrics {
             received: Family::default(),
             queue_errors: Counter::default(),
             queue_up: Gauge::default(),
-            lag: Histogram::new(driver::metrics::EVENT_BUCKETS),
+            lag: Histogram::new(secrets_store::invalidation::EVENT_BUCKETS),
             fallbacks: Counter::default(),
             secretsyncs_triggered: Counter::default(),
         }
@@ -208,7 +208,7 @@ pub async fn run(
         match api.get_opt(CONFIGMAP).await {
             Ok(found) => break Board::resume(&found.and_then(|c| c.data).unwrap_or_default()),
             Err(e) => {
-                tracing::warn!(error = %driver::kube::describe(&e), "reading the invalidations ConfigMap; retrying");
+                tracing::warn!(error = %kube_bridge::describe(&e), "reading the invalidations ConfigMap; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
                     _ = &mut stop => return,
@@ -364,9 +364,9 @@ async fn write(api: &Api<ConfigMap>, patch: &serde_json::Value) -> Result<(), St
                 data: Some(data),
                 ..Default::default()
             };
-            api.create(&PostParams::default(), &cm).await.map(|_| ()).map_err(|e| driver::kube::describe(&e))
+            api.create(&PostParams::default(), &cm).await.map(|_| ()).map_err(|e| kube_bridge::describe(&e))
         }
-        Err(e) => Err(driver::kube::describe(&e)),
+        Err(e) => Err(kube_bridge::describe(&e)),
     }
 }
 

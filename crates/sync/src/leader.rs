@@ -95,7 +95,7 @@ impl Elector {
                 match self.api.replace(&self.name, &PostParams::default(), &lease).await {
                     Ok(_) => tracing::info!(lease = %self.name, "lease released"),
                     Err(e) => {
-                        tracing::warn!(lease = %self.name, error = %driver::kube::describe(&e), "could not release the lease")
+                        tracing::warn!(lease = %self.name, error = %kube_bridge::describe(&e), "could not release the lease")
                     }
                 }
             }
@@ -106,7 +106,7 @@ impl Elector {
     async fn try_acquire_or_renew(&self) -> Result<bool, String> {
         let now = Timestamp::now();
         let seconds = self.timing.lease.as_secs() as i32;
-        let describe = |e: kube::Error| driver::kube::describe(&e);
+        let describe = |e: kube::Error| kube_bridge::describe(&e);
         let Some(mut lease) = self.api.get_opt(&self.name).await.map_err(describe)? else {
             let lease = Lease {
                 metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },

@@ -9,6 +9,7 @@
 //! [`leader`] for leader election and [`metrics`] for what it exports.
 
 pub mod api;
+pub mod check;
 pub mod controller;
 pub mod decide;
 pub mod events;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use driver::lint::Finding;
+use secrets_store::lint::Finding;
 
 use crate::api::{MANAGED_LABEL, SecretSync};
 
@@ -149,7 +149,7 @@ pub fn lint_sync(ss: &SecretSync, class_files: Option<&BTreeSet<String>>) -> Vec
 /// Our annotations on a SecretSync: names under the prefix the controller does not read (a typo would
 /// silently do nothing), and a partial-sync value that is neither `true` nor `false`.
 fn annotations(ss: &SecretSync, f: &mut Vec<Finding>) {
-    use driver::annotations::{PREFIX, REFRESH_NOW, ROTATION_INTERVAL};
+    use secrets_store::annotations::{PREFIX, REFRESH_NOW, ROTATION_INTERVAL};
     let known = [REFRESH_NOW, ROTATION_INTERVAL, crate::decide::PARTIAL_SYNC_ANNOTATION];
     let Some(annotations) = &ss.metadata.annotations else { return };
     for (key, value) in annotations.iter().filter(|(k, _)| k.starts_with(PREFIX)) {

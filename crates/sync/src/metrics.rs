@@ -57,7 +57,7 @@ pub struct SyncMetrics {
     /// `secretsync_api_writes_total`.
     pub writes: Family<WriteLabels, Counter>,
     /// `task_panics_total{task}`: panics caught in one SecretSync's check (the controller goes on).
-    pub tasks: driver::supervise::Tasks,
+    pub tasks: kube_bridge::supervise::Tasks,
 }
 
 impl SyncMetrics {

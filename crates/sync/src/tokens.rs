@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use driver::kube::credentials::{MintedToken, mint_token, tokens_json};
+use kube_bridge::credentials::{MintedToken, mint_token, tokens_json};
 use secrecy::SecretString;
 
 /// Upstream's token lifetime (its admission policy requires exactly this).

@@ -10,13 +10,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::*;
-use crate::class::{ClassError, ClassSource, SecretProviderClassSpec};
-use crate::external::ExternalProviders;
 use crate::mounter::PlainDirMounter;
-use crate::node::{Config, Providers};
-use crate::provider::{File, MountResponse, Provider};
-use crate::redact::{ExposeSecret, SecretString};
-use crate::volume_context::PodInfo;
+use crate::node::Config;
+use secrets_store::class::{ClassError, ClassSource, SecretProviderClassSpec};
+use secrets_store::external::ExternalProviders;
+use secrets_store::provider::Providers;
+use secrets_store::provider::{File, MountResponse, Provider};
+use secrets_store::redact::{ExposeSecret, SecretString};
+use secrets_store::volume_context::PodInfo;
 
 const INTERVAL: Duration = Duration::from_secs(120);
 
@@ -75,13 +76,13 @@ impl Provider for FakeProvider {
         Ok(MountResponse {
             files: vec![File::new("a", 0o644, value.clone().into_bytes())],
             object_versions: [("secret/a".to_string(), value.clone())].into(),
-            served: vec![crate::provider::Served {
+            served: vec![secrets_store::provider::Served {
                 id: "secret/a".into(),
                 version: value,
                 source: "kv1".into(),
                 ..Default::default()
             }],
-            requester: crate::provider::Requester { identity: "workload".into(), client_id: "cid".into() },
+            requester: secrets_store::provider::Requester { identity: "workload".into(), client_id: "cid".into() },
         })
     }
 }
@@ -102,7 +103,7 @@ impl Fixture {
             node_id: String::new(),
             vendor_version: "test".into(),
             rotation_interval: rotation,
-            min_class_interval: crate::node::DEFAULT_MIN_CLASS_INTERVAL,
+            min_class_interval: secrets_store::annotations::DEFAULT_MIN_CLASS_INTERVAL,
             cert_expiry_warning: Some(crate::node::DEFAULT_CERT_EXPIRY_WARNING),
             events_poll_interval: None,
         };

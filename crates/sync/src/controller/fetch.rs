@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::{Api, ResourceExt};
 use secrecy::ExposeSecret;
 
-use driver::class::SecretProviderClassSpec;
-use driver::provider::{ErrorKind, MountRequest};
-use driver::volume_context::{Caller, provider_attributes};
+use secrets_store::class::SecretProviderClassSpec;
+use secrets_store::provider::{ErrorKind, MountRequest};
+use secrets_store::volume_context::{Caller, provider_attributes};
 
 use super::schedule::Trigger;
 use super::status::misconfigured;
@@ -57,10 +57,15 @@ pub(super) async fn fetch(
         },
         fresh: trigger == Trigger::Forced,
     };
-    let audit_subject =
-        driver::audit::Subject { namespace: &ns, pod: "", secret: &name, service_account: sa, class: class_name };
-    let audited = |r: &driver::provider::MountResponse| {
-        ctx.config.audit.served(&audit_subject, r, driver::audit::Trigger::Sync);
+    let audit_subject = secrets_store::audit::Subject {
+        namespace: &ns,
+        pod: "",
+        secret: &name,
+        service_account: sa,
+        class: class_name,
+    };
+    let audited = |r: &secrets_store::provider::MountResponse| {
+        ctx.config.audit.served(&audit_subject, r, secrets_store::audit::Trigger::Sync);
         // What change events are matched against (with a partial sync, what was served so far).
         ctx.holders.record((ns.clone(), name.clone()), r.sources());
     };
@@ -75,8 +80,9 @@ pub(super) async fn fetch(
                 format!("failed to fetch from provider {:?}: {}", spec.provider, e.message),
             )
             .with_throttled(e.kind == ErrorKind::ResourceExhausted);
-            let parts =
-                partial_sync(ss, &ctx.config).then(|| driver::provider::split_objects(&request.attributes)).flatten();
+            let parts = partial_sync(ss, &ctx.config)
+                .then(|| secrets_store::provider::split_objects(&request.attributes))
+                .flatten();
             match parts {
                 Some(parts) if parts.len() > 1 => {
                     fetch_each(provider.as_ref(), &request, parts, audited).await.ok_or(failure)
@@ -87,7 +93,7 @@ pub(super) async fn fetch(
     }
 }
 
-pub(super) fn files_of(r: &driver::provider::MountResponse) -> BTreeMap<String, Vec<u8>> {
+pub(super) fn files_of(r: &secrets_store::provider::MountResponse) -> BTreeMap<String, Vec<u8>> {
     r.files.iter().map(|f| (f.path.clone(), f.contents.expose_secret().to_vec())).collect()
 }
 
@@ -105,10 +111,10 @@ pub(super) fn partial_sync(ss: &SecretSync, config: &Config) -> bool {
 /// the cycle is the same): the files of those that succeed and the errors of those that fail; `None`
 /// when nothing succeeds.
 pub(super) async fn fetch_each(
-    provider: &dyn driver::provider::Provider,
+    provider: &dyn secrets_store::provider::Provider,
     request: &MountRequest,
     parts: Vec<String>,
-    served: impl Fn(&driver::provider::MountResponse),
+    served: impl Fn(&secrets_store::provider::MountResponse),
 ) -> Option<(BTreeMap<String, Vec<u8>>, Vec<String>)> {
     let fetches = parts.into_iter().map(|objects| {
         let mut r = request.clone();
@@ -148,7 +154,7 @@ pub(super) async fn account_annotations(
     let account = api.get_opt(sa).await.map_err(|e| {
         Failure::new(
             FailureReason::ControllerSyncError,
-            format!("failed to get service account {ns}/{sa}: {}", driver::kube::describe(&e)),
+            format!("failed to get service account {ns}/{sa}: {}", kube_bridge::describe(&e)),
         )
     })?;
     let annotations = account.map(|a| a.metadata.annotations.unwrap_or_default());

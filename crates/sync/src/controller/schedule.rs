@@ -84,7 +84,7 @@ impl Schedule {
     /// The controller's interval, or the SecretSync's `keyvault-csi.io/rotation-poll-interval`
     /// (raised to `min_interval`); an invalid annotation is reported and the default applies.
     pub(super) fn of(config: &Config, annotation: Option<&str>) -> (Self, Option<String>) {
-        let (interval, invalid) = match driver::annotations::class_interval(annotation, config.min_interval) {
+        let (interval, invalid) = match secrets_store::annotations::class_interval(annotation, config.min_interval) {
             Ok(Some(c)) => (c.interval, c.capped),
             Ok(None) => (config.refresh_interval, None),
             Err(e) => (config.refresh_interval, Some(e)),
@@ -143,7 +143,7 @@ mod tests {
             require_opt_in: true,
             concurrency: 1,
             partial_sync: false,
-            audit: driver::audit::Audit::off(),
+            audit: secrets_store::audit::Audit::off(),
         }
     }
 
@@ -191,7 +191,7 @@ mod tests {
     fn hostile_intervals_are_capped_or_refused_and_rounds_still_compute() {
         let c = config(3600, 60);
         let (s, warning) = Schedule::of(&c, Some("2562047h"));
-        assert_eq!(s.interval, driver::annotations::MAX_CLASS_INTERVAL);
+        assert_eq!(s.interval, secrets_store::annotations::MAX_CLASS_INTERVAL);
         assert!(warning.unwrap().contains("capped at 720h"));
         let _ = s.next_due("uid", SystemTime::now());
         for v in ["3000000000000000h", "1e400h", &"9".repeat(10_000)] {

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use driver::kube::EventType;
+use kube_bridge::EventType;
 
 use super::secret::reference;
 use super::{COMPONENT, Context, Done, failure_of};
@@ -55,7 +55,7 @@ pub(super) async fn write_status(
     let patch = serde_json::json!({ "status": after });
     match api.patch_status(&ss.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => ctx.metrics.wrote("status"),
-        Err(e) => tracing::warn!(error = %driver::kube::describe(&e), "failed to write the SecretSync's status"),
+        Err(e) => tracing::warn!(error = %kube_bridge::describe(&e), "failed to write the SecretSync's status"),
     }
 }
 

@@ -32,7 +32,7 @@ impl crate::node::Cluster for FakeCluster {
         versions: &BTreeMap<String, String>,
         _failover: &BTreeMap<String, String>,
         _: bool,
-    ) -> Result<(), crate::kube::PodStatusError> {
+    ) -> Result<(), kube_bridge::PodStatusError> {
         let gate = self.record_gate.lock().unwrap().clone();
         if let Some(gate) = gate {
             gate.notified().await;
@@ -40,7 +40,7 @@ impl crate::node::Cluster for FakeCluster {
         self.recorded.lock().unwrap().push(versions.get("secret/a").cloned().unwrap_or_default());
         Ok(())
     }
-    async fn remove(&self, _: &PublishParams) -> Result<(), crate::kube::PodStatusError> {
+    async fn remove(&self, _: &PublishParams) -> Result<(), kube_bridge::PodStatusError> {
         Ok(())
     }
     async fn written(&self, _: &PublishParams, _: &SecretProviderClassSpec, _: bool, _: &[File]) -> usize {
@@ -50,9 +50,9 @@ impl crate::node::Cluster for FakeCluster {
     async fn rotation_failed(&self, params: &PublishParams, message: &str) {
         self.events.lock().unwrap().push((params.pod.name.clone(), "MountRotationFailed".into(), message.into()));
     }
-    fn hints(&self, params: &PublishParams) -> crate::annotations::VolumeHints {
-        crate::annotations::VolumeHints {
-            refresh: crate::annotations::RefreshMarks {
+    fn hints(&self, params: &PublishParams) -> secrets_store::annotations::VolumeHints {
+        secrets_store::annotations::VolumeHints {
+            refresh: secrets_store::annotations::RefreshMarks {
                 pod: self.pod_refresh.lock().unwrap().get(&params.pod.name).cloned(),
                 class: self.class_refresh.lock().unwrap().clone(),
             },
@@ -87,7 +87,7 @@ fn apply_patch(cluster: &FakeCluster, patch: serde_json::Value) {
 
 #[tokio::test(start_paused = true)]
 async fn a_change_event_refreshes_only_the_volumes_holding_the_object_in_one_cycle() {
-    use crate::invalidation::{Board, ObjectKey};
+    use secrets_store::invalidation::{Board, ObjectKey};
     let cluster = Arc::new(FakeCluster::default());
     let mut f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
     Arc::get_mut(&mut f.driver).unwrap().config.events_poll_interval = Some(Duration::from_secs(3600));
@@ -420,7 +420,7 @@ async fn pod_status_versions_change_exactly_when_an_objects_version_does() {
 async fn the_audit_trail_names_each_trigger_of_a_volume() {
     let mut f = Fixture::new(Some(INTERVAL));
     let log = f.dir.path().join("audit.log");
-    let audit = crate::audit::Audit::start(&crate::audit::Sink::File(log.clone()), 1000).unwrap();
+    let audit = secrets_store::audit::Audit::start(&secrets_store::audit::Sink::File(log.clone()), 1000).unwrap();
     f.driver = Arc::new(Arc::into_inner(f.driver).unwrap().with_audit(audit.clone()));
     let d = &f.driver;
     d.publish(f.volume(0), None).await.unwrap();

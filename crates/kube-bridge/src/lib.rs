@@ -1,22 +1,25 @@
-//! The Kubernetes side of the node driver: SecretProviderClasses from a watch cache, the
-//! `SecretProviderClassPodStatus` that records each mounted volume (how upstream tooling, and a
-//! restarted driver, find a node's volumes), Secrets synced from `secretObjects`, and events.
+//! The Kubernetes side of the Secrets Store, shared by the node driver and the SecretSync controller:
+//! SecretProviderClasses from a watch cache, the `SecretProviderClassPodStatus` that records each
+//! mounted volume (how upstream tooling, and a restarted driver, find a node's volumes), Secrets
+//! synced from `secretObjects`, events, TokenRequest credentials, and the supervision every watch and
+//! controller task runs under ([`supervise`]).
 //!
-//! The wire formats are upstream's (the upstream driver's); the typed CRDs are in [`crd`].
+//! The wire formats are upstream's (the upstream driver's); the typed CRDs are in [`crd`]. Nothing
+//! here mounts, writes files or speaks CSI: that is the node driver's.
 
-mod cache;
-mod classes;
-mod cluster;
+pub mod cache;
+pub mod check;
+pub mod classes;
 pub mod crd;
 pub mod credentials;
-mod events;
-mod podstatus;
+pub mod events;
+pub mod podstatus;
 pub mod secrets;
-mod tls;
+pub mod supervise;
+pub mod tls;
 
 pub use cache::{Cache, synced};
 pub use classes::KubeClassSource;
-pub use cluster::KubeCluster;
 pub use events::{EventType, Recorder};
 pub use podstatus::{KubePodStatus, PodStatusError};
 pub use tls::tls_value;
@@ -27,7 +30,7 @@ pub const GROUP: &str = "secrets-store.csi.x-k8s.io";
 pub const NODE_LABEL: &str = "internal.secrets-store.csi.k8s.io/node-name";
 
 /// The status code of a Kubernetes API error, if it is one.
-fn api_code(e: &kube::Error) -> Option<u16> {
+pub fn api_code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(s) => Some(s.code),
         _ => None,

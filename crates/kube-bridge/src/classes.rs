@@ -8,7 +8,7 @@ use kube::runtime::watcher;
 
 use super::cache::Cache;
 use super::crd::v1::SecretProviderClass;
-use crate::class::{ClassError, ClassSource, SecretProviderClassSpec};
+use secrets_store::class::{ClassError, ClassSource, SecretProviderClassSpec};
 
 /// Reads classes through the API.
 #[derive(Clone)]
@@ -26,7 +26,7 @@ impl KubeClassSource {
             watcher::Config::default(),
             |c: &mut SecretProviderClass| {
                 c.metadata.managed_fields = None;
-                crate::annotations::retain_ours(&mut c.metadata.annotations);
+                secrets_store::annotations::retain_ours(&mut c.metadata.annotations);
             },
         );
         Self { client, cache }

@@ -8,7 +8,6 @@
 //! without the managed label is never taken over.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -16,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::class::SecretObject;
+use secrets_store::class::SecretObject;
 
 /// Label on every Secret the driver manages.
 pub const MANAGED_LABEL: &str = "secrets-store.csi.k8s.io/managed";
@@ -85,33 +84,6 @@ pub enum Synced {
     Updated,
     /// Already as wanted.
     Unchanged,
-}
-
-/// The files of a mounted volume by relative path (`objectName`), following the atomic writer's
-/// symlinks and skipping its `..` entries. Only for volumes a legacy provider wrote itself: otherwise
-/// the driver syncs from the payload it just wrote.
-pub fn mounted_files(target: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
-    fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("..") {
-                continue;
-            }
-            let path: PathBuf = entry.path();
-            let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            // `metadata` follows the symlink into the current generation.
-            if std::fs::metadata(&path)?.is_dir() {
-                walk(&path, &key, out)?;
-            } else {
-                out.insert(key, std::fs::read(&path)?);
-            }
-        }
-        Ok(())
-    }
-    let mut out = BTreeMap::new();
-    walk(target, "", &mut out)?;
-    Ok(out)
 }
 
 /// The Secret's `data` for one class entry (upstream's `secretutil.GetSecretData`).
@@ -248,8 +220,7 @@ impl SecretWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::class::SecretObjectData;
-    use crate::provider::File;
+    use secrets_store::class::SecretObjectData;
 
     fn object(ty: &str, data: &[(&str, &str)]) -> SecretObject {
         SecretObject {
@@ -291,15 +262,5 @@ mod tests {
         assert!(!add_owners(&mut existing, &[r("ReplicaSet", "a", "u1")]));
         assert!(add_owners(&mut existing, &[r("ReplicaSet", "b", "u2")]));
         assert_eq!(existing.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["theirs", "a", "b"]);
-    }
-
-    #[test]
-    fn mounted_files_follow_the_writers_layout() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = vec![File::new("foo", 0o644, b"1".to_vec()), File::new("d/bar", 0o644, b"2".to_vec())];
-        crate::atomic_writer::write(dir.path(), &files).unwrap();
-        let got = mounted_files(dir.path()).unwrap();
-        assert_eq!(got.keys().collect::<Vec<_>>(), ["d/bar", "foo"]);
-        assert_eq!(got["foo"], b"1");
     }
 }

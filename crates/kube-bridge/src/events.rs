@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::volume_context::PodInfo;
+use secrets_store::volume_context::PodInfo;
 
 /// Upstream's component for secret-sync events.
 pub const SYNC_COMPONENT: &str = "csi-secrets-store-controller";

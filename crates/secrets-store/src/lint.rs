@@ -118,7 +118,7 @@ fn annotations(annotations: &std::collections::BTreeMap<String, String>, f: &mut
     }
     let Some(raw) = annotations.get(ROTATION_INTERVAL) else { return };
     let path = format!("metadata.annotations[{ROTATION_INTERVAL}]");
-    let floor = crate::node::DEFAULT_MIN_CLASS_INTERVAL;
+    let floor = crate::annotations::DEFAULT_MIN_CLASS_INTERVAL;
     match class_interval(Some(raw), floor) {
         Err(message) => f.push(Finding::warning(
             path,

@@ -11,7 +11,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 
 use super::crd::v1::SecretProviderClassPodStatus;
 use super::crd::{ObjectVersion, PodStatusStatus};
-use crate::volume_context::PublishParams;
+use secrets_store::volume_context::PublishParams;
 
 /// Longest object name Kubernetes accepts.
 const MAX_NAME: usize = 253;

@@ -3,7 +3,7 @@
 //! owners and phase); Secrets are read on demand, only when a volume's files change, so nothing
 //! cluster-sized is held in memory.
 
-use super::credentials;
+use kube_bridge::credentials;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
@@ -12,16 +12,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
 use kube::runtime::watcher;
 
-use super::cache::Cache;
-use super::events::{EventType, MOUNT_COMPONENT, ROTATION_COMPONENT, Recorder, SYNC_COMPONENT};
-use super::podstatus::{KubePodStatus, PodStatusError};
-use super::secrets::{SecretWriter, Synced, mounted_files, secret_data};
-use crate::annotations::{REFRESH_NOW, ROTATION_INTERVAL, RefreshMarks, VolumeHints};
-use crate::class::SecretProviderClassSpec;
+use crate::atomic_writer::mounted_files;
 use crate::node::{Cluster, blocking};
-use crate::provider::File;
-use crate::redact::ExposeSecret;
-use crate::volume_context::{PodInfo, PublishParams};
+use kube_bridge::cache::Cache;
+use kube_bridge::events::{EventType, MOUNT_COMPONENT, ROTATION_COMPONENT, Recorder, SYNC_COMPONENT};
+use kube_bridge::podstatus::{KubePodStatus, PodStatusError};
+use kube_bridge::secrets::{SecretWriter, Synced, secret_data};
+use secrets_store::annotations::{REFRESH_NOW, ROTATION_INTERVAL, RefreshMarks, VolumeHints};
+use secrets_store::class::SecretProviderClassSpec;
+use secrets_store::provider::File;
+use secrets_store::redact::ExposeSecret;
+use secrets_store::volume_context::{PodInfo, PublishParams};
 
 /// The driver's view of the cluster.
 #[derive(Clone)]
@@ -33,7 +34,7 @@ pub struct KubeCluster {
     secrets: SecretWriter,
     events: Recorder,
     pods: Cache<Pod>,
-    classes: Option<Cache<super::crd::v1::SecretProviderClass>>,
+    classes: Option<Cache<kube_bridge::crd::v1::SecretProviderClass>>,
     invalidations: Option<(Cache<k8s_openapi::api::core::v1::ConfigMap>, String)>,
 }
 
@@ -48,7 +49,7 @@ impl KubeCluster {
             |p: &mut Pod| {
                 // Keep owners, deletion and phase; a pod's spec and status are most of its size.
                 p.metadata.managed_fields = None;
-                crate::annotations::retain_ours(&mut p.metadata.annotations);
+                secrets_store::annotations::retain_ours(&mut p.metadata.annotations);
                 p.spec = None;
                 if let Some(s) = p.status.as_mut() {
                     *s = k8s_openapi::api::core::v1::PodStatus { phase: s.phase.take(), ..Default::default() };
@@ -69,12 +70,12 @@ impl KubeCluster {
     }
 
     /// Watches the change-event invalidations ConfigMap in `namespace` (one object, by name: see
-    /// [`crate::invalidation`]).
+    /// [`secrets_store::invalidation`]).
     pub fn with_invalidations(mut self, namespace: &str) -> Self {
         let cache = Cache::start(
             "invalidations",
             Api::namespaced(self.client.clone(), namespace),
-            watcher::Config::default().fields(&format!("metadata.name={}", crate::invalidation::CONFIGMAP)),
+            watcher::Config::default().fields(&format!("metadata.name={}", secrets_store::invalidation::CONFIGMAP)),
             |c: &mut k8s_openapi::api::core::v1::ConfigMap| c.metadata.managed_fields = None,
         );
         self.invalidations = Some((cache, namespace.to_string()));
@@ -82,7 +83,7 @@ impl KubeCluster {
     }
 
     /// Reads class annotations (refresh-now, rotation interval) from `classes`, the class watch.
-    pub fn with_classes(mut self, classes: Cache<super::crd::v1::SecretProviderClass>) -> Self {
+    pub fn with_classes(mut self, classes: Cache<kube_bridge::crd::v1::SecretProviderClass>) -> Self {
         self.classes = Some(classes);
         self
     }
@@ -100,7 +101,7 @@ impl KubeCluster {
         match api.get_opt(&pod.name).await {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(error = %super::describe(&e), "failed to read the pod");
+                tracing::warn!(error = %kube_bridge::describe(&e), "failed to read the pod");
                 None
             }
         }
@@ -113,10 +114,10 @@ impl KubeCluster {
     async fn volume_params(
         &self,
         ns: &str,
-        s: &super::crd::PodStatusStatus,
+        s: &kube_bridge::crd::PodStatusStatus,
         token_requests: &[credentials::CsiTokenRequest],
     ) -> Option<PublishParams> {
-        use crate::volume_context as vc;
+        use secrets_store::volume_context as vc;
         let pod = Api::<Pod>::namespaced(self.client.clone(), ns).get_opt(&s.pod_name).await.ok()??;
         let target = std::path::PathBuf::from(&s.target_path);
         let volume_name = target.parent()?.file_name()?.to_string_lossy().into_owned();
@@ -179,7 +180,7 @@ impl KubeCluster {
         if !owners.is_empty() {
             return Some(owners);
         }
-        let name = super::podstatus::status_name(params).ok()?;
+        let name = kube_bridge::podstatus::status_name(params).ok()?;
         let uid = self
             .statuses
             .uid(params)
@@ -187,7 +188,7 @@ impl KubeCluster {
             .map_err(|e| tracing::warn!(error = %e, "failed to read the pod status"))
             .ok()?;
         Some(vec![OwnerReference {
-            api_version: format!("{}/v1", super::GROUP),
+            api_version: format!("{}/v1", kube_bridge::GROUP),
             kind: "SecretProviderClassPodStatus".into(),
             name,
             uid,
@@ -200,7 +201,7 @@ impl KubeCluster {
 impl Cluster for KubeCluster {
     fn invalidations(&self) -> Option<BTreeMap<String, String>> {
         let (cache, ns) = self.invalidations.as_ref()?;
-        Some(cache.get(ns, crate::invalidation::CONFIGMAP).and_then(|c| c.data.clone()).unwrap_or_default())
+        Some(cache.get(ns, secrets_store::invalidation::CONFIGMAP).and_then(|c| c.data.clone()).unwrap_or_default())
     }
 
     async fn record(
@@ -279,7 +280,7 @@ impl Cluster for KubeCluster {
         for object in &spec.secret_objects {
             let name = object.secret_name.trim();
             let result = match secret_data(object, &files) {
-                Err(message) => Err(super::secrets::SyncError::Data {
+                Err(message) => Err(kube_bridge::secrets::SyncError::Data {
                     namespace: pod.namespace.clone(),
                     class: params.class_name.clone(),
                     secret: name.to_string(),
@@ -299,7 +300,7 @@ impl Cluster for KubeCluster {
                     }
                 }
                 Err(e) => {
-                    if let super::secrets::SyncError::Api { code: Some(403), .. } = &e {
+                    if let kube_bridge::secrets::SyncError::Api { code: Some(403), .. } = &e {
                         tracing::warn!(secret = name, error = %e, "forbidden: the driver's service account cannot write Secrets; ensure syncSecret.enabled=true is set");
                     } else {
                         tracing::warn!(secret = name, error = %e, "secret sync failed");
@@ -312,12 +313,12 @@ impl Cluster for KubeCluster {
     }
 
     async fn rediscover(&self) -> Vec<crate::node::Rediscovered> {
-        let api: Api<super::crd::v1::SecretProviderClassPodStatus> = Api::all(self.client.clone());
-        let lp = kube::api::ListParams::default().labels(&format!("{}={}", super::NODE_LABEL, self.node));
+        let api: Api<kube_bridge::crd::v1::SecretProviderClassPodStatus> = Api::all(self.client.clone());
+        let lp = kube::api::ListParams::default().labels(&format!("{}={}", kube_bridge::NODE_LABEL, self.node));
         let statuses = match api.list(&lp).await {
             Ok(l) => l.items,
             Err(e) => {
-                tracing::warn!(error = %super::describe(&e), "cannot list this node's pod statuses; volumes come back with kubelet's republish");
+                tracing::warn!(error = %kube_bridge::describe(&e), "cannot list this node's pod statuses; volumes come back with kubelet's republish");
                 return Vec::new();
             }
         };

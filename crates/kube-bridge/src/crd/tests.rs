@@ -1,5 +1,5 @@
 use super::*;
-use crate::class::{SecretObject, SecretObjectData};
+use secrets_store::class::{SecretObject, SecretObjectData};
 
 fn full_spec() -> SecretProviderClassSpec {
     SecretProviderClassSpec {

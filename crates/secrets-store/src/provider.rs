@@ -4,12 +4,14 @@
 //! and [`crate::external::ExternalProvider`], which speaks the upstream v1alpha1 protocol over a Unix
 //! socket so that any upstream provider keeps working.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::external::{ExternalProviders, LookupError};
 use crate::redact::{ExposeSecret, SecretMap, SecretSlice, sanitized_map};
 
 /// Everything a provider needs for one mount.
@@ -235,9 +237,87 @@ pub fn split_objects(attributes: &BTreeMap<String, String>) -> Option<Vec<String
     Some(objects.array.iter().map(|o| one_object(o)).collect())
 }
 
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 7] = [
+        Self::InvalidArgument,
+        Self::NotFound,
+        Self::PermissionDenied,
+        Self::ResourceExhausted,
+        Self::Unavailable,
+        Self::DeadlineExceeded,
+        Self::Internal,
+    ];
+
+    /// The gRPC code of a provider failure: the one map from kinds to codes, used for kubelet's status
+    /// and for the provider protocol alike.
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            Self::InvalidArgument => tonic::Code::InvalidArgument,
+            Self::NotFound => tonic::Code::NotFound,
+            Self::PermissionDenied => tonic::Code::PermissionDenied,
+            Self::ResourceExhausted => tonic::Code::ResourceExhausted,
+            Self::Unavailable => tonic::Code::Unavailable,
+            Self::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            Self::Internal => tonic::Code::Internal,
+        }
+    }
+
+    /// The kind of an external provider's status code: the inverse of [`Self::grpc_code`], plus the
+    /// codes it never produces folded into their nearest kind.
+    pub fn from_grpc_code(code: tonic::Code) -> Self {
+        if let Some(kind) = Self::ALL.into_iter().find(|k| k.grpc_code() == code) {
+            return kind;
+        }
+        match code {
+            tonic::Code::FailedPrecondition | tonic::Code::OutOfRange => Self::InvalidArgument,
+            tonic::Code::Unauthenticated => Self::PermissionDenied,
+            tonic::Code::Aborted => Self::Unavailable,
+            tonic::Code::Cancelled => Self::DeadlineExceeded,
+            _ => Self::Internal,
+        }
+    }
+}
+
+/// Providers by name: in-process ones first, else an external provider's socket.
+pub struct Providers {
+    builtin: HashMap<String, Arc<dyn Provider>>,
+    external: ExternalProviders,
+}
+
+impl Providers {
+    /// Only external providers.
+    pub fn new(external: ExternalProviders) -> Self {
+        Self { builtin: HashMap::new(), external }
+    }
+
+    /// Serves `name` in-process instead of over a socket.
+    pub fn with_builtin(mut self, name: &str, provider: Arc<dyn Provider>) -> Self {
+        self.builtin.insert(name.to_string(), provider);
+        self
+    }
+
+    /// The provider serving `name`: in-process, else its socket.
+    pub fn get(&self, name: &str) -> Result<Arc<dyn Provider>, LookupError> {
+        if let Some(p) = self.builtin.get(name) {
+            return Ok(p.clone());
+        }
+        Ok(Arc::new(self.external.lookup(name)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_grpc_code() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_grpc_code(kind.grpc_code()), kind);
+        }
+        assert_eq!(ErrorKind::from_grpc_code(tonic::Code::Unauthenticated), ErrorKind::PermissionDenied);
+        assert_eq!(ErrorKind::from_grpc_code(tonic::Code::Unknown), ErrorKind::Internal);
+    }
 
     #[test]
     fn a_class_objects_list_splits_into_one_list_per_object_and_anything_else_does_not() {

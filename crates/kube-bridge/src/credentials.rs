@@ -13,7 +13,7 @@ pub use k8s_openapi::api::storage::v1::TokenRequest as CsiTokenRequest;
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::redact::{ExposeSecret, SecretMap, SecretString, secret_map};
+use secrets_store::redact::{ExposeSecret, SecretMap, SecretString, secret_map};
 
 /// The data of Secret `namespace/name`, as kubelet passes it in `NodePublishVolumeRequest.secrets`.
 pub async fn publish_secret(client: &kube::Client, namespace: &str, name: &str) -> Option<SecretMap> {

@@ -59,6 +59,9 @@ pub struct VolumeHints {
     pub class_interval: Option<String>,
 }
 
+/// `--min-rotation-poll-interval`'s default: the shortest interval a class may ask for.
+pub const DEFAULT_MIN_CLASS_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The longest rotation interval a class may ask for (30 days): longer values are capped, with a
 /// Warning, so no timer, deadline or backoff computed from a class ever leaves sane time.
 pub const MAX_CLASS_INTERVAL: Duration = Duration::from_secs(30 * 86_400);

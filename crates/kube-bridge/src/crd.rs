@@ -15,7 +15,7 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::class::SecretProviderClassSpec;
+use secrets_store::class::SecretProviderClassSpec;
 
 /// Warning the API server returns for v1alpha1 SecretProviderClasses (upstream's text).
 pub const V1ALPHA1_DEPRECATION: &str =

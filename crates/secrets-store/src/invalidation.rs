@@ -29,6 +29,9 @@ pub const MAX_ENTRIES: usize = 1000;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// A heartbeat older than this means events are down: nodes poll at their normal interval.
 pub const STALE_AFTER: Duration = Duration::from_secs(90);
+/// Histogram buckets for an event's latency (`event_to_file_seconds` on nodes, the consumer's lag):
+/// the event path's target is about 3 s.
+pub const EVENT_BUCKETS: [f64; 11] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 /// One changed object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
