@@ -4,17 +4,19 @@
 //! * [`provider`]: the Secrets Store CSI driver's provider protocol (`v1alpha1.CSIDriverProvider`),
 //!   spoken to external providers over `<dir>/<provider>.sock` and served by `keyvault-csi provider`.
 //!
-//! Nothing here is written by hand: edit `proto/*.proto` instead. The `secrets` maps (fields the CSI spec
-//! marks `csi_secret`) derive `Debug` like every prost message, so never log a whole request: the driver
-//! logs requests only through its sanitiser.
+//! Nothing here is written by hand: edit `proto/*.proto`, then `UPDATE_PROTO=1 cargo test -p csi-proto`
+//! regenerates `src/generated/` (protox and tonic-prost-build, pure Rust: no `protoc`). The code is
+//! checked in so that no build compiles a protobuf compiler; the test fails when it no longer matches
+//! the protos. The `secrets` maps (fields the CSI spec marks `csi_secret`) derive `Debug` like every
+//! prost message, so never log a whole request: the driver logs requests only through its sanitiser.
 #![allow(missing_docs, clippy::all)]
 
 /// CSI v1 (`csi.v1`).
 pub mod csi {
-    tonic::include_proto!("csi.v1");
+    include!("generated/csi.v1.rs");
 }
 
 /// Secrets Store CSI provider protocol (`v1alpha1`).
 pub mod provider {
-    tonic::include_proto!("v1alpha1");
+    include!("generated/v1alpha1.rs");
 }

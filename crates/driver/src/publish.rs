@@ -17,19 +17,22 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::atomic_writer::{self, WriteError, WriteOutcome};
-use crate::error::{PublishError, UnpublishError};
+use crate::error::PublishError;
 use crate::mounter::Mounter;
 use crate::node::{DEFAULT_FILE_MODE, Driver, PublishOutcome, blocking};
 use crate::registry::{Contended, Holder, TargetGuard, Volume};
 use secrets_store::class::SecretProviderClassSpec;
 use secrets_store::provider::{ErrorKind, MountRequest, ProviderError};
 use secrets_store::volume_context::PublishParams;
+
+mod adopt;
+mod unpublish;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -456,94 +459,6 @@ impl Driver {
             volume.last_fetch = t;
         }
     }
-
-    /// After a restart: takes back the volumes the cluster says this node published whose tmpfs is
-    /// still mounted and populated, so the poller rotates them again without waiting for kubelet's
-    /// republish (which also brings fresh service-account tokens). A volume kubelet already
-    /// republished, or one whose mount is gone, is left alone: nothing is mounted twice. Returns the
-    /// number adopted.
-    pub async fn adopt(&self, volumes: Vec<crate::node::Rediscovered>) -> usize {
-        let mut adopted = 0;
-        for (params, versions) in volumes {
-            let target = params.target_path.clone();
-            if self.volumes.get(&target).is_some() {
-                continue;
-            }
-            // Claimed before the mount is checked: kubelet unpublishing meanwhile would otherwise leave
-            // a volume recorded for a plain directory, which rotation would then write secrets into.
-            let Some(_claim) = self.volumes.try_claim(&target, Holder::Poller) else { continue };
-            let mounter = self.mounter.clone();
-            let t = target.clone();
-            let populated =
-                blocking(move || Ok::<_, io::Error>(mounter.mount_point(&t)?.is_some() && t.join("..data").exists()))
-                    .await;
-            if !matches!(populated, Ok(true)) {
-                continue;
-            }
-            if self.volumes.get(&target).is_none() {
-                // The recorded versions: the first refresh rewrites the status only if one changed.
-                let mut volume = Volume::fresh(params, String::new(), versions);
-                volume.refresh_seen = self.refresh_marks(&volume.params);
-                volume.interval = self.volume_interval(&volume.params);
-                // Nodes restarted together (a driver rollout) would otherwise all poll at the same
-                // moments: each node's first poll comes at its own phase of the whole interval (when
-                // the volume was last fetched is not known here).
-                self.phase_first_poll(&mut volume, 1);
-                self.volumes.insert(target.clone(), volume);
-                adopted += 1;
-            }
-        }
-        adopted
-    }
-
-    /// `NodeUnpublishVolume`: remove the files, unmount, remove the directory, forget the volume.
-    /// Idempotent: an unknown or already removed target succeeds. A refresh of the same volume by the
-    /// poller is cancelled and awaited, never reported as a conflict.
-    pub async fn unpublish(
-        &self,
-        volume_id: &str,
-        target_path: &str,
-        deadline: Option<std::time::Instant>,
-    ) -> Result<(), UnpublishError> {
-        if volume_id.is_empty() {
-            return Err(UnpublishError::InvalidArgument("Volume ID missing in request".into()));
-        }
-        if target_path.is_empty() {
-            return Err(UnpublishError::InvalidArgument("Target path missing in request".into()));
-        }
-        let target = PathBuf::from(target_path);
-        let _claim = self
-            .volumes
-            .claim_for_kubelet(&target, wait_budget(deadline))
-            .await
-            .map_err(|_| UnpublishError::Busy(target.clone()))?;
-        let mounter = self.mounter.clone();
-        let t = target.clone();
-        let result = blocking(move || clean_and_unmount(&*mounter, &t))
-            .await
-            .map_err(|source| UnpublishError::Cleanup { path: target.clone(), source });
-        self.metrics.unpublish(result.is_ok());
-        result?;
-        if let Some(volume) = self.volumes.remove(&target)
-            && let Some(sink) = self.cluster.clone()
-        {
-            // Deleting the pod status is bookkeeping (the API server also garbage-collects it with the
-            // pod), so kubelet does not wait for an API round trip: upstream's unpublish makes none.
-            // A few at a time: 500 pods going away at once must not open 500 API connections (each
-            // HTTP/1.1 connection kube's client opens keeps its buffers in the pool).
-            let (volumes, limit) = (self.volumes.clone(), self.background_api.clone());
-            tokio::spawn(async move {
-                let Ok(_permit) = limit.acquire_owned().await else { return };
-                if volumes.get(&target).is_some() {
-                    return; // published again meanwhile: the status describes the new mount
-                }
-                if let Err(e) = sink.remove(&volume.params).await {
-                    tracing::warn!(target = %target.display(), error = %e, "failed to delete the pod status");
-                }
-            });
-        }
-        Ok(())
-    }
 }
 
 /// A failure of a publish that found the target serving files keeps them and reports success.
@@ -576,33 +491,6 @@ fn inspect_target(mounter: &dyn Mounter, target: &Path, repair: bool) -> io::Res
             }
             Ok(TargetState::NotMounted)
         }
-    }
-}
-
-/// Deletes the contents first (fixes "directory not empty" unmount failures, upstream #936), then
-/// unmounts and removes the directory. `ENOENT` anywhere means someone already did it.
-fn clean_and_unmount(mounter: &dyn Mounter, target: &Path) -> io::Result<()> {
-    let entries = match fs::read_dir(target) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let res = match entry.file_type() {
-            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
-            _ => fs::remove_file(&path),
-        };
-        if let Err(e) = res {
-            tracing::warn!(path = %path.display(), error = %e, "failed to remove volume entry");
-        }
-    }
-    if mounter.mount_point(target)?.is_some() {
-        mounter.unmount(target)?;
-    }
-    match fs::remove_dir(target) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 

@@ -350,7 +350,7 @@ async fn unpublishing_500_volumes_during_a_rotation_cycle_aborts_none_and_remove
     let mut aborted = 0;
     for u in unpublishes {
         if let Err(e) = u.await.unwrap() {
-            assert!(matches!(e, UnpublishError::Busy(_)), "{e}");
+            assert!(matches!(e, crate::error::UnpublishError::Busy(_)), "{e}");
             aborted += 1;
         }
     }
