@@ -13,14 +13,12 @@ use kube_bridge::check::{
     class_exists, driver_registration, node_count, service_account_token, synced_secret, token_audience,
 };
 use kube_bridge::credentials::tokens_json;
+use kube_bridge::describe;
 use secrets_store::volume_context::{Caller, provider_attributes};
 use serde::Serialize;
 
-use kube_bridge::describe;
-
 use super::Finding;
 
-/// Audience of workload-identity tokens.
 /// The token audiences of workload identity and of identity binding (`useAzureTokenProxy`).
 const WORKLOAD_AUDIENCE: &str = "api://AzureADTokenExchange";
 const BINDING_AUDIENCE: &str = keyvault::identity::proxy::BINDING_AUDIENCE;
@@ -72,18 +70,6 @@ pub struct LiveArgs {
 }
 
 pub use secrets_store::check::{Check, Status};
-
-fn pass(check: impl Into<String>, detail: impl Into<String>) -> Check {
-    Check::pass(check, detail)
-}
-
-fn fail(check: impl Into<String>, detail: impl Into<String>, prevents: Option<String>) -> Check {
-    Check::fail(check, detail, prevents)
-}
-
-fn skip(check: impl Into<String>, detail: impl Into<String>) -> Check {
-    Check::skip(check, detail)
-}
 
 /// The live report: the offline findings of the class in the cluster, then the live checks.
 #[derive(Debug, Default, Serialize)]
@@ -185,7 +171,7 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     let objects = lint.objects().len() as u64;
     match nodes {
         Some(nodes) => checks.push(budget(nodes, objects, interval)),
-        None => checks.push(skip("Key Vault budget", "cannot count nodes (pass --nodes)")),
+        None => checks.push(Check::skip("Key Vault budget", "cannot count nodes (pass --nodes)")),
     }
 
     // 3. Synced Secrets are ours to write.
@@ -195,8 +181,10 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
 
     // 4. Identity and objects, as a mount would fetch them.
     if spc.spec.spec.provider != "azure" {
-        checks
-            .push(skip("objects", format!("provider {:?} is not the built-in Azure provider", spc.spec.spec.provider)));
+        checks.push(Check::skip(
+            "objects",
+            format!("provider {:?} is not the built-in Azure provider", spc.spec.spec.provider),
+        ));
         return Ok(report);
     }
     let caller = Caller { pod: "keyvault-csi-check", namespace: ns, uid: "", service_account: &args.service_account };
@@ -208,13 +196,13 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
                 for (k, v) in s.data.unwrap_or_default() {
                     secrets.insert(k, String::from_utf8_lossy(&v.0).into_owned().into());
                 }
-                checks.push(pass(
+                checks.push(Check::pass(
                     "nodePublishSecretRef",
                     format!("Secret {ns}/{name} has keys {:?}", secrets.keys().collect::<Vec<_>>()),
                 ));
             }
             Ok(None) => {
-                checks.push(fail(
+                checks.push(Check::fail(
                     "nodePublishSecretRef",
                     format!("Secret {ns}/{name} does not exist"),
                     Some(format!("failed to get node publish secret {ns}/{name}")),
@@ -222,7 +210,7 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
                 return Ok(report);
             }
             Err(e) => {
-                checks.push(fail(
+                checks.push(Check::fail(
                     "nodePublishSecretRef",
                     format!("cannot read Secret {ns}/{name}: {}", describe(&e)),
                     None,
@@ -234,7 +222,7 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
         match service_account_token(&client, ns, &args.service_account, audience).await {
             Ok(token) => {
                 tokens = Some(tokens_json([(audience, &token)]));
-                checks.push(pass(
+                checks.push(Check::pass(
                     "service account token",
                     format!("kubelet can get a {audience} token for {ns}/{}", args.service_account),
                 ));
@@ -272,7 +260,10 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
                 // The files are dropped here: only their count and sizes are reported.
                 let bytes: usize =
                     r.files.iter().map(|f| secrecy::ExposeSecret::expose_secret(&f.contents).len()).sum();
-                checks.push(pass(check, format!("{} ({} file(s), {bytes} bytes)", versions.join(", "), r.files.len())));
+                checks.push(Check::pass(
+                    check,
+                    format!("{} ({} file(s), {bytes} bytes)", versions.join(", "), r.files.len()),
+                ));
             }
             Err(e) => {
                 if e.origin.is_token_service() {
@@ -281,13 +272,13 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
                 let prevents = format!(
                     "failed to mount secrets store objects for pod {ns}/<pod>, err: rpc error: code = Unknown desc = failed to mount objects, error: {e}"
                 );
-                checks.push(fail(check, e.to_string(), Some(prevents)));
+                checks.push(Check::fail(check, e.to_string(), Some(prevents)));
             }
         }
     }
     match identity_ok {
-        Some(true) => checks.push(pass("identity", "Key Vault accepted the identity")),
-        Some(false) => checks.push(fail(
+        Some(true) => checks.push(Check::pass("identity", "Key Vault accepted the identity")),
+        Some(false) => checks.push(Check::fail(
             "identity",
             "no token for the identity (see the object checks): check the client ID, tenant and, for workload identity, the federated credential's issuer and subject",
             None,
@@ -303,15 +294,15 @@ async fn event_queue(client: &kube::Client, args: &LiveArgs, url: &str) -> Vec<C
     let mut checks = Vec::new();
     let url = match keyvault::events::check_queue_url(url) {
         Ok(u) => u,
-        Err(e) => return vec![fail("queue URL", e, None)],
+        Err(e) => return vec![Check::fail("queue URL", e, None)],
     };
-    checks.push(pass("queue URL", url.clone()));
+    checks.push(Check::pass("queue URL", url.clone()));
     if args.events_tenant_id.is_empty() || args.events_client_id.is_empty() {
-        checks.push(fail("queue identity", "--events-tenant-id and --events-client-id are required", None));
+        checks.push(Check::fail("queue identity", "--events-tenant-id and --events-client-id are required", None));
         return checks;
     }
     let Some((ns, sa)) = args.events_service_account.split_once('/') else {
-        checks.push(fail("queue identity", "--events-service-account must be <namespace>/<name>", None));
+        checks.push(Check::fail("queue identity", "--events-service-account must be <namespace>/<name>", None));
         return checks;
     };
     let token = match service_account_token(client, ns, sa, WORKLOAD_AUDIENCE).await {
@@ -327,7 +318,7 @@ async fn event_queue(client: &kube::Client, args: &LiveArgs, url: &str) -> Vec<C
     ) {
         Ok(i) => i,
         Err(e) => {
-            checks.push(fail("queue identity", e, None));
+            checks.push(Check::fail("queue identity", e, None));
             return checks;
         }
     };
@@ -335,24 +326,24 @@ async fn event_queue(client: &kube::Client, args: &LiveArgs, url: &str) -> Vec<C
         match args.azure.config(None).and_then(|c| keyvault::Provider::new(c).map_err(|e| anyhow::anyhow!("{e}"))) {
             Ok(p) => p,
             Err(e) => {
-                checks.push(fail("queue", format!("Azure provider: {e}"), None));
+                checks.push(Check::fail("queue", format!("Azure provider: {e}"), None));
                 return checks;
             }
         };
     let cloud = match provider.default_cloud() {
         Ok(c) => c,
         Err(e) => {
-            checks.push(fail("queue", e.to_string(), None));
+            checks.push(Check::fail("queue", e.to_string(), None));
             return checks;
         }
     };
     let q = keyvault::events::QueueClient { url, tenant: args.events_tenant_id.clone(), identity, cloud };
     match provider.queue_peek(&q).await {
-        Ok(n) => checks.push(pass(
+        Ok(n) => checks.push(Check::pass(
             "queue access",
             format!("{ns}/{sa} (client {}) can read the queue ({n} message(s) visible)", args.events_client_id),
         )),
-        Err(e) => checks.push(fail(
+        Err(e) => checks.push(Check::fail(
             "queue access",
             e.to_string(),
             Some("ChangeEventsUnavailable: nodes poll at --rotation-poll-interval".into()),
@@ -365,5 +356,9 @@ async fn event_queue(client: &kube::Client, args: &LiveArgs, url: &str) -> Vec<C
 /// [`keyvault::budget`]): a warning past half of Key Vault's limit, with the ways out.
 pub fn budget(nodes: u64, objects: u64, interval: Duration) -> Check {
     let b = keyvault::budget::Budget::of(nodes, objects, interval);
-    if b.strained() { Check::warn("Key Vault budget", b.describe()) } else { pass("Key Vault budget", b.describe()) }
+    if b.strained() {
+        Check::warn("Key Vault budget", b.describe())
+    } else {
+        Check::pass("Key Vault budget", b.describe())
+    }
 }
