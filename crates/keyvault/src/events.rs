@@ -262,28 +262,28 @@ impl crate::Provider {
 
     /// Takes up to `max` messages (1..=32), invisible to other readers for `visibility`.
     pub async fn queue_receive(&self, q: &QueueClient, max: u8, visibility: Duration) -> Result<Vec<Message>> {
-        let url = format!(
-            "{}/messages?numofmessages={}&visibilitytimeout={}",
-            q.url,
+        let query = format!(
+            "numofmessages={}&visibilitytimeout={}",
             max.clamp(1, MAX_BATCH),
             visibility.as_secs().clamp(1, 7 * 86_400)
         );
-        let r = self.storage_request(q, Method::GET, &url, Instant::now() + Duration::from_secs(30)).await?;
-        if !r.status.is_success() {
-            return Err(storage_error(&r, "Get Messages"));
-        }
-        parse_messages(&String::from_utf8_lossy(&r.body))
+        self.get_messages(q, &query, "Get Messages").await
     }
 
     /// Peeks at up to one message without taking it: proves the URL, the identity and its access
     /// (`check --live`). Returns how many messages were visible (0 or 1).
     pub async fn queue_peek(&self, q: &QueueClient) -> Result<usize> {
-        let url = format!("{}/messages?peekonly=true&numofmessages=1", q.url);
+        Ok(self.get_messages(q, "peekonly=true&numofmessages=1", "Peek Messages").await?.len())
+    }
+
+    /// `GET <queue>/messages?<query>`: Get Messages and Peek Messages share it.
+    async fn get_messages(&self, q: &QueueClient, query: &str, op: &str) -> Result<Vec<Message>> {
+        let url = format!("{}/messages?{query}", q.url);
         let r = self.storage_request(q, Method::GET, &url, Instant::now() + Duration::from_secs(30)).await?;
         if !r.status.is_success() {
-            return Err(storage_error(&r, "Peek Messages"));
+            return Err(storage_error(&r, op));
         }
-        Ok(parse_messages(&String::from_utf8_lossy(&r.body))?.len())
+        parse_messages(&String::from_utf8_lossy(&r.body))
     }
 
     /// Deletes a message taken with [`Self::queue_receive`].

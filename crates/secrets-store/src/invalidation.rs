@@ -166,6 +166,9 @@ impl Board {
 pub struct Seen {
     primed: bool,
     seqs: HashMap<String, u64>,
+    /// The board's sequence and size when last read: nodes read it every second, and it changes
+    /// only when an event arrives (a heartbeat alone keeps both).
+    last: Option<(String, usize)>,
 }
 
 /// One invalidation a node acts on.
@@ -182,6 +185,11 @@ impl Seen {
     /// a node starting up has just fetched its volumes (or will, on adoption) and owes nothing to
     /// events older than itself.
     pub fn news(&mut self, data: &BTreeMap<String, String>) -> Vec<Invalidation> {
+        let last = data.get(SEQ_KEY).map(|seq| (seq.clone(), data.len()));
+        if self.primed && last.is_some() && last == self.last {
+            return Vec::new();
+        }
+        self.last = last;
         let mut news = Vec::new();
         let mut now: HashMap<String, u64> = HashMap::with_capacity(data.len());
         for (k, v) in data.iter().take(MAX_ENTRIES + 2) {
