@@ -282,11 +282,19 @@ def helm():
     return helm_python.Config(namespace=DRIVER_NS)
 
 
-def driver_pods():
+def driver_pods(terminating=False):
+    """The release's driver pods; with `terminating`, also those on their way out (whose process
+    still runs and holds its sockets and ports)."""
     pods = get("pods", ns=DRIVER_NS)["items"]
     return [p for p in pods if p["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE
             and p["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "keyvault-csi"
-            and p["metadata"].get("deletionTimestamp") is None]
+            and (terminating or p["metadata"].get("deletionTimestamp") is None)]
+
+
+def release_pods_gone():
+    """Every pod of the release (driver, sync controller) gone, terminating ones included."""
+    return not [p for p in get("pods", ns=DRIVER_NS)["items"]
+                if p["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE]
 
 
 def driver_pod():
@@ -886,7 +894,7 @@ def s_upgrade_uninstall(ctx):
         raise Failure("after the upgrade")
     remove_workloads()
     h.uninstall(RELEASE, wait="watcher", timeout=120)
-    wait_for("driver pods gone", lambda: not driver_pods(), 90)
+    wait_for("every pod of the release gone, terminating ones included", release_pods_gone, 120)
     left = []
     for kind, name, ns in (("daemonset", DS, DRIVER_NS), ("csidriver", "secrets-store.csi.k8s.io", None),
                            ("serviceaccount", DS, DRIVER_NS), ("clusterrole", "secretproviderclasses-role", None),
@@ -1151,7 +1159,7 @@ def s_migration(ctx):
     before = restarts("ours-mounted", NS)
     helm().uninstall(RELEASE, wait="watcher", timeout=120)
     ctx["uninstalled"] = True
-    wait_for("driver pods gone", lambda: not driver_pods(), 90)
+    wait_for("every pod of the release gone, terminating ones included", release_pods_gone, 120)
     apply(*upstream_addon(emu))
     wait_for("the add-on's DaemonSets Ready again", upstream_ready, 120)
     if read("ours-mounted", NS, "/mnt/kv/migrating") != "after-migration" or restarts("ours-mounted", NS) != before:
@@ -1545,7 +1553,7 @@ def main():
                     for p in (get("pods", ns=ns, check=False) or {"items": []})["items"]
                     if not pod_ready(p["metadata"]["name"], ns)]
             failing_pods.extend(pods)
-            print(dump([NS, NS2, DRIVER_NS], DRIVER_NS, "keyvault-csi", pods), flush=True)
+            print(dump([NS, NS2, ATTACKER, EMU_NS], DRIVER_NS, pods), flush=True)
 
     def setup(ctx):
         for ns in (NS, NS2, ATTACKER, EMU_NS):

@@ -97,18 +97,24 @@ def exec_(pod, ns, *cmd, container=None, check=True):
     return kubectl(*args, check=check, timeout=60)
 
 
-def dump(ns_list, driver_ns, driver_selector, pods=()):
-    """What an operator would look at: the driver's logs, events, and `describe` of failing pods."""
+def dump(ns_list, driver_ns, pods=()):
+    """What an operator would look at: the logs of every container in the driver's namespace (ours,
+    the add-on's, the sync controller's) and in the scenarios' namespaces, current and previous (a
+    crash loop shows why it crashed), the events, and `describe` of failing pods."""
     out = []
-    for p in get("pods", ns=driver_ns)["items"]:
-        name_label = p["metadata"].get("labels", {}).get("app.kubernetes.io/name")
-        container = {driver_selector: "secrets-store", f"{driver_selector}-sync-controller": "sync-controller"}.get(name_label)
-        if not container:
-            continue
-        name = p["metadata"]["name"]
-        out.append(f"--- logs {driver_ns}/{name} ({container}, last 60 lines)")
-        out.append(kubectl("logs", name, "-n", driver_ns, "-c", container, "--tail=60", check=False))
-    for ns in ns_list:
+    for ns in [driver_ns, *ns_list]:
+        for p in (get("pods", ns=ns, check=False) or {"items": []})["items"]:
+            name = p["metadata"]["name"]
+            restarted = {c["name"]: c.get("restartCount", 0) for c in p.get("status", {}).get("containerStatuses", [])}
+            for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]:
+                lines = 60 if ns == driver_ns else 20
+                out.append(f"--- logs {ns}/{name} ({c['name']}, last {lines} lines)")
+                out.append(kubectl("logs", name, "-n", ns, "-c", c["name"], f"--tail={lines}", check=False, timeout=30))
+                if restarted.get(c["name"]):
+                    out.append(f"--- previous logs {ns}/{name} ({c['name']}, restarted {restarted[c['name']]}x)")
+                    out.append(kubectl("logs", name, "-n", ns, "-c", c["name"], "--previous", f"--tail={lines}",
+                                       check=False, timeout=30))
+    for ns in [driver_ns, *ns_list]:
         out.append(f"--- events in {ns}")
         out.append("\n".join(kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).splitlines()[-25:]))
     for ns, name in pods:

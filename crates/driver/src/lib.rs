@@ -21,5 +21,6 @@ pub mod provider_server;
 pub mod publish;
 pub mod registry;
 pub mod rotation;
+pub mod uds_authority;
 
 pub use node::{Config, Driver};

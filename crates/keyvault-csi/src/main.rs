@@ -212,7 +212,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         health = health.with_check(name, check);
     }
     let (http_addr, http_server) = http::bind(args.metrics_addr, health.clone(), app.stopped()).await?;
-    let csi_server = server::bind(&args.endpoint, driver.clone(), max_recv, app.stopped()).await?;
+    let (csi_server, socket) = server::bind(&args.endpoint, driver.clone(), max_recv, app.stopped()).await?;
     health.set_ready(true);
     tracing::info!(
         endpoint = %args.endpoint, metrics = %http_addr, driver = %args.drivername, node = %args.nodeid,
@@ -234,10 +234,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         tasks.supervise(driver::rotation::REFRESH_TASK, stop, |stop| driver.clone().run_refresh_requests(stop)).await;
         Ok(())
     });
-    if let cli::Endpoint::Unix(path) = args.endpoint.clone() {
-        app.on_exit(move || {
-            let _ = std::fs::remove_file(path);
-        });
+    if let Some(socket) = socket {
+        app.on_exit(move || socket.remove_if_ours());
     }
     app::shutdown_signal().await;
     health.set_ready(false);

@@ -10,6 +10,8 @@ use anyhow::Context;
 use clap::Args;
 use csi_proto::provider::csi_driver_provider_server::CsiDriverProviderServer;
 use driver::provider_server::ProviderService;
+use driver::uds_authority::LenientAuthority;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::app::App;
@@ -52,7 +54,7 @@ pub async fn run(args: ProviderArgs) -> anyhow::Result<()> {
     let (healthz_addr, healthz_server) =
         crate::http::bind_as(healthz, "--healthz-port", health.clone(), app.stopped()).await?;
 
-    let listener = crate::socket::bind_private(path, "--endpoint")?;
+    let (listener, socket) = crate::socket::bind_private(path, "--endpoint")?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<CsiDriverProviderServer<ProviderService>>().await;
     let observe = move |code: tonic::Code, took: Duration| {
@@ -63,16 +65,16 @@ pub async fn run(args: ProviderArgs) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), app.stopped());
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|c| c.map(LenientAuthority::new)),
+            app.stopped(),
+        );
     health.set_ready(true);
     tracing::info!(endpoint = %args.endpoint, metrics = %metrics_addr, healthz = %healthz_addr, "keyvault-csi Azure provider serving (v1alpha1)");
     app.spawn("provider server", async move { server.await.context("provider server") });
     app.spawn("metrics server", async move { metrics_server.await.context("metrics server") });
     app.spawn("health server", async move { healthz_server.await.context("health server") });
-    let socket = path.clone();
-    app.on_exit(move || {
-        let _ = std::fs::remove_file(socket);
-    });
+    app.on_exit(move || socket.remove_if_ours());
     // Clients (the driver) keep their connections open; in-flight mounts get a grace period.
     app.run_until_signal(Duration::from_secs(10)).await
 }

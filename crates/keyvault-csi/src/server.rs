@@ -6,6 +6,8 @@ use anyhow::Context;
 use csi_proto::csi::{identity_server::IdentityServer, node_server::NodeServer};
 use driver::Driver;
 use driver::grpc::{IdentityService, NodeService};
+use driver::uds_authority::LenientAuthority;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use crate::cli::Endpoint;
@@ -13,27 +15,30 @@ use crate::cli::Endpoint;
 /// The running CSI server; completes after shutdown once in-flight RPCs have finished.
 pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
-/// Binds the endpoint (removing a stale socket first) and returns the serving future.
+/// Binds the endpoint (removing a stale socket first) and returns the serving future, and the socket
+/// file to remove on the way out.
 pub async fn bind(
     endpoint: &Endpoint,
     driver: Arc<Driver>,
     max_recv: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Serving> {
+) -> anyhow::Result<(Serving, Option<crate::socket::SocketFile>)> {
     let identity = IdentityServer::new(IdentityService::new(driver.clone())).max_decoding_message_size(max_recv);
     let node = NodeServer::new(NodeService::new(driver)).max_decoding_message_size(max_recv);
     let router = tonic::transport::Server::builder().add_service(identity).add_service(node);
     match endpoint {
         Endpoint::Unix(path) => {
-            // Only root (kubelet, the registrar) talks to the socket.
-            let listener = crate::socket::bind_private(path, "--endpoint")?;
-            Ok(Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)))
+            // Only root (kubelet, the registrar) talks to the socket; any gRPC client library may
+            // (grpc-core sends the socket path as `:authority`: see uds_authority).
+            let (listener, file) = crate::socket::bind_private(path, "--endpoint")?;
+            let incoming = UnixListenerStream::new(listener).map(|c| c.map(LenientAuthority::new));
+            Ok((Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)), Some(file)))
         }
         Endpoint::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("--endpoint: cannot listen on {addr}"))?;
-            Ok(Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)))
+            Ok((Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)), None))
         }
     }
 }

@@ -1,14 +1,38 @@
 //! Unix sockets only root can use (upstream #1981 created them with the process umask). The socket is
 //! bound inside a fresh 0700 directory, made 0600, and only then renamed to its public path: there is
 //! no moment at which another user could connect, whatever the umask.
+//!
+//! On the way out a process removes its socket only if the path still holds that socket: during a
+//! rolling update or a migration the successor (our next pod, or the add-on's) has already bound the
+//! same path, and removing it would make the successor unreachable ("provider not found").
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The socket file a process bound: removed on exit only while it is still this one.
+#[derive(Debug, Clone)]
+pub struct SocketFile {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    /// Removes the socket unless another process has bound the path since.
+    pub fn remove_if_ours(&self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Ok(_) => tracing::info!(socket = %self.path.display(), "socket rebound by a successor; left in place"),
+            Err(_) => {}
+        }
+    }
+}
 
 use anyhow::Context;
 
 /// Binds `path` (removing a stale socket first) with mode 0600; `flag` names the setting in errors.
-pub fn bind_private(path: &Path, flag: &str) -> anyhow::Result<tokio::net::UnixListener> {
+pub fn bind_private(path: &Path, flag: &str) -> anyhow::Result<(tokio::net::UnixListener, SocketFile)> {
     match std::fs::remove_file(path) {
         Ok(()) => tracing::info!(socket = %path.display(), "removed stale socket"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -26,9 +50,10 @@ pub fn bind_private(path: &Path, flag: &str) -> anyhow::Result<tokio::net::UnixL
         let listener = tokio::net::UnixListener::bind(&staged)
             .with_context(|| format!("{flag}: cannot listen on {}", path.display()))?;
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        let m = std::fs::symlink_metadata(&staged)?;
         std::fs::rename(&staged, path)
             .with_context(|| format!("{flag}: cannot move the socket to {}", path.display()))?;
-        Ok(listener)
+        Ok((listener, SocketFile { path: path.to_path_buf(), identity: (m.dev(), m.ino()) }))
     })();
     let _ = std::fs::remove_dir_all(&private);
     result
@@ -45,7 +70,7 @@ mod tests {
         let path = dir.path().join("run/csi.sock");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "stale").unwrap();
-        let listener = bind_private(&path, "--endpoint").unwrap();
+        let (listener, file) = bind_private(&path, "--endpoint").unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -54,5 +79,20 @@ mod tests {
         accept.await.unwrap().unwrap();
         let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["csi.sock"], "no staging directory is left behind");
+        file.remove_if_ours();
+        assert!(!path.exists(), "removed on the way out");
+    }
+
+    #[tokio::test]
+    async fn a_process_on_its_way_out_leaves_its_successors_socket_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("azure.sock");
+        let (_old, old_file) = bind_private(&path, "--endpoint").unwrap();
+        let (new, _new_file) = bind_private(&path, "--endpoint").unwrap();
+        old_file.remove_if_ours();
+        assert!(path.exists(), "the successor's socket stays");
+        let accept = tokio::spawn(async move { new.accept().await.map(|_| ()) });
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+        accept.await.unwrap().unwrap();
     }
 }
