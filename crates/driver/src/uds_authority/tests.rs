@@ -80,7 +80,8 @@ fn client_stream(authorities: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn an_authority_that_is_not_one_becomes_localhost_and_everything_else_is_the_clients() {
-    let input = client_stream(&[b"tmp%2Fkvcsi%2Fcsi.sock", b"localhost", b"/var/run/p.sock", b"tmp%2Fkvcsi%2Fcsi.sock"]);
+    let input =
+        client_stream(&[b"tmp%2Fkvcsi%2Fcsi.sock", b"localhost", b"/var/run/p.sock", b"tmp%2Fkvcsi%2Fcsi.sock"]);
     let mut r = Rewriter::new();
     assert_eq!(r.feed(&input).unwrap(), input.len());
     let out = r.take_output();
@@ -217,9 +218,10 @@ async fn check_over_socket(lenient: bool) -> Vec<(u8, u32, Vec<(Vec<u8>, Vec<u8>
     let mut decoder = Decoder::new();
     let mut buf = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while seen.iter().all(|(kind, _, h): &(u8, u32, Vec<_>)| {
-        *kind != 0x3 && !h.iter().any(|(n, _)| n == b"grpc-status")
-    }) {
+    while seen
+        .iter()
+        .all(|(kind, _, h): &(u8, u32, Vec<_>)| *kind != 0x3 && !h.iter().any(|(n, _)| n == b"grpc-status"))
+    {
         let mut chunk = [0u8; 4096];
         let n = tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await.expect("an answer").unwrap();
         assert!(n > 0, "the server closed the connection");
