@@ -8,7 +8,10 @@
 #      same API server (crates/keyvault-csi/benches/secretsync.rs).
 #   5. cluster: N = 10, 25, 50 driver processes (own node names, sockets, kubelet directories, metrics
 #      ports) on the same API server, change events off and on (crates/keyvault-csi/benches/cluster.rs).
-# BENCH_ONLY=sidebyside runs only part 3, BENCH_ONLY=secretsync only part 4, BENCH_ONLY=cluster only part 5 (CLUSTER_NODES=10,25 narrows it). BENCH_REPEATS, BENCH_VOLUMES tune it; BENCH_README=1 rewrites
+#   6. soak: `make soak` (200 volumes for 10 minutes under constant secret changes, SOAK_VOLUMES and
+#      SOAK_SECS), which fails the bench on a torn read, a file left behind the vault, or a growing RSS
+#      or descriptor count; its report is kept in target/bench/soak.txt.
+# BENCH_ONLY=soak runs only part 6, BENCH_ONLY=sidebyside runs only part 3, BENCH_ONLY=secretsync only part 4, BENCH_ONLY=cluster only part 5 (CLUSTER_NODES=10,25 narrows it). BENCH_REPEATS, BENCH_VOLUMES tune it; BENCH_README=1 rewrites
 # docs/performance.md's comparison from the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +20,13 @@ CARGO=${CARGO:-cargo}
 OUT=$ROOT/target/bench
 mkdir -p "$OUT"
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+
+if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = soak ]; then
+  log "soak: ${SOAK_VOLUMES:-200} volumes for ${SOAK_SECS:-600} s"
+  make --no-print-directory soak CARGO="$CARGO" 2>&1 | tee "$OUT/soak.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "bench: the soak failed (target/bench/soak.txt)" >&2; exit 1; }
+  [ "${BENCH_ONLY:-}" = soak ] && exit 0
+fi
 
 if [ -z "${BENCH_ONLY:-}" ]; then
   $CARGO bench --locked -p keyvault --bench mount

@@ -29,7 +29,8 @@ import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from kube import (  # noqa: E402
-    Failure, apply, create, delete, dump, env_flag, events, exec_, exists, get, kubectl, pod_ready, raw, wait_for,
+    Failure, NotYet, apply, create, delete, dump, env_flag, events, exec_, exists, get, kubectl, pod_ready, pod_state,
+    raw, wait_for,
 )
 
 import helm_python  # noqa: E402
@@ -293,8 +294,10 @@ def driver_pods(terminating=False):
 
 def release_pods_gone():
     """Every pod of the release (driver, sync controller) gone, terminating ones included."""
-    return not [p for p in get("pods", ns=DRIVER_NS)["items"]
-                if p["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE]
+    left = [f"{p['metadata']['name']} ({pod_state(p)}{', terminating' if p['metadata'].get('deletionTimestamp') else ''})"
+            for p in get("pods", ns=DRIVER_NS)["items"]
+            if p["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE]
+    return NotYet("still there: " + ", ".join(left)) if left else True
 
 
 def driver_pod():
@@ -309,18 +312,20 @@ def driver_ready():
     the liveness probe answering through the kubelet's health checks."""
     ds = get("daemonset", DS, DRIVER_NS, check=False)
     if not ds:
-        return False
+        return NotYet(f"no DaemonSet {DRIVER_NS}/{DS}")
     st = ds.get("status", {})
     if st.get("observedGeneration") != ds["metadata"]["generation"]:
-        return False
+        return NotYet(f"DaemonSet generation {ds['metadata']['generation']} not observed yet")
     if not (st.get("desiredNumberScheduled", 0) > 0 and st.get("numberReady") == st.get("desiredNumberScheduled")
             and st.get("updatedNumberScheduled") == st.get("desiredNumberScheduled")):
-        return False
+        pods = "; ".join(pod_state(p) for p in driver_pods(terminating=True))
+        return NotYet(f"desired {st.get('desiredNumberScheduled', 0)}, ready {st.get('numberReady', 0)}, "
+                      f"updated {st.get('updatedNumberScheduled', 0)} (pods: {pods or 'none'})")
     for node in get("nodes")["items"]:
         csinode = get("csinode", node["metadata"]["name"], check=False) or {}
         drivers = [d["name"] for d in (csinode.get("spec", {}).get("drivers") or [])]
         if "secrets-store.csi.k8s.io" not in drivers:
-            return False
+            return NotYet(f"secrets-store.csi.k8s.io not registered in CSINode {node['metadata']['name']}")
     return True
 
 
@@ -1081,6 +1086,9 @@ def upstream_addon(emu):
          "imagePullPolicy": PULL,
          "args": ["provider", "--endpoint=unix:///provider/azure.sock", "--metrics-addr=:18898", "--healthz-port=18989"]
                  + values["linux"]["extraArgs"],
+         # Ready once the provider socket is bound and served (not merely once the process started), so
+         # that "the add-on's DaemonSets Ready" means the driver can find provider "azure".
+         "readinessProbe": {"httpGet": {"path": "/readyz", "port": 18989}, "periodSeconds": 1},
          "env": values["linux"]["env"],
          "volumeMounts": [{"name": "providers-dir", "mountPath": "/provider"}] + values["linux"]["volumeMounts"]},
     ], [host("providers-dir", providers)] + values["linux"]["volumes"])
@@ -1096,10 +1104,13 @@ def upstream_addon(emu):
 
 
 def upstream_ready():
+    """Both DaemonSets have a Ready pod: the driver's containers started, the provider's `/readyz`
+    answers (its socket is bound). Otherwise, what each pod is doing."""
     for name in (UPSTREAM_DS, UPSTREAM_PROVIDER_DS):
         d = get("daemonset", name, DRIVER_NS, check=False)
         if not d or d.get("status", {}).get("numberReady", 0) < 1:
-            return False
+            pods = [pod_state(p) for p in get("pods", ns=DRIVER_NS)["items"] if labels(p).get("app") == name]
+            return NotYet(f"{name}: no Ready pod ({'; '.join(pods) or 'none created'})")
     return True
 
 

@@ -71,12 +71,45 @@ def wait_for(what, fn, timeout, interval=0.5):
         time.sleep(interval)
 
 
+class NotYet:
+    """A condition that does not hold yet: falsy, and says what was seen (what `wait_for` prints when
+    its time runs out)."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def __bool__(self):
+        return False
+
+    def __str__(self):
+        return self.seen
+
+
+def pod_state(p):
+    """A pod's phase, each container's state and restarts, in one line."""
+    status = p.get("status", {})
+    parts = [f"phase {status.get('phase', '?')}"]
+    for c in status.get("containerStatuses", []):
+        state = c.get("state", {})
+        kind = next(iter(state), "?")
+        reason = state.get(kind, {}).get("reason", "")
+        parts.append(f"{c['name']} {kind}{' ' + reason if reason else ''} restarts {c.get('restartCount', 0)}")
+    return "; ".join(parts)
+
+
 def pod_ready(name, ns):
     p = get("pod", name, ns, check=False)
     if not p:
-        return False
+        return NotYet(f"pod {ns}/{name} does not exist")
     conds = {c["type"]: c["status"] for c in p.get("status", {}).get("conditions", [])}
-    return conds.get("Ready") == "True"
+    if conds.get("Ready") == "True":
+        return True
+    seen = pod_state(p)
+    warnings = [e for e in events(ns, name) if e.get("type") == "Warning"]
+    if warnings:
+        last = warnings[-1]
+        seen += f"; last warning {last.get('reason')}: {last.get('message', '')[:200]}"
+    return NotYet(seen)
 
 
 def events(ns, involved=None, reason=None):

@@ -21,6 +21,8 @@ pub mod provider_server;
 pub mod publish;
 pub mod registry;
 pub mod rotation;
+pub mod socket;
+pub mod standalone;
 pub mod uds_authority;
 
 pub use node::{Config, Driver};

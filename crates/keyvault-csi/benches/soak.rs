@@ -2,8 +2,9 @@
 //! 600) while the emulator changes a secret every 3 s and rotation polls every 2 s. Checks that every
 //! change lands within one interval (plus the cycle), that a reader never sees a torn file or a read
 //! error, and that RSS and open file descriptors stay flat after warm-up (the last minute against the
-//! first minute after warm-up); prints the per-change latency distribution and the trend, and exits
-//! non-zero when a check fails. Needs CAP_SYS_ADMIN (hack/in-mount-ns.sh).
+//! first minute after warm-up), and that no file is behind the vault once the changes stop; prints the
+//! per-change latency distribution, RSS and descriptors per minute, and exits non-zero when a check
+//! fails. `make bench` runs it. Needs CAP_SYS_ADMIN (hack/in-mount-ns.sh).
 
 #[path = "../../../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -128,6 +129,19 @@ async fn main() {
         fds_max = fds_max.max(fds);
         tokio::time::sleep(CHANGE_EVERY.saturating_sub(set_at.elapsed())).await;
     }
+    // After the last change: every file must reach the vault's value (nothing left behind).
+    let want = value(n);
+    let settle = Instant::now();
+    let behind = loop {
+        let behind = targets
+            .iter()
+            .filter(|t| std::fs::read_to_string(t.join("rotating")).ok().as_deref() != Some(&want))
+            .count();
+        if behind == 0 || settle.elapsed() > INTERVAL * 3 {
+            break behind;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
     let fds1 = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
@@ -145,6 +159,17 @@ async fn main() {
     let (reads, torn, read_errors) =
         (reads.load(Ordering::Relaxed), torn.load(Ordering::Relaxed), read_errors.load(Ordering::Relaxed));
     println!("  reads: {reads}, torn reads: {torn}, read errors: {read_errors}");
+    println!("  files behind the vault after the soak (3 intervals after the last change): {behind} of {volumes}");
+    // RSS and descriptors over time: one line per minute (the sample nearest each minute mark).
+    println!("  over time:    min   RSS MiB   open fds");
+    let minutes = (started.elapsed().as_secs_f64() / 60.0).floor() as u64;
+    for m in 0..=minutes {
+        if let Some(s) =
+            samples.iter().min_by(|a, b| (a.0 - m as f64 * 60.0).abs().total_cmp(&(b.0 - m as f64 * 60.0).abs()))
+        {
+            println!("               {m:>3}   {:>7.1}   {:>8}", s.1 as f64 / 1024.0, s.2);
+        }
+    }
     landed.sort_by(f64::total_cmp);
     let q = |p: f64| landed.get(((landed.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0.0);
     println!(
@@ -180,6 +205,7 @@ async fn main() {
         ("every change landed within 3 intervals", late == 0),
         ("no torn read", torn == 0),
         ("no read error", read_errors == 0),
+        ("no file behind the vault after the soak", behind == 0),
         ("reads happened", reads > 0),
         ("RSS flat after warm-up (last/first minute ≤ 1.25)", rss_ratio <= 1.25),
         ("open fds flat (last ≤ first + 2)", fds_last <= fds_first + 2.0),

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::azure::{AzureArgs, AzureProvider};
+use keyvault_bridge::{AzureArgs, AzureProvider};
 
 /// A command being assembled, then run until a signal.
 pub struct App {
@@ -39,7 +39,7 @@ impl App {
         record_grpc: bool,
     ) -> anyhow::Result<(Arc<AzureProvider>, keyvault::metrics::ProviderMetrics)> {
         let metrics = keyvault::metrics::ProviderMetrics::default();
-        let provider = keyvault::Provider::new(args.config(poll_interval)?)
+        let provider = keyvault::Provider::new(args.config(poll_interval).map_err(anyhow::Error::msg)?)
             .map_err(|e| anyhow::anyhow!("Azure provider: {e}"))?
             .with_observer(Arc::new(metrics.clone()));
         keyvault::metrics::register_provider(&mut self.registry, &metrics, provider.stats().clone());

@@ -33,13 +33,25 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// Flags of `keyvault-csi check`: the check's own, and the Azure provider's as the driver has them
+/// (for `--live`).
+#[derive(Debug, clap::Args)]
+pub struct CheckCommand {
+    /// What to check.
+    #[command(flatten)]
+    pub check: keyvault_bridge::check::CheckArgs,
+    /// The Azure provider's settings.
+    #[command(flatten)]
+    pub azure: keyvault_bridge::AzureArgs,
+}
+
 /// Subcommands besides the node driver.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount a SecretProviderClass into a directory without a cluster (and keep it fresh).
     Mount(crate::standalone::MountArgs),
     /// Find what is wrong with SecretProviderClass manifests (exit 0 clean, 1 problems, 2 unreadable).
-    Check(crate::check::CheckArgs),
+    Check(Box<CheckCommand>),
     /// Print the SecretProviderClass and SecretProviderClassPodStatus CRDs (YAML) and exit.
     Crds,
     /// Serve the Azure provider on the upstream v1alpha1 provider protocol, for the upstream driver.
@@ -134,7 +146,7 @@ pub struct NodeArgs {
     pub builtin_azure_provider: bool,
     /// The in-process Azure provider (`spec.provider: azure`).
     #[command(flatten)]
-    pub azure: crate::azure::AzureArgs,
+    pub azure: keyvault_bridge::AzureArgs,
 }
 
 /// Where the CSI server listens.
@@ -189,15 +201,7 @@ fn parse_metrics_backend(s: &str) -> Result<String, String> {
     }
 }
 
-/// Go's `strconv.ParseBool` for a flag value (the same rule as class parameters, where an absent
-/// value is false; a flag given as `--flag=` is an error, as with Go's `flag` package).
-pub fn parse_go_bool(s: &str) -> Result<bool, String> {
-    let invalid = || format!("invalid boolean {s:?}: use true or false");
-    if s.is_empty() {
-        return Err(invalid());
-    }
-    keyvault::params::parse_bool(s).map_err(|_| invalid())
-}
+pub use keyvault_bridge::flags::parse_go_bool;
 
 pub use secrets_store::duration::parse_go_duration;
 

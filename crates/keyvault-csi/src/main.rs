@@ -1,16 +1,12 @@
 //! `keyvault-csi`: parses flags, builds the driver, serves until SIGTERM/SIGINT, drains.
 
 mod app;
-mod azure;
-mod check;
 mod cli;
-mod events;
 mod http;
 mod logging;
 mod metrics;
 mod provider_server;
 mod server;
-mod socket;
 mod standalone;
 mod sync_controller;
 
@@ -58,7 +54,7 @@ fn main() -> ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     if let Some(cli::Command::Check(args)) = cli.command {
-        return ExitCode::from(check::run(args));
+        return ExitCode::from(keyvault_bridge::check::run(&args.check, || args.azure.config(None)));
     }
     logging::init(cli.verbosity, cli.log_format_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -96,23 +92,6 @@ fn version_json() -> String {
 /// Used when neither a cluster nor `--class-dir` provides SecretProviderClasses.
 struct NoClassSource(String);
 
-/// A Kubernetes client from `--kubeconfig`, else `KUBECONFIG` or the in-cluster service account.
-pub(crate) async fn kube_client(path: Option<&std::path::Path>) -> Result<kube::Client, String> {
-    let config = match path {
-        Some(p) => {
-            let kc =
-                kube::config::Kubeconfig::read_from(p).map_err(|e| format!("--kubeconfig {}: {e}", p.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| format!("--kubeconfig {}: {e}", p.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| format!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}"))?,
-    };
-    kube::Client::try_from(config).map_err(|e| format!("cannot build the Kubernetes client: {e}"))
-}
-
 #[async_trait::async_trait]
 impl ClassSource for NoClassSource {
     async fn get(&self, namespace: &str, name: &str) -> Result<SecretProviderClassSpec, ClassError> {
@@ -146,7 +125,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let mut readiness: Vec<(&'static str, http::ReadyCheck)> = Vec::new();
     let classes: Arc<dyn ClassSource> = match &args.class_dir {
         Some(dir) => Arc::new(DirClassSource::new(dir)),
-        None => match kube_client(args.kubeconfig.as_deref()).await {
+        None => match kube_bridge::client(args.kubeconfig.as_deref()).await {
             Ok(client) => {
                 // Watches retry with backoff while the API server is away; lookups fall back to GETs.
                 let source = kube_bridge::KubeClassSource::watching(client.clone());

@@ -10,13 +10,10 @@ use anyhow::Context;
 use clap::Args;
 use csi_proto::provider::csi_driver_provider_server::CsiDriverProviderServer;
 use driver::provider_server::ProviderService;
-use driver::uds_authority::LenientAuthority;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::app::App;
-use crate::azure::AzureArgs;
 use crate::cli::{Endpoint, parse_endpoint, parse_go_duration, parse_listen_addr};
+use keyvault_bridge::AzureArgs;
 
 /// Flags of `keyvault-csi provider` (the upstream Azure provider's names).
 #[derive(Debug, Args)]
@@ -54,7 +51,7 @@ pub async fn run(args: ProviderArgs) -> anyhow::Result<()> {
     let (healthz_addr, healthz_server) =
         crate::http::bind_as(healthz, "--healthz-port", health.clone(), app.stopped()).await?;
 
-    let (listener, socket) = crate::socket::bind_private(path, "--endpoint")?;
+    let (listener, socket) = driver::socket::bind_private(path, "--endpoint")?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<CsiDriverProviderServer<ProviderService>>().await;
     let observe = move |code: tonic::Code, took: Duration| {
@@ -65,10 +62,7 @@ pub async fn run(args: ProviderArgs) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener).map(|c| c.map(LenientAuthority::new)),
-            app.stopped(),
-        );
+        .serve_with_incoming_shutdown(driver::socket::incoming(listener), app.stopped());
     health.set_ready(true);
     tracing::info!(endpoint = %args.endpoint, metrics = %metrics_addr, healthz = %healthz_addr, "keyvault-csi Azure provider serving (v1alpha1)");
     app.spawn("provider server", async move { server.await.context("provider server") });

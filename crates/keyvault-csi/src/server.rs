@@ -6,9 +6,7 @@ use anyhow::Context;
 use csi_proto::csi::{identity_server::IdentityServer, node_server::NodeServer};
 use driver::Driver;
 use driver::grpc::{IdentityService, NodeService};
-use driver::uds_authority::LenientAuthority;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::cli::Endpoint;
 
@@ -22,7 +20,7 @@ pub async fn bind(
     driver: Arc<Driver>,
     max_recv: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(Serving, Option<crate::socket::SocketFile>)> {
+) -> anyhow::Result<(Serving, Option<driver::socket::SocketFile>)> {
     let identity = IdentityServer::new(IdentityService::new(driver.clone())).max_decoding_message_size(max_recv);
     let node = NodeServer::new(NodeService::new(driver)).max_decoding_message_size(max_recv);
     let router = tonic::transport::Server::builder().add_service(identity).add_service(node);
@@ -30,8 +28,8 @@ pub async fn bind(
         Endpoint::Unix(path) => {
             // Only root (kubelet, the registrar) talks to the socket; any gRPC client library may
             // (grpc-core sends the socket path as `:authority`: see uds_authority).
-            let (listener, file) = crate::socket::bind_private(path, "--endpoint")?;
-            let incoming = UnixListenerStream::new(listener).map(|c| c.map(LenientAuthority::new));
+            let (listener, file) = driver::socket::bind_private(path, "--endpoint")?;
+            let incoming = driver::socket::incoming(listener);
             Ok((Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)), Some(file)))
         }
         Endpoint::Tcp(addr) => {

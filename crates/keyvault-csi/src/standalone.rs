@@ -1,6 +1,6 @@
-//! `keyvault-csi mount`: the driver without a cluster. Mounts a tmpfs at `--target`, writes the files a
-//! SecretProviderClass describes, and with `--rotation-poll-interval` keeps them fresh until stopped.
-//! It runs the same code path as `NodePublishVolume` (validation, atomic writer, keep-on-error).
+//! `keyvault-csi mount`: the driver without a cluster (`driver::standalone`). Mounts a tmpfs at
+//! `--target`, writes the files a SecretProviderClass describes, and with `--rotation-poll-interval`
+//! keeps them fresh until stopped.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,20 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use clap::Args;
+use driver::Driver;
 use driver::mounter::{Mounter, PlainDirMounter, TmpfsMounter};
 use driver::node::PublishOutcome;
-use driver::{Config, Driver};
-use secrets_store::class::{ClassError, ClassSource, SecretProviderClassSpec};
+use driver::standalone::{Caller, OneClass};
 use secrets_store::external::ExternalProviders;
 use secrets_store::provider::Providers;
-use secrets_store::redact::{TOKENS_KEY, secret_map};
-use secrets_store::volume_context::{self as vc, PodInfo, PublishParams};
 
 use crate::app::App;
-use crate::azure::AzureArgs;
 use crate::cli::parse_go_duration;
+use keyvault_bridge::AzureArgs;
 
 /// Flags of `keyvault-csi mount`.
 #[derive(Debug, Args)]
@@ -62,23 +59,6 @@ pub struct MountArgs {
     pub azure: AzureArgs,
 }
 
-struct OneClass {
-    namespace: String,
-    name: String,
-    spec: SecretProviderClassSpec,
-}
-
-#[async_trait]
-impl ClassSource for OneClass {
-    async fn get(&self, namespace: &str, name: &str) -> Result<SecretProviderClassSpec, ClassError> {
-        if namespace == self.namespace && name == self.name {
-            Ok(self.spec.clone())
-        } else {
-            Err(ClassError::NotFound { namespace: namespace.into(), name: name.into() })
-        }
-    }
-}
-
 fn read_secret_file(p: &PathBuf, flag: &str) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(p).with_context(|| format!("{flag} {}", p.display()))?.trim().to_string())
 }
@@ -100,15 +80,7 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
             .with_builtin("azure", azure);
     let mounter: Arc<dyn Mounter> = if args.no_tmpfs { Arc::new(PlainDirMounter) } else { Arc::new(TmpfsMounter) };
     let classes = Arc::new(OneClass { namespace: namespace.clone(), name: spc.metadata.name.clone(), spec: spc.spec });
-    let config = Config {
-        driver_name: "secrets-store.csi.k8s.io".into(),
-        node_id: "standalone".into(),
-        vendor_version: format!("v{}", env!("CARGO_PKG_VERSION")),
-        rotation_interval: rotation,
-        min_class_interval: secrets_store::annotations::DEFAULT_MIN_CLASS_INTERVAL,
-        cert_expiry_warning: Some(driver::node::DEFAULT_CERT_EXPIRY_WARNING),
-        events_poll_interval: None,
-    };
+    let config = driver::standalone::config(format!("v{}", env!("CARGO_PKG_VERSION")), rotation);
     let driver = Driver::new(config, mounter, classes, providers);
 
     let mut secrets = BTreeMap::new();
@@ -127,32 +99,8 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let volume_context: BTreeMap<String, String> = [
-        (vc::CLASS_KEY, spc.metadata.name.as_str()),
-        (vc::POD_NAME_KEY, args.pod_name.as_str()),
-        (vc::POD_NAMESPACE_KEY, namespace.as_str()),
-        (vc::POD_UID_KEY, "standalone"),
-        (vc::SERVICE_ACCOUNT_KEY, args.service_account.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let params = PublishParams {
-        volume_id: "standalone".into(),
-        target_path: target.clone(),
-        readonly: true,
-        class_name: spc.metadata.name.clone(),
-        pod: PodInfo {
-            name: args.pod_name.clone(),
-            namespace: namespace.clone(),
-            uid: "standalone".into(),
-            service_account: args.service_account.clone(),
-        },
-        volume_context,
-        secrets: (!secrets.is_empty()).then(|| secret_map(secrets)),
-        tokens,
-    };
-    debug_assert!(!params.volume_context.contains_key(TOKENS_KEY));
+    let caller = Caller { pod_name: args.pod_name.clone(), namespace, service_account: args.service_account.clone() };
+    let params = driver::standalone::params(&spc.metadata.name, &caller, target.clone(), secrets, tokens);
 
     match driver.publish(params.clone(), None).await {
         Ok(PublishOutcome::Published { files, .. }) => {

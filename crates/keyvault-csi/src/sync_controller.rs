@@ -11,18 +11,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Api;
-use kube::api::PostParams;
 use secrets_store::duration::parse_go_duration;
 use secrets_store::external::ExternalProviders;
 use secrets_store::provider::Providers;
 
 use crate::app::App;
-use crate::azure::AzureArgs;
 use crate::cli::{parse_go_bool, parse_listen_addr};
+use keyvault_bridge::AzureArgs;
 
 /// The in-cluster service account's namespace file.
 const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -88,20 +83,25 @@ pub struct SyncControllerArgs {
     pub azure: AzureArgs,
     /// Key Vault change events (ours).
     #[command(flatten)]
-    pub events: crate::events::EventArgs,
+    pub events: EventArgs,
 }
 
 /// Runs the controller until SIGTERM/SIGINT (or until leadership is lost: exits non-zero, so the
 /// pod restarts as a standby, as controller-runtime does).
 pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
-    let client = crate::kube_client(args.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
+    let client = kube_bridge::client(args.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
     let namespace = match &args.leader_election_namespace {
         Some(ns) if !ns.is_empty() => ns.clone(),
         _ => std::fs::read_to_string(NAMESPACE_FILE).map(|s| s.trim().to_string()).unwrap_or_else(|_| "default".into()),
     };
     let mut app = App::new();
     let (azure, _) = app.azure(&args.azure, Some(args.rotation_poll_interval), true)?;
-    let queue = crate::events::QueueSource::from_args(&args.events, azure.provider.clone())?;
+    let queue = args
+        .events
+        .settings()
+        .map(|q| keyvault_bridge::events::QueueSource::new(q, azure.provider.clone()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let event_metrics = sync::events::EventMetrics::default();
     if queue.is_some() {
         event_metrics.register(&mut app.registry);
@@ -148,7 +148,10 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
     {
         return app.stop_and_drain(Duration::from_secs(5)).await;
     }
-    let hash_key = hash_key(&client, &namespace, &format!("{}-hash-key", args.leader_election_id)).await?;
+    let hash_key =
+        sync::hash_key::load_or_create(&client, &namespace, &format!("{}-hash-key", args.leader_election_id))
+            .await
+            .map_err(anyhow::Error::msg)?;
     let config = sync::controller::Config {
         audiences: args.token_request_audience.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect(),
         refresh_interval: args.rotation_poll_interval.max(Duration::from_secs(1)),
@@ -210,34 +213,44 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
     drained
 }
 
-/// The key of the SecretSync hashes: kept in a Secret so a restart (or another replica) computes
-/// the same hashes and rewrites nothing; created with 32 random bytes on first start.
-async fn hash_key(client: &kube::Client, namespace: &str, name: &str) -> anyhow::Result<Vec<u8>> {
-    const KEY: &str = "key";
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    for _ in 0..3 {
-        let found = api
-            .get_opt(name)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading Secret {namespace}/{name}: {}", kube_bridge::describe(&e)))?;
-        if let Some(key) = found.and_then(|s| s.data).and_then(|mut d| d.remove(KEY)).filter(|k| k.0.len() >= 32) {
-            return Ok(key.0);
-        }
-        let key: [u8; 32] = std::array::from_fn(|_| rand::random::<u8>());
-        let secret = Secret {
-            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-            data: Some([(KEY.to_string(), ByteString(key.to_vec()))].into()),
-            ..Default::default()
-        };
-        match api.create(&PostParams::default(), &secret).await {
-            Ok(_) => {
-                tracing::info!(secret = %format!("{namespace}/{name}"), "created the SecretSync hash key");
-                return Ok(key.to_vec());
-            }
-            // Another replica created it first: read theirs.
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => anyhow::bail!("creating Secret {namespace}/{name}: {}", kube_bridge::describe(&e)),
-        }
+/// Where the projected service-account token for workload identity is (Azure Workload Identity's
+/// webhook sets `AZURE_FEDERATED_TOKEN_FILE` to it; the chart mounts it there).
+pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/azure/tokens/azure-identity-token";
+
+/// The change-event consumer's flags (off unless `--events-queue-url` is set).
+#[derive(Debug, Clone, Args)]
+pub struct EventArgs {
+    /// The Storage queue an Event Grid subscription on the vaults' system topic delivers to:
+    /// `https://<account>.queue.core.windows.net/<queue>`. Unset: no change events.
+    #[arg(long, value_name = "URL")]
+    pub events_queue_url: Option<String>,
+    /// How the consumer authenticates to the queue: `workload` (the controller's service account,
+    /// federated) or `managed` (the node's managed identity through IMDS).
+    #[arg(long, default_value = "workload", value_parser = ["workload", "managed"])]
+    pub events_identity: String,
+    /// Tenant of the identity.
+    #[arg(long, env = "AZURE_TENANT_ID", default_value = "")]
+    pub events_tenant_id: String,
+    /// Client id of the identity (managed: empty for the system-assigned one).
+    #[arg(long, env = "AZURE_CLIENT_ID", default_value = "")]
+    pub events_client_id: String,
+    /// The service-account token file for workload identity (audience `api://AzureADTokenExchange`).
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", default_value = DEFAULT_TOKEN_FILE)]
+    pub events_token_file: PathBuf,
+    /// Times an unusable message is taken before it is deleted as poison (with a Warning event).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub events_max_dequeue: u64,
+}
+
+impl EventArgs {
+    /// The queue's settings; `None` when events are off.
+    fn settings(&self) -> Option<keyvault_bridge::events::QueueSettings> {
+        Some(keyvault_bridge::events::QueueSettings {
+            url: self.events_queue_url.clone()?,
+            identity: self.events_identity.clone(),
+            tenant_id: self.events_tenant_id.clone(),
+            client_id: self.events_client_id.clone(),
+            token_file: self.events_token_file.clone(),
+        })
     }
-    anyhow::bail!("Secret {namespace}/{name} exists without a usable key (32 bytes under \"key\"): delete it")
 }

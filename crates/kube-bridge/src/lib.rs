@@ -29,6 +29,24 @@ pub const GROUP: &str = "secrets-store.csi.x-k8s.io";
 /// Node label on pod statuses.
 pub const NODE_LABEL: &str = "internal.secrets-store.csi.k8s.io/node-name";
 
+/// A Kubernetes client from `path` (a `--kubeconfig`), else `KUBECONFIG` or the in-cluster service
+/// account; the error names where the configuration was looked for.
+pub async fn client(path: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = match path {
+        Some(p) => {
+            let kc =
+                kube::config::Kubeconfig::read_from(p).map_err(|e| format!("--kubeconfig {}: {e}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {e}", p.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("cannot build the Kubernetes client: {e}"))
+}
+
 /// The status code of a Kubernetes API error, if it is one.
 pub fn api_code(e: &kube::Error) -> Option<u16> {
     match e {

@@ -13,6 +13,7 @@ pub mod check;
 pub mod controller;
 pub mod decide;
 pub mod events;
+pub mod hash_key;
 pub mod leader;
 pub mod lint;
 pub mod metrics;

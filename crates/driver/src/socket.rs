@@ -29,34 +29,43 @@ impl SocketFile {
     }
 }
 
-use anyhow::Context;
+/// An I/O error with what was being done (`flag: cannot ... path`).
+fn context(flag: &str, what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> std::io::Error {
+    let message = format!("{flag}: cannot {what} {}", path.display());
+    move |e| std::io::Error::new(e.kind(), format!("{message}: {e}"))
+}
 
 /// Binds `path` (removing a stale socket first) with mode 0600; `flag` names the setting in errors.
-pub fn bind_private(path: &Path, flag: &str) -> anyhow::Result<(tokio::net::UnixListener, SocketFile)> {
+pub fn bind_private(path: &Path, flag: &str) -> std::io::Result<(tokio::net::UnixListener, SocketFile)> {
     match std::fs::remove_file(path) {
         Ok(()) => tracing::info!(socket = %path.display(), "removed stale socket"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("{flag}: cannot remove stale socket {}", path.display())),
+        Err(e) => return Err(context(flag, "remove stale socket", path)(e)),
     }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("{flag}: cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(context(flag, "create", dir))?;
     let private = dir.join(format!(".keyvault-csi-bind-{}-{:08x}", std::process::id(), rand::random::<u32>()));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&private)
-        .with_context(|| format!("{flag}: cannot create {}", private.display()))?;
+    std::fs::DirBuilder::new().mode(0o700).create(&private).map_err(context(flag, "create", &private))?;
     let result = (|| {
         let staged = private.join("sock");
-        let listener = tokio::net::UnixListener::bind(&staged)
-            .with_context(|| format!("{flag}: cannot listen on {}", path.display()))?;
+        let listener = tokio::net::UnixListener::bind(&staged).map_err(context(flag, "listen on", path))?;
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
         let m = std::fs::symlink_metadata(&staged)?;
-        std::fs::rename(&staged, path)
-            .with_context(|| format!("{flag}: cannot move the socket to {}", path.display()))?;
+        std::fs::rename(&staged, path).map_err(context(flag, "move the socket to", path))?;
         Ok((listener, SocketFile { path: path.to_path_buf(), identity: (m.dev(), m.ino()) }))
     })();
     let _ = std::fs::remove_dir_all(&private);
     result
+}
+
+/// The connections of a listener, as tonic serves them: any `:authority` a Unix-socket client sends
+/// is accepted (grpc-core sends the socket path; see [`crate::uds_authority`]).
+pub fn incoming(
+    listener: tokio::net::UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<crate::uds_authority::LenientAuthority<tokio::net::UnixStream>>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|c| c.map(crate::uds_authority::LenientAuthority::new))
 }
 
 #[cfg(test)]

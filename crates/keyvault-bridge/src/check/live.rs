@@ -64,9 +64,6 @@ pub struct LiveArgs {
     /// The nodes' `--rotation-poll-interval` (a class annotation overrides it), for the budget.
     #[arg(long, default_value = "2m", value_parser = secrets_store::duration::parse_go_duration, value_name = "DURATION")]
     pub rotation_poll_interval: Duration,
-    /// The Azure provider's settings, as the driver has them.
-    #[command(flatten)]
-    pub azure: crate::azure::AzureArgs,
 }
 
 pub use secrets_store::check::{Check, Status};
@@ -80,13 +77,14 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-/// Runs the live checks; `Err` when the cluster cannot be asked at all (exit code 2).
-pub async fn run(args: &LiveArgs) -> Result<Report, String> {
+/// Runs the live checks with the Azure provider configured as the driver's flags have it; `Err` when
+/// the cluster cannot be asked at all (exit code 2).
+pub async fn run(client: &kube::Client, args: &LiveArgs, azure: &keyvault::Config) -> Result<Report, String> {
     let ns = args.namespace.as_str();
-    let client = crate::kube_client(args.kubeconfig.as_deref()).await?;
+    let client = client.clone();
     let mut report = Report::default();
     if let Some(url) = &args.events_queue_url {
-        report.checks.extend(event_queue(&client, args, url).await);
+        report.checks.extend(event_queue(&client, args, azure, url).await);
         return Ok(report);
     }
     let mut service_account = args.service_account.clone();
@@ -128,7 +126,7 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     };
     report.findings = super::check_class(&manifest);
     if let Some(ss) = &sync_object {
-        let files = secrets_store::lint::ParametersLint::lint(&crate::azure::AzureLint, &manifest.spec).files;
+        let files = secrets_store::lint::ParametersLint::lint(&crate::lint::AzureLint, &manifest.spec).files;
         report.findings.extend(sync::lint::lint_sync(ss, files.as_ref()));
     }
     let checks = &mut report.checks;
@@ -136,7 +134,7 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
     // 2. The driver is installed and registered on the nodes.
     checks.push(driver_registration(&client).await);
     let params = &spc.spec.spec.parameters;
-    let lint = keyvault::lint::lint(params, args.azure.write_cert_and_key_in_separate_files);
+    let lint = keyvault::lint::lint(params, azure.write_cert_and_key_in_separate_files);
     let mode = lint.class.as_ref().map(|c| &c.identity);
     // The audience kubelet must mint for this class's identity, if it uses a service-account token.
     let audience = match mode {
@@ -233,11 +231,7 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
             }
         }
     }
-    let provider =
-        match args.azure.config(None).and_then(|c| keyvault::Provider::new(c).map_err(|e| anyhow::anyhow!("{e}"))) {
-            Ok(p) => p,
-            Err(e) => return Err(format!("Azure provider: {e}")),
-        };
+    let provider = keyvault::Provider::new(azure.clone()).map_err(|e| format!("Azure provider: {e}"))?;
     // Objects the reader could not read are explained by the offline findings.
     let mut identity_ok = None;
     for object in lint.objects() {
@@ -290,7 +284,7 @@ pub async fn run(args: &LiveArgs) -> Result<Report, String> {
 
 /// The change-event queue, as the controller reads it: its URL, a token for the controller's service
 /// account exchanged for a Storage token, and Peek Messages (which takes nothing off the queue).
-async fn event_queue(client: &kube::Client, args: &LiveArgs, url: &str) -> Vec<Check> {
+async fn event_queue(client: &kube::Client, args: &LiveArgs, azure: &keyvault::Config, url: &str) -> Vec<Check> {
     let mut checks = Vec::new();
     let url = match keyvault::events::check_queue_url(url) {
         Ok(u) => u,
@@ -322,14 +316,13 @@ async fn event_queue(client: &kube::Client, args: &LiveArgs, url: &str) -> Vec<C
             return checks;
         }
     };
-    let provider =
-        match args.azure.config(None).and_then(|c| keyvault::Provider::new(c).map_err(|e| anyhow::anyhow!("{e}"))) {
-            Ok(p) => p,
-            Err(e) => {
-                checks.push(Check::fail("queue", format!("Azure provider: {e}"), None));
-                return checks;
-            }
-        };
+    let provider = match keyvault::Provider::new(azure.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            checks.push(Check::fail("queue", format!("Azure provider: {e}"), None));
+            return checks;
+        }
+    };
     let cloud = match provider.default_cloud() {
         Ok(c) => c,
         Err(e) => {

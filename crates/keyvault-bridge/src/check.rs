@@ -2,14 +2,14 @@
 //! stuck in ContainerCreating, and reports every problem with its field path and the fix. The rules
 //! live with what they describe (`secrets_store::lint`, `keyvault::lint`, the latter on the mount's own
 //! parameter reader); this module reads files, prints and sets the exit code: 0 clean, 1 problems
-//! found, 2 unreadable input.
+//! found, 2 unreadable input. The binary adds the Azure provider's flags (for `--live`).
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use secrets_store::class::SecretProviderClass;
 
-mod live;
+pub mod live;
 
 /// Flags of `keyvault-csi check`.
 #[derive(Debug, Args)]
@@ -44,7 +44,7 @@ pub use secrets_store::lint::Finding;
 
 /// Lints one manifest: the driver's part and the Azure provider's parameters.
 pub fn check_class(spc: &SecretProviderClass) -> Vec<Finding> {
-    secrets_store::lint::lint_class(spc, &[&crate::azure::AzureLint])
+    secrets_store::lint::lint_class(spc, &[&crate::lint::AzureLint])
 }
 
 /// A manifest `check` understands.
@@ -80,7 +80,7 @@ pub fn check_manifests(manifests: &[(String, Manifest)]) -> Vec<(String, Vec<Fin
         .filter_map(|(_, m)| match m {
             Manifest::Class(c) => Some((
                 (ns(&c.metadata.namespace), c.metadata.name.clone()),
-                crate::azure::AzureLint.lint(&c.spec).files.unwrap_or_default(),
+                crate::lint::AzureLint.lint(&c.spec).files.unwrap_or_default(),
             )),
             Manifest::Sync(_) => None,
         })
@@ -100,10 +100,17 @@ pub fn check_manifests(manifests: &[(String, Manifest)]) -> Vec<(String, Vec<Fin
         .collect()
 }
 
-/// Runs `keyvault-csi check` and returns the exit code.
-pub fn run(args: CheckArgs) -> u8 {
+/// Runs `keyvault-csi check` and returns the exit code; `azure` is the Azure provider's configuration
+/// from the driver's flags, asked for only by `--live`.
+pub fn run(args: &CheckArgs, azure: impl FnOnce() -> Result<keyvault::Config, String>) -> u8 {
     if args.live {
-        return run_live(&args);
+        return match azure() {
+            Ok(config) => run_live(args, config),
+            Err(e) => {
+                eprintln!("check --live: Azure provider: {e}");
+                2
+            }
+        };
     }
     let mut manifests = Vec::new();
     let mut unreadable = false;
@@ -150,7 +157,7 @@ pub fn run(args: CheckArgs) -> u8 {
     }
 }
 
-fn run_live(args: &CheckArgs) -> u8 {
+fn run_live(args: &CheckArgs, azure: keyvault::Config) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -158,7 +165,10 @@ fn run_live(args: &CheckArgs) -> u8 {
             return 2;
         }
     };
-    let report = match runtime.block_on(live::run(&args.target)) {
+    let report = match runtime.block_on(async {
+        let client = kube_bridge::client(args.target.kubeconfig.as_deref()).await?;
+        live::run(&client, &args.target, &azure).await
+    }) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("check --live: {e}");
