@@ -76,13 +76,13 @@ class NotYet:
     its time runs out)."""
 
     def __init__(self, seen):
-        self.seen = seen
+        self.seen = seen  # a string, or a function making it (called only if printed)
 
     def __bool__(self):
         return False
 
     def __str__(self):
-        return self.seen
+        return self.seen() if callable(self.seen) else self.seen
 
 
 def pod_state(p):
@@ -104,11 +104,11 @@ def pod_ready(name, ns):
     conds = {c["type"]: c["status"] for c in p.get("status", {}).get("conditions", [])}
     if conds.get("Ready") == "True":
         return True
-    seen = pod_state(p)
-    warnings = [e for e in events(ns, name) if e.get("type") == "Warning"]
-    if warnings:
-        last = warnings[-1]
-        seen += f"; last warning {last.get('reason')}: {last.get('message', '')[:200]}"
+
+    def seen():  # the events are read only when a timed-out wait prints this, not at every poll
+        warnings = [e for e in events(ns, name) if e.get("type") == "Warning"]
+        last = f"; last warning {warnings[-1].get('reason')}: {warnings[-1].get('message', '')[:200]}" if warnings else ""
+        return pod_state(p) + last
     return NotYet(seen)
 
 

@@ -9,7 +9,8 @@ use clap::Args;
 
 use secrets_store::duration::parse_go_duration;
 
-/// A Go `strconv.ParseBool` flag value (`1`, `t`, `TRUE`, `false`, ...), as upstream's flags take.
+/// Go's `strconv.ParseBool` for a flag value (the same rule as class parameters, where an absent
+/// value is false; a flag given as `--flag=` is an error, as with Go's `flag` package).
 pub fn parse_go_bool(s: &str) -> Result<bool, String> {
     let invalid = || format!("invalid boolean {s:?}: use true or false");
     if s.is_empty() {

@@ -25,6 +25,11 @@ fn env(key: &str, default: u64) -> u64 {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// Volumes whose `rotating` file does not (yet) hold `want`.
+fn behind(targets: &[std::path::PathBuf], want: &str) -> usize {
+    targets.iter().filter(|t| std::fs::read_to_string(t.join("rotating")).ok().as_deref() != Some(want)).count()
+}
+
 fn value(n: u64) -> String {
     format!("gen-{n:08};").repeat(512)
 }
@@ -106,11 +111,7 @@ async fn main() {
         let want = value(n);
         // Every volume must show the change within one interval plus one cycle.
         loop {
-            let pending = targets
-                .iter()
-                .filter(|t| std::fs::read_to_string(t.join("rotating")).ok().as_deref() != Some(&want))
-                .count();
-            if pending == 0 {
+            if behind(&targets, &want) == 0 {
                 break;
             }
             if set_at.elapsed() > INTERVAL * 3 {
@@ -133,10 +134,7 @@ async fn main() {
     let want = value(n);
     let settle = Instant::now();
     let behind = loop {
-        let behind = targets
-            .iter()
-            .filter(|t| std::fs::read_to_string(t.join("rotating")).ok().as_deref() != Some(&want))
-            .count();
+        let behind = behind(&targets, &want);
         if behind == 0 || settle.elapsed() > INTERVAL * 3 {
             break behind;
         }
