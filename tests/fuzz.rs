@@ -455,3 +455,34 @@ fn secretsync_spec() {
         }
     });
 }
+
+/// The gRPC header-block rewriter on our Unix sockets (`driver::uds_authority`): whatever a client
+/// sends after the preface, it never panics, and its output (or its refusal) does not depend on how
+/// the reads split the bytes.
+#[test]
+fn grpc_frames() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    fn rewrite(chunks: &[&[u8]]) -> Result<Vec<u8>, ()> {
+        let mut r = driver::uds_authority::Rewriter::new();
+        let mut pending = Vec::new();
+        for chunk in chunks {
+            pending.extend_from_slice(chunk);
+            let n = r.feed(&pending).map_err(|_| ())?;
+            assert!(n <= pending.len(), "consumed more than it was given");
+            pending.drain(..n);
+        }
+        Ok(r.take_output())
+    }
+    fuzz("grpc_frames", |input| {
+        let stream = [PREFACE, input].concat();
+        let whole = rewrite(&[&stream]);
+        let (a, b) = (input.first().copied().unwrap_or(0) as usize, input.last().copied().unwrap_or(0) as usize);
+        let (i, j) = ((a * 131) % (stream.len() + 1), (b * 257) % (stream.len() + 1));
+        let (i, j) = (i.min(j), i.max(j));
+        let split = rewrite(&[&stream[..i], &stream[i..j], &stream[j..]]);
+        assert_eq!(whole.is_ok(), split.is_ok(), "refused in one chunking and not in another (split at {i}, {j})");
+        if let (Ok(w), Ok(s)) = (&whole, &split) {
+            assert!(w == s, "the output depends on how the reads split the bytes (split at {i}, {j})");
+        }
+    });
+}
