@@ -354,5 +354,7 @@ vaults:
     assert!(!m.contains("families-secret-value") && !m.contains("BEGIN"), "no value in metrics");
 
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/metric-names.txt");
+    // `target/` of the checkout, which `make chart` reads: absent when CARGO_TARGET_DIR builds elsewhere.
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, names.into_iter().collect::<Vec<_>>().join("\n") + "\n").unwrap();
 }
