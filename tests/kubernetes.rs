@@ -61,8 +61,11 @@ async fn pod_status_is_recorded_updated_taken_over_and_deleted() {
     let mut client = driver.node_client().await;
     let vol = PodVolume::new("web-0", "spc");
     vol.publish(&node, &mut client).await.unwrap();
-    let s = api.get(GV, SPCPS, "default", "web-0-default-spc").expect("pod status");
-    assert_eq!(s["metadata"]["labels"]["internal.secrets-store.csi.k8s.io/node-name"], "node-1");
+    // Written by the node's background writer, moments after kubelet was answered.
+    let s = status_when(&api, "default", "web-0-default-spc", |s| {
+        s["metadata"]["labels"]["internal.secrets-store.csi.k8s.io/node-name"] == "node-1"
+    })
+    .await;
     assert_eq!(
         s["metadata"]["ownerReferences"][0],
         json!({ "apiVersion": "v1", "kind": "Pod", "name": "web-0", "uid": vol.uid })
@@ -79,7 +82,7 @@ async fn pod_status_is_recorded_updated_taken_over_and_deleted() {
 
     let fresh = PodVolume::new("api-0", "spc");
     fresh.publish(&node, &mut client).await.unwrap();
-    assert!(api.get(GV, SPCPS, "default", "api-0-default-spc").is_some(), "created when absent");
+    status_when(&api, "default", "api-0-default-spc", |_| true).await; // created when absent
 
     vol.unpublish(&node, &mut client).await.unwrap();
     // Deleted right after unpublish returns (kubelet does not wait for it).
@@ -161,6 +164,23 @@ fn owners(s: &serde_json::Value) -> Vec<String> {
 
 fn events(api: &FakeApi, ns: &str, reason: &str) -> Vec<serde_json::Value> {
     api.list("v1", "events", ns).into_iter().filter(|e| e["reason"] == reason).collect()
+}
+
+/// The pod status `ns/name` once it satisfies `cond` (the background writer records it moments after
+/// kubelet was answered).
+async fn status_when(
+    api: &FakeApi,
+    ns: &str,
+    name: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = None;
+    wait_for(&format!("pod status {ns}/{name}"), || {
+        last = api.get(GV, SPCPS, ns, name).filter(|s| cond(s));
+        last.is_some()
+    })
+    .await;
+    last.expect("waited for it")
 }
 
 /// Events are written in the background of a publish; give them a moment.
@@ -350,8 +370,10 @@ async fn rotation_resyncs_the_secret_keeping_foreign_owners_and_metadata_and_rep
         events(&api, "rotation", "SecretRotationComplete")[0]["message"],
         "successfully rotated K8s secret rotationsecret"
     );
-    let status = api.get(GV, SPCPS, "rotation", "rot-0-rotation-e2e-provider-auto-rotation").unwrap();
-    assert_eq!(status["status"]["objects"][0]["version"], "v2");
+    status_when(&api, "rotation", "rot-0-rotation-e2e-provider-auto-rotation", |s| {
+        s["status"]["objects"][0]["version"] == "v2"
+    })
+    .await;
 
     // A failing provider: a Warning event, the files and the Secret stay.
     provider.state.lock().unwrap().fail = Some(tonic::Status::unavailable("backend unavailable"));
@@ -466,6 +488,7 @@ async fn after_a_crash_the_driver_takes_its_volumes_back_from_the_pod_statuses()
 
     let mut driver = DriverProcess::start_with(&node, &flags, false).await;
     vol.publish(&node, &mut driver.node_client().await).await.unwrap();
+    status_when(&api, "default", "web-0-default-spc", |_| true).await;
     driver.signal(nix::sys::signal::Signal::SIGKILL);
     driver.wait_exit(std::time::Duration::from_secs(10)).await;
     assert_eq!(std::fs::read_to_string(target.join("foo")).unwrap(), "before", "the tmpfs outlives the driver");
@@ -513,7 +536,7 @@ async fn a_missing_optional_object_is_named_in_the_pod_status_and_an_event() {
     api.put("secretproviderclasses", class("default", "spc", "e2e-provider", &[("x", "y")]));
     let vol = PodVolume::new("web-0", "spc");
     vol.publish(&node, &mut driver.node_client().await).await.unwrap();
-    let status = api.get(GV, SPCPS, "default", "web-0-default-spc").expect("pod status");
+    let status = status_when(&api, "default", "web-0-default-spc", |_| true).await;
     let objects = status["status"]["objects"].as_array().unwrap().clone();
     let later = objects.iter().find(|o| o["id"] == "secret/later").expect("listed");
     assert!(later["version"].as_str().unwrap_or("").is_empty(), "listed without a version: {objects:?}");

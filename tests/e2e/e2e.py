@@ -425,6 +425,15 @@ def wait_pod(name, ns, timeout=90):
     wait_for(f"pod {ns}/{name} Ready", lambda: pod_ready(name, ns), timeout)
 
 
+def pod_status(name, cond=None, ns=NS, timeout=30):
+    """The SecretProviderClassPodStatus `name` once it exists (and satisfies `cond`): the node's background
+    writer records it moments after kubelet's mount returned."""
+    def seen():
+        st = get("secretproviderclasspodstatus", name, ns, check=False)
+        return st if st and (cond is None or cond(st)) else None
+    return wait_for(f"pod status {ns}/{name}" + (" as expected" if cond else ""), seen, timeout)
+
+
 def failed_mount(pod_name, ns, contains, timeout=60):
     def seen():
         for e in events(ns, pod_name, "FailedMount"):
@@ -485,7 +494,7 @@ def s_classic(ctx):
         raise Failure(f"kubectl exec cat db-password: {got!r}")
     # The pod status, as upstream records it, in the pod's namespace.
     uid = get("pod", "busybox-secrets-store", NS)["metadata"]["uid"]
-    st = get("secretproviderclasspodstatus", f"busybox-secrets-store-{NS}-azure-kv-secrets", NS)
+    st = pod_status(f"busybox-secrets-store-{NS}-azure-kv-secrets")
     s = st["status"]
     node = get("pod", "busybox-secrets-store", NS)["spec"]["nodeName"]
     expect = {"podName": "busybox-secrets-store", "secretProviderClassName": "azure-kv-secrets", "mounted": True}
@@ -588,7 +597,7 @@ def s_optional(ctx):
     files = exec_("optional", NS, "ls", "/mnt/kv").split()
     if "not-created-yet" in files:
         raise Failure(f"a missing optional object has a file: {files}")
-    st = get("secretproviderclasspodstatus", f"optional-{NS}-optional", NS)
+    st = pod_status(f"optional-{NS}-optional")
     listed = [o for o in st["status"].get("objects", []) if o["id"] == "secret/not-created-yet"]
     if not listed or listed[0].get("version"):
         raise Failure(f"pod status objects {st['status'].get('objects')}")
@@ -685,9 +694,9 @@ def s_takeover(ctx):
                        "targetPath": "/var/lib/kubelet/pods/old/volumes/x", "objects": []}})
     apply(pod("moved", NS, [csi_volume("kv", "azure-kv-secrets")]))
     wait_pod("moved", NS)
-    st = get("secretproviderclasspodstatus", name, NS)
-    node = get("pod", "moved", NS)["spec"]["nodeName"]
     uid = get("pod", "moved", NS)["metadata"]["uid"]
+    st = pod_status(name, lambda s: uid in s["status"].get("targetPath", ""))
+    node = get("pod", "moved", NS)["spec"]["nodeName"]
     if st["metadata"]["labels"].get("internal.secrets-store.csi.k8s.io/node-name") != node or \
             uid not in st["status"]["targetPath"]:
         raise Failure(f"not taken over: {st['metadata']['labels']} {st['status']['targetPath']}")
@@ -723,6 +732,104 @@ def s_rotation(ctx):
     wait_for("MountRotationComplete event", lambda: events(NS, p, "MountRotationComplete"), 20)
     wait_for("SecretRotationComplete event", lambda: events(NS, p, "SecretRotationComplete"), 20)
     FIGURES["rotation"] = f"file after {file_s:.1f} s, synced Secret after {secret_s:.1f} s (interval {POLL} s)"
+
+
+def apiserver_pid():
+    """The kit's kube-apiserver (https://127.0.0.1:6443), a process on this machine."""
+    for pid in subprocess.run(["pgrep", "-x", "kube-apiserver"], capture_output=True).stdout.decode().split():
+        try:
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"--secure-port=6443" in cmdline:
+            return int(pid)
+    raise Failure("the kit's kube-apiserver process (--secure-port=6443) was not found")
+
+
+def host_file(uid, volume, name):
+    """A file of a pod's CSI volume as the node sees it (the kit's node is this machine)."""
+    path = pathlib.Path(f"/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~csi/{volume}/mount/{name}")
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def local_metric(name, port=8095):
+    """A metric of the driver on this node, read on its host-network port (no API server involved)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"))
+
+
+def s_api_outage(ctx):
+    """Publish off the API server: with kube-apiserver stopped (SIGSTOP: it accepts connections and never
+    answers), kubelet's retry of a mount that failed on a Key Vault error (now fixed) succeeds from the
+    driver's caches and kubelet's tokens, and three pods sharing a class rotate. The driver is not
+    restarted. Once the API server answers again, every pod status is written at the served versions
+    although no file changed since."""
+    if not KIT:
+        print("SKIP api-outage: it stops the kit's API server, which runs on this machine")
+        return
+    emu = ctx["emu"]
+    emu.set_secret("outage-rotating", "before")
+    apply(spc("outage-rot", NS, [{"objectName": "outage-rotating", "objectType": "secret"}], client_id="wi-client"),
+          spc("outage-retry", NS, [{"objectName": "outage-late", "objectType": "secret"}], client_id="wi-client"))
+    apply(deployment("outage-rot", NS, 3, [csi_volume("kv", "outage-rot", creds=False)], sa="workload"))
+    kubectl("rollout", "status", "deploy/outage-rot", "-n", NS, "--timeout=120s", timeout=150)
+    pods = {x["metadata"]["name"]: x["metadata"]["uid"] for x in get("pods", ns=NS)["items"]
+            if labels(x).get("app") == "outage-rot" and not x["metadata"].get("deletionTimestamp")}
+    if len(pods) != 3:
+        raise Failure(f"outage-rot pods: {sorted(pods)}")
+
+    def version(pod_name, cls):
+        st = get("secretproviderclasspodstatus", f"{pod_name}-{NS}-{cls}", NS, check=False)
+        objects = (st or {}).get("status", {}).get("objects") or []
+        return objects[0].get("version") if objects else None
+
+    before = {p: pod_status(f"{p}-{NS}-outage-rot", lambda st: st["status"].get("objects")) for p in pods}
+    old = {p: st["status"]["objects"][0]["version"] for p, st in before.items()}
+    apply(pod("outage-retry", NS, [csi_volume("kv", "outage-retry", creds=False)], sa="workload"))
+    failed_mount("outage-retry", NS, "outage-late")
+    retry_uid = get("pod", "outage-retry", NS)["metadata"]["uid"]
+    driver_uid, driver_restarts = restarts(driver_pod(), DRIVER_NS)
+    emu.set_secret("outage-late", "arrived")
+    emu.set_secret("outage-rotating", "during-outage")
+    pid = apiserver_pid()
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.time()
+    try:
+        wait_for("kubelet's retried mount served with the API server stopped",
+                 lambda: host_file(retry_uid, "kv", "outage-late") == "arrived", 150)
+        mount_s = time.time() - t0
+        wait_for("the three pods' files rotated with the API server stopped",
+                 lambda: all(host_file(uid, "kv", "outage-rotating") == "during-outage" for uid in pods.values()),
+                 2 * POLL + 30)
+        rotate_s = time.time() - t0
+        owed = local_metric("api_writes_pending")
+        if owed < 4:
+            raise Failure(f"api_writes_pending {owed} while the API server is stopped: the statuses are not owed")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    t1 = time.time()
+    # Nothing changes in the vault from here on: the statuses catch up on what was owed.
+    wait_for("every outage-rot pod status at the rotated version",
+             lambda: all(version(p, "outage-rot") not in (None, old[p]) for p in pods), 90)
+    new = {version(p, "outage-rot") for p in pods}
+    if len(new) != 1:
+        raise Failure(f"the pod statuses disagree on the served version: {new}")
+    wait_for("outage-retry's pod status", lambda: version("outage-retry", "outage-retry"), 90)
+    caught_up_s = time.time() - t1
+    wait_pod("outage-retry", NS, 120)
+    if read("outage-retry", NS, "/mnt/kv/outage-late") != "arrived":
+        raise Failure("outage-retry: wrong outage-late")
+    if restarts(driver_pod(), DRIVER_NS) != (driver_uid, driver_restarts):
+        raise Failure("the driver was restarted during the API server outage")
+    FIGURES["api-outage"] = (f"API server stopped: retried mount served after {mount_s:.1f} s, 3 pods rotated after "
+                             f"{rotate_s:.1f} s; statuses caught up {caught_up_s:.1f} s after it answered")
+    delete("deployment", "outage-rot", NS, wait=False)
+    delete("pod", "outage-retry", NS, wait=False)
 
 
 def s_refresh_now(ctx):
@@ -939,7 +1046,7 @@ def s_failover(ctx):
         emu.call("DELETE", f"/faults/{VAULT}")
     if read("failover", NS, "/mnt/kv/db-password") != "Pa55w0rd-replica":
         raise Failure("not served by the failover vault")
-    st = get("secretproviderclasspodstatus", f"failover-{NS}-with-failover", NS)
+    st = pod_status(f"failover-{NS}-with-failover", lambda s: (s["metadata"].get("annotations") or {}).get("keyvault-csi.io/served-from"))
     served = json.loads((st["metadata"].get("annotations") or {}).get("keyvault-csi.io/served-from", "{}"))
     if served != {"secret/db-password": SLOW_VAULT}:
         raise Failure(f"pod status annotation keyvault-csi.io/served-from: {served}")
@@ -1593,6 +1700,7 @@ def main():
     run("namespaces-missing-two-classes", s_namespaces)
     run("pod-status-takeover", s_takeover)
     run("rotation", s_rotation)
+    run("api-outage", s_api_outage)
     run("refresh-now-and-class-interval", s_refresh_now)
     run("certificate-expiry", s_cert_expiry)
     run("hostile-tenants", s_hostile_tenants)

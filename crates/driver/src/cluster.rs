@@ -13,7 +13,7 @@ use kube::Api;
 use kube::runtime::watcher;
 
 use crate::atomic_writer::mounted_files;
-use crate::node::{Cluster, blocking};
+use crate::node::{Cluster, SyncReport, blocking};
 use kube_bridge::cache::Cache;
 use kube_bridge::events::{EventType, MOUNT_COMPONENT, ROTATION_COMPONENT, Recorder, SYNC_COMPONENT};
 use kube_bridge::podstatus::{KubePodStatus, PodStatusError};
@@ -243,7 +243,7 @@ impl Cluster for KubeCluster {
         spec: &SecretProviderClassSpec,
         rotated: bool,
         written: &[File],
-    ) -> usize {
+    ) -> SyncReport {
         let pod = &params.pod;
         let class = format!("{}/{}", pod.namespace, params.class_name);
         if rotated {
@@ -251,7 +251,7 @@ impl Cluster for KubeCluster {
             self.events.pod_event(pod, ROTATION_COMPONENT, EventType::Normal, "MountRotationComplete", &msg).await;
         }
         if spec.secret_objects.is_empty() {
-            return 0;
+            return SyncReport::default();
         }
         let (reason, component) = if rotated {
             ("SecretRotationFailed", ROTATION_COMPONENT)
@@ -266,7 +266,7 @@ impl Cluster for KubeCluster {
                 Err(e) => {
                     let msg = format!("failed to get mounted files, err: {e}");
                     self.events.pod_event(pod, component, EventType::Warning, reason, &msg).await;
-                    return 0;
+                    return SyncReport::default();
                 }
             }
         } else {
@@ -276,7 +276,7 @@ impl Cluster for KubeCluster {
         if owners.is_none() {
             tracing::warn!("cannot determine the owners of the synced Secrets; they are synced without new owners");
         }
-        let mut synced = 0;
+        let mut report = SyncReport::default();
         for object in &spec.secret_objects {
             let name = object.secret_name.trim();
             let result = match secret_data(object, &files) {
@@ -290,7 +290,7 @@ impl Cluster for KubeCluster {
             };
             match result {
                 Ok(outcome) => {
-                    synced += 1;
+                    report.synced += 1;
                     tracing::info!(secret = name, ?outcome, "secret synced");
                     if rotated && outcome != Synced::Unchanged {
                         let msg = format!("successfully rotated K8s secret {name}");
@@ -300,6 +300,10 @@ impl Cluster for KubeCluster {
                     }
                 }
                 Err(e) => {
+                    // Unreachable, timed out, throttled or a server error: the writer retries the sync.
+                    if let kube_bridge::secrets::SyncError::Api { code: None | Some(429 | 500..), .. } = &e {
+                        report.retry = true;
+                    }
                     if let kube_bridge::secrets::SyncError::Api { code: Some(403), .. } = &e {
                         tracing::warn!(secret = name, error = %e, "forbidden: the driver's service account cannot write Secrets; ensure syncSecret.enabled=true is set");
                     } else {
@@ -309,7 +313,11 @@ impl Cluster for KubeCluster {
                 }
             }
         }
-        synced
+        report
+    }
+
+    fn check(&self, params: &PublishParams) -> Result<(), PodStatusError> {
+        kube_bridge::podstatus::status_name(params).map(drop)
     }
 
     async fn rediscover(&self) -> Vec<crate::node::Rediscovered> {

@@ -117,6 +117,16 @@ pub enum PublishError {
         #[source]
         source: kube_bridge::PodStatusError,
     },
+    /// Too many volumes on this node already owe API writes (the API server has not answered for a while).
+    #[error(
+        "failed to mount secrets store objects for pod {pod}: {pending} volumes on this node are waiting for the API server to record their pod status (--api-writes-limit); retrying once it answers"
+    )]
+    ApiBacklog {
+        /// `<namespace>/<name>` of the pod.
+        pod: String,
+        /// Volumes owing writes.
+        pending: usize,
+    },
     /// Another operation on the same target is in progress (CSI: `ABORTED`).
     #[error("an operation on target path {0} is already in progress")]
     Busy(PathBuf),
@@ -135,7 +145,7 @@ impl PublishError {
             Self::ProviderLookup { .. } => "FailedToLookupProviderGRPCClient",
             Self::Provider { source, .. } => source.code,
             Self::Payload { .. } | Self::FileWrite { .. } => "FileWriteError",
-            Self::PodStatus { .. } => "FailedToCreatePodStatus",
+            Self::PodStatus { .. } | Self::ApiBacklog { .. } => "FailedToCreatePodStatus",
         }
     }
 
@@ -152,7 +162,7 @@ impl PublishError {
                 K::InvalidArgument | K::Internal => "other",
             },
             Self::Class(ClassError::NotFound { .. }) => "not_found",
-            Self::Class(ClassError::Unavailable { .. }) | Self::PodStatus { .. } => "network",
+            Self::Class(ClassError::Unavailable { .. }) | Self::PodStatus { .. } | Self::ApiBacklog { .. } => "network",
             _ => "other",
         }
     }
@@ -168,7 +178,7 @@ impl PublishError {
             Self::ProviderLookup { .. } => Code::FailedPrecondition,
             Self::Provider { source, .. } => source.kind.grpc_code(),
             Self::Payload { .. } => Code::InvalidArgument,
-            Self::PodStatus { .. } => Code::Unavailable,
+            Self::PodStatus { .. } | Self::ApiBacklog { .. } => Code::Unavailable,
             Self::Busy(_) => Code::Aborted,
         };
         Status::new(code, self.to_string())

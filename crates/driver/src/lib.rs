@@ -8,6 +8,7 @@
 //! [`cluster`] tells the API server (through [`kube_bridge`]) what the node did. This crate knows
 //! nothing about Azure; the binary wires the Azure provider in.
 
+pub mod api_writes;
 pub mod atomic_writer;
 pub mod bounded;
 pub mod cluster;

@@ -67,14 +67,19 @@ pub trait Cluster: Send + Sync + 'static {
     /// The volume's `files` were written: on its first publish, or by a rotation that changed them
     /// (`rotated`). Syncs the class's `secretObjects` from `files` (empty: a legacy provider wrote the
     /// volume itself, read it back) and reports events; failures are reported there, never returned.
-    /// Returns the number of Secrets synced.
+    /// Says how many Secrets were synced, and whether one failed on an API error worth retrying.
     async fn written(
         &self,
         params: &PublishParams,
         spec: &SecretProviderClassSpec,
         rotated: bool,
         files: &[secrets_store::provider::File],
-    ) -> usize;
+    ) -> SyncReport;
+    /// Whether the volume's pod status can be written at all (its name fits): checked before a publish
+    /// returns, because the write itself happens later, in the background.
+    fn check(&self, _params: &PublishParams) -> Result<(), PodStatusError> {
+        Ok(())
+    }
     /// A rotation of the volume failed; its files were kept.
     async fn rotation_failed(&self, params: &PublishParams, message: &str);
     /// The volumes this node had published before a restart (from its pod statuses), with the
@@ -101,6 +106,15 @@ pub trait Cluster: Send + Sync + 'static {
     fn invalidations(&self) -> Option<BTreeMap<String, String>> {
         None
     }
+}
+
+/// What a Secret sync did (see [`Cluster::written`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Secrets synced.
+    pub synced: usize,
+    /// A Secret failed on an API error that may pass (unreachable, timeout, 429, 5xx): retry the sync.
+    pub retry: bool,
 }
 
 /// What a successful `NodePublishVolume` did.
@@ -135,7 +149,8 @@ pub struct Driver {
     pub(crate) cycles: std::sync::atomic::AtomicU64,
     pub(crate) cluster: Option<Arc<dyn Cluster>>,
     /// Bounds the API calls unpublish leaves to the background (pod-status deletes).
-    pub(crate) background_api: Arc<tokio::sync::Semaphore>,
+    /// Writes what publishes owe the API server (set with the cluster).
+    pub(crate) writer: Option<crate::api_writes::ApiWriter>,
     /// Class intervals already warned about, by (namespace, class, value): bounded, so a tenant
     /// editing the annotation in a loop cannot grow it.
     pub(crate) invalid_intervals: crate::bounded::SeenOnce<(String, String, String)>,
@@ -161,7 +176,7 @@ impl Driver {
             metrics: Metrics::default(),
             cycles: std::sync::atomic::AtomicU64::new(1),
             cluster: None,
-            background_api: Arc::new(tokio::sync::Semaphore::new(4)),
+            writer: None,
             invalid_intervals: Default::default(),
             tasks: kube_bridge::supervise::Tasks::global().clone(),
             audit: secrets_store::audit::Audit::off(),
@@ -176,10 +191,26 @@ impl Driver {
         self
     }
 
-    /// Records every published volume in `sink` (the pod status in a cluster).
-    pub fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+    /// Records every published volume in `cluster` (the pod status in a cluster), through a
+    /// background writer with the default settings (see [`crate::api_writes`]). Needs a Tokio runtime.
+    pub fn with_cluster(self, cluster: Arc<dyn Cluster>) -> Self {
+        self.with_cluster_writes(cluster, Default::default())
+    }
+
+    /// [`Driver::with_cluster`] with the writer's `settings`.
+    pub fn with_cluster_writes(
+        mut self,
+        cluster: Arc<dyn Cluster>,
+        settings: crate::api_writes::WriterSettings,
+    ) -> Self {
+        self.writer = Some(crate::api_writes::ApiWriter::start(cluster.clone(), settings, self.metrics.clone()));
         self.cluster = Some(cluster);
         self
+    }
+
+    /// The background writer of pod statuses and synced Secrets (`None` without a cluster).
+    pub fn writer(&self) -> Option<&crate::api_writes::ApiWriter> {
+        self.writer.as_ref()
     }
 
     /// Records into `metrics` (register them with [`Metrics::register`]).

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::api_writes::{Job, Owed, StatusWrite, SyncWrite, WriteMode};
 use crate::atomic_writer::{self, WriteError, WriteOutcome};
 use crate::error::PublishError;
 use crate::mounter::Mounter;
@@ -123,9 +124,10 @@ pub fn plan(
             };
             if age < min_age { Plan::Skip } else { Plan::Fetch { mount: false, keep_on_error: populated } }
         }
-        // Mounted and populated but unknown to us (the driver restarted): with rotation off this is
-        // upstream's "already mounted" success; with rotation on, refresh it.
-        (Trigger::Kubelet, TargetState::Mounted { .. }, None) if populated && interval.is_none() => Plan::Skip,
+        // Mounted but unknown to us: the driver restarted before its pod status was written (or the
+        // volume was mounted by another driver, e.g. the add-on before a migration). Upstream answers
+        // "already mounted" when rotation is off; we fetch once, keeping the files on failure, so the
+        // status is written and the volume is ours to rotate and refresh.
         (Trigger::Kubelet, TargetState::Mounted { .. }, None) => Plan::Fetch { mount: false, keep_on_error: populated },
     }
 }
@@ -361,27 +363,34 @@ impl Driver {
         };
         let known = self.volumes.get(target);
         let failover = response.failover();
-        if let Some(sink) = &self.cluster
-            && known.as_ref().is_none_or(|v| v.object_versions != response.object_versions || v.failover != failover)
-        {
-            let record = sink.record(params, &response.object_versions, &failover, known.is_some());
-            // A background refresh never makes kubelet wait on its API calls: kubelet arriving drops
-            // the write. The volume keeps its old versions (so kubelet's publish, or the next refresh,
-            // records the new ones) and, if the files changed, owes its Secrets a sync.
-            let recorded = if background {
-                tokio::select! {
-                    biased;
-                    () = guard.cancelled() => None,
-                    r = record => Some(r),
+        // What the API server is owed: the pod status when a version (or the serving vault) changed,
+        // and the Secret sync when the files did (or on a first mount).
+        let status = known
+            .as_ref()
+            .is_none_or(|v| v.object_versions != response.object_versions || v.failover != failover)
+            .then(|| StatusWrite {
+                versions: response.object_versions.clone(),
+                failover: failover.clone(),
+                refresh: known.is_some(),
+            });
+        let sync = (changed || !remount).then(|| SyncWrite { rotated: remount, files: files.clone() });
+        let mut owed = Owed { params: params.clone(), spec: std::sync::Arc::new(spec.clone()), status, sync };
+        let waits = !background && self.writer.as_ref().is_some_and(|w| w.settings().mode == WriteMode::Synchronous);
+        if let (Some(cluster), Some(writer)) = (&self.cluster, &self.writer) {
+            if waits {
+                // Upstream's semantics: kubelet waits, and a pod status that cannot be written fails the
+                // mount (before the volume is recorded, so kubelet's retry records it).
+                if let Some(s) = owed.status.take() {
+                    cluster
+                        .record(params, &s.versions, &s.failover, s.refresh)
+                        .await
+                        .map_err(|source| PublishError::PodStatus { pod: pod.clone(), source })?;
                 }
             } else {
-                Some(record.await)
-            };
-            match recorded {
-                Some(r) => r.map_err(|source| PublishError::PodStatus { pod: pod.clone(), source })?,
-                None => {
-                    self.volumes.update(target, |v| v.sync_pending |= changed);
-                    return Ok(PublishOutcome::Skipped);
+                // Refused now what the background write could never do, and what the queue has no room for.
+                cluster.check(params).map_err(|source| PublishError::PodStatus { pod: pod.clone(), source })?;
+                if !writer.has_room(target) {
+                    return Err(PublishError::ApiBacklog { pod, pending: writer.pending() });
                 }
             }
         }
@@ -416,25 +425,23 @@ impl Driver {
         } else {
             self.volumes.insert(target.clone(), volume);
         }
-        let owed = known.as_ref().is_some_and(|k| k.sync_pending);
-        if let Some(cluster) = &self.cluster
-            && (changed || !remount || owed)
-        {
-            let started = std::time::Instant::now();
-            let written = cluster.written(params, spec, remount, &files);
-            let synced = if background {
-                tokio::select! {
-                    biased;
-                    () = guard.cancelled() => None,
-                    n = written => Some(n),
+        if let (Some(cluster), Some(writer)) = (&self.cluster, &self.writer) {
+            if waits && let Some(s) = owed.sync.take() {
+                let started = std::time::Instant::now();
+                let report = cluster.written(params, spec, s.rotated, &s.files).await;
+                self.metrics.secrets_synced(&spec.provider, report.synced, started);
+                if report.retry {
+                    owed.sync = Some(s); // owed: the writer retries it
                 }
-            } else {
-                Some(written.await)
-            };
-            match synced {
-                Some(n) => self.metrics.secrets_synced(&spec.provider, n, started),
-                // kubelet arrived: the next publish or refresh of this volume syncs its Secrets.
-                None => self.volumes.update(target, |v| v.sync_pending = true),
+            }
+            if owed.status.is_some() || owed.sync.is_some() {
+                // Containers may read a first mount's synced Secrets as environment variables as soon
+                // as kubelet is answered: give the writer a moment (bounded) to create them.
+                let env_wait = owed.sync.is_some() && !remount && !background && !spec.secret_objects.is_empty();
+                writer.submit(Job::Publish(owed));
+                if env_wait && !writer.written(target, crate::api_writes::SECRET_WAIT).await {
+                    tracing::warn!(%pod, class = %params.class_name, "the synced Secrets are not written yet (the API server is slow or away); the mount goes ahead and they follow");
+                }
             }
         }
         Ok(PublishOutcome::Published { provider: spec.provider.clone(), files: files.len(), changed, remount })

@@ -45,9 +45,6 @@ pub struct Volume {
     pub cert_expiry: crate::expiry::Expiries,
     /// (file, `notAfter`) already warned about on the pod.
     pub expiry_warned: std::collections::BTreeSet<(String, i64)>,
-    /// The files changed but a background refresh was interrupted (by kubelet) before syncing the
-    /// volume's Secrets: the next publish or refresh syncs them whatever it finds.
-    pub sync_pending: bool,
 }
 
 impl Volume {
@@ -75,7 +72,6 @@ impl Volume {
             interval: None,
             cert_expiry: Default::default(),
             expiry_warned: Default::default(),
-            sync_pending: false,
         }
     }
 }

@@ -115,6 +115,16 @@ pub struct NodeArgs {
     /// expires; 0 disables the warning (the `certificate_expiry_timestamp_seconds` gauge stays).
     #[arg(long, default_value = "720h", value_parser = parse_go_duration, value_name = "DURATION")]
     pub cert_expiry_warning: Duration,
+    /// Whether kubelet's NodePublishVolume waits for the pod status and the Secret sync (ours):
+    /// `background` returns once the files are in place and a per-node writer records the rest, in
+    /// order, retrying until the API server answers; `synchronous` is upstream's (a status that cannot
+    /// be written fails the mount). Rotation writes in the background either way.
+    #[arg(long, default_value = "background", value_name = "background|synchronous")]
+    pub api_writes: driver::api_writes::WriteMode,
+    /// Volumes that may owe API writes at once (ours); a new mount beyond it fails with UNAVAILABLE
+    /// until the API server answers (kubelet retries it).
+    #[arg(long, default_value_t = driver::api_writes::DEFAULT_LIMIT as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_writes_limit: u32,
     /// Largest provider response accepted, in bytes.
     #[arg(long, default_value_t = 4_194_304, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_call_recv_msg_size: u32,

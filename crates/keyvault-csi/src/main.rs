@@ -160,13 +160,21 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let mut driver =
         Driver::new(config, Arc::new(TmpfsMounter), classes, providers).with_metrics(driver_metrics.clone());
     if let Some(cluster) = cluster.clone() {
-        driver = driver.with_cluster(cluster);
+        let writes = driver::api_writes::WriterSettings {
+            mode: args.api_writes,
+            limit: args.api_writes_limit as usize,
+            ..Default::default()
+        };
+        driver = driver.with_cluster_writes(cluster, writes);
     }
     let audit = args.audit.start()?;
     audit.register(&mut app.registry);
     driver = driver.with_audit(audit);
     driver_metrics.register(&mut app.registry, driver.volumes().clone());
     driver.tasks().register(&mut app.registry);
+    if let Some(writer) = driver.writer() {
+        writer.register(&mut app.registry);
+    }
     let tasks = driver.tasks().clone();
     for (task, shown) in [
         (driver::rotation::ROTATION_TASK, "rotation task restarting after a panic"),

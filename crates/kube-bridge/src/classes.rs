@@ -10,6 +10,9 @@ use super::cache::Cache;
 use super::crd::v1::SecretProviderClass;
 use secrets_store::class::{ClassError, ClassSource, SecretProviderClassSpec};
 
+/// How long a cache miss waits for the API server.
+const MISS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reads classes through the API.
 #[derive(Clone)]
 pub struct KubeClassSource {
@@ -45,7 +48,21 @@ impl ClassSource for KubeClassSource {
             return Ok(c.spec.spec.clone());
         }
         let api: Api<SecretProviderClass> = Api::namespaced(self.client.clone(), namespace);
-        match api.get(name).await {
+        // A class in the cache needs no API server; one never seen does, and must not hold kubelet's
+        // call for the client's 295 s read timeout when the API server is hung.
+        let got = match tokio::time::timeout(MISS_TIMEOUT, api.get(name)).await {
+            Ok(got) => got,
+            Err(_) => {
+                return Err(ClassError::Unavailable {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    message: format!(
+                        "not in this node's class cache, and the API server did not answer within {MISS_TIMEOUT:?}"
+                    ),
+                });
+            }
+        };
+        match got {
             Ok(obj) => Ok(obj.spec.spec),
             Err(e) if super::api_code(&e) == Some(404) => {
                 Err(ClassError::NotFound { namespace: namespace.into(), name: name.into() })
@@ -58,7 +75,7 @@ impl ClassSource for KubeClassSource {
             Err(e) => Err(ClassError::Unavailable {
                 namespace: namespace.into(),
                 name: name.into(),
-                message: super::describe(&e),
+                message: format!("not in this node's class cache, and the API server failed: {}", super::describe(&e)),
             }),
         }
     }

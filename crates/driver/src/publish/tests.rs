@@ -115,8 +115,17 @@ impl Fixture {
 
     /// The same driver, reporting to (and reading annotations from) `cluster`.
     fn with_cluster(rotation: Option<Duration>, cluster: Arc<FakeCluster>) -> Self {
+        Self::with_cluster_writes(rotation, cluster, Default::default())
+    }
+
+    /// [`Fixture::with_cluster`] with the API writer's `settings`.
+    fn with_cluster_writes(
+        rotation: Option<Duration>,
+        cluster: Arc<FakeCluster>,
+        settings: crate::api_writes::WriterSettings,
+    ) -> Self {
         let mut f = Self::new(rotation);
-        let driver = Arc::into_inner(f.driver).expect("not shared yet").with_cluster(cluster);
+        let driver = Arc::into_inner(f.driver).expect("not shared yet").with_cluster_writes(cluster, settings);
         f.driver = Arc::new(driver);
         f
     }
@@ -139,6 +148,13 @@ impl Fixture {
     fn calls(&self) -> usize {
         self.provider.calls.load(Ordering::SeqCst)
     }
+
+    /// Waits until the background writer has written everything owed.
+    async fn settle(&self) {
+        if let Some(w) = self.driver.writer() {
+            w.settled().await;
+        }
+    }
 }
 
 #[test]
@@ -159,7 +175,8 @@ fn the_plan_covers_every_trigger_and_target_state() {
         (k, populated, half, on, Skip),
         (k, populated, old, on, refresh),
         (k, populated, old, off, Skip),
-        (k, populated, None, off, Skip),
+        // Unknown (a restart before its status was written, or another driver's mount): fetched once.
+        (k, populated, None, off, refresh),
         (k, populated, None, on, refresh),
         (k, Mounted { populated: false }, None, off, Fetch { mount: false, keep_on_error: false }),
         (p, NotMounted, old, on, Skip),

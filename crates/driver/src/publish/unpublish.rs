@@ -39,22 +39,14 @@ impl Driver {
         self.metrics.unpublish(result.is_ok());
         result?;
         if let Some(volume) = self.volumes.remove(&target)
-            && let Some(sink) = self.cluster.clone()
+            && let Some(writer) = &self.writer
         {
             // Deleting the pod status is bookkeeping (the API server also garbage-collects it with the
-            // pod), so kubelet does not wait for an API round trip: upstream's unpublish makes none.
-            // A few at a time: 500 pods going away at once must not open 500 API connections (each
-            // HTTP/1.1 connection kube's client opens keeps its buffers in the pool).
-            let (volumes, limit) = (self.volumes.clone(), self.background_api.clone());
-            tokio::spawn(async move {
-                let Ok(_permit) = limit.acquire_owned().await else { return };
-                if volumes.get(&target).is_some() {
-                    return; // published again meanwhile: the status describes the new mount
-                }
-                if let Err(e) = sink.remove(&volume.params).await {
-                    tracing::warn!(target = %target.display(), error = %e, "failed to delete the pod status");
-                }
-            });
+            // pod, which owns it), so kubelet does not wait for an API round trip: upstream's unpublish
+            // makes none. The writer drops whatever this volume still owed, then deletes the status.
+            if !writer.try_submit(crate::api_writes::Job::Remove(volume.params)) {
+                tracing::warn!(target = %target.display(), pending = writer.pending(), "the API write queue is full; the pod status is left to the API server's garbage collection");
+            }
         }
         Ok(())
     }

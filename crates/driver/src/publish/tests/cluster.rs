@@ -11,6 +11,8 @@ pub(super) struct FakeCluster {
     record_gate: Mutex<Option<Arc<tokio::sync::Notify>>>,
     /// The `secret/a` version of every pod-status write that completed.
     recorded: Mutex<Vec<String>>,
+    /// Per pod: the versions written, and `removed` for a deletion, in order.
+    by_pod: Mutex<BTreeMap<String, Vec<String>>>,
     /// Secret syncs.
     synced: AtomicUsize,
     /// The invalidations ConfigMap's data (`None`: change events off).
@@ -28,7 +30,7 @@ impl FakeCluster {
 impl crate::node::Cluster for FakeCluster {
     async fn record(
         &self,
-        _: &PublishParams,
+        p: &PublishParams,
         versions: &BTreeMap<String, String>,
         _failover: &BTreeMap<String, String>,
         _: bool,
@@ -37,15 +39,24 @@ impl crate::node::Cluster for FakeCluster {
         if let Some(gate) = gate {
             gate.notified().await;
         }
-        self.recorded.lock().unwrap().push(versions.get("secret/a").cloned().unwrap_or_default());
+        let v = versions.get("secret/a").cloned().unwrap_or_default();
+        self.recorded.lock().unwrap().push(v.clone());
+        self.by_pod.lock().unwrap().entry(p.pod.name.clone()).or_default().push(v);
         Ok(())
     }
-    async fn remove(&self, _: &PublishParams) -> Result<(), kube_bridge::PodStatusError> {
+    async fn remove(&self, p: &PublishParams) -> Result<(), kube_bridge::PodStatusError> {
+        self.by_pod.lock().unwrap().entry(p.pod.name.clone()).or_default().push("removed".into());
         Ok(())
     }
-    async fn written(&self, _: &PublishParams, _: &SecretProviderClassSpec, _: bool, _: &[File]) -> usize {
+    async fn written(
+        &self,
+        _: &PublishParams,
+        _: &SecretProviderClassSpec,
+        _: bool,
+        _: &[File],
+    ) -> crate::node::SyncReport {
         self.synced.fetch_add(1, Ordering::SeqCst);
-        0
+        Default::default()
     }
     async fn rotation_failed(&self, params: &PublishParams, message: &str) {
         self.events.lock().unwrap().push((params.pod.name.clone(), "MountRotationFailed".into(), message.into()));
@@ -116,9 +127,11 @@ async fn a_change_event_refreshes_only_the_volumes_holding_the_object_in_one_cyc
     assert_eq!(event_cycles.len(), 1, "one forced cycle: identical fetches shared: {cycles:?}");
     assert_eq!(d.serve_invalidations().await, 0, "acted on once");
     // A duplicate delivery: refreshed again, nothing changes (no pod-status write).
+    f.settle().await;
     let recorded = cluster.recorded.lock().unwrap().len();
     apply_patch(&cluster, board.apply([(held.clone(), "v2".into(), None)], now, false).unwrap());
     assert_eq!(d.serve_invalidations().await, 3);
+    f.settle().await;
     assert_eq!(cluster.recorded.lock().unwrap().len(), recorded, "a no-op refresh writes no status");
     // Same name in another vault: not ours.
     let elsewhere = ObjectKey { vault: "kv2".into(), kind: "secret".into(), name: "a".into() };
@@ -304,61 +317,46 @@ async fn the_most_hostile_interval_and_refresh_now_cannot_stop_the_node_wide_loo
     loops.abort();
 }
 
-/// Issue 26: with an API server that does not answer, a rotation refresh stuck writing the pod status
-/// must not hold the target while kubelet waits (kubelet got ABORTED). Kubelet's unpublish goes through
-/// at once; a republish meanwhile returns at once (the refresh is still under way), and after the refresh
-/// gave way to kubelet, the next publish records the new versions and syncs the Secrets it owed.
+/// Issues 26 and 36: with an API server that does not answer, neither kubelet's calls nor the poller
+/// wait on it. Refreshes rotate the files and return; kubelet's unpublish and a new mount go through at
+/// once; what they owe is written, in order, when the API server answers: the new versions of the
+/// volumes still mounted, the deletion of the one unpublished.
 #[tokio::test]
-async fn kubelet_never_waits_on_a_background_refreshs_api_calls() {
+async fn kubelet_and_the_poller_never_wait_on_an_api_server_that_does_not_answer() {
     let cluster = Arc::new(FakeCluster::default());
     let f = Fixture::with_cluster(Some(INTERVAL), cluster.clone());
     let d = f.driver.clone();
     for i in 0..2 {
         d.publish(f.volume(i), None).await.unwrap();
     }
+    f.settle().await;
     assert_eq!(*cluster.recorded.lock().unwrap(), ["v1", "v1"]);
     *f.provider.value.lock().unwrap() = "v2".into();
     let gate = Arc::new(tokio::sync::Notify::new());
     *cluster.record_gate.lock().unwrap() = Some(gate.clone());
-    let refresh = |i: usize| {
-        let (d, p) = (d.clone(), f.volume(i));
-        tokio::spawn(async move { d.refresh(p, 7, Refresh::Request).await })
-    };
-    let (r0, r1) = (refresh(0), refresh(1));
-    wait_until(|| f.read(0).as_deref() == Some("v2") && f.read(1).as_deref() == Some("v2")).await;
-    // Both refreshes now await the API server. Kubelet unpublishes volume 0:
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let t0 = f.target(0);
-    d.unpublish("csi-1", &t0, Some(deadline)).await.expect("never ABORTED behind our own API call");
-    assert!(matches!(r0.await.unwrap(), PublishOutcome::Skipped), "the refresh gave way");
-    assert!(d.volumes().get(Path::new(&t0)).is_none());
-    // Kubelet republishes volume 1, then (the refresh gone) once more with its deadline.
-    *cluster.record_gate.lock().unwrap() = None;
-    let synced_before = cluster.synced.load(Ordering::SeqCst);
-    let (d1, p1) = (d.clone(), f.volume(1));
-    let claim = tokio::spawn(async move {
-        d1.volumes().claim_for_kubelet(Path::new(&p1.target_path), Duration::from_secs(5)).await.is_ok()
-    });
-    assert!(claim.await.unwrap(), "kubelet got the target at once");
-    assert!(matches!(r1.await.unwrap(), PublishOutcome::Skipped));
-    // A republish an interval later fetches again (the volume's age is what counts).
-    d.volumes().update(Path::new(&f.target(1)), |v| v.last_fetch = v.last_fetch.checked_sub(INTERVAL).unwrap());
-    let outcome = d.publish(f.volume(1), None).await.unwrap();
-    assert!(matches!(outcome, PublishOutcome::Published { changed: false, .. }), "{outcome:?}");
-    assert_eq!(cluster.recorded.lock().unwrap().last().map(String::as_str), Some("v2"), "new versions recorded");
-    assert!(cluster.synced.load(Ordering::SeqCst) > synced_before, "the Secrets owed were synced");
-    assert!(!d.volumes().get(Path::new(&f.target(1))).unwrap().sync_pending);
-    gate.notify_waiters();
-}
-
-async fn wait_until(f: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let bound = Duration::from_secs(5);
+    for i in 0..2 {
+        let refreshed = tokio::time::timeout(bound, d.refresh(f.volume(i), 7, Refresh::Request)).await;
+        let outcome = refreshed.expect("a refresh does not wait on the API server");
+        assert!(matches!(outcome, PublishOutcome::Published { changed: true, .. }), "{outcome:?}");
+        assert_eq!(f.read(i).as_deref(), Some("v2"));
     }
-    panic!("condition not reached");
+    let deadline = std::time::Instant::now() + bound;
+    let t0 = f.target(0);
+    tokio::time::timeout(bound, d.unpublish("csi-1", &t0, Some(deadline))).await.unwrap().unwrap();
+    assert!(d.volumes().get(Path::new(&t0)).is_none());
+    let mounted = tokio::time::timeout(bound, d.publish(f.volume(2), Some(deadline))).await;
+    assert!(matches!(mounted.unwrap(), Ok(PublishOutcome::Published { .. })), "a new mount does not wait either");
+    assert_eq!(f.read(2).as_deref(), Some("v2"));
+    assert!(d.writer().unwrap().pending() >= 2, "owed: volume 1's new status, volume 2's first");
+    // The API server answers again.
+    *cluster.record_gate.lock().unwrap() = None;
+    gate.notify_waiters();
+    f.settle().await;
+    let by_pod = cluster.by_pod.lock().unwrap().clone();
+    assert_eq!(by_pod.get("web-1").and_then(|v| v.last()).map(String::as_str), Some("v2"));
+    assert_eq!(by_pod.get("web-2").map(Vec::as_slice), Some(&["v2".to_string()][..]));
+    assert_eq!(by_pod.get("web-0").and_then(|v| v.last()).map(String::as_str), Some("removed"), "{by_pod:?}");
 }
 
 /// Issue 26: a republish while the poller holds the volume used to return at once, even when the
@@ -392,6 +390,7 @@ async fn pod_status_versions_change_exactly_when_an_objects_version_does() {
     let d = f.driver.clone();
     let recorded = || cluster.recorded.lock().unwrap().clone();
     d.publish(f.volume(0), None).await.unwrap();
+    f.settle().await;
     assert_eq!(recorded(), ["v1"], "the first mount");
     d.publish(f.volume(0), None).await.unwrap();
     tokio::time::advance(INTERVAL).await;
@@ -401,10 +400,12 @@ async fn pod_status_versions_change_exactly_when_an_objects_version_does() {
     assert_eq!(d.rotate_due().await, 1);
     let refreshed = d.refresh(f.volume(0), 99, Refresh::Request).await;
     assert!(matches!(refreshed, PublishOutcome::Published { changed: false, .. }), "{refreshed:?}");
+    f.settle().await;
     assert_eq!(recorded(), ["v1"], "republishes, a rotation and a refresh that found v1 again wrote nothing");
     *f.provider.value.lock().unwrap() = "v2".into();
     tokio::time::advance(INTERVAL).await;
     assert_eq!(d.rotate_due().await, 1);
+    f.settle().await;
     assert_eq!(recorded(), ["v1", "v2"], "a new version: one write");
     // A restart: the volume is found again from its pod status, with the versions recorded there.
     let target = PathBuf::from(f.target(0));
@@ -413,7 +414,61 @@ async fn pod_status_versions_change_exactly_when_an_objects_version_does() {
     assert_eq!(d.adopt(found).await, 1);
     tokio::time::advance(INTERVAL).await;
     assert_eq!(d.rotate_due().await, 1);
+    f.settle().await;
     assert_eq!(recorded(), ["v1", "v2"], "adopting and rotating an unchanged volume wrote nothing");
+}
+
+/// A crash after the files were written and before the pod status was: the restarted driver knows
+/// nothing of the volume (no status to rediscover). Kubelet's next republish (CSIDriver
+/// `requiresRepublish`) fetches it once, keeping its files, and writes the status; rotation off too.
+#[tokio::test(start_paused = true)]
+async fn a_volume_whose_status_was_never_written_is_fetched_and_recorded_on_kubelets_republish() {
+    for rotation in [None, Some(INTERVAL)] {
+        let cluster = Arc::new(FakeCluster::default());
+        let f = Fixture::with_cluster(rotation, cluster.clone());
+        let d = f.driver.clone();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        *cluster.record_gate.lock().unwrap() = Some(gate.clone());
+        d.publish(f.volume(0), None).await.unwrap();
+        assert_eq!(f.read(0).as_deref(), Some("v1"), "kubelet's call returned with the files in place");
+        // The process dies with the write pending: a new driver, same node, same mount.
+        let target = PathBuf::from(f.target(0));
+        d.volumes().remove(&target);
+        let cluster = Arc::new(FakeCluster::default());
+        let mut again = Fixture::with_cluster(rotation, cluster.clone());
+        again.dir = f.dir; // the node's tmpfs outlives the process
+        let restarted = again.driver.clone();
+        assert_eq!(again.calls(), 0);
+        let outcome = restarted.publish(again.volume(0), None).await.unwrap();
+        assert!(matches!(outcome, PublishOutcome::Published { changed: false, .. }), "{outcome:?}");
+        assert_eq!(again.calls(), 1, "fetched once");
+        again.settle().await;
+        assert_eq!(*cluster.recorded.lock().unwrap(), ["v1"], "and recorded (rotation {rotation:?})");
+        assert_eq!(again.read(0).as_deref(), Some("v1"));
+        let outcome = restarted.publish(again.volume(0), None).await.unwrap();
+        assert!(matches!(outcome, PublishOutcome::Skipped), "known now: the next republish is upstream's");
+        gate.notify_waiters();
+    }
+}
+
+/// `--api-writes=synchronous` is upstream's: kubelet's publish waits for the pod status.
+#[tokio::test]
+async fn synchronous_writes_make_kubelet_wait_for_the_status() {
+    let cluster = Arc::new(FakeCluster::default());
+    let settings =
+        crate::api_writes::WriterSettings { mode: crate::api_writes::WriteMode::Synchronous, ..Default::default() };
+    let f = Fixture::with_cluster_writes(Some(INTERVAL), cluster.clone(), settings);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *cluster.record_gate.lock().unwrap() = Some(gate.clone());
+    let d = f.driver.clone();
+    let p = f.volume(0);
+    let publish = tokio::spawn(async move { d.publish(p, None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!publish.is_finished(), "waits for the API server");
+    *cluster.record_gate.lock().unwrap() = None;
+    gate.notify_waiters();
+    publish.await.unwrap().unwrap();
+    assert_eq!(*cluster.recorded.lock().unwrap(), ["v1"], "recorded before kubelet was answered");
 }
 
 #[tokio::test(start_paused = true)]
