@@ -10,8 +10,10 @@ import statistics
 
 COLUMNS = {"upstream": "upstream v1.6 + mock provider", "ours-mock": "keyvault-csi + mock provider",
            "ours-mock-no-api": "keyvault-csi + mock provider, no API server",
+           "ours-mock-sync": "keyvault-csi + mock provider, --api-writes=synchronous",
            "ours-azure": "keyvault-csi + Azure (emulated, 20 ms)"}
-COLORS = {"upstream": "#d62728", "ours-mock": "#1f77b4", "ours-mock-no-api": "#9467bd", "ours-azure": "#2ca02c"}
+COLORS = {"upstream": "#d62728", "ours-mock": "#1f77b4", "ours-mock-no-api": "#9467bd", "ours-mock-sync": "#8c564b",
+          "ours-azure": "#2ca02c"}
 # Columns of the main tables; `ours-mock-no-api` only serves the split below.
 MAIN = ("upstream", "ours-mock", "ours-azure")
 BEGIN, END = "<!-- bench:begin (hack/bench-report.py --readme) -->", "<!-- bench:end -->"
@@ -131,6 +133,31 @@ def split_table(data):
     return "Where a keyvault-csi publish spends its time (same mock provider):\n\n" + "\n".join(lines)
 
 
+def writes_table(data):
+    """Publish with the background writer (the default) and with --api-writes=synchronous (upstream's
+    semantics), beside upstream: throughput, latency, and the speed-up over upstream's throughput."""
+    by = {c["name"]: grouped(c) for c in data["columns"]}
+    names = [n for n in ("upstream", "ours-mock-sync", "ours-mock") if n in by]
+    if "ours-mock" not in by or "upstream" not in by:
+        return ""
+    lines = ["| volumes × concurrency | " + " | ".join(f"{COLUMNS[n]}: publish/s · p50 / p90 / p99 ms" for n in names)
+             + " | × upstream (synchronous → background) |", "|---" * (len(names) + 2) + "|"]
+    for k in sorted(by["ours-mock"]):
+        cells = []
+        for n in names:
+            r = [x["publish"] for x in by[n].get(k, [])]
+            cells.append(f"{spread([x['per_s'] for x in r])} · {spread([x['p50_ms'] for x in r])} / "
+                         f"{spread([x['p90_ms'] for x in r])} / {spread([x['p99_ms'] for x in r])}" if r else "–")
+        up = [x["publish"]["per_s"] for x in by["upstream"].get(k, [])]
+        ratio = []
+        for n in ("ours-mock-sync", "ours-mock"):
+            ours = [x["publish"]["per_s"] for x in by.get(n, {}).get(k, [])]
+            ratio.append(f"{statistics.median(ours) / statistics.median(up):.1f}×" if ours and up else "–")
+        lines.append(f"| {k[0]} × {k[1]} | " + " | ".join(cells) + f" | {' → '.join(ratio)} |")
+    return ("Publish with the background API writer (default) and with `--api-writes=synchronous` (upstream's "
+            "semantics: kubelet waits for the pod status), same mock provider:\n\n" + "\n".join(lines))
+
+
 def svg(data, path):
     """Left: publish latency CDFs (largest run, concurrency 16); right: share of files rotated over time."""
     w, h, pad = 980, 380, 55
@@ -191,6 +218,7 @@ def report(data):
         "Resources:\n\n" + resources_table(data),
         rotation_table(data),
         split_table(data),
+        writes_table(data),
         "![latency and rotation](docs/bench.svg)",
     ])
 

@@ -63,6 +63,9 @@ enum Column {
     /// Ours with the same provider but no API server (classes from files, no pod status): with
     /// `ours-mock`, the split between time in our code and time waiting on the API server.
     OursMockNoApi,
+    /// Ours with the same provider and `--api-writes=synchronous` (upstream's semantics: kubelet waits
+    /// for the pod status): with `ours-mock`, what the background writer saves.
+    OursMockSync,
     OursAzure,
 }
 
@@ -72,6 +75,7 @@ impl Column {
             Column::Upstream => "upstream",
             Column::OursMock => "ours-mock",
             Column::OursMockNoApi => "ours-mock-no-api",
+            Column::OursMockSync => "ours-mock-sync",
             Column::OursAzure => "ours-azure",
         }
     }
@@ -117,6 +121,9 @@ impl Setup {
             args.push(format!("--class-dir={}", node.path("classes").display()));
         } else {
             args.push(format!("--kubeconfig={}", env("KUBECONFIG")));
+        }
+        if column == Column::OursMockSync {
+            args.push("--api-writes=synchronous".into());
         }
         let program = match column {
             Column::Upstream => env("UPSTREAM_DRIVER"),
@@ -359,9 +366,10 @@ async fn main() {
     let token = h.service_account_token(ISSUER, NS, "app", "api://AzureADTokenExchange", 3600).unwrap();
 
     let wanted =
-        std::env::var("BENCH_COLUMNS").unwrap_or_else(|_| "upstream,ours-mock,ours-mock-no-api,ours-azure".into());
+        std::env::var("BENCH_COLUMNS").unwrap_or_else(|_| "upstream,ours-mock,ours-mock-no-api,ours-mock-sync,ours-azure".into());
     let mut columns = Vec::new();
-    for column in [Column::Upstream, Column::OursMock, Column::OursMockNoApi, Column::OursAzure] {
+    let all = [Column::Upstream, Column::OursMock, Column::OursMockNoApi, Column::OursMockSync, Column::OursAzure];
+    for column in all {
         if !wanted.split(',').any(|w| w == column.name()) {
             continue;
         }
@@ -399,7 +407,7 @@ async fn main() {
         let tail: Vec<&str> = driver_log_tail.lines().rev().take(5).collect();
         let rss_end = setup.rss();
         drop(setup);
-        if column == Column::OursMockNoApi {
+        if matches!(column, Column::OursMockNoApi | Column::OursMockSync) {
             columns
                 .push(json!({ "name": column.name(), "rss_idle_mib": idle, "rss_end_mib": rss_end, "phases": phases }));
             continue;

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         return ExitCode::from(keyvault_bridge::check::run(&args.check, || args.azure.config(None)));
     }
     logging::init(cli.verbosity, cli.log_format_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -227,4 +227,18 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     app::shutdown_signal().await;
     health.set_ready(false);
     app.stop_and_drain(SHUTDOWN_GRACE).await
+}
+
+/// The async runtime, sized for an I/O-bound node agent rather than for the node: at most 4 worker
+/// threads (Tokio's default is one per CPU, 96 on a large node, each with its stack and queues) unless
+/// `TOKIO_WORKER_THREADS` says otherwise. The blocking pool keeps Tokio's bound: CPU-heavy tenant work
+/// (PFX decoding) runs there, and a smaller pool would queue another tenant's file swap behind it.
+fn runtime() -> tokio::runtime::Builder {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        b.worker_threads(cpus.clamp(1, 4));
+    }
+    b
 }
