@@ -339,6 +339,8 @@ vaults:
         "certificate_expiry_timestamp_seconds",
         "mounted_volumes",
         "rotation_lag_seconds",
+        "api_writes_pending",
+        "api_writes_oldest_pending_seconds",
     ] {
         assert!(names.contains(family), "{family} missing from {names:?}");
     }

@@ -74,12 +74,18 @@ VARIANTS = {
             "hostNetwork": True,
             "env": [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
                     {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}],
-            "extraArgs": ["--azure-extra-ca-file=/etc/corp-ca/ca.pem"],
             "volumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
             "volumeMounts": [{"name": "ca", "mountPath": "/etc/corp-ca"}],
             "image": {"pullPolicy": "Never"},
         },
+        "provider": {"extraArgs": ["--azure-extra-ca-file=/etc/corp-ca/ca.pem"]},
     },
+    # The Azure provider in the privileged driver process, its flags among the driver's.
+    "in-process": {
+        "provider": {"isolation": "none", "cloudEnvHostPath": "/etc/kubernetes/custom-cloud"},
+        "linux": {"extraArgs": ["--azure-extra-ca-file=/etc/corp-ca/ca.pem"]},
+    },
+    "cloud-env": {"provider": {"cloudEnvHostPath": "/etc/kubernetes/custom-cloud"}},
 }
 
 
@@ -165,7 +171,7 @@ def test_daemonset_mounts_propagate_and_the_add_on_label_finds_the_pods():
     assert mounts["mountpoint-dir"]["mountPropagation"] == "Bidirectional"
     assert driver["securityContext"]["privileged"] is True
     assert driver["securityContext"]["readOnlyRootFilesystem"] is True
-    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["spec"]["volumes"]}
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["spec"]["volumes"] if "hostPath" in v}
     assert volumes["mountpoint-dir"] == f"{root}/pods"
     assert volumes["plugin-dir"] == f"{root}/plugins/csi-secrets-store/"
     assert volumes["registration-dir"] == f"{root}/plugins_registry/"
@@ -190,8 +196,10 @@ def test_host_network_is_off_by_default_and_complete_when_on():
     # Without it, a host-network pod would resolve names with the node's resolver only.
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     driver = container(docs, "secrets-store")
-    assert driver["args"][-1] == "--azure-extra-ca-file=/etc/corp-ca/ca.pem"
+    provider = container(docs, "provider-azure")
+    assert provider["args"][-1] == "--azure-extra-ca-file=/etc/corp-ca/ca.pem"
     assert {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"} in driver["env"]
+    assert {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"} in provider["env"], "linux.env applies to both"
     pod = one(render({"linux": {"dnsPolicy": "Default"}}), "DaemonSet")["spec"]["template"]["spec"]
     assert pod["dnsPolicy"] == "Default" and "hostNetwork" not in pod
     # The controller on the host network: a new pod cannot start beside the old one (same ports), so a
@@ -300,14 +308,15 @@ def self_signed_ca_pem():
 
 
 @contextlib.contextmanager
-def running_driver(values):
-    """The real binary with the DaemonSet's arguments for `values` (socket and listen address moved to
-    a temporary directory and a free port), serving; yields its metrics port."""
+def running_driver(values, name="secrets-store"):
+    """The real binary with the arguments of the DaemonSet's container `name` for `values` (sockets,
+    directories and listen addresses moved to a temporary directory and free ports), serving; yields
+    its metrics port."""
     binary = ROOT / "target" / "debug" / "keyvault-csi"
     assert binary.exists(), "build first (make test builds it)"
-    driver = container(render(values), "secrets-store")
+    driver = container(render(values), name)
     with tempfile.TemporaryDirectory() as tmp:
-        sock = pathlib.Path(tmp) / "csi.sock"
+        sock = pathlib.Path(tmp) / ("csi.sock" if name == "secrets-store" else "azure.sock")
         port = free_port()
         env = {**os.environ, "CSI_ENDPOINT": f"unix://{sock}", "KUBE_NODE_NAME": "node-1", "KUBECONFIG": "/nonexistent"}
         for e in driver.get("env", []):
@@ -321,8 +330,14 @@ def running_driver(values):
             if a.startswith("--metrics-addr="):
                 assert a.split("=", 1)[1].startswith(":"), a
                 a = f"--metrics-addr=127.0.0.1:{port}"
-            if a.startswith("--provider-volume=") or a.startswith("--additional-provider-volume-paths="):
+            if a.split("=", 1)[0] in ("--provider-volume", "--additional-provider-volume-paths", "--internal-provider-dir"):
                 a = a.split("=", 1)[0] + "=" + tmp
+            if a.startswith("--endpoint=unix://") and name != "secrets-store":
+                a = f"--endpoint=unix://{sock}"
+            if a.startswith("--healthz-port="):
+                a = f"--healthz-port={free_port()}"
+            if a.startswith("--cloud-env-dir="):
+                a = f"--cloud-env-dir={tmp}"
             if a.startswith("--azure-extra-ca-file="):
                 ca = pathlib.Path(tmp) / "ca.pem"
                 ca.write_bytes(self_signed_ca_pem())
@@ -349,9 +364,51 @@ def running_driver(values):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_the_binary_accepts_the_rendered_arguments(variant):
-    """The DaemonSet's arguments, run through the real binary: it must serve, not exit with a flag error."""
+    """The DaemonSet's arguments, run through the real binary: it must serve, not exit with a flag error;
+    so must the provider container's, when the provider runs in its own."""
     with running_driver(VARIANTS[variant]):
         pass
+    if (VARIANTS[variant].get("provider") or {}).get("isolation", "process") == "process":
+        with running_driver(VARIANTS[variant], "provider-azure"):
+            pass
+
+
+def test_the_azure_provider_runs_unprivileged_and_blind_to_the_kubelets_directories():
+    docs = render(VARIANTS["cloud-env"])
+    pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    provider = container(docs, "provider-azure")
+    assert provider["args"][0] == "provider"
+    sc = provider["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] > 0 and sc["runAsGroup"] > 0
+    assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounted = {m["name"] for m in provider["volumeMounts"]}
+    assert mounted == {"provider-socket-dir", "cloud-env-dir"}, mounted
+    host = sorted(volumes[n]["hostPath"]["path"] for n in mounted if "hostPath" in volumes[n])
+    assert host == ["/etc/kubernetes/custom-cloud"], "no host path but the operator's cloud-env directory"
+    assert volumes["provider-socket-dir"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
+    assert provider["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "provider-metrics"}
+    assert provider["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "provider-health"}
+    driver = container(docs, "secrets-store")
+    assert "--builtin-azure-provider=false" in driver["args"]
+    assert "--internal-provider-dir=/run/keyvault-csi/provider" in driver["args"]
+    assert not [a for a in driver["args"] if a.split("=")[0] in ("--cloud-name", "--keyvault-rate-limit")]
+    assert "cloud-env-dir" not in {m["name"] for m in driver["volumeMounts"]}
+    # In process: one container fewer, the provider's flags and the cloud-env mount on the driver.
+    docs = render(VARIANTS["in-process"])
+    names = [c["name"] for c in one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"]]
+    assert "provider-azure" not in names
+    driver = container(docs, "secrets-store")
+    assert "--cloud-name=AzurePublicCloud" in driver["args"] and "--builtin-azure-provider=false" not in driver["args"]
+    assert "cloud-env-dir" in {m["name"] for m in driver["volumeMounts"]}
+
+
+def test_azure_flags_left_in_the_drivers_extra_args_are_refused_with_a_way_out():
+    with pytest.raises(Exception) as e:
+        render({"linux": {"extraArgs": ["--keyvault-dedup-window=1s"]}})
+    assert "provider.extraArgs" in str(e.value)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -488,8 +545,13 @@ def test_the_monitors_find_the_driver_pods_and_keep_our_labels():
     assert all(svc["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
     pm = one(docs, "PodMonitor")
     assert all(pod_labels.get(k) == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
-    for ep in sm["spec"]["endpoints"] + pm["spec"]["podMetricsEndpoints"]:
-        assert ep["port"] == "metrics" and ep["honorLabels"] is True, ep
+    # Both containers' metrics: the driver's, and the Azure provider's (keyvault_*) in its own.
+    provider_ports = [p["name"] for p in container(docs, "provider-azure")["ports"]]
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["metrics", "provider-metrics"]
+    assert "provider-metrics" in provider_ports
+    for eps in (sm["spec"]["endpoints"], pm["spec"]["podMetricsEndpoints"]):
+        assert [ep["port"] for ep in eps] == ["metrics", "provider-metrics"], eps
+        assert all(ep["honorLabels"] is True for ep in eps), eps
     # AKS managed Prometheus reads the same objects under its own group.
     aks = render({"metrics": {"podMonitor": {"enabled": True, "apiVersion": "azmonitoring.coreos.com/v1"}}})
     assert one(aks, "PodMonitor")["apiVersion"] == "azmonitoring.coreos.com/v1"
@@ -503,7 +565,7 @@ def test_every_alert_parses_and_selects_metrics_the_binary_exposes():
     assert set(alerts) == {
         "KeyvaultCsiMountErrors", "KeyvaultCsiMountSlow", "KeyvaultCsiRotationFailing", "KeyvaultCsiRotationLagging",
         "KeyvaultCsiKeyVaultThrottled", "KeyvaultCsiKeyVaultAuthFailures", "KeyvaultCsiCertificateExpiring",
-        "KeyvaultCsiDriverDown",
+        "KeyvaultCsiDriverDown", "KeyvaultCsiApiWritesPending",
     }
     for name, r in alerts.items():
         used = selectors(r["expr"])

@@ -264,10 +264,14 @@ def chart_values(emu, **extra):
             "tokenProxyCAFile": "/etc/kv-emulator/ca.pem",
         },
     }
+    # The Azure provider runs in its own container (provider.isolation=process): the emulator's
+    # network flags are its flags.
+    values["provider"]["extraArgs"] = values["linux"].pop("extraArgs")
+    values["linux"]["extraArgs"] = []
     # The SecretSync controller, with the same emulator flags and a short round.
     values["syncController"] = {
         "enabled": True, "rotationPollInterval": f"{POLL}s", "jitter": "2s", "hostNetwork": KIT,
-        "extraArgs": values["linux"]["extraArgs"], "volumes": values["linux"]["volumes"],
+        "extraArgs": values["provider"]["extraArgs"], "volumes": values["linux"]["volumes"],
         "volumeMounts": values["linux"]["volumeMounts"], "env": [],
     }
     if KIT:
@@ -1199,7 +1203,7 @@ def upstream_addon(emu):
         {"name": "provider-azure-installer", "image": f"{values['linux']['image']['repository']}:{values['linux']['image']['tag']}",
          "imagePullPolicy": PULL,
          "args": ["provider", "--endpoint=unix:///provider/azure.sock", "--metrics-addr=:18898", "--healthz-port=18989"]
-                 + values["linux"]["extraArgs"],
+                 + values["provider"]["extraArgs"],
          # Ready once the provider socket is bound and served (not merely once the process started), so
          # that "the add-on's DaemonSets Ready" means the driver can find provider "azure".
          "readinessProbe": {"httpGet": {"path": "/readyz", "port": 18989}, "periodSeconds": 1},

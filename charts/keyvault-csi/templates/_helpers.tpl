@@ -60,3 +60,22 @@ secrets-store-csi-driver
 {{ .Values.linux.image.repository }}:{{ $tag }}
 {{- end -}}
 {{- end -}}
+
+{{/* The Azure provider's flags: on the driver (isolation "none") or the provider container. */}}
+{{- define "keyvault-csi.azureArgs" -}}
+- --construct-pem-chain={{ .Values.provider.constructPEMChain }}
+- --write-cert-and-key-in-separate-files={{ .Values.provider.writeCertAndKeyInSeparateFiles }}
+- --cloud-name={{ .Values.provider.cloudName }}
+- --cloud-env-dir={{ .Values.provider.cloudEnvDir }}
+- --keyvault-rate-limit={{ .Values.provider.keyvaultRateLimit }}
+- --keyvault-concurrency={{ int64 .Values.provider.keyvaultConcurrency }}
+{{- with .Values.provider.tokenProxyURL }}
+- --token-proxy-url={{ . }}
+{{- end }}
+{{- with .Values.provider.sniName }}
+- --sni-name={{ . }}
+{{- end }}
+{{- with .Values.provider.tokenProxyCAFile }}
+- --token-proxy-ca-file={{ . }}
+{{- end }}
+{{- end -}}

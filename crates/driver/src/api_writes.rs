@@ -393,12 +393,13 @@ impl ApiWriter {
 
     /// Registers `api_writes_pending`, `api_writes_oldest_pending_seconds` and `api_write_failures_total`.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "api_write_failures",
-            "API writes (kind=pod_status|secret|pod_status_delete) that failed and are retried",
-            self.shared.failures.clone(),
-        );
-        registry.register_collector(Box::new(QueueGauges(Arc::downgrade(&self.shared))));
+        register(registry, self.shared.failures.clone(), Arc::downgrade(&self.shared));
+    }
+
+    /// The same metrics, at zero, for a driver without a cluster (standalone, classes from files):
+    /// dashboards and alerts find the series wherever the driver runs.
+    pub fn register_idle(registry: &mut Registry) {
+        register(registry, Family::default(), std::sync::Weak::new());
     }
 }
 
@@ -523,6 +524,15 @@ impl Shared {
 fn backoff(s: &WriterSettings, failures: u32) -> Duration {
     let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
     s.backoff.saturating_mul(factor).min(s.max_backoff)
+}
+
+fn register(registry: &mut Registry, failures: Family<KindLabels, Counter>, shared: std::sync::Weak<Shared>) {
+    registry.register(
+        "api_write_failures",
+        "API writes (kind=pod_status|secret|pod_status_delete) that failed and are retried",
+        failures,
+    );
+    registry.register_collector(Box::new(QueueGauges(shared)));
 }
 
 /// `api_writes_pending` and `api_writes_oldest_pending_seconds`, read at scrape time.

@@ -149,8 +149,13 @@ pub struct NodeArgs {
     /// Kubernetes API (running without a cluster, tests).
     #[arg(long, value_name = "DIR")]
     pub class_dir: Option<PathBuf>,
+    /// A directory of provider sockets searched first and shared only with this pod's own provider
+    /// container (ours; the chart's `provider.isolation: process`): providers found there are trusted
+    /// to speak keyvault-csi's extension of v1alpha1 (rotation cycles, failover sources, error codes).
+    #[arg(long, value_name = "DIR")]
+    pub internal_provider_dir: Option<PathBuf>,
     /// Serve `spec.provider: azure` in-process (false: through `<provider dir>/azure.sock`, e.g. the
-    /// upstream Azure provider).
+    /// upstream Azure provider, or this binary's `provider` command in its own container).
     #[arg(long, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true",
           value_parser = parse_go_bool, value_name = "BOOL")]
     pub builtin_azure_provider: bool,

@@ -148,12 +148,17 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         },
     };
     let max_recv = args.max_call_recv_msg_size as usize;
-    let external =
+    let mut external =
         ExternalProviders::new(args.additional_provider_volume_paths.clone(), args.provider_volume.clone(), max_recv);
+    if let Some(dir) = &args.internal_provider_dir {
+        external = external.with_internal(dir.clone());
+    }
     let mut app = App::new();
-    let (azure, _) = app.azure(&args.azure, config.rotation_interval, true)?;
     let mut providers = Providers::new(external);
     if args.builtin_azure_provider {
+        // In process (`provider.isolation: none`). Otherwise none of the Azure provider (its HTTP
+        // clients, PFX decoder, cloud-file reader) exists in this privileged process at all.
+        let (azure, _) = app.azure(&args.azure, config.rotation_interval, true)?;
         providers = providers.with_builtin("azure", azure);
     }
     let driver_metrics = driver::metrics::Metrics::default();
@@ -172,8 +177,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     driver = driver.with_audit(audit);
     driver_metrics.register(&mut app.registry, driver.volumes().clone());
     driver.tasks().register(&mut app.registry);
-    if let Some(writer) = driver.writer() {
-        writer.register(&mut app.registry);
+    match driver.writer() {
+        Some(writer) => writer.register(&mut app.registry),
+        None => driver::api_writes::ApiWriter::register_idle(&mut app.registry),
     }
     let tasks = driver.tasks().clone();
     for (task, shown) in [

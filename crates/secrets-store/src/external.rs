@@ -27,6 +27,29 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const BACKOFF_MULTIPLIER: f64 = 1.1;
 const LARGE_RESPONSE: usize = 1 << 20;
 
+/// keyvault-csi's extension of v1alpha1, spoken only with the providers in the driver's *internal*
+/// socket directories (its own provider process in the same pod, `--internal-provider-dir`): gRPC
+/// metadata carries what an in-process call passes directly. Metadata, not attributes: a tenant writes
+/// attributes (class parameters, volume attributes), never metadata. An upstream driver or provider
+/// ignores these keys.
+pub mod ext {
+    /// Request: the rotation cycle (identical fetches of one cycle share results).
+    pub const CYCLE: &str = "keyvault-csi-cycle";
+    /// Request: `1` for a refresh-now or change-event refresh (share nothing from before it).
+    pub const FRESH: &str = "keyvault-csi-fresh";
+    /// Request: `1` for a background refresh, `0` for a mount a pod waits for (upstream infers it
+    /// from the current versions).
+    pub const BACKGROUND: &str = "keyvault-csi-background";
+    /// Response: JSON of the [`crate::provider::Served`] list (vault, failover, cache hit; no values).
+    pub const SERVED: &str = "keyvault-csi-served-bin";
+    /// Response: JSON of the [`crate::provider::Requester`] (identity kind and client id).
+    pub const REQUESTER: &str = "keyvault-csi-requester-bin";
+    /// Error: the provider's bounded error code (`error_type` label).
+    pub const ERROR_CODE: &str = "keyvault-csi-error-code";
+    /// Largest served/requester document read back (the response cap bounds the rest).
+    pub const MAX_DOC: usize = 256 * 1024;
+}
+
 /// Why no client could be made for a provider name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
@@ -46,6 +69,8 @@ pub fn valid_provider_name(name: &str) -> bool {
 /// Finds and caches clients for external providers.
 pub struct ExternalProviders {
     dirs: Vec<PathBuf>,
+    /// Searched before `dirs`; their providers speak [`ext`].
+    internal: Vec<PathBuf>,
     max_recv: usize,
     clients: RwLock<HashMap<String, ExternalProvider>>,
 }
@@ -55,7 +80,14 @@ impl ExternalProviders {
     pub fn new(additional: Vec<PathBuf>, provider_volume: PathBuf, max_recv: usize) -> Self {
         let mut dirs = additional;
         dirs.push(provider_volume);
-        Self { dirs, max_recv, clients: RwLock::new(HashMap::new()) }
+        Self { dirs, internal: Vec::new(), max_recv, clients: RwLock::new(HashMap::new()) }
+    }
+
+    /// Searches `dir` first, and speaks [`ext`] with the providers found there: the driver's own
+    /// provider process, behind a directory only the two share.
+    pub fn with_internal(mut self, dir: PathBuf) -> Self {
+        self.internal.push(dir);
+        self
     }
 
     /// Returns the client for `name`, creating it on first use.
@@ -66,15 +98,16 @@ impl ExternalProviders {
         if let Some(c) = self.clients.read().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(c.clone());
         }
-        let socket = self
-            .dirs
-            .iter()
-            .map(|d| d.join(format!("{name}.sock")))
-            .find(|p| p.exists())
-            .ok_or_else(|| LookupError::NotFound(name.to_string()))?;
+        let found = |dirs: &[PathBuf]| dirs.iter().map(|d| d.join(format!("{name}.sock"))).find(|p| p.exists());
+        let (socket, internal) = match found(&self.internal) {
+            Some(s) => (s, true),
+            None => (found(&self.dirs).ok_or_else(|| LookupError::NotFound(name.to_string()))?, false),
+        };
         let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
-        let client =
-            clients.entry(name.to_string()).or_insert_with(|| ExternalProvider::new(name, &socket, self.max_recv));
+        let client = clients.entry(name.to_string()).or_insert_with(|| {
+            let c = ExternalProvider::new(name, &socket, self.max_recv);
+            if internal { c.internal() } else { c }
+        });
         Ok(client.clone())
     }
 }
@@ -84,6 +117,8 @@ impl ExternalProviders {
 pub struct ExternalProvider {
     name: String,
     client: CsiDriverProviderClient<Channel>,
+    /// Speaks [`ext`].
+    internal: bool,
 }
 
 impl ExternalProvider {
@@ -97,7 +132,31 @@ impl ExternalProvider {
                 async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(&*path).await?)) }
             }));
         let client = CsiDriverProviderClient::new(channel).max_decoding_message_size(max_recv);
-        Self { name: name.to_string(), client }
+        Self { name: name.to_string(), client, internal: false }
+    }
+
+    /// The same client, speaking [`ext`] (the driver's own provider process).
+    pub fn internal(mut self) -> Self {
+        self.internal = true;
+        self
+    }
+
+    /// The request as sent: with [`ext`]'s metadata and kubelet's deadline to an internal provider.
+    fn request(&self, wire: &pb::MountRequest, req: &MountRequest) -> tonic::Request<pb::MountRequest> {
+        let mut r = tonic::Request::new(wire.clone());
+        if !self.internal {
+            return r;
+        }
+        let md = r.metadata_mut();
+        if let Some(cycle) = req.cycle {
+            md.insert(ext::CYCLE, cycle.into());
+        }
+        md.insert(ext::FRESH, if req.fresh { "1" } else { "0" }.parse().expect("ascii"));
+        md.insert(ext::BACKGROUND, if req.background { "1" } else { "0" }.parse().expect("ascii"));
+        if let Some(d) = req.deadline {
+            r.set_timeout(d.saturating_duration_since(std::time::Instant::now()));
+        }
+        r
     }
 
     /// `Version` RPC, for health checks.
@@ -122,6 +181,25 @@ fn to_wire(req: &MountRequest) -> pb::MountRequest {
             .iter()
             .map(|(id, version)| pb::ObjectVersion { id: id.clone(), version: version.clone() })
             .collect(),
+    }
+}
+
+/// Reads [`ext`]'s response metadata into `out` (served only for objects the response versions: the
+/// provider cannot add entries the files do not back).
+fn read_ext(md: &tonic::metadata::MetadataMap, out: &mut MountResponse) {
+    let doc = |key: &str| {
+        let bytes = md.get_bin(key)?.to_bytes().ok()?;
+        (bytes.len() <= ext::MAX_DOC).then_some(bytes)
+    };
+    if let Some(served) = doc(ext::SERVED).and_then(|b| serde_json::from_slice::<Vec<crate::provider::Served>>(&b).ok())
+    {
+        let served: Vec<_> = served.into_iter().filter(|s| out.object_versions.contains_key(&s.id)).collect();
+        if !served.is_empty() {
+            out.served = served;
+        }
+    }
+    if let Some(r) = doc(ext::REQUESTER).and_then(|b| serde_json::from_slice(&b).ok()) {
+        out.requester = r;
     }
 }
 
@@ -179,8 +257,15 @@ impl Provider for ExternalProvider {
         let mut attempt = 1;
         loop {
             let mut client = self.client.clone();
-            match client.mount(wire.clone()).await {
-                Ok(resp) => return from_wire(&self.name, resp.into_inner()),
+            match client.mount(self.request(&wire, &request)).await {
+                Ok(resp) => {
+                    let (md, body, _) = resp.into_parts();
+                    let mut out = from_wire(&self.name, body)?;
+                    if self.internal {
+                        read_ext(&md, &mut out);
+                    }
+                    return Ok(out);
+                }
                 Err(status) if status.code() == Code::Unavailable && attempt < RETRY_ATTEMPTS => {
                     tracing::debug!(provider = %self.name, attempt, error = %status.message(), "provider unavailable, retrying");
                     tokio::time::sleep(backoff).await;
@@ -193,7 +278,11 @@ impl Provider for ExternalProvider {
                         tracing::warn!(provider = %self.name, "provider response exceeds --max-call-recv-msg-size; raise it");
                     }
                     let kind = ErrorKind::from_grpc_code(status.code());
-                    return Err(ProviderError::new(kind, "GRPCProviderError", status.message().to_string()));
+                    let code = match status.metadata().get(ext::ERROR_CODE).and_then(|v| v.to_str().ok()) {
+                        Some(code) if self.internal => crate::provider::provider_code_label(code),
+                        _ => "GRPCProviderError",
+                    };
+                    return Err(ProviderError::new(kind, code, status.message().to_string()));
                 }
             }
         }

@@ -124,7 +124,8 @@ impl MountResponse {
 }
 
 /// One object version a provider served.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Served {
     /// Object id, as in the pod status.
     pub id: String,
@@ -139,7 +140,8 @@ pub struct Served {
 }
 
 /// The identity a provider used for a mount: kind and client id, never a credential.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Requester {
     /// `workload`, `service-principal`, `managed-identity`, `identity-binding`, `pod-identity`.
     pub identity: String,
