@@ -11,11 +11,12 @@ import statistics
 COLUMNS = {"upstream": "upstream v1.6 + mock provider", "ours-mock": "keyvault-csi + mock provider",
            "ours-mock-no-api": "keyvault-csi + mock provider, no API server",
            "ours-mock-sync": "keyvault-csi + mock provider, --api-writes=synchronous",
-           "ours-azure": "keyvault-csi + Azure (emulated, 20 ms)"}
+           "ours-azure": "keyvault-csi + Azure (emulated, 20 ms)",
+           "ours-azure-isolated": "keyvault-csi + Azure in its own process (the chart's default)"}
 COLORS = {"upstream": "#d62728", "ours-mock": "#1f77b4", "ours-mock-no-api": "#9467bd", "ours-mock-sync": "#8c564b",
-          "ours-azure": "#2ca02c"}
+          "ours-azure": "#2ca02c", "ours-azure-isolated": "#17becf"}
 # Columns of the main tables; `ours-mock-no-api` only serves the split below.
-MAIN = ("upstream", "ours-mock", "ours-azure")
+MAIN = ("upstream", "ours-mock", "ours-azure", "ours-azure-isolated")
 BEGIN, END = "<!-- bench:begin (hack/bench-report.py --readme) -->", "<!-- bench:end -->"
 
 
@@ -196,7 +197,7 @@ def svg(data, path):
     panel(2 * pad + pw, f"Rotation of {cols[0]['rotation']['volumes']} volumes (share of files changed)", "seconds after the change", tmax,
           {n: r["files"]["changed_at_s"] + [float("inf")] * r["files"]["unchanged"] for n, r in rot.items()})
     for i, c in enumerate(cols):
-        x = pad + i * 300
+        x = pad + i * 225
         out.append(f'<rect x="{x}" y="{h - 22}" width="14" height="4" fill="{COLORS[c["name"]]}"/>')
         out.append(f'<text x="{x + 20}" y="{h - 16}">{COLUMNS[c["name"]]}</text>')
     out.append(f'<text x="{w - 8}" y="{h - 4}" text-anchor="end" fill="#777" font-size="10">{data["machine"]}, {data["date"]}</text>')

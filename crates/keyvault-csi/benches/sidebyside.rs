@@ -67,6 +67,9 @@ enum Column {
     /// for the pod status): with `ours-mock`, what the background writer saves.
     OursMockSync,
     OursAzure,
+    /// `ours-azure` with the provider in its own process, as the chart runs it by default
+    /// (`provider.isolation: process`): the cost of the process boundary.
+    OursAzureIsolated,
 }
 
 impl Column {
@@ -77,10 +80,15 @@ impl Column {
             Column::OursMockNoApi => "ours-mock-no-api",
             Column::OursMockSync => "ours-mock-sync",
             Column::OursAzure => "ours-azure",
+            Column::OursAzureIsolated => "ours-azure-isolated",
         }
     }
     fn class(self) -> &'static str {
-        if self == Column::OursAzure { "azure" } else { "mock" }
+        if self.azure() { "azure" } else { "mock" }
+    }
+    /// Served by the Azure provider (in process or not) from the emulator.
+    fn azure(self) -> bool {
+        matches!(self, Column::OursAzure | Column::OursAzureIsolated)
     }
 }
 
@@ -95,7 +103,7 @@ impl Setup {
     async fn start(column: Column, rotation_interval: &str, azure: Option<&emulator::Handle>) -> Self {
         let node = Node::new();
         let mut procs = Vec::new();
-        if column != Column::OursAzure {
+        if !column.azure() {
             let sock = node.path("providers/e2e-provider.sock");
             procs.push(Proc::spawn(
                 "provider",
@@ -130,7 +138,25 @@ impl Setup {
             _ => ours_binary(),
         };
         if let Some(h) = azure {
-            args.extend(azure_flags(&node, h));
+            if column == Column::OursAzureIsolated {
+                // The chart's default: the provider's own process on the driver's internal socket.
+                let internal = node.path("internal");
+                std::fs::create_dir_all(&internal).unwrap();
+                let sock = internal.join("azure.sock");
+                let mut pargs = vec![
+                    "provider".to_string(),
+                    format!("--endpoint=unix://{}", sock.display()),
+                    format!("--metrics-addr=127.0.0.1:{}", free_port()),
+                    format!("--healthz-port={}", free_port()),
+                ];
+                pargs.extend(azure_flags(&node, h));
+                procs.push(Proc::spawn("provider", &ours_binary(), &pargs, &node.path("provider.log")));
+                wait_for(&sock, "Azure provider socket").await;
+                args.push("--builtin-azure-provider=false".into());
+                args.push(format!("--internal-provider-dir={}", internal.display()));
+            } else {
+                args.extend(azure_flags(&node, h));
+            }
         }
         procs.push(Proc::spawn("driver", &program, &args, &node.path("driver.log")));
         wait_for(&socket, "driver socket").await;
@@ -366,15 +392,22 @@ async fn main() {
     let token = h.service_account_token(ISSUER, NS, "app", "api://AzureADTokenExchange", 3600).unwrap();
 
     let wanted =
-        std::env::var("BENCH_COLUMNS").unwrap_or_else(|_| "upstream,ours-mock,ours-mock-no-api,ours-mock-sync,ours-azure".into());
+        std::env::var("BENCH_COLUMNS").unwrap_or_else(|_| "upstream,ours-mock,ours-mock-no-api,ours-mock-sync,ours-azure,ours-azure-isolated".into());
     let mut columns = Vec::new();
-    let all = [Column::Upstream, Column::OursMock, Column::OursMockNoApi, Column::OursMockSync, Column::OursAzure];
+    let all = [
+        Column::Upstream,
+        Column::OursMock,
+        Column::OursMockNoApi,
+        Column::OursMockSync,
+        Column::OursAzure,
+        Column::OursAzureIsolated,
+    ];
     for column in all {
         if !wanted.split(',').any(|w| w == column.name()) {
             continue;
         }
         eprintln!("== {}", column.name());
-        let setup = Setup::start(column, "2m", (column == Column::OursAzure).then_some(&h)).await;
+        let setup = Setup::start(column, "2m", column.azure().then_some(&h)).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let idle = setup.rss();
         let idle_cpu = setup.cpu();
@@ -387,7 +420,7 @@ async fn main() {
                 for r in 0..repeats {
                     let vols: Vec<PodVolume> = uids[..n]
                         .iter()
-                        .map(|(p, u)| volume(p, u, column.class(), (column == Column::OursAzure).then_some(&token)))
+                        .map(|(p, u)| volume(p, u, column.class(), column.azure().then_some(&token)))
                         .collect();
                     let result = phase(&setup, &vols, conc).await;
                     eprintln!(

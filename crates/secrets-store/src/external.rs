@@ -116,6 +116,7 @@ impl ExternalProviders {
 #[derive(Clone)]
 pub struct ExternalProvider {
     name: String,
+    socket: Arc<Path>,
     client: CsiDriverProviderClient<Channel>,
     /// Speaks [`ext`].
     internal: bool,
@@ -125,6 +126,7 @@ impl ExternalProvider {
     /// A lazily connecting client for the socket at `path`.
     pub fn new(name: &str, path: &Path, max_recv: usize) -> Self {
         let path: Arc<Path> = Arc::from(path);
+        let socket = path.clone();
         // The URI only sets `:authority`; the connector ignores it and dials the socket.
         let channel =
             Endpoint::from_static("http://localhost").connect_with_connector_lazy(tower::service_fn(move |_| {
@@ -132,7 +134,7 @@ impl ExternalProvider {
                 async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(&*path).await?)) }
             }));
         let client = CsiDriverProviderClient::new(channel).max_decoding_message_size(max_recv);
-        Self { name: name.to_string(), client, internal: false }
+        Self { name: name.to_string(), socket, client, internal: false }
     }
 
     /// The same client, speaking [`ext`] (the driver's own provider process).
@@ -278,6 +280,18 @@ impl Provider for ExternalProvider {
                         tracing::warn!(provider = %self.name, "provider response exceeds --max-call-recv-msg-size; raise it");
                     }
                     let kind = ErrorKind::from_grpc_code(status.code());
+                    if status.code() == Code::Unavailable && std::error::Error::source(&status).is_some() {
+                        // The transport failed, not the provider (which answers UNAVAILABLE itself when
+                        // its backend is down): nobody answers on the socket (the provider's container
+                        // restarting, or gone). Say which provider, and where the driver looked.
+                        let message = format!(
+                            "provider {:?} is unavailable: nothing answers on {} ({})",
+                            self.name,
+                            self.socket.display(),
+                            status.message()
+                        );
+                        return Err(ProviderError::new(kind, "GRPCProviderError", message));
+                    }
                     let code = match status.metadata().get(ext::ERROR_CODE).and_then(|v| v.to_str().ok()) {
                         Some(code) if self.internal => crate::provider::provider_code_label(code),
                         _ => "GRPCProviderError",

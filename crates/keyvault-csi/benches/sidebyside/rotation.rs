@@ -34,22 +34,22 @@ pub async fn all_changed(
 pub async fn rotation(column: Column, h: &emulator::Handle, uids: &[(String, String)], token: &str) -> Value {
     const INTERVAL: Duration = Duration::from_secs(10);
     const WINDOW: Duration = Duration::from_secs(60);
-    let setup = Setup::start(column, "10s", (column == Column::OursAzure).then_some(h)).await;
+    let setup = Setup::start(column, "10s", column.azure().then_some(h)).await;
     reset_api();
     let vols: Vec<PodVolume> = uids
         .iter()
-        .map(|(p, u)| volume(p, u, column.class(), (column == Column::OursAzure).then_some(token)))
+        .map(|(p, u)| volume(p, u, column.class(), column.azure().then_some(token)))
         .collect();
     let publish = drive(&setup, calls(&setup, &vols, true), 16).await;
     assert!(publish.errors.is_empty(), "{}: rotation publish errors {:?}", column.name(), publish.errors);
     let (file, want): (&str, &[u8]) = match column {
-        Column::OursAzure => ("s0", b"rotated-0"),
+        Column::OursAzure | Column::OursAzureIsolated => ("s0", b"rotated-0"),
         _ => ("foo", b"rotated"),
     };
     // Change the secret.
     let since = Instant::now();
     match column {
-        Column::OursAzure => {
+        Column::OursAzure | Column::OursAzureIsolated => {
             h.set_secret("kv-bench", "s0", "rotated-0");
         }
         _ => {
@@ -100,7 +100,7 @@ pub async fn rotation(column: Column, h: &emulator::Handle, uids: &[(String, Str
     let api: f64 = api_by_kind.values().sum();
     let rss = setup.rss();
     // Reset for the next column (the mock provider of the next column starts fresh).
-    if column == Column::OursAzure {
+    if column.azure() {
         h.set_secret("kv-bench", "s0", "value-0");
     }
     drive(&setup, calls(&setup, &vols, false), 16).await;
