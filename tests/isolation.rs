@@ -36,7 +36,7 @@ vaults:
 async fn provider(node: &Node, h: &Handle, socket: &std::path::Path) -> std::process::Child {
     let _ = std::fs::remove_file(socket);
     let log = std::fs::OpenOptions::new().create(true).append(true).open(node.path("provider.log")).unwrap();
-    let child = std::process::Command::new(binary())
+    let mut child = std::process::Command::new(binary())
         .arg("provider")
         .arg(format!("--endpoint=unix://{}", socket.display()))
         .arg("--metrics-addr=127.0.0.1:0")
@@ -51,6 +51,8 @@ async fn provider(node: &Node, h: &Handle, socket: &std::path::Path) -> std::pro
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the provider did not bind {}", socket.display());
 }
 
@@ -65,7 +67,12 @@ async fn the_provider_in_its_own_process_serves_mounts_and_its_death_loses_no_mo
     let h = emulator().await;
     let node = Node::new();
     let objects = "array:\n  - |\n    objectName: db-password\n    objectType: secret\n";
-    node.add_class("default", "azure-iso", "azure", &[("keyvaultName", "kv-iso"), ("tenantId", TENANT), ("objects", objects)]);
+    node.add_class(
+        "default",
+        "azure-iso",
+        "azure",
+        &[("keyvaultName", "kv-iso"), ("tenantId", TENANT), ("objects", objects)],
+    );
     let internal = node.path("internal");
     std::fs::create_dir_all(&internal).unwrap();
     let socket = internal.join("azure.sock");

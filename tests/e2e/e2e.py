@@ -468,9 +468,14 @@ class Inspector:
         return [line for line in out.splitlines() if pod_uid in line and "kubernetes.io~csi" in line
                 and " tmpfs " in line]
 
-    def driver_process(self):
-        """RSS (MiB) and CPU seconds of the driver's process on the node."""
-        pid = exec_(self.name, NS, "pidof", "keyvault-csi").split()[0]
+    def driver_process(self, provider=False):
+        """RSS (MiB) and CPU seconds of the driver's process on the node (with `provider`: of the Azure
+        provider's process, the same binary in the provider-azure container)."""
+        wanted = "--endpoint=unix:///run/keyvault-csi/provider/azure.sock" if provider else "--endpoint=unix:///csi/csi.sock"
+        pid = next((p for p in exec_(self.name, NS, "pidof", "keyvault-csi").split()
+                    if wanted in exec_(self.name, NS, "cat", f"/proc/{p}/cmdline", check=False)), None)
+        if pid is None:
+            raise Failure(f"no {'provider' if provider else 'driver'} process of keyvault-csi on the node")
         status = exec_(self.name, NS, "cat", f"/proc/{pid}/status")
         rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
         stat = exec_(self.name, NS, "cat", f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
@@ -843,6 +848,91 @@ def s_api_outage(ctx):
     delete("pod", "outage-retry", NS, wait=False)
 
 
+PROVIDER_METRICS_PORT = 8096  # the chart's provider.metricsPort
+PROVIDER_ENDPOINT = b"provider\0--endpoint=unix:///run/keyvault-csi/provider/azure.sock"
+
+
+def provider_pid():
+    """The chart's provider-azure process on this node (the kit's node is this machine)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if PROVIDER_ENDPOINT in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def container_restarts(pod_name, ns, container):
+    st = get("pod", pod_name, ns)["status"].get("containerStatuses", [])
+    return next((c.get("restartCount", 0) for c in st if c["name"] == container), None)
+
+
+def s_provider_isolation(ctx):
+    """Privilege separation (issue 33): the Azure provider runs in its own container, seen from the node.
+    Its process is not root, holds no capability (effective, permitted, bounding, ambient), cannot gain
+    any (no_new_privs), runs under seccomp, and its filesystem view has no kubelet pods directory: a
+    class's cloudEnvFileName aimed at another pod's mounted file finds nothing there even before the
+    path check. Killed mid-rotation: the mounted file stays whole, kubelet restarts only that
+    container, and rotation resumes."""
+    if not KIT:
+        print("SKIP provider-isolation: it reads the provider's process on this machine")
+        return
+    pid = wait_for("the provider-azure process", provider_pid, 30)
+    status = dict(line.split(":", 1) for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":" in line)
+    uids = status["Uid"].split()
+    if "0" in uids:
+        raise Failure(f"the provider runs with uid {uids}")
+    caps = {k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+    if any(int(v, 16) for v in caps.values()):
+        raise Failure(f"the provider holds capabilities: {caps}")
+    if status["NoNewPrivs"].strip() != "1" or status["Seccomp"].strip() != "2":
+        raise Failure(f"NoNewPrivs {status['NoNewPrivs'].strip()}, Seccomp {status['Seccomp'].strip()}")
+    root = pathlib.Path(f"/proc/{pid}/root")
+    if (root / "var/lib/kubelet/pods").exists() or (root / "var/lib/kubelet").exists():
+        raise Failure("the provider's filesystem shows the kubelet's directory")
+    victim = next(iter(pathlib.Path("/var/lib/kubelet/pods").glob("*/volumes/kubernetes.io~csi/*/mount/*")), None)
+    if victim is None or (root / str(victim).lstrip("/")).exists():
+        raise Failure(f"another pod's mounted file {victim} is visible to the provider (or none is mounted)")
+    if not (root / "run/keyvault-csi/provider/azure.sock").exists():
+        raise Failure("the provider's socket is not in its view")
+
+    emu = ctx["emu"]
+    emu.set_secret("iso-rotating", "iso-v1")
+    apply(spc("iso", NS, [{"objectName": "iso-rotating", "objectType": "secret"}]))
+    apply(pod("iso-rot", NS, [csi_volume("kv", "iso")]))
+    wait_pod("iso-rot", NS)
+    uid = get("pod", "iso-rot", NS)["metadata"]["uid"]
+    dpod = driver_pod()
+    provider_restarts = container_restarts(dpod, DRIVER_NS, "provider-azure")
+    driver_restarts = container_restarts(dpod, DRIVER_NS, "secrets-store")
+    emu.set_secret("iso-rotating", "iso-v2")
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.time()
+    seen = set()
+    while time.time() - t0 < 3:
+        seen.add(host_file(uid, "kv", "iso-rotating"))
+        time.sleep(0.05)
+    if not seen <= {"iso-v1", "iso-v2"}:
+        raise Failure(f"a reader saw {seen - {'iso-v1', 'iso-v2'}} while the provider was down")
+    wait_for("kubelet restarted the provider container",
+             lambda: (container_restarts(dpod, DRIVER_NS, "provider-azure") or 0) > provider_restarts, 60)
+    wait_for("the driver pod Ready again", driver_ready, 60)
+    wait_for("rotation resumed after the provider came back",
+             lambda: host_file(uid, "kv", "iso-rotating") == "iso-v2", 2 * POLL + 40)
+    back_s = time.time() - t0
+    if container_restarts(dpod, DRIVER_NS, "secrets-store") != driver_restarts:
+        raise Failure("the privileged container was restarted with the provider")
+    if read("iso-rot", NS, "/mnt/kv/iso-rotating") != "iso-v2":
+        raise Failure("the pod does not read the rotated value")
+    FIGURES["provider-isolation"] = (f"provider uid {uids[0]}, no capabilities, seccomp; killed mid-rotation: "
+                                     f"file whole throughout, rotated {back_s:.1f} s after the kill")
+    delete("pod", "iso-rot", NS, wait=False)
+
+
 def s_refresh_now(ctx):
     """Ours: a class annotated with a 24 h rotation interval is not rotated on the node's 15 s interval;
     `kubectl annotate pod ... keyvault-csi.io/refresh-now=<ts>` refreshes its file and synced Secret
@@ -1064,7 +1154,7 @@ def s_failover(ctx):
     ev = wait_for("ServedByFailoverVault event", lambda: events(NS, "failover", "ServedByFailoverVault"), 20)
     if SLOW_VAULT not in ev[0]["message"] or "Pa55w0rd" in ev[0]["message"]:
         raise Failure(f"event {ev[0]['message']!r}")
-    m = metrics()
+    m = metrics(port=PROVIDER_METRICS_PORT)  # the Azure provider's container (provider.isolation=process)
     if not any(k.startswith("keyvault_failover_objects_total") and SLOW_VAULT in k for k in m):
         raise Failure("keyvault_failover_objects_total has no series for the failover vault")
     # The vault answers again: once its back-off (10 s) is over, mounts are served by it.
@@ -1384,7 +1474,7 @@ def s_hostile_tenants(ctx):
         raise Failure(f"an event echoes the attacker's input unbounded: {long_events}")
     if not driver_ready():
         raise Failure("the driver is not Ready after the hostile tenant")
-    panics = metric_sum(metrics(), "task_panics_total")
+    panics = metric_sum(metrics(), "task_panics_total") + metric_sum(metrics(port=PROVIDER_METRICS_PORT), "task_panics_total")
     if panics:
         raise Failure(f"task_panics_total = {panics}")
     for p in ("victim", "victim2"):
@@ -1715,6 +1805,7 @@ def main():
     run("refresh-now-and-class-interval", s_refresh_now)
     run("certificate-expiry", s_cert_expiry)
     run("hostile-tenants", s_hostile_tenants)
+    run("provider-isolation", s_provider_isolation)
     run("unmount", s_unmount, inspector)
     if "rot_pod" in ctx:
         run("driver-restart-mid-rotation", s_driver_restart, inspector)

@@ -152,7 +152,11 @@ impl Hints {
     fn of(md: &tonic::metadata::MetadataMap) -> Self {
         let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
         let flag = |k: &str| text(k).map(|v| v == "1");
-        Self { cycle: text(ext::CYCLE).and_then(|v| v.parse().ok()), fresh: flag(ext::FRESH), background: flag(ext::BACKGROUND) }
+        Self {
+            cycle: text(ext::CYCLE).and_then(|v| v.parse().ok()),
+            fresh: flag(ext::FRESH),
+            background: flag(ext::BACKGROUND),
+        }
     }
 
     fn apply(&self, r: &mut MountRequest) {
@@ -225,7 +229,13 @@ mod tests {
             if self.fail {
                 return Err(ProviderError::new(ErrorKind::NotFound, "SecretNotFound", "secret a not found in kv1"));
             }
-            let served = |id: &str| Served { id: id.into(), version: "v1".into(), source: "kv2".into(), failover: true, cache_hit: false };
+            let served = |id: &str| Served {
+                id: id.into(),
+                version: "v1".into(),
+                source: "kv2".into(),
+                failover: true,
+                cache_hit: false,
+            };
             Ok(MountResponse {
                 files: vec![File::new("a", 0o644, b"value".to_vec())],
                 object_versions: [("secret/a".to_string(), "v1".to_string())].into(),
@@ -239,7 +249,8 @@ mod tests {
     async fn serve(provider: Arc<Recorder>, dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("azure.sock");
         let (listener, socket) = crate::socket::bind_private(&path, "--endpoint").unwrap();
-        let service = pb::csi_driver_provider_server::CsiDriverProviderServer::new(ProviderService::new(provider, "test"));
+        let service =
+            pb::csi_driver_provider_server::CsiDriverProviderServer::new(ProviderService::new(provider, "test"));
         tokio::spawn(async move {
             let _socket = socket;
             tonic::transport::Server::builder()
@@ -282,12 +293,17 @@ mod tests {
         let plain = ExternalProvider::new("azure", &path, 1 << 20);
         let resp = plain.mount(request(Some(8), true)).await.unwrap();
         assert!(resp.served.iter().all(|s| s.source.is_empty()), "upstream's client reads versions only");
-        assert_eq!(*provider.seen.lock().unwrap(), [(Some(7), true, true), (None, false, false)], "upstream infers background from versions");
+        assert_eq!(
+            *provider.seen.lock().unwrap(),
+            [(Some(7), true, true), (None, false, false)],
+            "upstream infers background from versions"
+        );
 
         let failing = Arc::new(Recorder { fail: true, ..Default::default() });
         let dir2 = tempfile::tempdir().unwrap();
         let path = serve(failing, dir2.path()).await;
-        let e = ExternalProvider::new("azure", &path, 1 << 20).internal().mount(request(None, false)).await.unwrap_err();
+        let e =
+            ExternalProvider::new("azure", &path, 1 << 20).internal().mount(request(None, false)).await.unwrap_err();
         assert_eq!((e.code, e.kind), ("SecretNotFound", secrets_store::provider::ErrorKind::NotFound));
         assert_eq!(e.message, "secret a not found in kv1");
         let e = ExternalProvider::new("azure", &path, 1 << 20).mount(request(None, false)).await.unwrap_err();

@@ -391,8 +391,8 @@ async fn main() {
     h.set_faults("kv-bench", Faults { latency_ms: 20, ..Default::default() });
     let token = h.service_account_token(ISSUER, NS, "app", "api://AzureADTokenExchange", 3600).unwrap();
 
-    let wanted =
-        std::env::var("BENCH_COLUMNS").unwrap_or_else(|_| "upstream,ours-mock,ours-mock-no-api,ours-mock-sync,ours-azure,ours-azure-isolated".into());
+    let wanted = std::env::var("BENCH_COLUMNS")
+        .unwrap_or_else(|_| "upstream,ours-mock,ours-mock-no-api,ours-mock-sync,ours-azure,ours-azure-isolated".into());
     let mut columns = Vec::new();
     let all = [
         Column::Upstream,

@@ -36,10 +36,8 @@ pub async fn rotation(column: Column, h: &emulator::Handle, uids: &[(String, Str
     const WINDOW: Duration = Duration::from_secs(60);
     let setup = Setup::start(column, "10s", column.azure().then_some(h)).await;
     reset_api();
-    let vols: Vec<PodVolume> = uids
-        .iter()
-        .map(|(p, u)| volume(p, u, column.class(), column.azure().then_some(token)))
-        .collect();
+    let vols: Vec<PodVolume> =
+        uids.iter().map(|(p, u)| volume(p, u, column.class(), column.azure().then_some(token))).collect();
     let publish = drive(&setup, calls(&setup, &vols, true), 16).await;
     assert!(publish.errors.is_empty(), "{}: rotation publish errors {:?}", column.name(), publish.errors);
     let (file, want): (&str, &[u8]) = match column {
