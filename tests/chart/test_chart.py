@@ -376,6 +376,8 @@ def test_the_binary_accepts_the_rendered_arguments(variant):
 def test_the_azure_provider_runs_unprivileged_and_blind_to_the_kubelets_directories():
     docs = render(VARIANTS["cloud-env"])
     pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    # Kubernetes refuses port names over 15 characters (the schemas do not say so).
+    assert all(len(p["name"]) <= 15 for c in pod["containers"] for p in c.get("ports", [])), pod["containers"]
     provider = container(docs, "provider-azure")
     assert provider["args"][0] == "provider"
     sc = provider["securityContext"]
@@ -389,8 +391,8 @@ def test_the_azure_provider_runs_unprivileged_and_blind_to_the_kubelets_director
     host = sorted(volumes[n]["hostPath"]["path"] for n in mounted if "hostPath" in volumes[n])
     assert host == ["/etc/kubernetes/custom-cloud"], "no host path but the operator's cloud-env directory"
     assert volumes["provider-socket-dir"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
-    assert provider["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "provider-metrics"}
-    assert provider["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "provider-health"}
+    assert provider["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "prov-metrics"}
+    assert provider["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "prov-health"}
     driver = container(docs, "secrets-store")
     assert "--builtin-azure-provider=false" in driver["args"]
     assert "--internal-provider-dir=/run/keyvault-csi/provider" in driver["args"]
@@ -547,10 +549,10 @@ def test_the_monitors_find_the_driver_pods_and_keep_our_labels():
     assert all(pod_labels.get(k) == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
     # Both containers' metrics: the driver's, and the Azure provider's (keyvault_*) in its own.
     provider_ports = [p["name"] for p in container(docs, "provider-azure")["ports"]]
-    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["metrics", "provider-metrics"]
-    assert "provider-metrics" in provider_ports
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["metrics", "prov-metrics"]
+    assert "prov-metrics" in provider_ports
     for eps in (sm["spec"]["endpoints"], pm["spec"]["podMetricsEndpoints"]):
-        assert [ep["port"] for ep in eps] == ["metrics", "provider-metrics"], eps
+        assert [ep["port"] for ep in eps] == ["metrics", "prov-metrics"], eps
         assert all(ep["honorLabels"] is True for ep in eps), eps
     # AKS managed Prometheus reads the same objects under its own group.
     aks = render({"metrics": {"podMonitor": {"enabled": True, "apiVersion": "azmonitoring.coreos.com/v1"}}})
