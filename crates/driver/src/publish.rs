@@ -365,22 +365,22 @@ impl Driver {
         let failover = response.failover();
         // What the API server is owed: the pod status when a version (or the serving vault) changed,
         // and the Secret sync when the files did (or on a first mount).
-        let status = known
-            .as_ref()
-            .is_none_or(|v| v.object_versions != response.object_versions || v.failover != failover)
-            .then(|| StatusWrite {
-                versions: response.object_versions.clone(),
-                failover: failover.clone(),
-                refresh: known.is_some(),
-            });
-        let sync = (changed || !remount).then(|| SyncWrite { rotated: remount, files: files.clone() });
-        let mut owed = Owed { params: params.clone(), spec: std::sync::Arc::new(spec.clone()), status, sync };
+        // Nothing is owed without a cluster (standalone mounts).
+        let owes = self.writer.is_some();
+        let mut status = (owes
+            && known.as_ref().is_none_or(|v| v.object_versions != response.object_versions || v.failover != failover))
+        .then(|| StatusWrite {
+            versions: response.object_versions.clone(),
+            failover: failover.clone(),
+            refresh: known.is_some(),
+        });
+        let mut sync = (owes && (changed || !remount)).then(|| SyncWrite { rotated: remount, files: files.clone() });
         let waits = !background && self.writer.as_ref().is_some_and(|w| w.settings().mode == WriteMode::Synchronous);
         if let (Some(cluster), Some(writer)) = (&self.cluster, &self.writer) {
             if waits {
                 // Upstream's semantics: kubelet waits, and a pod status that cannot be written fails the
                 // mount (before the volume is recorded, so kubelet's retry records it).
-                if let Some(s) = owed.status.take() {
+                if let Some(s) = status.take() {
                     cluster
                         .record(params, &s.versions, &s.failover, s.refresh)
                         .await
@@ -426,19 +426,20 @@ impl Driver {
             self.volumes.insert(target.clone(), volume);
         }
         if let (Some(cluster), Some(writer)) = (&self.cluster, &self.writer) {
-            if waits && let Some(s) = owed.sync.take() {
+            if waits && let Some(s) = sync.take() {
                 let started = std::time::Instant::now();
                 let report = cluster.written(params, spec, s.rotated, &s.files).await;
                 self.metrics.secrets_synced(&spec.provider, report.synced, started);
                 if report.retry {
-                    owed.sync = Some(s); // owed: the writer retries it
+                    sync = Some(s); // owed: the writer retries it
                 }
             }
-            if owed.status.is_some() || owed.sync.is_some() {
+            if status.is_some() || sync.is_some() {
                 // Containers may read a first mount's synced Secrets as environment variables as soon
                 // as kubelet is answered: give the writer a moment (bounded) to create them.
-                let env_wait = owed.sync.is_some() && !remount && !background && !spec.secret_objects.is_empty();
-                writer.submit(Job::Publish(owed));
+                let env_wait = sync.is_some() && !remount && !background && !spec.secret_objects.is_empty();
+                let spec = std::sync::Arc::new(spec.clone());
+                writer.submit(Job::Publish(Owed { params: params.clone(), spec, status, sync }));
                 if env_wait && !writer.written(target, crate::api_writes::SECRET_WAIT).await {
                     tracing::warn!(%pod, class = %params.class_name, "the synced Secrets are not written yet (the API server is slow or away); the mount goes ahead and they follow");
                 }
