@@ -16,12 +16,17 @@ soak:
 	$(CARGO) bench --locked -p keyvault-csi --bench soak --no-run
 	hack/in-mount-ns.sh $(CARGO) bench --locked -p keyvault-csi --bench soak
 
+## fuzz: every fuzz target under libFuzzer, coverage-guided (FUZZ_RUNS executions each, default 10^7;
+## corpora kept in fuzz/corpus/); `make test` runs the same targets time-boxed
+fuzz:
+	CARGO=$(CARGO) hack/fuzz.sh
+
 crds:
 	cargo run -q -p keyvault-csi -- crds | python3 -c 'import sys; parts = sys.stdin.read().split("# Generated"); \
 	  open("charts/keyvault-csi/crds/crds.yaml", "w").write("# Generated" + parts[1]); \
 	  open("charts/keyvault-csi/crds/secretsync.yaml", "w").write("# Generated" + parts[2])'
 
-.PHONY: e2e crds chart soak bench demo test lint fmt-check clippy unit conformance build release clean
+.PHONY: fuzz e2e crds chart soak bench demo test lint fmt-check clippy unit conformance build release clean
 
 ## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts, the
 ## emulator against Azure's SDKs, and the Helm chart

@@ -1,102 +1,18 @@
-//! Fuzzing of everything a namespace user (or a vault, or a token service) can hand the driver, on
-//! stable Rust, inside `make test`: a mutation fuzzer over the checked-in corpora in `tests/fuzz/<target>/`
-//! with a bounded budget per target (`FUZZ_SECS`, default 3; `FUZZ_SEED` to replay a run).
+//! Fuzzing of everything a namespace user (or a vault, a token service, or the provider process) can
+//! hand the driver, on stable Rust, inside `make test`: a mutation fuzzer over the checked-in corpora
+//! in `tests/fuzz/<target>/` with a bounded budget per target (`FUZZ_SECS`, default 3; `FUZZ_SEED` to
+//! replay a run). The bodies, and the marker rule they assert (a planted secret never reaches an error,
+//! a gRPC status, an event, a metric label or a log line), are in `crates/fuzz-targets`; `make fuzz`
+//! drives the same bodies with libFuzzer, coverage-guided.
 //!
-//! Each target asserts more than "no panic": what a tenant writes is never echoed past a bound, and a
-//! value planted as a secret (a client secret, a service-account token, a secret's value) never
-//! appears in an error. A failing input is saved under `target/fuzz-failures/` and printed; fix the
-//! bug, then check the input into the target's corpus so it stays a regression test.
+//! A failing input is saved under `target/fuzz-failures/` and printed; fix the bug, then check the
+//! input into the target's corpus so it stays a regression test.
 
-use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A value planted wherever a secret can go; no error may contain it.
-const CANARY: &str = "CANARYsecretVALUE";
-
-/// Tokens the mutator splices in: the syntax of every format the targets read.
-const DICTIONARY: &[&str] = &[
-    "array:",
-    "- |",
-    "objectName:",
-    "objectType:",
-    "objectAlias:",
-    "objectVersion:",
-    "objectVersionHistory:",
-    "objectEncoding:",
-    "objectFormat:",
-    "filePermission:",
-    "secret",
-    "key",
-    "cert",
-    "pfx",
-    "pem",
-    "base64",
-    "hex",
-    "utf-8",
-    "../",
-    "/",
-    "..",
-    "\0",
-    "\n",
-    "\"",
-    "'",
-    "{",
-    "}",
-    "[",
-    "]",
-    ":",
-    ",",
-    "0777",
-    "99999999999999999999",
-    "-1",
-    "NaN",
-    "1e400",
-    "2562047h",
-    "9999999h",
-    "1.5s",
-    "ms",
-    "µs",
-    "h",
-    "true",
-    "false",
-    "null",
-    "AzureStackCloud",
-    "cloudEnvFileName",
-    "/etc/passwd",
-    "clientID",
-    "tenantId",
-    "keyvaultName",
-    "usePodIdentity",
-    "useVMManagedIdentity",
-    "userAssignedIdentityID",
-    "token",
-    "expirationTimestamp",
-    "api://AzureADTokenExchange",
-    "\u{202e}",
-    "\u{feff}",
-    "value",
-    "contentType",
-    "application/x-pkcs12",
-    "application/x-pem-file",
-    "kid",
-    "kty",
-    "RSA",
-    "EC",
-    "crv",
-    "P-256",
-    "n",
-    "e",
-    "x",
-    "y",
-    "access_token",
-    "expires_in",
-    "Bearer authorization=\"",
-    "resource=\"",
-    "scope=\"",
-    "&",
-];
+use fuzz_targets::DICTIONARY;
 
 /// A small deterministic RNG (xorshift64*), so a seed replays a run exactly.
 struct Rng(u64);
@@ -161,7 +77,8 @@ fn mutate(input: &mut Vec<u8>, corpus: &[Vec<u8>], rng: &mut Rng) {
 }
 
 /// Runs `target` on every corpus entry, then on mutations of them until the budget is spent.
-fn fuzz(name: &str, target: impl Fn(&[u8])) {
+fn fuzz(name: &str) {
+    let target = fuzz_targets::target(name);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz").join(name);
     let mut corpus: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
@@ -174,7 +91,7 @@ fn fuzz(name: &str, target: impl Fn(&[u8])) {
     let mut rng =
         Rng(seed ^ name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
     let run = |input: &[u8]| {
-        if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| target(input))) {
+        if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| fuzz_targets::run(target, input))) {
             let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/fuzz-failures");
             std::fs::create_dir_all(&out).unwrap();
             let file =
@@ -201,288 +118,35 @@ fn fuzz(name: &str, target: impl Fn(&[u8])) {
     println!("fuzz {name}: {execs} executions in {took:.1} s, corpus {}, seed {seed}, 0 failures", corpus.len());
 }
 
-fn text(input: &[u8]) -> String {
-    String::from_utf8_lossy(input).into_owned()
-}
-
-fn no_canary(what: &str, message: &str) {
-    assert!(!message.contains(CANARY), "{what} quotes a planted secret: {message}");
-}
-
-/// A workload-identity token whose claims parse (the provider reads `iss` and `sub` from it).
-fn token_json() -> String {
-    use base64::Engine;
-    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-    let jwt = format!(
-        "{}.{}.{CANARY}",
-        b64(r#"{"alg":"RS256"}"#),
-        b64(r#"{"iss":"https://issuer","sub":"system:serviceaccount:ns:sa","exp":4102444800}"#)
-    );
-    serde_json::json!({"api://AzureADTokenExchange": {"token": jwt, "expirationTimestamp": "2100-01-01T00:00:00Z"}})
-        .to_string()
-}
-
-fn base_attributes() -> BTreeMap<String, String> {
-    [
-        ("csi.storage.k8s.io/pod.name", "web"),
-        ("csi.storage.k8s.io/pod.namespace", "ns"),
-        ("csi.storage.k8s.io/serviceAccount.name", "sa"),
-        ("keyvaultName", "kv1"),
-        ("tenantId", "tenant"),
-        ("clientID", "client"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .chain([("csi.storage.k8s.io/serviceAccount.tokens".to_string(), token_json())])
-    .collect()
-}
-
-fn mount_parse(attrs: &BTreeMap<String, String>, secrets: &keyvault::params::SecretMap) -> Result<(), String> {
-    let clouds =
-        keyvault::cloud::Clouds { env_dir: std::env::temp_dir().join("kv-fuzz-no-such-dir"), ..Default::default() };
-    match keyvault::params::parse(attrs, secrets, 0o644, &clouds, false) {
-        Ok(p) => {
-            for o in &p.objects {
-                for path in keyvault::params::output_paths(o, true) {
-                    assert!(
-                        !path.starts_with('/') && !path.split('/').any(|c| c == ".."),
-                        "escaping file name {path:?}"
-                    );
-                }
+/// One test per target, so they run in parallel and fail by name.
+macro_rules! targets {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                fuzz(stringify!($name));
             }
-            Ok(())
-        }
-        Err(e) => Err(e.message),
-    }
-}
+        )*
 
-/// The class parameter reader: `objects` YAML (names, aliases, paths, versions, encodings, formats), or
-/// a whole parameters map; the mount's reader and `check`'s linter.
-#[test]
-fn class_parameters() {
-    fuzz("class_parameters", |input| {
-        let mut attrs = base_attributes();
-        match serde_saphyr::from_slice::<BTreeMap<String, String>>(input) {
-            Ok(map) if !map.is_empty() => {
-                attrs.extend(map.into_iter().filter(|(k, _)| !k.starts_with("csi.storage.k8s.io/")));
-            }
-            _ => {
-                attrs.insert("objects".into(), text(input));
+        #[test]
+        fn every_target_is_fuzzed() {
+            let here = [$(stringify!($name)),*];
+            for (name, _) in fuzz_targets::TARGETS {
+                assert!(here.contains(name), "fuzz target {name} has no test here");
             }
         }
-        let secrets =
-            [("clientid".to_string(), "id".into()), ("clientsecret".to_string(), CANARY.into())].into_iter().collect();
-        if let Err(e) = mount_parse(&attrs, &secrets) {
-            no_canary("a class parameter error", &e);
-        }
-        let lint = keyvault::lint::lint(&attrs, false);
-        no_canary("check", &format!("{lint:?}"));
-    });
+    };
 }
 
-/// Annotations and Go durations (`keyvault-csi.io/rotation-poll-interval` on classes and SecretSyncs).
-#[test]
-fn annotations_and_durations() {
-    fuzz("durations", |input| {
-        let s = text(input);
-        let _ = secrets_store::duration::parse_go_duration(&s);
-        match secrets_store::annotations::class_interval(Some(&s), Duration::from_secs(30)) {
-            Ok(Some(c)) => {
-                assert!(
-                    c.interval >= Duration::from_secs(30)
-                        && c.interval <= secrets_store::annotations::MAX_CLASS_INTERVAL
-                );
-                // What the poller computes from it must not panic.
-                let now = tokio::time::Instant::now();
-                let _ = secrets_store::duration::later(now, c.interval);
-                let _ = driver::rotation::backoff(c.interval, u32::MAX);
-            }
-            Ok(None) => unreachable!(),
-            Err(e) => assert!(e.len() < 400, "an annotation error is bounded: {} bytes", e.len()),
-        }
-        assert!(secrets_store::annotations::shown(&s).chars().count() <= 65);
-    });
-}
-
-/// The volume context kubelet passes (with the pod's `volumeAttributes`) and the tokens JSON, through
-/// to the provider's reader.
-#[test]
-fn volume_context_and_tokens() {
-    fuzz("volume_context", |input| {
-        let mut context: std::collections::HashMap<String, String> =
-            base_attributes().into_iter().filter(|(k, _)| !k.ends_with("tokens")).collect();
-        context.insert("secretProviderClass".into(), "spc".into());
-        context.insert("objects".into(), "array:\n  - |\n    objectName: s\n    objectType: secret\n".into());
-        let tokens = match serde_saphyr::from_slice::<BTreeMap<String, String>>(input) {
-            Ok(map) => {
-                context.extend(map);
-                token_json()
-            }
-            Err(_) => text(input).replace("TOKEN", CANARY),
-        };
-        let req = csi_proto::csi::NodePublishVolumeRequest {
-            volume_id: "csi-1".into(),
-            target_path: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount".into(),
-            volume_capability: Some(Default::default()),
-            readonly: true,
-            volume_context: context,
-            secrets: [("csi.storage.k8s.io/serviceAccount.tokens".to_string(), tokens)].into_iter().collect(),
-            ..Default::default()
-        };
-        match secrets_store::volume_context::PublishParams::parse(req) {
-            Ok(p) => {
-                for (v, kind) in [
-                    (&p.pod.namespace, secrets_store::volume_context::NameKind::Label),
-                    (&p.pod.name, secrets_store::volume_context::NameKind::Subdomain),
-                ] {
-                    assert!(v.is_empty() || kind.accepts(v), "{v:?} passed validation");
-                }
-                let attrs = p.attributes(&BTreeMap::new());
-                if let Err(e) = mount_parse(&attrs, &Default::default()) {
-                    no_canary("a tokens error", &e);
-                }
-            }
-            Err(e) => no_canary("a volume context error", &e.to_string()),
-        }
-    });
-}
-
-/// The PFX reader (certificates Key Vault returns as `application/x-pkcs12`).
-#[test]
-fn pfx_reader() {
-    fuzz("pfx", |input| {
-        if let Ok(b) = pfx::Bundle::from_der(input, "") {
-            let _ = b.to_pem(true);
-            let _ = b.to_pem(false);
-        }
-        use base64::Engine;
-        let _ = keyvault::convert::pfx_to_pem(&base64::engine::general_purpose::STANDARD.encode(input), true);
-    });
-}
-
-/// Key Vault and token-service responses: bundles, version pages, errors, challenges, `Retry-After`,
-/// token responses, and the conversions applied to a bundle's value.
-#[test]
-fn service_responses() {
-    fuzz("responses", |input| {
-        let body = secrecy::SecretSlice::from(input.to_vec());
-        let url = "https://kv1.vault.azure.net/secrets/s";
-        let planted = secrecy::SecretSlice::from(text(input).replace("TOKEN", CANARY).into_bytes());
-        if let Err(e) = keyvault::vault::parse::<keyvault::model::SecretBundle>(url, &planted) {
-            no_canary("a Key Vault parse error", &e.message);
-        }
-        if let Ok(k) = keyvault::vault::parse::<keyvault::model::KeyBundle>(url, &body)
-            && let Some(jwk) = &k.key
-        {
-            let _ = keyvault::convert::jwk_to_pem(jwk);
-        }
-        let _ = keyvault::vault::parse::<keyvault::model::CertificateBundle>(url, &body);
-        let _ = keyvault::vault::parse::<keyvault::model::VersionPage>(url, &body);
-        let s = text(input);
-        for format in [keyvault::params::Format::Pem, keyvault::params::Format::Pfx] {
-            for ct in ["application/x-pkcs12", "application/x-pem-file", ""] {
-                let _ = keyvault::convert::cert_secret(&s, ct, format, true);
-            }
-        }
-        let _ = keyvault::convert::cer_to_pem(&s);
-        for enc in
-            [keyvault::params::Encoding::Base64, keyvault::params::Encoding::Hex, keyvault::params::Encoding::Utf8]
-        {
-            let _ = keyvault::convert::decode(input.to_vec(), enc);
-        }
-        let _ = keyvault::vault::challenge_scope(&s, "kv1.vault.azure.net");
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Ok(v) = reqwest::header::HeaderValue::from_bytes(input.get(..input.len().min(64)).unwrap_or_default()) {
-            for k in ["retry-after", "retry-after-ms", "x-ms-retry-after-ms"] {
-                headers.insert(k, v.clone());
-                assert!(
-                    keyvault::transport::retry_after(&headers)
-                        .is_none_or(|d| d <= keyvault::transport::MAX_RETRY_AFTER)
-                );
-            }
-        }
-        let planted = s.replace("TOKEN", CANARY);
-        if let Err(e) = keyvault::identity::parse_token(planted.as_bytes(), "token") {
-            no_canary("a token response error", &e.message);
-        }
-    });
-}
-
-/// Key Vault change events as they come off the queue (whoever can write to the queue writes them),
-/// the queue's message list, and the invalidations ConfigMap the nodes read.
-#[test]
-fn change_events() {
-    fuzz("events", |input| {
-        let s = text(input).replace("TOKEN", CANARY);
-        match keyvault::events::parse(&s) {
-            Ok(c) => {
-                assert!(c.vault.len() <= 24 && c.name.len() <= 127 && c.version.len() <= 64);
-                let key = secrets_store::invalidation::ObjectKey {
-                    vault: c.vault.clone(),
-                    kind: c.kind.class_type().into(),
-                    name: c.name.clone(),
-                };
-                assert_eq!(
-                    secrets_store::invalidation::ObjectKey::parse(&key.key()),
-                    Some(key),
-                    "every parsed event is a valid key"
-                );
-            }
-            Err(e) => no_canary("an event error", &e.to_string()),
-        }
-        if let Ok(messages) = keyvault::events::parse_messages(&s) {
-            assert!(messages.iter().all(|m| m.text.len() <= keyvault::events::MAX_MESSAGE_BYTES * 4));
-        }
-        if let Ok(data) = serde_json::from_slice::<std::collections::BTreeMap<String, String>>(input) {
-            let mut seen = secrets_store::invalidation::Seen::default();
-            seen.news(&data);
-            assert!(seen.news(&data).is_empty());
-            let _ = secrets_store::invalidation::healthy(&data, std::time::SystemTime::now());
-            let board = secrets_store::invalidation::Board::resume(&data);
-            assert!(board.len() <= data.len());
-        }
-    });
-}
-
-/// The SecretSync spec (`secret-sync.x-k8s.io`), as `check` and the controller read it.
-#[test]
-fn secretsync_spec() {
-    fuzz("secretsync", |input| {
-        if let Ok(ss) = serde_saphyr::from_slice::<sync::api::SecretSync>(input) {
-            let findings = sync::lint::lint_sync(&ss, None);
-            let _ = format!("{findings:?}");
-            let _ = sync::decide::check_metadata(&ss.spec.secret_object);
-        }
-    });
-}
-
-/// The gRPC header-block rewriter on our Unix sockets (`driver::uds_authority`): whatever a client
-/// sends after the preface, it never panics, and its output (or its refusal) does not depend on how
-/// the reads split the bytes.
-#[test]
-fn grpc_frames() {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    fn rewrite(chunks: &[&[u8]]) -> Result<Vec<u8>, ()> {
-        let mut r = driver::uds_authority::Rewriter::new();
-        let mut pending = Vec::new();
-        for chunk in chunks {
-            pending.extend_from_slice(chunk);
-            let n = r.feed(&pending).map_err(|_| ())?;
-            assert!(n <= pending.len(), "consumed more than it was given");
-            pending.drain(..n);
-        }
-        Ok(r.take_output())
-    }
-    fuzz("grpc_frames", |input| {
-        let stream = [PREFACE, input].concat();
-        let whole = rewrite(&[&stream]);
-        let (a, b) = (input.first().copied().unwrap_or(0) as usize, input.last().copied().unwrap_or(0) as usize);
-        let (i, j) = ((a * 131) % (stream.len() + 1), (b * 257) % (stream.len() + 1));
-        let (i, j) = (i.min(j), i.max(j));
-        let split = rewrite(&[&stream[..i], &stream[i..j], &stream[j..]]);
-        assert_eq!(whole.is_ok(), split.is_ok(), "refused in one chunking and not in another (split at {i}, {j})");
-        if let (Ok(w), Ok(s)) = (&whole, &split) {
-            assert!(w == s, "the output depends on how the reads split the bytes (split at {i}, {j})");
-        }
-    });
-}
+targets!(
+    class_parameters,
+    durations,
+    volume_context,
+    pfx,
+    responses,
+    events,
+    secretsync,
+    secret_objects,
+    grpc_frames,
+    provider_wire,
+);

@@ -11,4 +11,4 @@ pub mod lint;
 pub mod provider;
 
 pub use flags::AzureArgs;
-pub use provider::{AzureProvider, mount_failure};
+pub use provider::{AzureProvider, mount_failure, provider_error};

@@ -63,7 +63,7 @@ impl Provider for AzureProvider {
                     client_id: r.identity.client_id,
                 },
             }),
-            Err(e) => Err(ProviderError::new(driver_kind(e.kind), "ProviderError", mount_failure(&e))),
+            Err(e) => Err(provider_error(&e)),
         };
         if let Some(metrics) = &self.metrics {
             let code = result.as_ref().err().map_or(tonic::Code::Ok, |e| e.kind.grpc_code());
@@ -71,6 +71,12 @@ impl Provider for AzureProvider {
         }
         result
     }
+}
+
+/// What the driver receives for a failed Key Vault mount: the kind that picks the gRPC code, upstream's
+/// `ProviderError` metric label and [`mount_failure`]'s text.
+pub fn provider_error(e: &keyvault::Error) -> ProviderError {
+    ProviderError::new(driver_kind(e.kind), "ProviderError", mount_failure(e))
 }
 
 /// The upstream Azure provider's wrapper text for a failed mount, so messages read as they did with

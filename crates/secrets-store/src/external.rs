@@ -187,8 +187,9 @@ fn to_wire(req: &MountRequest) -> pb::MountRequest {
 }
 
 /// Reads [`ext`]'s response metadata into `out` (served only for objects the response versions: the
-/// provider cannot add entries the files do not back).
-fn read_ext(md: &tonic::metadata::MetadataMap, out: &mut MountResponse) {
+/// provider cannot add entries the files do not back). Public for the fuzz harness: this is where the
+/// privileged process reads what the unprivileged one wrote.
+pub fn read_ext(md: &tonic::metadata::MetadataMap, out: &mut MountResponse) {
     let doc = |key: &str| {
         let bytes = md.get_bin(key)?.to_bytes().ok()?;
         (bytes.len() <= ext::MAX_DOC).then_some(bytes)
@@ -206,7 +207,8 @@ fn read_ext(md: &tonic::metadata::MetadataMap, out: &mut MountResponse) {
 }
 
 /// Turns a provider's response into files and versions (as the upstream driver's provider client does).
-fn from_wire(provider: &str, resp: pb::MountResponse) -> Result<MountResponse, ProviderError> {
+/// Public for the fuzz harness: a provider's answer is untrusted input to the privileged process.
+pub fn from_wire(provider: &str, resp: pb::MountResponse) -> Result<MountResponse, ProviderError> {
     if let Some(code) = resp.error.as_ref().map(|e| e.code.as_str()).filter(|c| !c.is_empty()) {
         return Err(ProviderError::new(
             ErrorKind::Internal,

@@ -94,13 +94,28 @@ pub struct ClassObject {
     pub source: String,
 }
 
-/// Reads the `objects` parameter into `f`: every object, every field. Objects whose YAML cannot be read
-/// are left out (and reported).
 /// The most versions `objectVersionHistory` may ask for (ours: upstream has no bound; each version is
 /// a Key Vault request and a file on the pod's tmpfs).
 pub const MAX_VERSION_HISTORY: u32 = 1000;
 
+/// The largest `objects` parameter read, in bytes (ours: upstream reads any size). A thousand objects
+/// take about 100 KiB; the chart's admission policy refuses the same at apply time.
+pub const MAX_OBJECTS_BYTES: usize = 256 * 1024;
+
+/// The most entries `objects` may list (ours: upstream has no bound; each is a Key Vault request).
+pub const MAX_OBJECTS: usize = 1000;
+
+/// Reads the `objects` parameter into `f`: every object, every field. Objects whose YAML cannot be read
+/// are left out (and reported).
 pub(crate) fn read(yaml: &str, default_mode: u32, f: &mut Findings) -> Result<Vec<ClassObject>, Stop> {
+    if yaml.len() > MAX_OBJECTS_BYTES {
+        f.error(
+            "objects",
+            format!("objects is {} bytes, larger than the {MAX_OBJECTS_BYTES} bytes the driver reads", yaml.len()),
+            "split the objects over several SecretProviderClasses",
+        )?;
+        return Ok(Vec::new());
+    }
     let arr: ObjectsArray = match serde_saphyr::from_str(yaml) {
         Ok(a) => a,
         Err(e) => {
@@ -112,6 +127,14 @@ pub(crate) fn read(yaml: &str, default_mode: u32, f: &mut Findings) -> Result<Ve
             return Ok(Vec::new());
         }
     };
+    if arr.array.len() > MAX_OBJECTS {
+        f.error(
+            "objects",
+            format!("objects lists {} entries, more than the {MAX_OBJECTS} the driver mounts", arr.array.len()),
+            "split the objects over several SecretProviderClasses",
+        )?;
+        return Ok(Vec::new());
+    }
     let mut out = Vec::with_capacity(arr.array.len());
     for (i, item) in arr.array.iter().enumerate() {
         match serde_saphyr::from_str::<RawObject>(item) {

@@ -307,3 +307,17 @@ fn a_malformed_tokens_json_never_quotes_a_token() {
         assert!(!e.contains("SECRETTOKEN"), "{e}");
     }
 }
+
+#[test]
+fn oversized_objects_are_refused_unread_with_the_limit_named() {
+    let many = objects(&vec!["objectName: s\nobjectType: secret"; objects::MAX_OBJECTS + 1]);
+    let e = err(&[("objects", &many)], &sp());
+    assert!(e.contains("lists 1001 entries, more than the 1000"), "{e}");
+    let big = format!("{}{}", objects(&["objectName: s\nobjectType: secret"]), "#".repeat(objects::MAX_OBJECTS_BYTES));
+    let e = err(&[("objects", &big)], &sp());
+    assert!(e.contains("larger than the 262144 bytes"), "{e}");
+    // At the limit, still read.
+    let fits = objects(&vec!["objectName: s\nobjectType: secret"; objects::MAX_OBJECTS]);
+    assert!(fits.len() <= objects::MAX_OBJECTS_BYTES);
+    assert!(!err(&[("objects", &fits)], &sp()).contains("entries"));
+}
