@@ -50,6 +50,8 @@ VARIANTS = {
                      "tokenProxyURL": "https://proxy.example:8443", "sniName": "a1.ests.aks",
                      "tokenProxyCAFile": "/etc/corp-ca/ca.pem"},
     },
+    "class-policy": {"classPolicy": {"enabled": True, "validationActions": ["Warn", "Audit"]},
+                     "provider": {"cloudEnvDir": "/etc/azure-stack/"}},
     "sync-controller": {"syncController": {"enabled": True, "replicas": 2, "tokenRequestAudiences": ["a", "b"]}},
     "events": {
         "syncController": {"enabled": True},
@@ -456,6 +458,22 @@ def test_change_events_read_one_configmap_by_name_and_need_the_controller():
     with pytest.raises(Exception) as e:
         render({"events": {"enabled": True, "queueUrl": "https://a.queue.core.windows.net/q"}})
     assert "needs syncController.enabled" in str(e.value)
+
+
+def test_the_class_policy_is_opt_in_and_names_the_operators_directory():
+    assert not [d for d in render() if d["kind"].startswith("ValidatingAdmissionPolicy")
+                and d["metadata"]["name"] == "keyvault-csi-secretproviderclass"]
+    docs = render(VARIANTS["class-policy"])
+    policy = one(docs, "ValidatingAdmissionPolicy", "keyvault-csi-secretproviderclass")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", "keyvault-csi-secretproviderclass")
+    assert binding["spec"] == {"policyName": "keyvault-csi-secretproviderclass", "validationActions": ["Warn", "Audit"]}
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rules == [{"apiGroups": ["secrets-store.csi.x-k8s.io"], "apiVersions": ["*"],
+                      "operations": ["CREATE", "UPDATE"], "resources": ["secretproviderclasses"]}]
+    cloud = [v for v in policy["spec"]["validations"] if "cloudEnvFileName" in v.get("message", "")][0]
+    assert '"/etc/azure-stack/"' in cloud["expression"] and "/etc/azure-stack (the driver's" in cloud["message"]
+    with pytest.raises(Exception):
+        render({"classPolicy": {"enabled": True, "validationActions": ["Block"]}})
 
 
 def test_the_admission_policies_bind_the_controllers_account_and_its_audiences():

@@ -1487,6 +1487,71 @@ def s_hostile_tenants(ctx):
                                   "cloudEnvFileName escapes refused; node loops alive")
 
 
+def s_class_policy(ctx):
+    """The chart's opt-in SecretProviderClass policy (classPolicy.enabled) on the real API server: a
+    class the driver would refuse at mount is refused at apply, naming the field (oversized objects,
+    an unknown objectType, cloudEnvFileName outside the operator's directory or with '..', a rotation
+    interval that is not a positive Go duration up to 720h); a valid class is admitted and mounts; off
+    again, the same bad class is admitted (and fails at mount, as before)."""
+    emu = ctx["emu"]
+    helm().upgrade(str(CHART), RELEASE, chart_values(emu, classPolicy={"enabled": True}),
+                   namespace=DRIVER_NS, timeout=180, wait="watcher")
+    good_objects = [{"objectName": "policy-secret", "objectType": "secret"}]
+    emu.set_secret("policy-secret", "p1")
+
+    def bad(name, objects=None, params=None, annotations=None):
+        cls = spc(name, NS, objects or good_objects)
+        cls["spec"]["parameters"].update(params or {})
+        if annotations:
+            cls["metadata"]["annotations"] = annotations
+        return cls
+
+    def apply_result(cls):
+        r = subprocess.run(["kubectl", "apply", "--server-side", "--force-conflicts", "--field-manager=e2e",
+                            "-f", "-"], input=json.dumps(cls).encode(), capture_output=True, timeout=60)
+        return r.returncode, r.stderr.decode()
+
+    probe = bad("policy-probe", [{"objectName": "s", "objectType": "secrt"}])
+    # The policy is in force once the API server's admission plugin has compiled it (a few seconds).
+    wait_for("the class policy in force", lambda: apply_result(probe)[0] != 0, 60)
+    cases = [
+        ("policy-type", bad("policy-type", [{"objectName": "s", "objectType": "secrt"}]), "must be secret, key or cert"),
+        ("policy-cloud-abs", bad("policy-cloud-abs", params={"cloudName": "AzureStackCloud",
+                                 "cloudEnvFileName": "/var/lib/kubelet/pods/x/volumes/secret"}), "/cloudEnv"),
+        ("policy-cloud-dots", bad("policy-cloud-dots", params={"cloudName": "AzureStackCloud",
+                                  "cloudEnvFileName": "../../etc/passwd"}), "no '..'"),
+        ("policy-interval", bad("policy-interval", annotations={
+            "keyvault-csi.io/rotation-poll-interval": "3000000000000000h"}), "rotation-poll-interval"),
+        ("policy-interval-text", bad("policy-interval-text", annotations={
+            "keyvault-csi.io/rotation-poll-interval": "soon"}), "rotation-poll-interval"),
+        ("policy-big", bad("policy-big", params={"objects": "array:\n" + "  - |\n    objectName: s\n    objectType: secret\n" * 7000}),
+         "larger than the 262144 bytes"),
+        ("policy-many", bad("policy-many", params={"objects": "array:\n" + "  - |\n    objectName: s\n    objectType: key\n" * 1001}),
+         "more than the 1000 objects"),
+    ]
+    for name, cls, message in cases:
+        code, err = apply_result(cls)
+        if code == 0 or message not in err:
+            raise Failure(f"{name}: expected a refusal naming {message!r}; got exit {code}: {err.strip()[:400]}")
+        if exists("secretproviderclass", name, NS):
+            raise Failure(f"{name}: refused, yet stored")
+    ok = bad("policy-ok", annotations={"keyvault-csi.io/rotation-poll-interval": "1h30m"})
+    ok["spec"]["parameters"]["cloudEnvFileName"] = ""
+    code, err = apply_result(ok)
+    if code != 0:
+        raise Failure(f"a valid class was refused: {err.strip()[:400]}")
+    apply(pod("policy-pod", NS, [csi_volume("kv", "policy-ok")]))
+    wait_pod("policy-pod", NS)
+    if read("policy-pod", NS, "/mnt/kv/policy-secret") != "p1":
+        raise Failure("the admitted class did not mount")
+    helm().upgrade(str(CHART), RELEASE, chart_values(emu), namespace=DRIVER_NS, timeout=180, wait="watcher")
+    wait_for("the class policy gone", lambda: apply_result(probe)[0] == 0, 60)
+    delete("pod", "policy-pod", NS, wait=False, grace=0)
+    for name in ["policy-probe", "policy-ok"]:
+        delete("secretproviderclass", name, NS)
+    FIGURES["class-policy"] = f"{len(cases)} bad classes refused at apply time, each naming its field; a valid one mounted"
+
+
 def sync_pods():
     return [p for p in get("pods", ns=DRIVER_NS)["items"]
             if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "sync-controller"
@@ -1806,6 +1871,7 @@ def main():
     run("certificate-expiry", s_cert_expiry)
     run("hostile-tenants", s_hostile_tenants)
     run("provider-isolation", s_provider_isolation)
+    run("class-policy", s_class_policy)
     run("unmount", s_unmount, inspector)
     if "rot_pod" in ctx:
         run("driver-restart-mid-rotation", s_driver_restart, inspector)

@@ -7,7 +7,7 @@ use prometheus_client::registry::Registry;
 use secrecy::ExposeSecret;
 use secrets_store::provider::{MountResponse, ProviderError};
 
-use crate::{MARKER, no_marker, planted_bytes, text};
+use crate::{MARKER, no_marker, planted_bytes, scrub, text};
 
 /// Whether `key` (the labels an error picks) is new on this thread. Labels are functions of an error's
 /// kind, never of its text, so each combination is rendered and checked once: the check stays cheap
@@ -83,8 +83,17 @@ pub(crate) fn provider_wire(input: &[u8]) {
             }],
         }
     });
+    // Paths, ids and codes are the provider's (quoted in errors); contents are secret.
     for f in &mut response.files {
+        f.path = scrub(&f.path);
         f.contents.splice(0..0, MARKER.bytes());
+    }
+    for v in &mut response.object_version {
+        v.id = scrub(&v.id);
+        v.version = scrub(&v.version);
+    }
+    if let Some(e) = &mut response.error {
+        e.code = scrub(&e.code);
     }
     if let Some(e) = &response.error {
         // A provider's error code is not secret (it is quoted), but it must stay a bounded label.
@@ -96,7 +105,7 @@ pub(crate) fn provider_wire(input: &[u8]) {
             assert!(out.files.iter().all(|f| f.mode <= 0o7777), "a mode outside 0o7777 was accepted");
             let mut md = tonic::metadata::MetadataMap::new();
             // Not secret-bearing (versions, vault names, a client id): unplanted.
-            let doc = tonic::metadata::MetadataValue::from_bytes(input);
+            let doc = tonic::metadata::MetadataValue::from_bytes(text(input).as_bytes());
             md.insert_bin(secrets_store::external::ext::SERVED, doc.clone());
             md.insert_bin(secrets_store::external::ext::REQUESTER, doc);
             secrets_store::external::read_ext(&md, &mut out);
