@@ -28,7 +28,7 @@ OLDEST, NEWEST = "1.30.0", "1.37.0"
 
 VARIANTS = {
     "defaults": {},
-    "rotation": {"enableSecretRotation": True, "rotationPollInterval": "30s"},
+    "rotation": {"enableSecretRotation": True, "rotationPollInterval": "30s", "restartTokenRequests": True},
     "no-sync-json-logs": {"syncSecret": {"enabled": False}, "logFormatJSON": True, "logVerbosity": 5},
     "rancher-digest": {
         "linux": {
@@ -239,12 +239,18 @@ def test_rbac_is_least_privilege():
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "secrets-store-csi-driver", "namespace": "kube-system"}]
     # Rotation off (the default): no access to Secrets beyond sync, no tokens.
     assert not [d for d in docs if d["metadata"]["name"].startswith("secretproviderrotation")]
+    # Rotation on: the nodePublishSecretRef after a restart, but no token minting (kubelet hands tokens
+    # over at its next republish) unless restartTokenRequests names the feature that needs it.
     rot = render({"enableSecretRotation": True})
-    assert rules(rot, "secretproviderrotation-role") == {
+    assert rules(rot, "secretproviderrotation-role") == {("", "secrets"): ["get"]}
+    assert "--restart-token-requests" not in container(rot, "secrets-store")["args"]
+    minting = render({"enableSecretRotation": True, "restartTokenRequests": True})
+    assert rules(minting, "secretproviderrotation-role") == {
         ("", "secrets"): ["get"],
         ("", "serviceaccounts/token"): ["create"],
         ("storage.k8s.io", "csidrivers"): ["get"],
     }
+    assert "--restart-token-requests" in container(minting, "secrets-store")["args"]
     assert rules(render({"enableSecretRotation": True, "tokenRequests": []}), "secretproviderrotation-role") == {
         ("", "secrets"): ["get"],
     }

@@ -36,6 +36,9 @@ pub struct KubeCluster {
     pods: Cache<Pod>,
     classes: Option<Cache<kube_bridge::crd::v1::SecretProviderClass>>,
     invalidations: Option<(Cache<k8s_openapi::api::core::v1::ConfigMap>, String)>,
+    /// Mint the CSIDriver's tokens for volumes adopted after a restart (TokenRequest, which needs
+    /// `serviceaccounts/token create`); without, their rotation waits for kubelet's next republish.
+    restart_tokens: bool,
 }
 
 impl KubeCluster {
@@ -66,7 +69,14 @@ impl KubeCluster {
             pods,
             classes: None,
             invalidations: None,
+            restart_tokens: false,
         }
+    }
+
+    /// Mints tokens for adopted volumes after a restart (`--restart-token-requests`).
+    pub fn with_restart_tokens(mut self, on: bool) -> Self {
+        self.restart_tokens = on;
+        self
     }
 
     /// Watches the change-event invalidations ConfigMap in `namespace` (one object, by name: see
@@ -330,7 +340,13 @@ impl Cluster for KubeCluster {
                 return Vec::new();
             }
         };
-        let token_requests = credentials::token_requests(&self.client, &self.driver_name).await;
+        // Without the grant, no TokenRequest is tried: the volumes' rotation waits for kubelet's next
+        // republish, which brings fresh tokens (requiresRepublish).
+        let token_requests = if self.restart_tokens {
+            credentials::token_requests(&self.client, &self.driver_name).await
+        } else {
+            Vec::new()
+        };
         let mut out = Vec::new();
         for st in statuses {
             let Some(s) = st.status.filter(|s| s.mounted && !s.target_path.is_empty()) else { continue };

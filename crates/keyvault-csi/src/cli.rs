@@ -125,6 +125,12 @@ pub struct NodeArgs {
     /// until the API server answers (kubelet retries it).
     #[arg(long, default_value_t = driver::api_writes::DEFAULT_LIMIT as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub api_writes_limit: u32,
+    /// After a restart, mint the CSIDriver's `tokenRequests` tokens (TokenRequest bound to the pod) for
+    /// the volumes taken back, so they rotate before kubelet's next republish (ours; needs
+    /// `serviceaccounts/token create`, which the chart grants only with this). Off: kubelet's next
+    /// republish brings the tokens, as with every mount.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub restart_token_requests: bool,
     /// Largest provider response accepted, in bytes.
     #[arg(long, default_value_t = 4_194_304, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_call_recv_msg_size: u32,

@@ -130,7 +130,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 // Watches retry with backoff while the API server is away; lookups fall back to GETs.
                 let source = kube_bridge::KubeClassSource::watching(client.clone());
                 let mut kube = driver::cluster::KubeCluster::new(client, &args.nodeid, &args.drivername)
-                    .with_classes(source.cache().clone());
+                    .with_classes(source.cache().clone())
+                    .with_restart_tokens(args.restart_token_requests);
                 if args.events_poll_interval.is_some() {
                     kube = kube.with_invalidations(&args.events_namespace);
                 }
