@@ -451,10 +451,12 @@ async fn after_a_crash_the_driver_takes_its_volumes_back_from_the_pod_statuses()
     let api = FakeApi::start().await;
     let kubeconfig = node.path("kubeconfig");
     api.kubeconfig(&kubeconfig);
+    // With token minting after a restart (off by default: the chart then grants no TokenRequest).
     let flags = [
         format!("--kubeconfig={}", kubeconfig.display()),
         "--enable-secret-rotation".into(),
         "--rotation-poll-interval=1s".into(),
+        "--restart-token-requests".into(),
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     provider.set_files(&[("foo", 0o644, "before")], "v1");
