@@ -43,6 +43,7 @@ DS = "kvcsi-keyvault-csi"
 EMU_NS, NS, NS2 = "kv-emulator", "e2e", "e2e-other"
 ATTACKER = "e2e-attacker"  # the hostile tenant
 SLOW_VAULT = "e2eslow"  # a second vault, made to hang
+STORM_VAULT = "e2estorm"  # a third, throttled alone: no other scenario's rotation lands in its counts
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 VAULT = "e2ekv"
 HTTPS_PORT, HTTP_PORT, PROXY_PORT = 18443, 18080, 18444
@@ -135,6 +136,11 @@ def seed(issuer, jwks):
             "keys": [{"name": "my-key", "kty": "RSA", "size": 2048}],
             "certificates": [{"name": "my-cert", "subject": "CN=e2e.example.com"},
                              {"name": "short-lived", "subject": "CN=short.example.com", "validDays": 10}],
+        }, {
+            "name": STORM_VAULT,
+            "tenant": TENANT,
+            "access": [{"principal": "wi-object", "secrets": ["get", "list"]}],
+            "secrets": [],
         }, {
             "name": SLOW_VAULT,
             "tenant": TENANT,
@@ -1746,22 +1752,24 @@ def s_secret_sync_storm_restart(ctx):
     emu = ctx["emu"]
     n, objects = 12, 8
     for k in range(objects):
-        emu.set_secret(f"storm-{k}", f"storm-value-{k}")
-    apply(spc("ss-storm", NS, [{"objectName": f"storm-{k}", "objectType": "secret"} for k in range(objects)],
-              client_id="wi-client"))
+        emu.call("PUT", f"/vaults/{STORM_VAULT}/secrets/storm-{k}", {"value": f"storm-value-{k}"})
+    storm = spc("ss-storm", NS, [{"objectName": f"storm-{k}", "objectType": "secret"} for k in range(objects)],
+                client_id="wi-client")
+    storm["spec"]["parameters"]["keyvaultName"] = STORM_VAULT
+    apply(storm)
     names = [f"ss-many-{i}" for i in range(n)]
     anns = "ss-db," + ",".join(names)
     kubectl("annotate", "serviceaccount", "workload", "-n", NS, "--overwrite", f"keyvault-csi.io/allow-secret-syncs={anns}")
     emu.call("DELETE", "/stats")
     # 3 requests per 4 s: the class's 8 objects cannot all be fetched at once.
-    emu.call("PUT", f"/throttle/{VAULT}", {"limit": 3, "windowSeconds": 4})
+    emu.call("PUT", f"/throttle/{STORM_VAULT}", {"limit": 3, "windowSeconds": 4})
     t0 = time.time()
     apply(*[secret_sync(nm, "ss-storm", "workload", [(f"storm-{i % objects}", "v")]) for i, nm in enumerate(names)])
     wait_for(f"{n} SecretSyncs Ready through the throttle", lambda: all(ready(nm).get("status") == "True" for nm in names), 90)
     took = time.time() - t0
-    emu.call("PUT", f"/throttle/{VAULT}", {"limit": 4000, "windowSeconds": 10})
+    emu.call("PUT", f"/throttle/{STORM_VAULT}", {"limit": 4000, "windowSeconds": 10})
     rows = emu.call("GET", "/stats").get("requests", [])
-    vault_rows = [r for r in rows if r.get("vault") == VAULT and r.get("kind") == "secrets"]
+    vault_rows = [r for r in rows if r.get("vault") == STORM_VAULT and r.get("kind") == "secrets"]
     throttled = sum(r.get("count", 0) for r in vault_rows if r.get("status") == 429)
     total = sum(r.get("count", 0) for r in vault_rows)
     FIGURES["secretsync-429-storm"] = (f"{n} SecretSyncs on a class of {objects} objects through a 3-per-4 s "
