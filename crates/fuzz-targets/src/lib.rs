@@ -251,7 +251,7 @@ pub fn no_marker(what: &str, text: &str) {
 
 /// `input` as text, with every [`PLANT`] replaced by the marker: for a secret-bearing field.
 pub fn planted(input: &[u8]) -> String {
-    String::from_utf8_lossy(input).replace(PLANT, MARKER)
+    String::from_utf8_lossy(&planted_bytes(input)).into_owned()
 }
 
 /// `input` as bytes, with every [`PLANT`] replaced by the marker (non-UTF-8 bytes kept).
