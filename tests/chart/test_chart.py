@@ -9,6 +9,7 @@ import os
 import pathlib
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -88,6 +89,11 @@ VARIANTS = {
         "linux": {"extraArgs": ["--azure-extra-ca-file=/etc/corp-ca/ca.pem"]},
     },
     "cloud-env": {"provider": {"cloudEnvHostPath": "/etc/kubernetes/custom-cloud"}},
+    "metrics-auth": {
+        "metrics": {"auth": {"enabled": True}, "service": {"enabled": True}, "serviceMonitor": {"enabled": True},
+                    "podMonitor": {"enabled": True}},
+        "syncController": {"enabled": True},
+    },
 }
 
 
@@ -342,8 +348,11 @@ def running_driver(values, name="secrets-store"):
                 a = a.split("=", 1)[0] + "=" + tmp
             if a.startswith("--endpoint=unix://") and name != "secrets-store":
                 a = f"--endpoint=unix://{sock}"
+            if a.split("=", 1)[0] in ("--metrics-socket", "--provider-metrics-socket"):
+                a = a.split("=", 1)[0] + "=" + str(pathlib.Path(tmp) / "metrics.socket")
             if a.startswith("--healthz-port="):
-                a = f"--healthz-port={free_port()}"
+                healthz_port = free_port()
+                a = f"--healthz-port={healthz_port}"
             if a.startswith("--cloud-env-dir="):
                 a = f"--cloud-env-dir={tmp}"
             if a.startswith("--azure-extra-ca-file="):
@@ -351,13 +360,19 @@ def running_driver(values, name="secrets-store"):
                 ca.write_bytes(self_signed_ca_pem())
                 a = f"--azure-extra-ca-file={ca}"
             args.append(a)
+        # --metrics-secure: HTTPS with a self-signed certificate.
+        scheme = "https" if "--metrics-secure" in args else "http"
+        # A provider whose metrics are on a Unix socket answers the probes on its health port only.
+        probe_port = healthz_port if any(a.startswith("--metrics-socket=") for a in args) else port
+        unverified = ssl._create_unverified_context() if scheme == "https" else None
         proc = subprocess.Popen([str(binary), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.time() + 20
             while True:
                 assert proc.poll() is None, f"exited {proc.returncode}: {proc.stderr.read().decode()}"
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    with urllib.request.urlopen(f"{scheme}://127.0.0.1:{probe_port}/healthz", timeout=1,
+                                                context=unverified) as r:
                         if r.status == 200 and sock.exists():
                             break
                 except OSError:
@@ -399,7 +414,12 @@ def test_the_azure_provider_runs_unprivileged_and_blind_to_the_kubelets_director
     host = sorted(volumes[n]["hostPath"]["path"] for n in mounted if "hostPath" in volumes[n])
     assert host == ["/etc/kubernetes/custom-cloud"], "no host path but the operator's cloud-env directory"
     assert volumes["provider-socket-dir"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
-    assert provider["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "prov-metrics"}
+    assert provider["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "prov-health"}
+    # Only the driver container holds the node's API credential.
+    assert pod["automountServiceAccountToken"] is False
+    api = [c["name"] for c in pod["containers"]
+           if any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount" for m in c.get("volumeMounts", []))]
+    assert api == ["secrets-store"], api
     assert provider["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "prov-health"}
     driver = container(docs, "secrets-store")
     assert "--builtin-azure-provider=false" in driver["args"]
@@ -622,3 +642,58 @@ def test_the_dashboard_is_for_the_sidecar_and_queries_real_metrics():
         assert not unknown, f"{e} selects {unknown}"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_metrics_auth_is_opt_in_secures_every_metrics_port_and_grants_only_the_reviews():
+    plain = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    assert "--metrics-secure" not in container(plain, "secrets-store")["args"]
+    node_role = one(plain, "ClusterRole", "secretproviderclasses-role")
+    assert not [r for r in node_role["rules"] if "tokenreviews" in r["resources"]]
+    assert not [d for d in plain if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-metrics-reader")]
+    assert [e["port"] for e in one(plain, "ServiceMonitor")["spec"]["endpoints"]] == ["metrics", "prov-metrics"]
+
+    docs = render(VARIANTS["metrics-auth"])
+    driver, provider = container(docs, "secrets-store"), container(docs, "provider-azure")
+    assert "--metrics-secure" in driver["args"]
+    assert "--provider-metrics-socket=/run/keyvault-csi/provider/metrics.socket" in driver["args"]
+    assert not [a for a in driver["args"] if a.startswith("--metrics-cert-path")], "self-signed by default"
+    assert driver["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    # The provider serves its metrics only on the socket the two containers share; no metrics port.
+    assert "--metrics-socket=/run/keyvault-csi/provider/metrics.socket" in provider["args"]
+    assert [p["name"] for p in provider["ports"]] == ["prov-health"]
+    assert provider["readinessProbe"]["httpGet"]["port"] == "prov-health"
+    sync = container(docs, "sync-controller")
+    assert "--metrics-secure" in sync["args"]
+    assert sync["readinessProbe"]["httpGet"]["scheme"] == "HTTPS" == sync["livenessProbe"]["httpGet"]["scheme"]
+    for role in (one(docs, "ClusterRole", "secretproviderclasses-role"), one(docs, "ClusterRole", "kv-keyvault-csi-sync-controller")):
+        granted = {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in role["rules"]}
+        assert granted[("authentication.k8s.io", "tokenreviews")] == ["create"]
+        assert granted[("authorization.k8s.io", "subjectaccessreviews")] == ["create"]
+    reader = one(docs, "ClusterRole", "kv-keyvault-csi-metrics-reader")
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics", "/metrics/provider"], "verbs": ["get"]}]
+    service = one(docs, "Service", "kv-keyvault-csi-metrics")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+    endpoints = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert [(e["port"], e["path"]) for e in endpoints] == [("metrics", "/metrics"), ("metrics", "/metrics/provider")]
+    for e in endpoints:
+        assert e["scheme"] == "https" and e["tlsConfig"] == {"insecureSkipVerify": True}
+        assert e["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert all("bearerTokenFile" not in e for e in one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"])
+
+    # A certificate Secret is mounted where the flag points, in both workloads.
+    with_cert = render({"metrics": {"auth": {"enabled": True, "certSecretName": "metrics-tls",
+                                             "authorization": {"type": "Bearer", "credentials": {"name": "t", "key": "k"}}},
+                                    "podMonitor": {"enabled": True}}, "syncController": {"enabled": True}})
+    for name in ("secrets-store", "sync-controller"):
+        c = container(with_cert, name)
+        assert "--metrics-cert-path=/etc/keyvault-csi/metrics-tls" in c["args"]
+        assert {"name": "metrics-tls", "mountPath": "/etc/keyvault-csi/metrics-tls", "readOnly": True} in c["volumeMounts"]
+    volumes = one(with_cert, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "metrics-tls", "secret": {"secretName": "metrics-tls"}} in volumes
+    pm = one(with_cert, "PodMonitor")["spec"]["podMetricsEndpoints"][0]
+    assert pm["authorization"] == {"type": "Bearer", "credentials": {"name": "t", "key": "k"}}
+    # In-process: no socket to relay, the one port serves everything.
+    inproc = render({"metrics": {"auth": {"enabled": True}, "serviceMonitor": {"enabled": True}},
+                     "provider": {"isolation": "none"}})
+    assert not [a for a in container(inproc, "secrets-store")["args"] if "metrics-socket" in a]
+    assert [e["path"] for e in one(inproc, "ServiceMonitor")["spec"]["endpoints"]] == ["/metrics"]

@@ -905,6 +905,8 @@ def s_provider_isolation(ctx):
         raise Failure(f"another pod's mounted file {victim} is visible to the provider (or none is mounted)")
     if not (root / "run/keyvault-csi/provider/azure.sock").exists():
         raise Failure("the provider's socket is not in its view")
+    if (root / "var/run/secrets/kubernetes.io/serviceaccount/token").exists():
+        raise Failure("the provider holds the node's Kubernetes API token")
 
     emu = ctx["emu"]
     emu.set_secret("iso-rotating", "iso-v1")
@@ -1074,6 +1076,80 @@ def s_metrics(ctx):
     ready = pod_proxy(driver_pod(), 8095, "/readyz")
     if "ok" not in ready.lower():
         raise Failure(f"/readyz answered {ready!r}")
+
+
+def s_metrics_auth(ctx):
+    """metrics.auth on the real API server: every /metrics of the release over HTTPS, served only to a
+    token whose user the API server authenticates (TokenReview) and authorizes for the path
+    (SubjectAccessReview, the chart's metrics-reader ClusterRole): no token or a forged one 401, a
+    valid token without the role 403, with it 200, the provider's metrics relayed as
+    /metrics/provider; the probes stay open and the pods Ready. Off again: plain HTTP, as upstream."""
+    if not KIT:
+        print("SKIP metrics-auth: it scrapes the host-network ports")
+        return
+    import ssl
+    import urllib.error
+    emu = ctx["emu"]
+    helm().upgrade(str(CHART), RELEASE, chart_values(emu, metrics={"auth": {"enabled": True}}),
+                   namespace=DRIVER_NS, timeout=180, wait="watcher")
+    try:
+        wait_for("the DaemonSet Ready with HTTPS probes", driver_ready, 120)
+        unverified = ssl._create_unverified_context()
+
+        def scrape(port, path, token=None):
+            request = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+            if token:
+                request.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(request, timeout=10, context=unverified) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        reader_role = next(r["metadata"]["name"] for r in get("clusterroles")["items"]
+                           if r["metadata"]["name"].endswith("-metrics-reader")
+                           and r["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE)
+        for sa in ("metrics-reader", "metrics-nobody"):
+            apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": NS}})
+        apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "e2e-metrics-reader"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reader_role},
+               "subjects": [{"kind": "ServiceAccount", "name": "metrics-reader", "namespace": NS}]})
+        reader = kubectl("create", "token", "metrics-reader", "-n", NS).strip()
+        nobody = kubectl("create", "token", "metrics-nobody", "-n", NS).strip()
+        forged = reader[:-8] + ("A" * 8 if not reader.endswith("A" * 8) else "B" * 8)
+        seen = {}
+        for port, path, expect in ((8095, "/metrics", "node_publish_total"),
+                                   (8095, "/metrics/provider", "keyvault_request"),
+                                   (8085, "/metrics", "secretsync")):
+            status, body = scrape(port, path)
+            if status != 401:
+                raise Failure(f"{port}{path} without a token answered {status}: {body[:200]!r}")
+            status, body = scrape(port, path, forged)
+            if status != 401:
+                raise Failure(f"{port}{path} with a forged token answered {status}: {body[:200]!r}")
+            status, body = scrape(port, path, nobody)
+            if status != 403 or f"system:serviceaccount:{NS}:metrics-nobody" not in body:
+                raise Failure(f"{port}{path} for a token without the role answered {status}: {body[:200]!r}")
+            # The binding reaches the authorizer's cache within a moment of being created.
+            got = wait_for(f"{port}{path} served to the metrics reader",
+                           lambda: (lambda r: r if r[0] == 200 else NotYet(r[0]))(scrape(port, path, reader)), 30)
+            if expect not in got[1]:
+                raise Failure(f"{port}{path} has no {expect}: {got[1][:300]!r}")
+            seen[f"{port}{path}"] = len(got[1])
+        for port in (8095, 8085):
+            status, body = scrape(port, "/readyz")
+            if status != 200:
+                raise Failure(f"{port}/readyz (no token) answered {status}: {body!r}")
+        FIGURES["metrics-auth"] = ("401 without or with a forged token, 403 without the role, 200 with it on "
+                                   + ", ".join(f"{k} ({v} bytes)" for k, v in seen.items()))
+    finally:
+        delete("clusterrolebinding", "e2e-metrics-reader", wait=False)
+        helm().upgrade(str(CHART), RELEASE, chart_values(emu), namespace=DRIVER_NS, timeout=180, wait="watcher")
+        wait_for("the DaemonSet Ready (plain metrics again)", driver_ready, 120)
+    text = pod_proxy(driver_pod(), 8095, "/metrics")
+    if not text.rstrip().endswith("# EOF"):
+        raise Failure(f"plain /metrics not served after metrics.auth was turned off: {text[:200]!r}")
 
 
 def s_scale(ctx, inspector):
@@ -1886,6 +1962,7 @@ def main():
     run("secretsync", s_secret_sync)
     run("secretsync-429-storm-and-restart", s_secret_sync_storm_restart)
     run("metrics", s_metrics)
+    run("metrics-auth", s_metrics_auth)
     run("scale-50", s_scale, inspector)
     run("failover-vault", s_failover)
     run("change-events", s_change_events)

@@ -79,3 +79,22 @@ secrets-store-csi-driver
 - --token-proxy-ca-file={{ . }}
 {{- end }}
 {{- end -}}
+
+{{/*
+A scrape endpoint's TLS and credentials with metrics.auth: (list $auth isServiceMonitor). A PodMonitor
+has no bearerTokenFile; it needs auth.authorization.
+*/}}
+{{- define "keyvault-csi.scrapeAuth" -}}
+{{- $auth := index . 0 -}}
+{{- if $auth.enabled -}}
+scheme: https
+tlsConfig:
+  {{- toYaml $auth.tlsConfig | nindent 2 }}
+{{- if $auth.authorization }}
+authorization:
+  {{- toYaml $auth.authorization | nindent 2 }}
+{{- else if and (index . 1) $auth.bearerTokenFile }}
+bearerTokenFile: {{ $auth.bearerTokenFile }}
+{{- end }}
+{{- end -}}
+{{- end }}

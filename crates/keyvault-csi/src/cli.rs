@@ -81,6 +81,13 @@ pub struct NodeArgs {
     /// Address of the HTTP server for /metrics, /healthz and /readyz (`:8095` = all interfaces).
     #[arg(long, default_value = ":8095", value_parser = parse_listen_addr)]
     pub metrics_addr: std::net::SocketAddr,
+    /// Who may read `/metrics`.
+    #[command(flatten)]
+    pub metrics_auth: crate::http::MetricsAuthArgs,
+    /// Also serve `/metrics/provider`: the unprivileged provider's metrics from its Unix socket, behind
+    /// the same checks as `/metrics` (ours; the chart sets it with `metrics.auth`).
+    #[arg(long, value_name = "PATH")]
+    pub provider_metrics_socket: Option<PathBuf>,
     /// The audit trail.
     #[command(flatten)]
     pub audit: AuditArgs,

@@ -4,7 +4,6 @@ mod app;
 mod cli;
 mod http;
 mod logging;
-mod metrics;
 mod provider_server;
 mod server;
 mod standalone;
@@ -122,11 +121,13 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         events_poll_interval: args.events_poll_interval,
     };
     let mut cluster: Option<Arc<dyn driver::node::Cluster>> = None;
-    let mut readiness: Vec<(&'static str, http::ReadyCheck)> = Vec::new();
+    let mut readiness: Vec<(&'static str, metrics_http::ReadyCheck)> = Vec::new();
+    let mut api = None;
     let classes: Arc<dyn ClassSource> = match &args.class_dir {
         Some(dir) => Arc::new(DirClassSource::new(dir)),
         None => match kube_bridge::client(args.kubeconfig.as_deref()).await {
             Ok(client) => {
+                api = Some(client.clone());
                 // Watches retry with backoff while the API server is away; lookups fall back to GETs.
                 let source = kube_bridge::KubeClassSource::watching(client.clone());
                 let mut kube = driver::cluster::KubeCluster::new(client, &args.nodeid, &args.drivername)
@@ -201,11 +202,15 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         });
     }
 
-    let mut health = http::Health::with_registry(std::mem::take(&mut app.registry));
+    let mut health = metrics_http::Health::with_registry(std::mem::take(&mut app.registry));
     for (name, check) in readiness {
         health = health.with_check(name, check);
     }
-    let (http_addr, http_server) = http::bind(args.metrics_addr, health.clone(), app.stopped()).await?;
+    let mut metrics = args.metrics_auth.server(health.clone(), api.as_ref(), &[&args.nodeid, "localhost"])?;
+    if let Some(socket) = &args.provider_metrics_socket {
+        metrics = metrics.with_provider_metrics(socket.clone());
+    }
+    let (http_addr, http_server) = http::bind(metrics, args.metrics_addr, "--metrics-addr", app.stopped()).await?;
     let (csi_server, socket) = server::bind(&args.endpoint, driver.clone(), max_recv, app.stopped()).await?;
     health.set_ready(true);
     tracing::info!(

@@ -3,6 +3,7 @@
 //! Secrets Store CSI driver can use it in place of the upstream Azure provider.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,12 @@ pub struct ProviderArgs {
     /// `/metrics` (and `/healthz`, `/readyz`) address.
     #[arg(long, default_value = ":8898", value_parser = parse_listen_addr)]
     pub metrics_addr: SocketAddr,
-    /// Health port of the upstream provider (`/healthz` is also served here).
+    /// Serve `/metrics` on this Unix socket instead of `--metrics-addr` (ours): the node driver
+    /// relays it as `/metrics/provider` behind its `--metrics-secure` checks, which this process,
+    /// holding no Kubernetes credential, cannot make. `/readyz` is then on `--healthz-port`.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
+    /// Health port of the upstream provider (`/healthz` and `/readyz`; no metrics).
     #[arg(long, default_value_t = 8989)]
     pub healthz_port: u16,
     /// Accepted for compatibility (the health endpoint answers `/healthz`).
@@ -45,11 +51,23 @@ pub async fn run(args: ProviderArgs) -> anyhow::Result<()> {
     };
     let mut app = App::new();
     let (azure, metrics) = app.azure(&args.azure, None, false)?;
-    let health = crate::http::Health::with_registry(std::mem::take(&mut app.registry));
-    let (metrics_addr, metrics_server) = crate::http::bind(args.metrics_addr, health.clone(), app.stopped()).await?;
+    let health = metrics_http::Health::with_registry(std::mem::take(&mut app.registry));
+    let server = metrics_http::Server::new(health.clone());
+    let (metrics_at, metrics_server) = match &args.metrics_socket {
+        Some(path) => {
+            let (listener, socket) = driver::socket::bind_private(path, "--metrics-socket")?;
+            app.on_exit(move || socket.remove_if_ours());
+            (format!("unix://{}", path.display()), server.clone().serve_unix(listener, app.stopped()))
+        }
+        None => {
+            let (addr, serving) =
+                crate::http::bind(server.clone(), args.metrics_addr, "--metrics-addr", app.stopped()).await?;
+            (addr.to_string(), serving)
+        }
+    };
     let healthz = SocketAddr::new(args.metrics_addr.ip(), args.healthz_port);
     let (healthz_addr, healthz_server) =
-        crate::http::bind_as(healthz, "--healthz-port", health.clone(), app.stopped()).await?;
+        crate::http::bind(server.probes_only(), healthz, "--healthz-port", app.stopped()).await?;
 
     let (listener, socket) = driver::socket::bind_private(path, "--endpoint")?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -64,7 +82,7 @@ pub async fn run(args: ProviderArgs) -> anyhow::Result<()> {
         .add_service(service)
         .serve_with_incoming_shutdown(driver::socket::incoming(listener), app.stopped());
     health.set_ready(true);
-    tracing::info!(endpoint = %args.endpoint, metrics = %metrics_addr, healthz = %healthz_addr, "keyvault-csi Azure provider serving (v1alpha1)");
+    tracing::info!(endpoint = %args.endpoint, metrics = %metrics_at, healthz = %healthz_addr, "keyvault-csi Azure provider serving (v1alpha1)");
     app.spawn("provider server", async move { server.await.context("provider server") });
     app.spawn("metrics server", async move { metrics_server.await.context("metrics server") });
     app.spawn("health server", async move { healthz_server.await.context("health server") });

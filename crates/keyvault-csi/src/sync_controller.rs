@@ -68,6 +68,9 @@ pub struct SyncControllerArgs {
     /// `/metrics`, `/healthz` and `/readyz` address.
     #[arg(long, default_value = ":8085", value_parser = parse_listen_addr)]
     pub metrics_bind_address: SocketAddr,
+    /// Who may read `/metrics`.
+    #[command(flatten)]
+    pub metrics_auth: crate::http::MetricsAuthArgs,
     /// Run only while holding the leader Lease (for more than one replica).
     #[arg(long, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true",
           value_parser = parse_go_bool, value_name = "BOOL")]
@@ -114,11 +117,11 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
     audit.register(&mut app.registry);
     let ready = Arc::new(AtomicBool::new(false));
     let watching = ready.clone();
-    let health = crate::http::Health::with_registry(std::mem::take(&mut app.registry))
+    let health = metrics_http::Health::with_registry(std::mem::take(&mut app.registry))
         .with_check("secretsyncs", Box::new(move || watching.load(std::sync::atomic::Ordering::SeqCst)));
+    let server = args.metrics_auth.server(health.clone(), Some(&client), &["localhost"])?;
     let (http_addr, http_server) =
-        crate::http::bind_as(args.metrics_bind_address, "--metrics-bind-address", health.clone(), app.stopped())
-            .await?;
+        crate::http::bind(server, args.metrics_bind_address, "--metrics-bind-address", app.stopped()).await?;
     app.spawn("metrics server", async move { http_server.await.context("metrics server") });
     health.set_ready(true);
 

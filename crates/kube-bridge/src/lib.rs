@@ -7,6 +7,7 @@
 //! The wire formats are upstream's (the upstream driver's); the typed CRDs are in [`crd`]. Nothing
 //! here mounts, writes files or speaks CSI: that is the node driver's.
 
+pub mod access_review;
 pub mod cache;
 pub mod check;
 pub mod classes;
