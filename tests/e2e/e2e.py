@@ -900,9 +900,6 @@ def s_provider_isolation(ctx):
     root = pathlib.Path(f"/proc/{pid}/root")
     if (root / "var/lib/kubelet/pods").exists() or (root / "var/lib/kubelet").exists():
         raise Failure("the provider's filesystem shows the kubelet's directory")
-    victim = next(iter(pathlib.Path("/var/lib/kubelet/pods").glob("*/volumes/kubernetes.io~csi/*/mount/*")), None)
-    if victim is None or (root / str(victim).lstrip("/")).exists():
-        raise Failure(f"another pod's mounted file {victim} is visible to the provider (or none is mounted)")
     if not (root / "run/keyvault-csi/provider/azure.sock").exists():
         raise Failure("the provider's socket is not in its view")
     if (root / "var/run/secrets/kubernetes.io/serviceaccount/token").exists():
@@ -914,6 +911,10 @@ def s_provider_isolation(ctx):
     apply(pod("iso-rot", NS, [csi_volume("kv", "iso")]))
     wait_pod("iso-rot", NS)
     uid = get("pod", "iso-rot", NS)["metadata"]["uid"]
+    # A pod's mounted file (this scenario's own, at least) is not in the provider's view.
+    victim = next(iter(pathlib.Path("/var/lib/kubelet/pods").glob("*/volumes/kubernetes.io~csi/*/mount/*")), None)
+    if victim is None or (root / str(victim).lstrip("/")).exists():
+        raise Failure(f"another pod's mounted file {victim} is visible to the provider (or none is mounted)")
     dpod = driver_pod()
     provider_restarts = container_restarts(dpod, DRIVER_NS, "provider-azure")
     driver_restarts = container_restarts(dpod, DRIVER_NS, "secrets-store")
@@ -1094,6 +1095,11 @@ def s_metrics_auth(ctx):
                    namespace=DRIVER_NS, timeout=180, wait="watcher")
     try:
         wait_for("the DaemonSet Ready with HTTPS probes", driver_ready, 120)
+        # A mount, so the restarted driver and provider have series to show.
+        emu.set_secret("mauth-secret", "m1")
+        apply(spc("mauth", NS, [{"objectName": "mauth-secret", "objectType": "secret"}]))
+        apply(pod("mauth", NS, [csi_volume("kv", "mauth")]))
+        wait_pod("mauth", NS)
         unverified = ssl._create_unverified_context()
 
         def scrape(port, path, token=None):
@@ -1121,7 +1127,7 @@ def s_metrics_auth(ctx):
         seen = {}
         for port, path, expect in ((8095, "/metrics", "node_publish_total"),
                                    (8095, "/metrics/provider", "keyvault_request"),
-                                   (8085, "/metrics", "secretsync")):
+                                   (8085, "/metrics", "# EOF")):
             status, body = scrape(port, path)
             if status != 401:
                 raise Failure(f"{port}{path} without a token answered {status}: {body[:200]!r}")
@@ -1144,6 +1150,7 @@ def s_metrics_auth(ctx):
         FIGURES["metrics-auth"] = ("401 without or with a forged token, 403 without the role, 200 with it on "
                                    + ", ".join(f"{k} ({v} bytes)" for k, v in seen.items()))
     finally:
+        delete("pod", "mauth", NS, wait=False)
         delete("clusterrolebinding", "e2e-metrics-reader", wait=False)
         helm().upgrade(str(CHART), RELEASE, chart_values(emu), namespace=DRIVER_NS, timeout=180, wait="watcher")
         wait_for("the DaemonSet Ready (plain metrics again)", driver_ready, 120)

@@ -11,7 +11,7 @@ use crate::convert;
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::IdentityKey;
 use crate::model::{CertificateBundle, KeyBundle, SecretBundle};
-use crate::params::{Encoding, ObjectSpec, ObjectType};
+use crate::params::{Encoding, Format, ObjectSpec, ObjectType};
 use crate::vault::{API_VERSION, VaultCall, parse};
 use crate::{File, Served};
 
@@ -165,6 +165,21 @@ async fn single(
             doc.value.as_ref().ok_or_else(|| nil("secret value"))?;
             let version = version_of(doc.id.as_deref().ok_or_else(|| nil("secret id"))?);
             let cert_backed = doc.kid.as_deref().is_some_and(|k| !k.is_empty());
+            if o.format == Format::Json {
+                // The value is not what the class says it is: retrying will not help until one changes.
+                let mismatch = |e: String| Error::new(ErrorKind::InvalidInput, e);
+                if cert_backed {
+                    return Err(mismatch("objectFormat json: the secret backs a certificate, not a JSON document".into()));
+                }
+                let value = doc.value.as_ref().map(|v| v.expose_secret().as_bytes().to_vec()).unwrap_or_default();
+                let value = convert::decode(value, o.encoding).map_err(conv)?;
+                let files = crate::json_keys::extract(&value, &o.json_keys)
+                    .map_err(mismatch)?
+                    .into_iter()
+                    .map(|e| File { path: e.file, mode: e.mode, contents: SecretSlice::from(e.value) })
+                    .collect();
+                return Ok((files, served(version)));
+            }
             let content = if cert_backed {
                 // PFX decoding runs PBKDF2 up to a million rounds per bag, as the vault's (a tenant's)
                 // file asks: never on the runtime's worker threads, which serve every tenant's mounts.

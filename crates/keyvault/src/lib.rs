@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod failover;
 pub mod identity;
+pub mod json_keys;
 pub mod lint;
 pub mod metrics;
 pub mod model;

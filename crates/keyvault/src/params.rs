@@ -154,6 +154,26 @@ pub enum Format {
     Pem,
     /// PFX: the secret's base64 value as is.
     Pfx,
+    /// JSON (ours): the secret's value is a JSON document, written as one file per `jsonKeys` entry.
+    Json,
+}
+
+/// One `jsonKeys` entry (ours): a member of a JSON secret written as its own file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonKey {
+    /// The member: a top-level name, or a dotted path through nested objects.
+    pub key: String,
+    /// `objectAlias`: the file name ("" = the key).
+    pub alias: String,
+    /// File mode (`filePermission`, else the object's).
+    pub mode: u32,
+}
+
+impl JsonKey {
+    /// The file name.
+    pub fn file_name(&self) -> &str {
+        if self.alias.is_empty() { &self.key } else { &self.alias }
+    }
 }
 
 /// `objectEncoding`.
@@ -191,6 +211,8 @@ pub struct ObjectSpec {
     pub optional: bool,
     /// `objectVersionPolicy` / `objectNotAfter` (ours).
     pub policy: VersionPolicy,
+    /// `jsonKeys` (ours; with `objectFormat: json`): the files written instead of the object's own.
+    pub json_keys: Vec<JsonKey>,
 }
 
 /// Which version an object without `objectVersion` serves (ours; upstream always serves the current
@@ -303,6 +325,9 @@ pub fn parse_mode(s: &str) -> std::result::Result<u32, String> {
 
 /// Paths each object writes (for the duplicate check).
 pub fn output_paths(o: &ObjectSpec, split_cert_and_key: bool) -> Vec<String> {
+    if o.format == Format::Json {
+        return o.json_keys.iter().map(|k| k.file_name().to_string()).collect();
+    }
     let name = o.file_name().to_string();
     if o.history > 1 {
         return (0..o.history).map(|i| format!("{name}/{i}")).collect();

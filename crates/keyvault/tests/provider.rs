@@ -48,6 +48,8 @@ vaults:
       - {{ name: db-password, value: "s3cr3t-db" }}
       - {{ name: b64, value: "aGVsbG8gd29ybGQ=" }}
       - {{ name: hexed, value: "68656c6c6f" }}
+      - {{ name: db-json, value: '{{"username":"app","db":{{"host":"db.internal","port":5432}}}}' }}
+      - {{ name: not-json, value: "s3cr3t-plain" }}
       - name: staged
         versions:
           - {{ value: s1 }}
@@ -553,3 +555,32 @@ async fn a_missing_optional_object_is_skipped_and_appears_once_it_exists() {
 
 #[path = "provider/policies.rs"]
 mod policies;
+
+#[tokio::test]
+async fn json_keys_become_files_and_mismatches_name_the_key_not_the_value() {
+    let (_h, p) = setup(|_| {}).await;
+    let o = objects(&[
+        "objectName: db-json\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: username\n    filePermission: \"0400\"\n  - key: db.host\n    objectAlias: host",
+    ]);
+    let r = p.mount(request(&o, &[], SP)).await.unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(r.files.len(), 2, "{:?}", r.files);
+    assert_eq!((file(&r, "username").contents.expose_secret(), file(&r, "username").mode), (&b"app"[..], 0o400));
+    assert_eq!(file(&r, "host").contents.expose_secret(), b"db.internal");
+    assert_eq!(r.object_versions.keys().collect::<Vec<_>>(), ["secret/db-json"]);
+
+    for (item, want) in [
+        ("objectName: db-json\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: db.port",
+         "jsonKeys \"db.port\": the value is a number, only strings are written"),
+        ("objectName: db-json\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: password",
+         "jsonKeys \"password\": not in the document"),
+        ("objectName: not-json\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: a",
+         "objectFormat json: the value is not valid JSON (line 1, column 1)"),
+    ] {
+        let e = p.mount(request(&objects(&[item]), &[], SP)).await.unwrap_err();
+        assert!(e.message.starts_with("failed to get objectType:secret, objectName:"), "{}", e.message);
+        assert!(e.message.ends_with(want), "{}", e.message);
+        assert!(!e.message.contains("s3cr3t") && !e.message.contains("db.internal"), "{}", e.message);
+        assert_eq!(e.kind, keyvault::error::ErrorKind::InvalidInput);
+    }
+}

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::read::{Findings, Stop};
-use super::{Encoding, Format, ObjectSpec, ObjectType, VersionPolicy, parse_mode};
+use super::{Encoding, Format, JsonKey, ObjectSpec, ObjectType, VersionPolicy, parse_mode};
 
 #[derive(Deserialize)]
 struct ObjectsArray {
@@ -40,6 +40,21 @@ struct RawObject {
     object_version_policy: Scalar,
     #[serde(default)]
     object_not_after: Scalar,
+    #[serde(default)]
+    json_keys: Option<Vec<RawJsonKey>>,
+}
+
+/// One `jsonKeys` entry as written (ours). Unknown fields are refused: a typo (`alias:`) would
+/// otherwise silently write the file under the key's name.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawJsonKey {
+    #[serde(default)]
+    key: Scalar,
+    #[serde(default)]
+    object_alias: Scalar,
+    #[serde(default)]
+    file_permission: Scalar,
 }
 
 /// A YAML scalar read as its text, whatever its YAML type (`filePermission: 0755` stays `0755`).
@@ -169,6 +184,7 @@ fn read_object(
         mode: default_mode,
         optional: false,
         policy: VersionPolicy::default(),
+        json_keys: Vec::new(),
     };
     let prefix =
         format!("failed to get objectType:{type_text}, objectName:{}, objectVersion:{}: ", spec.name, spec.version);
@@ -195,11 +211,16 @@ fn read_object(
     match format_text.to_ascii_lowercase().as_str() {
         "" | "pem" => {}
         "pfx" => spec.format = Format::Pfx,
+        "json" => spec.format = Format::Json,
         _ => problem(
             "objectFormat",
             format!("invalid objectFormat: {format_text}, should be PEM or PFX"),
-            "use PEM or PFX".into(),
+            "use PEM or PFX (or json with jsonKeys)".into(),
         )?,
+    }
+    if spec.format == Format::Json && kind.is_some_and(|k| k != ObjectType::Secret) {
+        let fix = "JSON documents are secrets: use objectType: secret";
+        problem("objectFormat", "objectFormat json only supported for objectType: secret".into(), fix.into())?;
     }
     // Upstream compares the raw text with lower-case `pfx` only, so `PFX` on a cert or key passes
     // (and is ignored: those types have one output format). Kept, so such classes keep mounting.
@@ -264,7 +285,61 @@ fn read_object(
             Err(e) => problem("filePermission", e, "use an octal mode such as \"0644\"".into())?,
         }
     }
+    spec.json_keys = read_json_keys(raw, &spec, &mut problem)?;
     Ok(ClassObject { spec, type_text, source: source.to_string() })
+}
+
+/// `jsonKeys` (ours), with `objectFormat: json` and only with it.
+fn read_json_keys(
+    raw: &RawObject,
+    spec: &ObjectSpec,
+    problem: &mut impl FnMut(&str, String, String) -> Result<(), Stop>,
+) -> Result<Vec<JsonKey>, Stop> {
+    use crate::json_keys::MAX_KEYS;
+    let entries = raw.json_keys.as_deref().unwrap_or_default();
+    if spec.format != Format::Json {
+        if raw.json_keys.is_some() {
+            problem("jsonKeys", "jsonKeys needs objectFormat: json".into(), "add objectFormat: json".into())?;
+        }
+        return Ok(Vec::new());
+    }
+    if entries.is_empty() {
+        let fix = "list the members to write, e.g. jsonKeys: [{key: username}]";
+        problem("jsonKeys", "objectFormat json needs jsonKeys: the members to write as files".into(), fix.into())?;
+    }
+    if entries.len() > MAX_KEYS {
+        let message = format!("jsonKeys lists {} keys, more than the {MAX_KEYS} one object may", entries.len());
+        problem("jsonKeys", message, "split the keys over several objects".into())?;
+        return Ok(Vec::new());
+    }
+    if spec.history > 1 {
+        let fix = "remove objectVersionHistory, or objectFormat json";
+        problem("jsonKeys", "jsonKeys cannot be combined with objectVersionHistory".into(), fix.into())?;
+    }
+    let mut keys = Vec::with_capacity(entries.len());
+    for (j, entry) in entries.iter().enumerate() {
+        let key = JsonKey { key: entry.key.text(), alias: entry.object_alias.text(), mode: spec.mode };
+        let field = format!("jsonKeys[{j}]");
+        if key.key.is_empty() || key.key.len() > 256 || key.key.split('.').count() > crate::json_keys::MAX_DEPTH {
+            let message = format!("jsonKeys[{j}].key must be 1 to 256 characters and at most 32 dotted parts");
+            problem(&field, message, "name a member, e.g. key: username or key: db.host".into())?;
+            continue;
+        }
+        let name = key.file_name();
+        let relative = "use a relative file name without '..'".to_string();
+        if name.starts_with('/') {
+            problem(&field, format!("jsonKeys {:?}: file name must be a relative path", key.key), relative)?;
+        } else if name.contains("..") {
+            problem(&field, format!("jsonKeys {:?}: file name must not contain '..'", key.key), relative)?;
+        }
+        let perm = entry.file_permission.text();
+        let mode = if perm.is_empty() { Ok(spec.mode) } else { parse_mode(&perm) };
+        match mode {
+            Ok(mode) => keys.push(JsonKey { mode, ..key }),
+            Err(e) => problem(&format!("{field}.filePermission"), e, "use an octal mode such as \"0400\"".into())?,
+        }
+    }
+    Ok(keys)
 }
 
 /// `objectVersionPolicy` and `objectNotAfter` (ours): which version an object without `objectVersion`

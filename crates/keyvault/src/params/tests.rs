@@ -321,3 +321,62 @@ fn oversized_objects_are_refused_unread_with_the_limit_named() {
     assert!(fits.len() <= objects::MAX_OBJECTS_BYTES);
     assert!(!err(&[("objects", &fits)], &sp()).contains("entries"));
 }
+
+#[test]
+fn json_keys_parse_with_their_own_alias_and_mode() {
+    let o = objects(&[
+        "objectName: db\nobjectType: secret\nobjectFormat: json\nfilePermission: \"0440\"\njsonKeys:\n  - key: username\n  - key: conn.host\n    objectAlias: db/host\n    filePermission: \"0400\"",
+    ]);
+    let p = parse(&attrs(&[("objects", &o)]), &sp(), 0o644, &Default::default(), false).unwrap();
+    let db = &p.objects[0];
+    assert_eq!(db.format, Format::Json);
+    assert_eq!(
+        db.json_keys,
+        [
+            JsonKey { key: "username".into(), alias: String::new(), mode: 0o440 },
+            JsonKey { key: "conn.host".into(), alias: "db/host".into(), mode: 0o400 },
+        ]
+    );
+    assert_eq!(output_paths(db, true), ["username", "db/host"], "only the keys' files, no .crt/.key");
+}
+
+#[test]
+fn json_keys_validation_names_the_object_and_the_key() {
+    let e = |item: &str| err(&[("objects", &objects(&[item]))], &sp());
+    let prefix = "failed to get objectType:secret, objectName:db, objectVersion:: ";
+    assert_eq!(
+        e("objectName: db\nobjectType: secret\nobjectFormat: json"),
+        format!("{prefix}objectFormat json needs jsonKeys: the members to write as files")
+    );
+    assert_eq!(
+        e("objectName: db\nobjectType: secret\njsonKeys:\n  - key: a"),
+        format!("{prefix}jsonKeys needs objectFormat: json")
+    );
+    assert_eq!(
+        e("objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: a\n    objectAlias: ../../etc/x"),
+        format!("{prefix}jsonKeys \"a\": file name must not contain '..'")
+    );
+    assert_eq!(
+        e("objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: ''"),
+        format!("{prefix}jsonKeys[0].key must be 1 to 256 characters and at most 32 dotted parts")
+    );
+    assert!(
+        e("objectName: db\nobjectType: secret\nobjectFormat: json\nobjectVersionHistory: 3\njsonKeys:\n  - key: a")
+            .ends_with("jsonKeys cannot be combined with objectVersionHistory")
+    );
+    assert!(
+        e("objectName: db\nobjectType: key\nobjectFormat: json\njsonKeys:\n  - key: a")
+            .ends_with("objectFormat json only supported for objectType: secret")
+    );
+    // A typo in an entry's field is refused, not ignored.
+    assert!(e("objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: a\n    alias: b")
+        .contains("unmarshal failed for keyVaultObjects at index 0"));
+    let many: String = (0..101).map(|i| format!("\n  - key: k{i}")).collect();
+    assert!(e(&format!("objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:{many}"))
+        .ends_with("jsonKeys lists 101 keys, more than the 100 one object may"));
+    // Two keys, or a key and another object, writing one file.
+    let o = objects(&[
+        "objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: user\n  - key: name\n    objectAlias: user",
+    ]);
+    assert!(err(&[("objects", &o)], &sp()).contains("file \"user\" is also written by another object"));
+}
