@@ -134,3 +134,30 @@ fn every_sample_class_in_the_repository_is_clean() {
     let (code, out, err) = check(&args);
     assert_eq!(code, Some(0), "{out}{err}");
 }
+
+#[test]
+fn check_validates_json_keys() {
+    let (code, out, _) = check(&["--output", "json", "tests/classes/json-keys.yaml"]);
+    assert_eq!(code, Some(1), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let findings: Vec<(String, String)> = v[0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().to_string(), f["message"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(!findings.iter().any(|(p, _)| p.contains("objects[0]")), "the valid object: {findings:?}");
+    assert!(
+        findings.iter().any(
+            |(p, m)| p == "spec.parameters.objects[1].jsonKeys" && m.ends_with("jsonKeys needs objectFormat: json")
+        ),
+        "{findings:?}"
+    );
+    assert!(
+        findings
+            .iter()
+            .any(|(p, m)| p == "spec.parameters.objects[2].jsonKeys[0]"
+                && m.ends_with("file name must not contain '..'")),
+        "{findings:?}"
+    );
+}

@@ -149,4 +149,5 @@ targets!(
     secret_objects,
     grpc_frames,
     provider_wire,
+    json_keys,
 );

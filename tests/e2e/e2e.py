@@ -598,6 +598,58 @@ def s_keys_certs_alias(ctx):
         raise Failure(f"filePermission 0440 -> {mode}")
 
 
+def s_json_keys(ctx):
+    """Ours (Azure provider #885): a JSON secret as one file per listed member, each with its alias
+    and mode, one of them synced into a Kubernetes Secret. Rotation: a change to a member no one lists
+    rewrites nothing (same generation), a change to a listed one rewrites its file and the Secret. A
+    missing member fails the mount naming it, never the value."""
+    emu = ctx["emu"]
+    doc = lambda pw, other: json.dumps({"username": "app", "db": {"password": pw}, "other": other})
+    emu.set_secret("json-db", doc("jp1", "o1"))
+    keys = "[{key: username}, {key: db.password, objectAlias: db-pass, filePermission: '0400'}]"
+    apply(spc("json-keys", NS, [{"objectName": "json-db", "objectType": "secret", "objectFormat": "json",
+                                 "jsonKeys": keys}],
+              secret_objects=[{"secretName": "e2e-json", "type": "Opaque",
+                               "data": [{"objectName": "db-pass", "key": "password"}]}]))
+    apply(pod("json-keys", NS, [csi_volume("kv", "json-keys")]))
+    wait_pod("json-keys", NS)
+    files = sorted(exec_("json-keys", NS, "ls", "/mnt/kv").split())
+    if files != ["db-pass", "username"]:
+        raise Failure(f"files {files}: one per listed member, nothing else")
+    if read("json-keys", NS, "/mnt/kv/username") != "app" or read("json-keys", NS, "/mnt/kv/db-pass") != "jp1":
+        raise Failure("member values")
+    mode = exec_("json-keys", NS, "stat", "-L", "-c", "%a", "/mnt/kv/db-pass").strip()
+    if mode != "400":
+        raise Failure(f"the key's filePermission 0400 -> {mode}")
+    secret = lambda: base64.b64decode((get("secret", "e2e-json", NS, check=False) or {}).get("data", {}).get("password", "")).decode()
+    wait_for("the synced Secret has the member", lambda: secret() == "jp1", 30)
+    uid = get("pod", "json-keys", NS)["metadata"]["uid"]
+    link = pathlib.Path(f"/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~csi/kv/mount/..data")
+    generation = os.readlink(link) if KIT else None
+    status = f"json-keys-{NS}-json-keys"
+    version = lambda st: next(o["version"] for o in st["status"]["objects"] if o["id"] == "secret/json-db")
+    before = version(pod_status(status))
+    emu.set_secret("json-db", doc("jp1", "o2"))
+    pod_status(status, lambda st: version(st) != before, timeout=POLL + 30)
+    if KIT and os.readlink(link) != generation:
+        raise Failure("a change to an unlisted member rewrote the volume")
+    emu.set_secret("json-db", doc("jp2", "o2"))
+    wait_for("the member's file rotated", lambda: read("json-keys", NS, "/mnt/kv/db-pass") == "jp2", POLL + 30)
+    wait_for("the synced Secret rotated", lambda: secret() == "jp2", POLL + 30)
+    if read("json-keys", NS, "/mnt/kv/username") != "app":
+        raise Failure("the unchanged member's file changed")
+    apply(spc("json-missing", NS, [{"objectName": "json-db", "objectType": "secret", "objectFormat": "json",
+                                    "jsonKeys": "[{key: db.token}]"}]))
+    apply(pod("json-missing", NS, [csi_volume("kv", "json-missing")]))
+    event = failed_mount("json-missing", NS, "no member")
+    if "db.token" not in event or "json-db" not in event:
+        raise Failure(f"the FailedMount event names neither the object nor the key: {event}")
+    if "jp2" in event:
+        raise Failure("the event quotes the value")
+    delete("pod", "json-missing", NS, wait=False)
+    delete("pod", "json-keys", NS, wait=False)
+
+
 def s_optional(ctx):
     """Ours: an optional object missing from the vault lets the pod start without its file; the pod
     status lists it without a version and the pod gets a Warning event naming it."""
@@ -1952,6 +2004,7 @@ def main():
     run("workload-identity", s_workload_identity)
     run("identity-binding", s_identity_binding)
     run("sp-key-cert-alias", s_keys_certs_alias)
+    run("json-keys", s_json_keys)
     run("optional-object", s_optional)
     run("secret-sync", s_sync)
     run("namespaces-missing-two-classes", s_namespaces)

@@ -46,6 +46,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("secret_objects", targets::secret_objects),
     ("grpc_frames", targets::grpc_frames),
     ("provider_wire", boundary::provider_wire),
+    ("json_keys", targets::json_keys),
 ];
 
 /// The body of target `name`.
@@ -60,6 +61,9 @@ pub const DICTIONARY: &[&str] = &[
     "- |",
     "objectName:",
     "objectType:",
+    "objectFormat: json",
+    "jsonKeys:",
+    "- key:",
     "objectAlias:",
     "objectVersion:",
     "objectVersionHistory:",

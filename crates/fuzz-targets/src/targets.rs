@@ -353,3 +353,28 @@ pub(crate) fn grpc_frames(input: &[u8]) {
         _ => {}
     }
 }
+
+/// `objectFormat: json` (ours): the first line lists the keys (the class's, comma-separated), the rest
+/// is the secret's value. Planted: the value. Errors name keys, never the document.
+pub(crate) fn json_keys(input: &[u8]) {
+    let split = input.iter().position(|&b| b == b'\n').unwrap_or(input.len());
+    let keys: Vec<keyvault::params::JsonKey> = text(&input[..split])
+        .split(',')
+        .take(keyvault::json_keys::MAX_KEYS)
+        .map(|k| keyvault::params::JsonKey { key: k.to_string(), alias: String::new(), mode: 0o644 })
+        .collect();
+    let value = planted_bytes(input.get(split + 1..).unwrap_or_default());
+    match keyvault::json_keys::extract(&value, &keys) {
+        Ok(files) => {
+            assert_eq!(files.len(), keys.len(), "one file per key");
+            for (file, key) in files.iter().zip(&keys) {
+                assert_eq!(file.file, key.key);
+                assert!(file.value.len() <= value.len(), "a member is part of its document");
+            }
+        }
+        Err(message) => {
+            assert!(message.len() < 2048, "a JSON key error is bounded: {} bytes", message.len());
+            keyvault_edge(&keyvault::Error::new(keyvault::ErrorKind::InvalidInput, message));
+        }
+    }
+}

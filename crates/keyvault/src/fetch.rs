@@ -169,7 +169,9 @@ async fn single(
                 // The value is not what the class says it is: retrying will not help until one changes.
                 let mismatch = |e: String| Error::new(ErrorKind::InvalidInput, e);
                 if cert_backed {
-                    return Err(mismatch("objectFormat json: the secret backs a certificate, not a JSON document".into()));
+                    return Err(mismatch(
+                        "objectFormat json: the secret backs a certificate, not a JSON document".into(),
+                    ));
                 }
                 let value = doc.value.as_ref().map(|v| v.expose_secret().as_bytes().to_vec()).unwrap_or_default();
                 let value = convert::decode(value, o.encoding).map_err(conv)?;

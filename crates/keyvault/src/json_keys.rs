@@ -50,7 +50,11 @@ fn lookup<'a>(doc: &'a serde_json::Value, key: &str) -> Result<&'a serde_json::V
             return Err(format!("{what} is {}, not an object", kind(at)));
         };
         at = members.get(segment).ok_or_else(|| {
-            if walked.is_empty() { "not in the document".to_string() } else { format!("no member {segment:?} in {walked:?}") }
+            if walked.is_empty() {
+                "not in the document".to_string()
+            } else {
+                format!("no member {segment:?} in {walked:?}")
+            }
         })?;
         if !walked.is_empty() {
             walked.push('.');

@@ -570,12 +570,18 @@ async fn json_keys_become_files_and_mismatches_name_the_key_not_the_value() {
     assert_eq!(r.object_versions.keys().collect::<Vec<_>>(), ["secret/db-json"]);
 
     for (item, want) in [
-        ("objectName: db-json\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: db.port",
-         "jsonKeys \"db.port\": the value is a number, only strings are written"),
-        ("objectName: db-json\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: password",
-         "jsonKeys \"password\": not in the document"),
-        ("objectName: not-json\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: a",
-         "objectFormat json: the value is not valid JSON (line 1, column 1)"),
+        (
+            "objectName: db-json\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: db.port",
+            "jsonKeys \"db.port\": the value is a number, only strings are written",
+        ),
+        (
+            "objectName: db-json\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: password",
+            "jsonKeys \"password\": not in the document",
+        ),
+        (
+            "objectName: not-json\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: a",
+            "objectFormat json: the value is not valid JSON (line 1, column 1)",
+        ),
     ] {
         let e = p.mount(request(&objects(&[item]), &[], SP)).await.unwrap_err();
         assert!(e.message.starts_with("failed to get objectType:secret, objectName:"), "{}", e.message);

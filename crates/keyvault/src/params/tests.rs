@@ -353,7 +353,9 @@ fn json_keys_validation_names_the_object_and_the_key() {
         format!("{prefix}jsonKeys needs objectFormat: json")
     );
     assert_eq!(
-        e("objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: a\n    objectAlias: ../../etc/x"),
+        e(
+            "objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: a\n    objectAlias: ../../etc/x"
+        ),
         format!("{prefix}jsonKeys \"a\": file name must not contain '..'")
     );
     assert_eq!(
@@ -369,11 +371,15 @@ fn json_keys_validation_names_the_object_and_the_key() {
             .ends_with("objectFormat json only supported for objectType: secret")
     );
     // A typo in an entry's field is refused, not ignored.
-    assert!(e("objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: a\n    alias: b")
-        .contains("unmarshal failed for keyVaultObjects at index 0"));
+    assert!(
+        e("objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: a\n    alias: b")
+            .contains("unmarshal failed for keyVaultObjects at index 0")
+    );
     let many: String = (0..101).map(|i| format!("\n  - key: k{i}")).collect();
-    assert!(e(&format!("objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:{many}"))
-        .ends_with("jsonKeys lists 101 keys, more than the 100 one object may"));
+    assert!(
+        e(&format!("objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:{many}"))
+            .ends_with("jsonKeys lists 101 keys, more than the 100 one object may")
+    );
     // Two keys, or a key and another object, writing one file.
     let o = objects(&[
         "objectName: db\nobjectType: secret\nobjectFormat: json\njsonKeys:\n  - key: user\n  - key: name\n    objectAlias: user",
