@@ -161,3 +161,14 @@ fn check_validates_json_keys() {
         "{findings:?}"
     );
 }
+
+#[test]
+fn check_validates_an_object_selector() {
+    let (code, out, _) = check(&["--output", "json", "tests/classes/object-selector.yaml"]);
+    assert_eq!(code, Some(1), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let paths: Vec<&str> = v[0]["findings"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"spec.parameters.objectSelector.maxObjects"), "{paths:?}");
+    assert!(paths.contains(&"spec.parameters.objectSelector"), "all with a prefix: {paths:?}");
+    assert!(!paths.iter().any(|p| p.starts_with("spec.parameters.objects")), "no objects needed: {paths:?}");
+}

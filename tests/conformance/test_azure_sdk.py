@@ -251,3 +251,19 @@ def test_sdk_written_certificates_mount_with_every_certificate(emulator, tmp_pat
 
 def _public_of_cert(cert):
     return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_listing_secrets_pages_and_carries_tags_and_managed_flags(emulator):
+    """What objectSelector reads: GET /secrets across pages of 25, each item's tags, enabled flag and
+    `managed` (a certificate's backing secret), as the SDK models them."""
+    client = secrets(emulator)
+    for i in range(30):
+        client.set_secret(f"sel-{i:02}", "v", tags={"team": "payments" if i % 2 else "search", "tier": "gold"})
+    client.update_secret_properties("sel-00", enabled=False)
+    listed = {p.name: p for p in client.list_properties_of_secrets()}
+    selected = [n for n in listed if n.startswith("sel-")]
+    assert len(selected) == 30, "the SDK followed nextLink across pages of 25"
+    assert listed["sel-01"].tags == {"team": "payments", "tier": "gold"}
+    assert listed["sel-00"].enabled is False
+    assert listed["seeded-cert"].managed is True, "a certificate's backing secret is listed as managed"
+    assert not listed["sel-01"].managed

@@ -650,6 +650,35 @@ def s_json_keys(ctx):
     delete("pod", "json-keys", NS, wait=False)
 
 
+def s_selector(ctx):
+    """Ours (Azure provider #1405, #477, #357): a class with no objects list, only an objectSelector;
+    the vault's matching secrets are its files, each round: a new matching secret appears, a disabled
+    one disappears, an untagged one never shows, and the pod status lists what is mounted."""
+    emu = ctx["emu"]
+    put = lambda name, value, **kw: emu.call("PUT", f"/vaults/{VAULT}/secrets/{name}", {"value": value, **kw})
+    put("sel-a", "a1", tags={"app": "web"})
+    put("sel-b", "b1", tags={"app": "web"})
+    put("sel-untagged", "u1")
+    cls = spc("selector", NS, [])
+    del cls["spec"]["parameters"]["objects"]
+    cls["spec"]["parameters"]["objectSelector"] = "namePrefix: sel-\ntags: [app=web]\nfilePermission: \"0440\""
+    apply(cls)
+    apply(pod("selector", NS, [csi_volume("kv", "selector")]))
+    wait_pod("selector", NS)
+    files = lambda: sorted(exec_("selector", NS, "ls", "/mnt/kv").split())
+    if files() != ["sel-a", "sel-b"] or read("selector", NS, "/mnt/kv/sel-b") != "b1":
+        raise Failure(f"selected files {files()}")
+    status = f"selector-{NS}-selector"
+    ids = lambda st: sorted(o["id"] for o in st["status"].get("objects", []))
+    pod_status(status, lambda st: ids(st) == ["secret/sel-a", "secret/sel-b"])
+    put("sel-c", "c1", tags={"app": "web"})
+    put("sel-a", "a1", tags={"app": "web"}, enabled=False)
+    wait_for("the next round: sel-c in, the disabled sel-a out",
+             lambda: files() == ["sel-b", "sel-c"] or NotYet(files()), POLL + 30)
+    pod_status(status, lambda st: ids(st) == ["secret/sel-b", "secret/sel-c"], timeout=30)
+    delete("pod", "selector", NS, wait=False)
+
+
 def s_optional(ctx):
     """Ours: an optional object missing from the vault lets the pod start without its file; the pod
     status lists it without a version and the pod gets a Warning event naming it."""
@@ -1143,9 +1172,28 @@ def s_metrics_auth(ctx):
     import ssl
     import urllib.error
     emu = ctx["emu"]
+    ds = next(d for d in get("daemonsets", ns=DRIVER_NS)["items"]
+              if d["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE)
+    node_sa = f"system:serviceaccount:{DRIVER_NS}:{ds['spec']['template']['spec']['serviceAccountName']}"
+
+    def can(verb, resource, subresource=None):
+        args = ["auth", "can-i", verb, resource, "-n", NS, f"--as={node_sa}"]
+        if subresource:
+            args.append(f"--subresource={subresource}")
+        return kubectl(*args, check=False).strip() == "yes"
+
+    # Least privilege, asked of the real authorizer: the node cannot mint workload tokens
+    # (restartTokenRequests off) and, without metrics.auth, cannot review tokens either.
+    if can("create", "serviceaccounts", "token"):
+        raise Failure(f"{node_sa} may create service-account tokens without restartTokenRequests")
+    if can("create", "tokenreviews.authentication.k8s.io"):
+        raise Failure(f"{node_sa} may create TokenReviews without metrics.auth")
     helm().upgrade(str(CHART), RELEASE, chart_values(emu, metrics={"auth": {"enabled": True}}),
                    namespace=DRIVER_NS, timeout=180, wait="watcher")
     try:
+        if not (can("create", "tokenreviews.authentication.k8s.io")
+                and can("create", "subjectaccessreviews.authorization.k8s.io")):
+            raise Failure(f"{node_sa} may not review tokens with metrics.auth on")
         wait_for("the DaemonSet Ready with HTTPS probes", driver_ready, 120)
         # A mount, so the restarted driver and provider have series to show.
         emu.set_secret("mauth-secret", "m1")
@@ -2005,6 +2053,7 @@ def main():
     run("identity-binding", s_identity_binding)
     run("sp-key-cert-alias", s_keys_certs_alias)
     run("json-keys", s_json_keys)
+    run("object-selector", s_selector)
     run("optional-object", s_optional)
     run("secret-sync", s_sync)
     run("namespaces-missing-two-classes", s_namespaces)

@@ -27,11 +27,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -41,6 +39,9 @@ use crate::node::Cluster;
 use secrets_store::class::SecretProviderClassSpec;
 use secrets_store::provider::File;
 use secrets_store::volume_context::PublishParams;
+
+mod metrics;
+use metrics::register;
 
 /// Whether kubelet's publish waits for its API writes (`--api-writes`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -524,51 +525,6 @@ impl Shared {
 fn backoff(s: &WriterSettings, failures: u32) -> Duration {
     let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
     s.backoff.saturating_mul(factor).min(s.max_backoff)
-}
-
-fn register(registry: &mut Registry, failures: Family<KindLabels, Counter>, shared: std::sync::Weak<Shared>) {
-    registry.register(
-        "api_write_failures",
-        "API writes (kind=pod_status|secret|pod_status_delete) that failed and are retried",
-        failures,
-    );
-    registry.register_collector(Box::new(QueueGauges(shared)));
-}
-
-/// `api_writes_pending` and `api_writes_oldest_pending_seconds`, read at scrape time.
-#[derive(Debug)]
-struct QueueGauges(std::sync::Weak<Shared>);
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiWriter").finish_non_exhaustive()
-    }
-}
-
-impl prometheus_client::collector::Collector for QueueGauges {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (depth, oldest) = match self.0.upgrade() {
-            Some(s) => {
-                let st = s.state.lock().unwrap();
-                let oldest = st.entries.values().map(|e| e.since.elapsed().as_secs_f64()).fold(0.0, f64::max);
-                (st.entries.len() as i64, oldest)
-            }
-            None => (0, 0.0),
-        };
-        ConstGauge::new(depth).encode(encoder.encode_descriptor(
-            "api_writes_pending",
-            "Volumes whose pod status, synced Secrets or pod-status deletion is not yet written",
-            None,
-            MetricType::Gauge,
-        )?)?;
-        ConstGauge::new(oldest).encode(encoder.encode_descriptor(
-            "api_writes_oldest_pending_seconds",
-            "How long the oldest pending API write has been owed (0: none)",
-            None,
-            MetricType::Gauge,
-        )?)?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -243,6 +243,9 @@ fn route(ctx: &Ctx<'_>, claims: &AccessClaims) -> Response<Body> {
         (&Method::GET, [_, "pending"]) if kind == "certificates" => ("get", Some("pending")),
         (&Method::GET, [_, v]) => ("get", Some(*v)),
         (&Method::PUT, [_]) if kind == "secrets" => ("set", None),
+        // Key Vault's access policies grant updates with `set`.
+        (&Method::PATCH, [_]) | (&Method::PATCH, [_, ""]) if kind == "secrets" => ("update", None),
+        (&Method::PATCH, [_, v]) if kind == "secrets" => ("update", Some(*v)),
         (&Method::POST, [_, "create"]) if kind == "keys" || kind == "certificates" => ("create", None),
         (&Method::POST, [_, "import"]) if kind == "certificates" => ("import", None),
         _ => return bad_parameter(&format!("The request URI is not valid: {} /{}", req.method, segs.join("/"))),
@@ -250,9 +253,10 @@ fn route(ctx: &Ctx<'_>, claims: &AccessClaims) -> Response<Body> {
     let principals = [claims.oid.as_str(), claims.appid.as_str()];
     let mut w = ctx.state.world();
     let vault = w.vaults.get_mut(&req.vault).expect("vault checked before");
-    if !vault.allows(&principals, kind, op) {
+    let permission = if op == "update" { "set" } else { op };
+    if !vault.allows(&principals, kind, permission) {
         let message = format!(
-            "The user, group or application 'appid={};oid={};iss=https://sts.windows.net/{}/' does not have {kind} {op} permission on key vault '{};location=eastus'. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287",
+            "The user, group or application 'appid={};oid={};iss=https://sts.windows.net/{}/' does not have {kind} {permission} permission on key vault '{};location=eastus'. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287",
             claims.appid, claims.oid, claims.tid, vault.name
         );
         return kv_error(StatusCode::FORBIDDEN, "Forbidden", &message, Some("AccessDenied"));
@@ -267,6 +271,7 @@ fn route(ctx: &Ctx<'_>, claims: &AccessClaims) -> Response<Body> {
         }
         "list" => list_versions(vault, &base, kind, name, &req.query, &api_version),
         "set" => write::set_secret(vault, &base, name, req.body),
+        "update" => write::update_secret(vault, &base, name, version, req.body),
         "create" if kind == "certificates" => write::create_certificate(vault, &base, name, req.body),
         "create" => write::create_key(vault, &base, name, req.body),
         "import" => write::import_certificate(vault, &base, name, req.body),

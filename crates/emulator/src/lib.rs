@@ -409,9 +409,10 @@ fn control(app: &AppState, method: &Method, rest: &str, uri: &Uri, body: &[u8]) 
             let Some(value) = v["value"].as_str() else { return bad("value is required".into()) };
             let ct = v["contentType"].as_str().map(str::to_string);
             let enabled = v["enabled"].as_bool().unwrap_or(true);
+            let tags: BTreeMap<String, String> = serde_json::from_value(v["tags"].clone()).unwrap_or_default();
             match app.state.world().vaults.get_mut(&vault.to_ascii_lowercase()) {
                 Some(vt) => {
-                    let s = vt.set_secret(name, value.to_string(), ct, BTreeMap::new(), enabled);
+                    let s = vt.set_secret(name, value.to_string(), ct, tags, enabled);
                     ok(json!({ "version": s.version }))
                 }
                 None => bad(format!("no vault {vault}")),

@@ -20,6 +20,7 @@ pub mod lint;
 pub mod metrics;
 pub mod model;
 pub mod params;
+mod select;
 pub mod transport;
 pub mod vault;
 
@@ -275,8 +276,15 @@ impl Provider {
             self.config.write_cert_and_key_in_separate_files,
         )?;
         let deadline = req.deadline.unwrap_or_else(|| Instant::now() + self.config.default_timeout);
+        let objects = match &params.selector {
+            None => params.objects.clone(),
+            Some(selector) => {
+                let selected = select::expand(self, &params, selector, &req, deadline).await?;
+                select::merge(&params.objects, selected, self.config.write_cert_and_key_in_separate_files)?
+            }
+        };
         let results = futures_util::future::join_all(
-            params.objects.iter().map(|o| self.object_from_any_vault(&params, o, &req, deadline)),
+            objects.iter().map(|o| self.object_from_any_vault(&params, o, &req, deadline)),
         )
         .await;
         let mut resp = MountResponse { identity: params.identity.summary(), ..Default::default() };

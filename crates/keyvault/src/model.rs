@@ -75,6 +75,12 @@ pub struct VersionItem {
     /// Enabled flag and creation time.
     #[serde(default)]
     pub attributes: Attributes,
+    /// Tags (in `GET /secrets` listings; `objectSelector` matches them).
+    #[serde(default)]
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+    /// A certificate's backing secret (`GET /secrets` lists them; `objectSelector` skips them).
+    #[serde(default)]
+    pub managed: Option<bool>,
 }
 
 /// An object version's attributes.

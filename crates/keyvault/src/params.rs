@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 
 mod objects;
 pub mod read;
+pub mod selector;
 
 pub use objects::{ClassObject, MAX_VERSION_HISTORY};
 pub use read::{ClassParameters, Finding, Findings, IdentityMode, ReadOptions, Severity};
@@ -298,6 +299,8 @@ pub struct MountParams {
     pub identity: Identity,
     /// Objects, in class order.
     pub objects: Vec<ObjectSpec>,
+    /// `objectSelector` (ours): more secrets, chosen at each mount and rotation round.
+    pub selector: Option<selector::Selector>,
 }
 
 /// Go's `strconv.ParseBool`, with its error text.
@@ -502,6 +505,7 @@ pub fn parse(
         cloud,
         identity,
         objects,
+        selector: read.selector,
     })
 }
 

@@ -182,14 +182,30 @@ impl VaultCall<'_> {
     /// Every version item of an object, following `nextLink` (only ever to the same vault), at most
     /// [`MAX_VERSION_PAGES`] pages.
     pub async fn list_versions(&self, collection: &str, name: &str) -> Result<Vec<crate::model::VersionItem>> {
-        let mut url = format!("{}/{collection}/{name}/versions?api-version={API_VERSION}&maxresults=25", self.base);
+        let url = format!("{}/{collection}/{name}/versions?api-version={API_VERSION}&maxresults=25", self.base);
+        match self.pages(url, MAX_VERSION_PAGES).await? {
+            Listing::Complete(items) => Ok(items),
+            Listing::Truncated(items) => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the object has more than {} versions (read {MAX_VERSION_PAGES} pages); a version policy or objectVersionHistory cannot choose among them",
+                    items.len()
+                ),
+            )
+            .from(Origin::KeyVault)),
+        }
+    }
+
+    /// Up to `max_pages` pages of a Key Vault listing from `url`, following `nextLink` only within
+    /// this vault. Each page goes through the shared flights: a rotation cycle lists once per
+    /// (URL, identity) on a node, like it GETs each object once.
+    pub async fn pages(&self, mut url: String, max_pages: usize) -> Result<Listing> {
         let mut items = Vec::new();
-        for _ in 0..MAX_VERSION_PAGES {
-            // Through the shared flights: a rotation cycle lists each object once, like it GETs it once.
+        for _ in 0..max_pages {
             let page: crate::model::VersionPage = parse(&url, &*self.provider.flights.get(self, &url).await.0?)?;
             items.extend(page.value);
             match page.next_link.as_deref().filter(|l| !l.is_empty()) {
-                None => return Ok(items),
+                None => return Ok(Listing::Complete(items)),
                 Some(next) if next.starts_with(&format!("{}/", self.base)) => url = next.to_string(),
                 Some(next) => {
                     return Err(Error::new(
@@ -199,15 +215,16 @@ impl VaultCall<'_> {
                 }
             }
         }
-        Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "the object has more than {} versions (read {MAX_VERSION_PAGES} pages); a version policy or objectVersionHistory cannot choose among them",
-                items.len()
-            ),
-        )
-        .from(Origin::KeyVault))
+        Ok(Listing::Truncated(items))
     }
+}
+
+/// What [`VaultCall::pages`] read.
+pub enum Listing {
+    /// Every item.
+    Complete(Vec<crate::model::VersionItem>),
+    /// The items of the pages read; more pages remain.
+    Truncated(Vec<crate::model::VersionItem>),
 }
 
 #[cfg(test)]

@@ -50,6 +50,9 @@ vaults:
       - {{ name: hexed, value: "68656c6c6f" }}
       - {{ name: db-json, value: '{{"username":"app","db":{{"host":"db.internal","port":5432}}}}' }}
       - {{ name: not-json, value: "s3cr3t-plain" }}
+      - {{ name: app-one, value: "one", tags: {{ team: payments, tier: gold }} }}
+      - {{ name: app-two, value: "two", tags: {{ team: search }} }}
+      - {{ name: app-off, value: "off", tags: {{ team: payments }} }}
       - name: staged
         versions:
           - {{ value: s1 }}
@@ -589,4 +592,89 @@ async fn json_keys_become_files_and_mismatches_name_the_key_not_the_value() {
         assert!(!e.message.contains("s3cr3t") && !e.message.contains("db.internal"), "{}", e.message);
         assert_eq!(e.kind, keyvault::error::ErrorKind::InvalidInput);
     }
+}
+
+fn selected(selector: &str) -> MountRequest {
+    let mut r = request("", &[], SP);
+    r.attributes.remove("objects");
+    r.attributes.insert("objectSelector".into(), selector.into());
+    r
+}
+
+fn paths(r: &keyvault::MountResponse) -> Vec<&str> {
+    r.files.iter().map(|f| f.path.as_str()).collect()
+}
+
+#[tokio::test]
+async fn an_object_selector_mounts_the_matching_secrets_each_round() {
+    // No dedup window: each mount below is its own round (a listing is shared like a GET otherwise).
+    let (h, p) = setup(|c| c.dedup_window = Duration::ZERO).await;
+    h.set_secret_enabled("kv1", "app-off", false);
+    // By prefix: the enabled secrets starting with app-, sorted, with the selector's mode.
+    let r = p.mount(selected("namePrefix: app-\nfilePermission: \"0440\"")).await.unwrap();
+    assert_eq!(paths(&r), ["app-one", "app-two"]);
+    assert!(r.files.iter().all(|f| f.mode == 0o440));
+    assert_eq!(r.object_versions.keys().collect::<Vec<_>>(), ["secret/app-one", "secret/app-two"]);
+    // By tag: key=value and key alone, all of them.
+    let r = p.mount(selected("tags: [team=payments, tier]")).await.unwrap();
+    assert_eq!(paths(&r), ["app-one"]);
+    let r = p.mount(selected("tags: [team]")).await.unwrap();
+    assert_eq!(paths(&r), ["app-one", "app-two"]);
+    // All: every enabled secret the class can read, never a certificate's backing secret.
+    let all = p.mount(selected("all: true\nmaxObjects: 50")).await.unwrap();
+    assert!(paths(&all).contains(&"db-password") && !paths(&all).contains(&"app-off"), "{:?}", paths(&all));
+    assert!(!paths(&all).contains(&"tls") && !paths(&all).contains(&"tls-pem"), "{:?}", paths(&all));
+    // The next round sees a new secret and loses a disabled one.
+    h.set_secret("kv1", "app-three", "three");
+    h.set_secret_enabled("kv1", "app-two", false);
+    let r = p.mount(MountRequest { cycle: Some(1), ..selected("namePrefix: app-") }).await.unwrap();
+    assert_eq!(paths(&r), ["app-one", "app-three"]);
+    // Explicit objects and a selection together: the same secret once; another object's file is refused.
+    let mut both = selected("namePrefix: app-");
+    both.attributes.insert("objects".into(), objects(&["objectName: app-one\nobjectType: secret"]));
+    assert_eq!(paths(&p.mount(both).await.unwrap()), ["app-one", "app-three"]);
+    let mut clash = selected("namePrefix: app-");
+    clash
+        .attributes
+        .insert("objects".into(), objects(&["objectName: db-password\nobjectType: secret\nobjectAlias: app-three"]));
+    let e = p.mount(clash).await.unwrap_err();
+    assert_eq!(
+        e.message,
+        "objectSelector selects secret app-three, whose file \"app-three\" is also written by objects entry db-password (secret/db-password); give that object another objectAlias"
+    );
+}
+
+#[tokio::test]
+async fn a_selection_is_bounded_and_a_missing_list_permission_is_named() {
+    let (h, p) = setup(|c| c.dedup_window = Duration::ZERO).await;
+    let e = p.mount(selected("all: true\nmaxObjects: 2")).await.unwrap_err();
+    assert!(e.message.starts_with("objectSelector (all secrets) matches "), "{}", e.message);
+    assert!(e.message.ends_with("more than maxObjects 2; raise maxObjects (at most 1000) or narrow the selection"));
+    // sp2 may get secrets but not list them.
+    let mut r = selected("namePrefix: app-");
+    r.secrets = [("clientid", "sp2"), ("clientsecret", "sp2-secret")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string().into()))
+        .collect();
+    let e = p.mount(r).await.unwrap_err();
+    assert_eq!(e.kind, keyvault::error::ErrorKind::Forbidden);
+    assert!(
+        e.message.starts_with("objectSelector: listing the secrets of vault kv1 needs the list permission on secrets (an access policy with List, or the Key Vault Secrets User role): "),
+        "{}",
+        e.message
+    );
+    // Paging: 60 more matching secrets are read over three pages of 25, each page once per cycle.
+    for i in 0..60 {
+        h.set_secret("kv1", &format!("bulk-{i:02}"), "b");
+    }
+    h.reset_stats();
+    let (a, b) = tokio::join!(
+        p.mount(MountRequest { cycle: Some(9), ..selected("namePrefix: bulk-") }),
+        p.mount(MountRequest { cycle: Some(9), ..selected("namePrefix: bulk-") })
+    );
+    assert_eq!(paths(&a.unwrap()).len(), 60);
+    assert_eq!(paths(&b.unwrap()).len(), 60);
+    let lists = h.count(|k| k.vault == "kv1" && k.method == "GET" && k.object.is_empty() && k.status == 200);
+    let gets = h.count(|k| k.vault == "kv1" && k.object.starts_with("bulk-") && k.status == 200);
+    assert_eq!((lists, gets), (3, 60), "one listing and one GET per secret for the cycle, whatever the volumes");
 }

@@ -181,3 +181,46 @@ pub(super) fn certificate_operation(
     }
     json_response(StatusCode::OK, &j)
 }
+
+/// `PATCH /secrets/{name}/{version}` (an empty version: the latest), as the SDKs'
+/// `update_secret_properties` sends it: attributes, tags and content type change, the value does not,
+/// and the reply is the bundle without the value.
+pub(super) fn update_secret(
+    vault: &mut crate::state::Vault,
+    base: &str,
+    name: &str,
+    version: Option<&str>,
+    body: &[u8],
+) -> Response<Body> {
+    let b = match body_json(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(versions) = vault.secrets.get_mut(name) else {
+        return not_found("secrets", name, version);
+    };
+    let found = match version.filter(|v| !v.is_empty()) {
+        None => versions.last_mut(),
+        Some(v) => versions.iter_mut().find(|s| s.version.eq_ignore_ascii_case(v)),
+    };
+    let Some(s) = found else {
+        return not_found("secrets", name, version);
+    };
+    if let Some(enabled) = b.pointer("/attributes/enabled").and_then(Value::as_bool) {
+        s.attributes.enabled = enabled;
+    }
+    if let Some(nbf) = b.pointer("/attributes/nbf") {
+        s.attributes.nbf = nbf.as_i64();
+    }
+    if let Some(exp) = b.pointer("/attributes/exp") {
+        s.attributes.exp = exp.as_i64();
+    }
+    if let Some(tags) = b.get("tags").and_then(|t| serde_json::from_value(t.clone()).ok()) {
+        s.tags = tags;
+    }
+    if let Some(ct) = b.get("contentType") {
+        s.content_type = ct.as_str().map(str::to_string);
+    }
+    s.attributes.updated = jiff::Timestamp::now().as_second();
+    json_response(StatusCode::OK, &secret_json(base, name, s, false))
+}

@@ -59,7 +59,7 @@ struct RawJsonKey {
 
 /// A YAML scalar read as its text, whatever its YAML type (`filePermission: 0755` stays `0755`).
 #[derive(Default)]
-struct Scalar(String);
+pub(super) struct Scalar(String);
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -93,7 +93,7 @@ impl<'de> Deserialize<'de> for Scalar {
 }
 
 impl Scalar {
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         self.0.trim().to_string()
     }
 }

@@ -152,6 +152,8 @@ pub struct ClassParameters {
     pub objects: Vec<ClassObject>,
     /// Every file path the objects write.
     pub files: BTreeSet<String>,
+    /// `objectSelector` (ours).
+    pub selector: Option<super::selector::Selector>,
 }
 
 /// Settings the reading depends on.
@@ -226,12 +228,16 @@ pub(crate) fn read(
     };
     between(&identity, f)?;
     let mut objects = Vec::new();
+    let selector = super::selector::read(&get(params, "objectSelector"), options.default_mode, f)?;
     let yaml = get(params, "objects");
     if yaml.is_empty() {
-        f.error("objects", "objects is not set", "list the objects under `objects: array:`")?;
+        // A class may mount only what its selector chooses (ours).
+        if selector.is_none() {
+            f.error("objects", "objects is not set", "list the objects under `objects: array:`")?;
+        }
     } else {
         objects = objects::read(&yaml, options.default_mode, f)?;
-        if objects.is_empty() && f.list().iter().all(|x| !x.field.starts_with("objects")) {
+        if objects.is_empty() && selector.is_none() && f.list().iter().all(|x| !x.field.starts_with("objects")) {
             f.error("objects", "objects lists no object: nothing to mount", "add objects to the array")?;
         }
     }
@@ -254,7 +260,7 @@ pub(crate) fn read(
             }
         }
     }
-    Ok(ClassParameters { vault_name, failover_vaults, tenant_id, cloud, identity, objects, files })
+    Ok(ClassParameters { vault_name, failover_vaults, tenant_id, cloud, identity, objects, files, selector })
 }
 
 /// Key Vault's rule for a vault name, with upstream's messages.

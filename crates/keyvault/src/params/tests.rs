@@ -386,3 +386,38 @@ fn json_keys_validation_names_the_object_and_the_key() {
     ]);
     assert!(err(&[("objects", &o)], &sp()).contains("file \"user\" is also written by another object"));
 }
+
+#[test]
+fn an_object_selector_replaces_or_adds_to_objects_and_is_validated() {
+    let sel = |yaml: &str| attrs(&[("objectSelector", yaml), ("objects", "")]);
+    let p = parse(
+        &sel("namePrefix: app-\ntags: [team=payments, tier]\nmaxObjects: 20\nfilePermission: \"0440\""),
+        &sp(),
+        0o644,
+        &Default::default(),
+        false,
+    )
+    .unwrap();
+    assert!(p.objects.is_empty(), "no objects needed with a selector");
+    let s = p.selector.unwrap();
+    assert_eq!(
+        (s.name_prefix.as_str(), s.tags.clone(), s.all, s.max, s.mode),
+        ("app-", vec![("team".into(), Some("payments".into())), ("tier".into(), None)], false, 20, 0o440)
+    );
+    assert!(s.admits("app-x", &[("team".to_string(), "payments".to_string()), ("tier".into(), "1".into())].into()));
+    assert!(!s.admits("app-x", &[("team".to_string(), "search".to_string()), ("tier".into(), "1".into())].into()));
+    assert!(!s.admits("other", &[("team".to_string(), "payments".to_string()), ("tier".into(), "1".into())].into()));
+    let e = |yaml: &str| err(&[("objectSelector", yaml), ("objects", "")], &sp());
+    assert_eq!(e("maxObjects: 5"), "objectSelector selects nothing: set namePrefix, tags or all: true");
+    assert_eq!(
+        e("all: true\nnamePrefix: a"),
+        "objectSelector: all: true selects every secret, with no namePrefix or tags"
+    );
+    assert_eq!(e("all: true\nmaxObjects: 5000"), "objectSelector.maxObjects must be a number from 1 to 1000");
+    assert!(e("namePrefix: ../x").starts_with("objectSelector.namePrefix must be letters, digits and dashes"));
+    assert!(e("all: yes-please").starts_with("objectSelector.all: strconv.ParseBool"));
+    assert!(e("nameprefix: a").starts_with("failed to read objectSelector, error: "), "a typo is refused");
+    assert_eq!(e("tags: ['=x']"), "objectSelector.tags[0] must be key or key=value, each at most 512 characters");
+    // Without a selector, objects stay required.
+    assert_eq!(err(&[("objects", "")], &sp()), "objects is not set");
+}
