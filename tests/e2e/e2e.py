@@ -679,6 +679,50 @@ def s_selector(ctx):
     delete("pod", "selector", NS, wait=False)
 
 
+def s_last_known_good(ctx):
+    """Ours (Azure provider #1240, driver #1229), opt-in per class with maxStaleness: while the vault is
+    down, a new pod on the node mounts what another pod fetched with the same identity, and its pod
+    status, an event and a metric say it is stale; a class without it fails the mount as before; the
+    next successful round clears the mark."""
+    if not KIT:
+        print("SKIP last-known-good: it reads the provider's metrics on the node")
+        return
+    emu = ctx["emu"]
+    emu.set_secret("lkg-secret", "lkg-v1")
+    params_stale = {"maxStaleness": "1h"}
+    cls = spc("lkg", NS, [{"objectName": "lkg-secret", "objectType": "secret"}])
+    cls["spec"]["parameters"].update(params_stale)
+    apply(cls, spc("lkg-off", NS, [{"objectName": "lkg-secret", "objectType": "secret"}]))
+    apply(pod("lkg-a", NS, [csi_volume("kv", "lkg")]))
+    wait_pod("lkg-a", NS)
+    before = local_metric("keyvault_stale_objects_total", port=8096)
+    emu.call("PUT", f"/faults/{VAULT}", {"outage": True})
+    try:
+        apply(pod("lkg-b", NS, [csi_volume("kv", "lkg")]), pod("lkg-off", NS, [csi_volume("kv", "lkg-off")]))
+        wait_pod("lkg-b", NS)
+        if read("lkg-b", NS, "/mnt/kv/lkg-secret") != "lkg-v1":
+            raise Failure("the stale value")
+        st = pod_status(f"lkg-b-{NS}-lkg", lambda s: "keyvault-csi.io/stale-objects" in (s["metadata"].get("annotations") or {}))
+        marked = json.loads(st["metadata"]["annotations"]["keyvault-csi.io/stale-objects"])
+        if list(marked) != ["secret/lkg-secret"] or marked["secret/lkg-secret"]["vault"] != VAULT:
+            raise Failure(f"stale-objects annotation {marked}")
+        wait_for("Warning StaleObjectServed on lkg-b", lambda: [
+            e for e in events(NS, "lkg-b", "StaleObjectServed") if "secret/lkg-secret" in e["message"]
+            and e["type"] == "Warning" and "lkg-v1" not in e["message"]], 30)
+        if local_metric("keyvault_stale_objects_total", port=8096) <= before:
+            raise Failure("keyvault_stale_objects_total did not count it")
+        failed_mount("lkg-off", NS, "503")
+        if pod_ready("lkg-off", NS):
+            raise Failure("a class without maxStaleness mounted during the outage")
+    finally:
+        emu.call("DELETE", f"/faults/{VAULT}")
+    pod_status(f"lkg-b-{NS}-lkg", lambda s: "keyvault-csi.io/stale-objects" not in (s["metadata"].get("annotations") or {}),
+               timeout=POLL + 40)
+    wait_pod("lkg-off", NS, timeout=120)
+    for name in ("lkg-a", "lkg-b", "lkg-off"):
+        delete("pod", name, NS, wait=False)
+
+
 def s_optional(ctx):
     """Ours: an optional object missing from the vault lets the pod start without its file; the pod
     status lists it without a version and the pod gets a Warning event naming it."""
@@ -2054,6 +2098,7 @@ def main():
     run("sp-key-cert-alias", s_keys_certs_alias)
     run("json-keys", s_json_keys)
     run("object-selector", s_selector)
+    run("last-known-good", s_last_known_good)
     run("optional-object", s_optional)
     run("secret-sync", s_sync)
     run("namespaces-missing-two-classes", s_namespaces)

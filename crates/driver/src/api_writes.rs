@@ -105,7 +105,7 @@ impl Default for WriterSettings {
 #[derive(Clone, Debug)]
 pub(crate) struct StatusWrite {
     pub(crate) versions: BTreeMap<String, String>,
-    pub(crate) failover: BTreeMap<String, String>,
+    pub(crate) provenance: secrets_store::provider::Provenance,
     /// The status exists already (patch it) rather than a first mount's (create it).
     pub(crate) refresh: bool,
 }
@@ -218,7 +218,7 @@ pub(crate) async fn write(
         },
         Job::Publish(owed) => {
             if let Some(s) = &owed.status {
-                let call = cluster.record(&owed.params, &s.versions, &s.failover, s.refresh);
+                let call = cluster.record(&owed.params, &s.versions, &s.provenance, s.refresh);
                 let message = match tokio::time::timeout(timeout, call).await {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),

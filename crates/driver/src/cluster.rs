@@ -218,10 +218,21 @@ impl Cluster for KubeCluster {
         &self,
         params: &PublishParams,
         versions: &BTreeMap<String, String>,
-        failover: &BTreeMap<String, String>,
+        provenance: &secrets_store::provider::Provenance,
         refresh: bool,
     ) -> Result<(), PodStatusError> {
-        self.statuses.record(params, versions, failover, refresh).await?;
+        self.statuses.record(params, versions, provenance, refresh).await?;
+        if !provenance.stale.is_empty() {
+            let list: Vec<String> =
+                provenance.stale.iter().map(|(id, (vault, age))| format!("{id} from {vault} ({age}s old)")).collect();
+            let msg = format!(
+                "Key Vault could not be reached; served the last known good fetched on this node by the same identity: {} (maxStaleness; replaced at the next successful round)",
+                list.join(", ")
+            );
+            let (component, kind) = (MOUNT_COMPONENT, EventType::Warning);
+            self.events.pod_event(&params.pod, component, kind, "StaleObjectServed", &msg).await;
+        }
+        let failover = &provenance.failover;
         if !failover.is_empty() {
             let list: Vec<String> = failover.iter().map(|(id, vault)| format!("{id} from {vault}")).collect();
             let msg = format!(

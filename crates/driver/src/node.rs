@@ -53,13 +53,14 @@ pub const DEFAULT_CERT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_40
 /// Secrets (`secretObjects`) and events. Only the pod status can fail a mount, as upstream.
 #[async_trait::async_trait]
 pub trait Cluster: Send + Sync + 'static {
-    /// A volume was published (or, with `refresh`, a published volume got new versions). `failover`:
-    /// object id → the failover vault that served it (shown on the pod status and in an event).
+    /// A volume was published (or, with `refresh`, a published volume got new versions). `provenance`:
+    /// objects served by a failover vault or from the last known good (shown on the pod status and in
+    /// events).
     async fn record(
         &self,
         params: &PublishParams,
         versions: &BTreeMap<String, String>,
-        failover: &BTreeMap<String, String>,
+        provenance: &secrets_store::provider::Provenance,
         refresh: bool,
     ) -> Result<(), PodStatusError>;
     /// A volume was unpublished.

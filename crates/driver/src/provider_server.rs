@@ -235,6 +235,7 @@ mod tests {
                 source: "kv2".into(),
                 failover: true,
                 cache_hit: false,
+                stale_seconds: Some(42),
             };
             Ok(MountResponse {
                 files: vec![File::new("a", 0o644, b"value".to_vec())],
@@ -289,7 +290,9 @@ mod tests {
         assert_eq!(resp.served.len(), 1, "only what the response versions: {:?}", resp.served);
         assert_eq!((resp.served[0].source.as_str(), resp.served[0].failover), ("kv2", true));
         assert_eq!(resp.requester.client_id, "wi-client");
-        assert_eq!(resp.failover().get("secret/a").map(String::as_str), Some("kv2"));
+        let provenance = resp.provenance();
+        assert_eq!(provenance.failover.get("secret/a").map(String::as_str), Some("kv2"));
+        assert_eq!(provenance.stale.get("secret/a"), Some(&("kv2".to_string(), 42)), "staleness crosses too");
         let plain = ExternalProvider::new("azure", &path, 1 << 20);
         let resp = plain.mount(request(Some(8), true)).await.unwrap();
         assert!(resp.served.iter().all(|s| s.source.is_empty()), "upstream's client reads versions only");

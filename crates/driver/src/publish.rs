@@ -362,16 +362,18 @@ impl Driver {
             }
         };
         let known = self.volumes.get(target);
-        let failover = response.failover();
+        let provenance = response.provenance();
         // What the API server is owed: the pod status when a version (or the serving vault) changed,
         // and the Secret sync when the files did (or on a first mount).
         // Nothing is owed without a cluster (standalone mounts).
         let owes = self.writer.is_some();
         let mut status = (owes
-            && known.as_ref().is_none_or(|v| v.object_versions != response.object_versions || v.failover != failover))
+            && known
+                .as_ref()
+                .is_none_or(|v| v.object_versions != response.object_versions || v.provenance != provenance))
         .then(|| StatusWrite {
             versions: response.object_versions.clone(),
-            failover: failover.clone(),
+            provenance: provenance.clone(),
             refresh: known.is_some(),
         });
         let mut sync = (owes && (changed || !remount)).then(|| SyncWrite { rotated: remount, files: files.clone() });
@@ -382,7 +384,7 @@ impl Driver {
                 // mount (before the volume is recorded, so kubelet's retry records it).
                 if let Some(s) = status.take() {
                     cluster
-                        .record(params, &s.versions, &s.failover, s.refresh)
+                        .record(params, &s.versions, &s.provenance, s.refresh)
                         .await
                         .map_err(|source| PublishError::PodStatus { pod: pod.clone(), source })?;
                 }
@@ -397,7 +399,7 @@ impl Driver {
         self.audit.volume(params, &response, audit_trigger(trigger, remount));
         let sources = response.sources();
         let mut volume = Volume::fresh(params.clone(), spec.provider.clone(), response.object_versions);
-        volume.failover = failover;
+        volume.provenance = provenance;
         volume.sources = sources;
         volume.interval = self.volume_interval(params);
         if known.is_none() {

@@ -26,8 +26,9 @@ pub struct Volume {
     pub provider: String,
     /// Object id → version, as last fetched.
     pub object_versions: BTreeMap<String, String>,
-    /// Object id → the failover vault that served it (see [`secrets_store::provider::MountResponse::failover`]).
-    pub failover: BTreeMap<String, String>,
+    /// Objects served by a failover vault or from the last known good (see
+    /// [`secrets_store::provider::MountResponse::provenance`]).
+    pub provenance: secrets_store::provider::Provenance,
     /// (vault, object name) of what it holds, as the provider reported serving them: what a change
     /// event is matched against. Empty for a volume adopted after a restart until its first refresh.
     pub sources: std::collections::BTreeSet<(String, String)>,
@@ -63,7 +64,7 @@ impl Volume {
             params,
             provider,
             object_versions,
-            failover: BTreeMap::new(),
+            provenance: Default::default(),
             sources: Default::default(),
             last_fetch: Instant::now(),
             failures: 0,

@@ -56,6 +56,7 @@ impl Provider for AzureProvider {
                         source: s.vault,
                         failover: s.failover,
                         cache_hit: s.cache_hit,
+                        stale_seconds: s.stale.map(|d| d.as_secs()),
                     })
                     .collect(),
                 requester: secrets_store::provider::Requester {

@@ -16,6 +16,7 @@ pub mod events;
 pub mod failover;
 pub mod identity;
 pub mod json_keys;
+pub mod last_good;
 pub mod lint;
 pub mod metrics;
 pub mod model;
@@ -174,12 +175,14 @@ pub struct Served {
     pub failover: bool,
     /// Shared with another caller's fetch (no Key Vault request of its own).
     pub cache_hit: bool,
+    /// Served from the node's last known good (`maxStaleness`, ours), fetched this long ago.
+    pub stale: Option<std::time::Duration>,
 }
 
 impl Served {
     pub(crate) fn new(id: String, version: String, call: &vault::VaultCall<'_>, cache_hit: bool) -> Self {
         let failover = !call.vault.eq_ignore_ascii_case(&call.params.vault_name);
-        Self { id, version, vault: call.vault.clone(), failover, cache_hit }
+        Self { id, version, vault: call.vault.clone(), failover, cache_hit, stale: None }
     }
 }
 
@@ -208,6 +211,8 @@ pub struct Provider {
     /// Vault base URL → the token scope from its challenge, discovered once (one challenge in flight).
     scopes: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<String>>>>,
     flights: Arc<fetch::Flights>,
+    /// What opted-in classes were served, for outages (`maxStaleness`).
+    last_good: last_good::LastGood,
     /// Vaults backing off after an outage (failover vaults).
     health: failover::Health,
     /// Started with the first mount (a runtime exists then): evicts shared results on a timer.
@@ -231,6 +236,7 @@ impl Provider {
             tokens: identity::TokenCache::default(),
             token_proxy,
             scopes: Mutex::new(HashMap::new()),
+            last_good: last_good::LastGood::default(),
             flights: Arc::default(),
             health,
             janitor: std::sync::OnceLock::new(),
@@ -288,8 +294,10 @@ impl Provider {
         )
         .await;
         let mut resp = MountResponse { identity: params.identity.summary(), ..Default::default() };
-        for r in results {
-            let (files, served) = r?;
+        for (o, r) in objects.iter().zip(results) {
+            // Only a new mount (or kubelet's republish) is served the last known good: a rotation round
+            // keeps the volume's files as they are when the vault cannot be reached.
+            let (files, served) = self.or_last_good(&params, o, r, req.cycle.is_none())?;
             resp.files.extend(files);
             resp.object_versions.extend(served.iter().map(|s| (s.id.clone(), s.version.clone())));
             for s in served.iter().filter(|s| s.failover) {
@@ -298,6 +306,52 @@ impl Provider {
             resp.served.extend(served);
         }
         Ok(resp)
+    }
+
+    /// Objects held for `maxStaleness` (for tests and bounds).
+    pub fn last_good_len(&self) -> usize {
+        self.last_good.len()
+    }
+
+    /// An object's fetch, remembered for classes with `maxStaleness`; when its vaults cannot be
+    /// reached, what this node was served for it (see [`last_good`]). A 401 or 403 forgets what the
+    /// identity was served, a 404 the object.
+    fn or_last_good(
+        &self,
+        params: &params::MountParams,
+        o: &params::ObjectSpec,
+        result: Result<(Vec<File>, Vec<Served>)>,
+        may_serve_stale: bool,
+    ) -> Result<(Vec<File>, Vec<Served>)> {
+        let key = last_good::Key::new(params, o);
+        match result {
+            Ok((files, served)) => {
+                if params.max_staleness.is_some() {
+                    self.last_good.remember(key, &files, &served);
+                }
+                Ok((files, served))
+            }
+            Err(e) => {
+                match e.kind {
+                    ErrorKind::Forbidden => {
+                        self.last_good.forget_identity(&identity::IdentityKey::of(&params.tenant_id, &params.identity))
+                    }
+                    ErrorKind::NotFound => self.last_good.forget(&key),
+                    ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => {
+                        let max = params.max_staleness.filter(|_| may_serve_stale);
+                        if let Some(recalled) = max.and_then(|max| self.last_good.recall(&key, max)) {
+                            let age = recalled.1.first().and_then(|s| s.stale).unwrap_or_default();
+                            tracing::warn!(object = %o.name, vault = %params.vault_name, age_s = age.as_secs(), error = %e,
+                                "vault unreachable; serving the last known good (maxStaleness)");
+                            self.stats.record_stale(&params.vault_name);
+                            return Ok(recalled);
+                        }
+                    }
+                    _ => {}
+                }
+                Err(e)
+            }
+        }
     }
 
     /// One object from the class's vault or, when that vault is down, from its failover vaults in

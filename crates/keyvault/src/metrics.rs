@@ -214,6 +214,17 @@ impl Collector for KeyvaultStats {
                 ConstCounter::new(*n).encode(m.encode_family(&Vault { vault: vault.clone() })?)?;
             }
         }
+        {
+            let mut m = encoder.encode_descriptor(
+                "keyvault_stale_objects",
+                "Objects served from the node's last known good (maxStaleness) because their vault could not be reached",
+                None,
+                MetricType::Counter,
+            )?;
+            for (vault, n) in s.stale_served.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                ConstCounter::new(*n).encode(m.encode_family(&Vault { vault: vault.clone() })?)?;
+            }
+        }
         let waited = s.limiter_wait_micros.load(Ordering::Relaxed) as f64 / 1e6;
         ConstCounter::new(waited).encode(encoder.encode_descriptor(
             "keyvault_rate_limiter_wait_seconds",

@@ -301,6 +301,9 @@ pub struct MountParams {
     pub objects: Vec<ObjectSpec>,
     /// `objectSelector` (ours): more secrets, chosen at each mount and rotation round.
     pub selector: Option<selector::Selector>,
+    /// `maxStaleness` (ours): while the vault cannot be reached, serve what this node fetched with the
+    /// same identity at most this long ago (see `crate::last_good`).
+    pub max_staleness: Option<std::time::Duration>,
 }
 
 /// Go's `strconv.ParseBool`, with its error text.
@@ -506,6 +509,7 @@ pub fn parse(
         identity,
         objects,
         selector: read.selector,
+        max_staleness: read.max_staleness,
     })
 }
 

@@ -23,6 +23,8 @@ pub struct Stats {
     pub limiter_wait_micros: AtomicU64,
     /// Objects served by a failover vault, by vault name (`failoverKeyvaultNames`).
     pub failovers: Mutex<BTreeMap<String, u64>>,
+    /// Objects served from the last known good while their vault was unreachable, by vault name.
+    pub stale_served: Mutex<BTreeMap<String, u64>>,
     /// Bounds the vaults `requests` is kept by (vault names come from classes).
     vaults: crate::metrics::BoundedLabel,
 }
@@ -37,6 +39,7 @@ impl Default for Stats {
             token_cache_hits: Default::default(),
             limiter_wait_micros: Default::default(),
             failovers: Default::default(),
+            stale_served: Default::default(),
             vaults: crate::metrics::BoundedLabel::new(crate::metrics::MAX_VAULTS),
         }
     }
@@ -53,6 +56,12 @@ impl Stats {
     pub fn record_failover(&self, vault: &str) {
         let vault = self.vaults.label(vault);
         *self.failovers.lock().unwrap_or_else(|e| e.into_inner()).entry(vault).or_default() += 1;
+    }
+
+    /// Counts one object served from the last known good of `vault`.
+    pub fn record_stale(&self, vault: &str) {
+        let vault = self.vaults.label(vault);
+        *self.stale_served.lock().unwrap_or_else(|e| e.into_inner()).entry(vault).or_default() += 1;
     }
 
     /// Adds rate-limiter wait time.

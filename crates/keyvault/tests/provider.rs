@@ -678,3 +678,49 @@ async fn a_selection_is_bounded_and_a_missing_list_permission_is_named() {
     let gets = h.count(|k| k.vault == "kv1" && k.object.starts_with("bulk-") && k.status == 200);
     assert_eq!((lists, gets), (3, 60), "one listing and one GET per secret for the cycle, whatever the volumes");
 }
+
+/// `maxStaleness` (ours): during an outage a new mount gets what the node fetched with the same
+/// identity, marked stale; another identity, a class without the opt-in, a rotation round, an old entry
+/// get the error, and a 403 forgets everything the identity was served.
+#[tokio::test]
+async fn the_last_known_good_serves_an_outage_only_to_the_identity_that_fetched_it() {
+    let (h, p) = setup(|c| {
+        c.dedup_window = Duration::ZERO;
+        c.retry.max_attempts = 1;
+    })
+    .await;
+    let objs = objects(&["objectName: db-password\nobjectType: secret"]);
+    let opted = |secrets: &[(&str, &str)]| request(&objs, &[("maxStaleness", "1h")], secrets);
+    let fresh = p.mount(opted(SP)).await.unwrap();
+    assert_eq!(fresh.served[0].stale, None);
+    h.set_faults("kv1", Faults { outage: true, ..Default::default() });
+
+    let stale = p.mount(opted(SP)).await.unwrap();
+    assert_eq!(stale.files[0].contents.expose_secret(), b"s3cr3t-db");
+    assert!(stale.served[0].stale.is_some_and(|age| age < Duration::from_secs(60)), "{:?}", stale.served);
+    assert_eq!(stale.object_versions, fresh.object_versions, "the version it was fetched at");
+    // Not for another identity (sp2 may read the object, but was never proven for it on this node).
+    let sp2 = [("clientid", "sp2"), ("clientsecret", "sp2-secret")];
+    assert_eq!(p.mount(opted(&sp2)).await.unwrap_err().kind, ErrorKind::Unavailable);
+    // Not for a class without maxStaleness, nor for a rotation round (its files stay as they are).
+    assert_eq!(p.mount(request(&objs, &[], SP)).await.unwrap_err().kind, ErrorKind::Unavailable);
+    assert!(p.mount(MountRequest { cycle: Some(3), ..opted(SP) }).await.is_err());
+    // Not past maxStaleness.
+    assert!(p.mount(request(&objs, &[("maxStaleness", "1s")], SP)).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(p.mount(request(&objs, &[("maxStaleness", "1s")], SP)).await.is_err(), "older than 1s");
+
+    // A 403 answer forgets everything the identity was served, in every vault.
+    h.clear_faults("kv1");
+    p.mount(opted(SP)).await.unwrap();
+    let mut elsewhere = opted(SP);
+    elsewhere.attributes.insert("keyvaultName".into(), "kv2".into());
+    elsewhere.attributes.insert("objects".into(), objects(&["objectName: only-in-kv2\nobjectType: secret"]));
+    p.mount(elsewhere.clone()).await.unwrap();
+    assert_eq!(p.last_good_len(), 2);
+    h.set_faults("kv1", Faults { error_status: Some(403), error_rate: 1.0, ..Default::default() });
+    assert_eq!(p.mount(opted(SP)).await.unwrap_err().kind, ErrorKind::Forbidden);
+    assert_eq!(p.last_good_len(), 0);
+    h.set_faults("kv2", Faults { outage: true, ..Default::default() });
+    assert!(p.mount(elsewhere).await.is_err(), "kv2's entry went with the identity's 403");
+}

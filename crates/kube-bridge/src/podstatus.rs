@@ -46,6 +46,9 @@ pub struct KubePodStatus {
 
 /// Pod-status annotation: object id → the failover vault that served it (JSON), while any did.
 pub const SERVED_FROM: &str = "keyvault-csi.io/served-from";
+/// Pod-status annotation: object id → `{"vault", "ageSeconds"}` of what was served from the node's
+/// last known good (JSON), while any was.
+pub const STALE_OBJECTS: &str = "keyvault-csi.io/stale-objects";
 
 impl KubePodStatus {
     /// Writes statuses labelled with `node`.
@@ -82,13 +85,23 @@ impl KubePodStatus {
         &self,
         p: &PublishParams,
         versions: &BTreeMap<String, String>,
-        failover: &BTreeMap<String, String>,
+        provenance: &secrets_store::provider::Provenance,
         refresh: bool,
     ) -> Result<(), PodStatusError> {
         let name = status_name(p)?;
         // Which objects a failover vault served (ours): an annotation, because the status schema is
         // upstream's. `null` in the merge patch removes it once the class's vault serves again.
+        let failover = &provenance.failover;
         let served_from = (!failover.is_empty()).then(|| serde_json::to_string(failover).unwrap_or_default());
+        let stale: BTreeMap<&String, serde_json::Value> = provenance
+            .stale
+            .iter()
+            .map(|(id, (vault, age))| (id, serde_json::json!({ "vault": vault, "ageSeconds": age })))
+            .collect();
+        let stale = (!stale.is_empty()).then(|| serde_json::to_string(&stale).unwrap_or_default());
+        let ours = [(SERVED_FROM, served_from), (STALE_OBJECTS, stale)];
+        let present: BTreeMap<String, String> =
+            ours.iter().filter_map(|(k, v)| Some((k.to_string(), v.clone()?))).collect();
         let api = self.api(&p.pod.namespace);
         let owner = OwnerReference {
             api_version: "v1".into(),
@@ -109,7 +122,7 @@ impl KubePodStatus {
                 name: Some(name.clone()),
                 namespace: Some(p.pod.namespace.clone()),
                 labels: Some([(super::NODE_LABEL.to_string(), self.node.clone())].into()),
-                annotations: served_from.clone().map(|s| [(SERVED_FROM.to_string(), s)].into()),
+                annotations: (!present.is_empty()).then(|| present.clone()),
                 owner_references: Some(vec![owner.clone()]),
                 ..Default::default()
             },
@@ -121,7 +134,7 @@ impl KubePodStatus {
             let patch = serde_json::json!({
                 "metadata": {
                     "labels": obj.metadata.labels,
-                    "annotations": { SERVED_FROM: served_from },
+                    "annotations": { SERVED_FROM: ours[0].1, STALE_OBJECTS: ours[1].1 },
                     "ownerReferences": obj.metadata.owner_references,
                 },
                 "status": obj.status,
@@ -141,10 +154,12 @@ impl KubePodStatus {
                 meta.labels.get_or_insert_with(Default::default).insert(super::NODE_LABEL.into(), self.node.clone());
                 meta.owner_references = Some(vec![owner]);
                 let annotations = meta.annotations.get_or_insert_with(Default::default);
-                match &served_from {
-                    Some(s) => annotations.insert(SERVED_FROM.into(), s.clone()),
-                    None => annotations.remove(SERVED_FROM),
-                };
+                for (key, value) in &ours {
+                    match value {
+                        Some(v) => annotations.insert(key.to_string(), v.clone()),
+                        None => annotations.remove(*key),
+                    };
+                }
                 current.status = Some(status);
                 api.replace(&name, &PostParams::default(), &current).await.map(|_| ()).map_err(PodStatusError::Api)
             }

@@ -97,6 +97,9 @@ pub struct Record<'a> {
     /// Served by a failover vault.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub failover: bool,
+    /// Served from the node's last known good, fetched this many seconds ago.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_seconds: Option<u64>,
 }
 
 struct Bucket {
@@ -219,6 +222,7 @@ impl Audit {
                 version: &s.version,
                 cache: if s.cache_hit { "hit" } else { "miss" },
                 failover: s.failover,
+                stale_seconds: s.stale_seconds,
             };
             inner.emit(&record);
         }
@@ -271,6 +275,7 @@ mod tests {
                     source: "kv1".into(),
                     failover: i == 1,
                     cache_hit: i == 0,
+                    stale_seconds: None,
                 })
                 .collect(),
             requester: Requester { identity: "workload".into(), client_id: "cid".into() },

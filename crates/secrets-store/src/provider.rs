@@ -117,10 +117,29 @@ impl MountResponse {
             .collect()
     }
 
-    /// Object id → the failover vault that served it, for objects not served by the class's vault.
-    pub fn failover(&self) -> BTreeMap<String, String> {
-        self.served.iter().filter(|s| s.failover).map(|s| (s.id.clone(), s.source.clone())).collect()
+    /// Where objects not served fresh by the class's vault came from: failover vaults, and the node's
+    /// last known good.
+    pub fn provenance(&self) -> Provenance {
+        Provenance {
+            failover: self.served.iter().filter(|s| s.failover).map(|s| (s.id.clone(), s.source.clone())).collect(),
+            stale: self
+                .served
+                .iter()
+                .filter_map(|s| Some((s.id.clone(), (s.source.clone(), s.stale_seconds?))))
+                .collect(),
+        }
     }
+}
+
+/// Where a mount's objects came from when not fresh from the class's vault (shown on the pod status
+/// and in events).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// Object id → the failover vault that served it.
+    pub failover: BTreeMap<String, String>,
+    /// Object id → (vault, seconds since it was fetched): served from the node's last known good while
+    /// the vault could not be reached (`maxStaleness`, keyvault-csi's Azure provider).
+    pub stale: BTreeMap<String, (String, u64)>,
 }
 
 /// One object version a provider served.
@@ -137,6 +156,8 @@ pub struct Served {
     pub failover: bool,
     /// Shared with another caller's fetch: no backend request of its own.
     pub cache_hit: bool,
+    /// Served from the node's last known good, fetched this many seconds ago (not fresh).
+    pub stale_seconds: Option<u64>,
 }
 
 /// The identity a provider used for a mount: kind and client id, never a credential.

@@ -46,7 +46,7 @@ impl Cluster for Api {
         &self,
         p: &PublishParams,
         versions: &BTreeMap<String, String>,
-        _: &BTreeMap<String, String>,
+        _: &secrets_store::provider::Provenance,
         _: bool,
     ) -> Result<(), kube_bridge::PodStatusError> {
         self.enter(&p.pod.name);
@@ -111,7 +111,7 @@ fn status(pod: &str, version: &str) -> Job {
         spec: Arc::new(SecretProviderClassSpec::default()),
         status: Some(StatusWrite {
             versions: [("secret/a".to_string(), version.to_string())].into(),
-            failover: Default::default(),
+            provenance: Default::default(),
             refresh: false,
         }),
         sync: None,

@@ -154,6 +154,8 @@ pub struct ClassParameters {
     pub files: BTreeSet<String>,
     /// `objectSelector` (ours).
     pub selector: Option<super::selector::Selector>,
+    /// `maxStaleness` (ours).
+    pub max_staleness: Option<std::time::Duration>,
 }
 
 /// Settings the reading depends on.
@@ -245,6 +247,7 @@ pub(crate) fn read(
         check_vault_name("keyvaultName", &vault_name, f)?;
     }
     let failover_vaults = read_failover_vaults(params, &vault_name, f)?;
+    let max_staleness = read_max_staleness(&get(params, "maxStaleness"), f)?;
     let mut files = BTreeSet::new();
     for (i, o) in objects.iter().enumerate() {
         for p in output_paths(&o.spec, options.split_cert_and_key) {
@@ -260,7 +263,17 @@ pub(crate) fn read(
             }
         }
     }
-    Ok(ClassParameters { vault_name, failover_vaults, tenant_id, cloud, identity, objects, files, selector })
+    Ok(ClassParameters {
+        vault_name,
+        failover_vaults,
+        tenant_id,
+        cloud,
+        identity,
+        objects,
+        files,
+        selector,
+        max_staleness,
+    })
 }
 
 /// Key Vault's rule for a vault name, with upstream's messages.
@@ -289,6 +302,25 @@ pub const MAX_FAILOVER_VAULTS: usize = 4;
 
 /// `failoverKeyvaultNames`: vault names separated by commas, spaces or new lines, in the order they
 /// are asked.
+/// `maxStaleness` (ours): a Go duration from 1s to 24h, or absent (off).
+fn read_max_staleness(text: &str, f: &mut Findings) -> Result<Option<std::time::Duration>, Stop> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let max = crate::last_good::MAX_STALENESS;
+    // jiff's duration grammar takes Go's spelling (`90s`, `1h30m`) and friendlier ones (`1 hour`).
+    let parsed = text.parse::<jiff::SignedDuration>().ok().and_then(|d| std::time::Duration::try_from(d).ok());
+    match parsed {
+        Some(d) if d >= std::time::Duration::from_secs(1) && d <= max => Ok(Some(d)),
+        _ => {
+            let shown: String = text.chars().take(64).collect();
+            let message = format!("invalid maxStaleness {shown:?}: must be a duration from 1s to 24h, e.g. 1h");
+            f.error("maxStaleness", message, "e.g. maxStaleness: 1h")?;
+            Ok(None)
+        }
+    }
+}
+
 fn read_failover_vaults(
     params: &BTreeMap<String, String>,
     primary: &str,

@@ -421,3 +421,15 @@ fn an_object_selector_replaces_or_adds_to_objects_and_is_validated() {
     // Without a selector, objects stay required.
     assert_eq!(err(&[("objects", "")], &sp()), "objects is not set");
 }
+
+#[test]
+fn max_staleness_is_an_opt_in_bounded_duration() {
+    let staleness = |v: &str| parse(&attrs(&[("maxStaleness", v)]), &sp(), 0o644, &Default::default(), false);
+    assert_eq!(parse(&attrs(&[]), &sp(), 0o644, &Default::default(), false).unwrap().max_staleness, None);
+    assert_eq!(staleness("1h30m").unwrap().max_staleness, Some(std::time::Duration::from_secs(5400)));
+    assert_eq!(staleness("90s").unwrap().max_staleness, Some(std::time::Duration::from_secs(90)));
+    for bad in ["25h", "0s", "-1h", "soon", "500ms"] {
+        let e = staleness(bad).unwrap_err().message;
+        assert!(e.starts_with("invalid maxStaleness") && e.contains("from 1s to 24h"), "{bad}: {e}");
+    }
+}

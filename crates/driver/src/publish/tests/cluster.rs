@@ -32,7 +32,7 @@ impl crate::node::Cluster for FakeCluster {
         &self,
         p: &PublishParams,
         versions: &BTreeMap<String, String>,
-        _failover: &BTreeMap<String, String>,
+        _provenance: &secrets_store::provider::Provenance,
         _: bool,
     ) -> Result<(), kube_bridge::PodStatusError> {
         let gate = self.record_gate.lock().unwrap().clone();
