@@ -698,6 +698,8 @@ def s_last_known_good(ctx):
     before = local_metric("keyvault_stale_objects_total", port=8096)
     emu.call("PUT", f"/faults/{VAULT}", {"outage": True})
     try:
+        # Past the node's dedup window (at most 5 s): lkg-a's fetch is no longer shared as fresh.
+        time.sleep(6)
         apply(pod("lkg-b", NS, [csi_volume("kv", "lkg")]), pod("lkg-off", NS, [csi_volume("kv", "lkg-off")]))
         wait_pod("lkg-b", NS)
         if read("lkg-b", NS, "/mnt/kv/lkg-secret") != "lkg-v1":
