@@ -323,23 +323,25 @@ impl Provider {
         result: Result<(Vec<File>, Vec<Served>)>,
         may_serve_stale: bool,
     ) -> Result<(Vec<File>, Vec<Served>)> {
-        let key = last_good::Key::new(params, o);
+        // The key (an identity digest and the object's description) is built only where it is used: a
+        // class without `maxStaleness` pays nothing on success.
+        let key = || last_good::Key::new(params, o);
         match result {
             Ok((files, served)) => {
                 if params.max_staleness.is_some() {
-                    self.last_good.remember(key, &files, &served);
+                    self.last_good.remember(key(), &files, &served);
                 }
                 Ok((files, served))
             }
             Err(e) => {
                 match e.kind {
-                    ErrorKind::Forbidden => {
+                    ErrorKind::Forbidden if !self.last_good.is_empty() => {
                         self.last_good.forget_identity(&identity::IdentityKey::of(&params.tenant_id, &params.identity))
                     }
-                    ErrorKind::NotFound => self.last_good.forget(&key),
+                    ErrorKind::NotFound if !self.last_good.is_empty() => self.last_good.forget(&key()),
                     ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => {
                         let max = params.max_staleness.filter(|_| may_serve_stale);
-                        if let Some(recalled) = max.and_then(|max| self.last_good.recall(&key, max)) {
+                        if let Some(recalled) = max.and_then(|max| self.last_good.recall(&key(), max)) {
                             let age = recalled.1.first().and_then(|s| s.stale).unwrap_or_default();
                             tracing::warn!(object = %o.name, vault = %params.vault_name, age_s = age.as_secs(), error = %e,
                                 "vault unreachable; serving the last known good (maxStaleness)");

@@ -177,19 +177,18 @@ impl Server {
         Ok((
             local,
             Box::pin(async move {
-                let stop = async move {
+                tokio::spawn(async move {
                     shutdown.await;
                     handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
-                };
-                let reloading = async move {
-                    match reload {
-                        Some(reload) => reload.run().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    served = server.serve(app.into_make_service()) => served,
-                    () = async { tokio::join!(stop, reloading); } => Ok(()),
+                });
+                let serving = server.serve(app.into_make_service());
+                // Certificate files are watched for as long as the server runs.
+                match reload {
+                    None => serving.await,
+                    Some(reload) => tokio::select! {
+                        served = serving => served,
+                        () = reload.run() => unreachable!("the reloader runs until dropped"),
+                    },
                 }
             }),
         ))
