@@ -26,11 +26,11 @@ crds:
 	  open("charts/keyvault-csi/crds/crds.yaml", "w").write("# Generated" + parts[1]); \
 	  open("charts/keyvault-csi/crds/secretsync.yaml", "w").write("# Generated" + parts[2])'
 
-.PHONY: fuzz e2e crds chart soak bench demo test lint fmt-check clippy unit conformance build release clean
+.PHONY: fuzz e2e crds chart report soak bench demo test lint fmt-check clippy unit conformance build release clean
 
 ## test: formatting, lints, then every test (unit, crate and end-to-end) with real tmpfs mounts, the
 ## emulator against Azure's SDKs, and the Helm chart
-test: lint unit conformance chart
+test: lint unit conformance chart report
 
 lint: fmt-check clippy
 
@@ -67,6 +67,12 @@ chart: $(VENV)/.installed
 	$(CARGO) test --workspace --locked --no-run
 	hack/in-mount-ns.sh $(CARGO) test --workspace --locked --test observability every_metric_family
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/chart
+
+## report: the scale report's generator (hack/scale-report.py) against a recorded cluster run: the model,
+## a page with nothing to fetch, and a check that catches a page not showing the run (in headless
+## Chromium when it is installed; make bench always runs that check)
+report: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/report
 
 ## e2e: the chart installed with Helm on a real cluster (KUBECONFIG, or the k8s kit in ../shared/k8s,
 ## started and stopped around the run), real pods under the real kubelet (hack/e2e.sh)

@@ -7,7 +7,8 @@
 #   4. SecretSync: 1,000 SecretSyncs over 10 objects and 5 identities, the real sync-controller on the
 #      same API server (crates/keyvault-csi/benches/secretsync.rs).
 #   5. cluster: N = 10, 25, 50 driver processes (own node names, sockets, kubelet directories, metrics
-#      ports) on the same API server, change events off and on (crates/keyvault-csi/benches/cluster.rs).
+#      ports) on the same API server, change events off and on (crates/keyvault-csi/benches/cluster.rs),
+#      then docs/scale-report.html (hack/scale-report.py), checked in headless Chromium.
 #   6. soak: `make soak` (200 volumes for 10 minutes under constant secret changes, SOAK_VOLUMES and
 #      SOAK_SECS), which fails the bench on a torn read, a file left behind the vault, or a growing RSS
 #      or descriptor count; its report is kept in target/bench/soak.txt.
@@ -77,4 +78,8 @@ if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = cluster ]; then
   $CARGO bench --locked -p keyvault-csi --bench cluster --no-run
   log "cluster: 10, 25 and 50 nodes on one API server, change events off and on"
   hack/in-mount-ns.sh $CARGO bench --locked -p keyvault-csi --bench cluster
+  # The scale report: one HTML page, checked in a real headless browser against the run's JSON.
+  command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null ||
+    { apt-get update -qq && apt-get install -y -qq chromium-headless-shell; }
+  python3 hack/scale-report.py "$OUT/cluster.json" --html docs/scale-report.html --check
 fi

@@ -1,4 +1,5 @@
-//! Thin tonic adapters for the CSI Identity and Node services: span → parse → `Driver` → status → log.
+//! Thin tonic adapters for the CSI Identity and Node services: span → parse → `Driver` → status → log;
+//! and [`bind`], which serves both on the `--endpoint`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -227,5 +228,39 @@ impl Node for NodeService {
             max_volumes_per_node: 0,
             accessible_topology: None,
         }))
+    }
+}
+
+/// The running CSI server; completes after shutdown once in-flight RPCs have finished.
+pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Binds `endpoint` (a stale socket is replaced; see [`crate::socket`]) and returns the serving future
+/// and, for a Unix socket, the file to remove on the way out. Errors name `flag`.
+pub async fn bind(
+    endpoint: &crate::socket::Endpoint,
+    flag: &str,
+    driver: Arc<Driver>,
+    max_recv: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(Serving, Option<crate::socket::SocketFile>)> {
+    use csi_proto::csi::{identity_server::IdentityServer, node_server::NodeServer};
+    let identity = IdentityServer::new(IdentityService::new(driver.clone())).max_decoding_message_size(max_recv);
+    let node = NodeServer::new(NodeService::new(driver)).max_decoding_message_size(max_recv);
+    let router = tonic::transport::Server::builder().add_service(identity).add_service(node);
+    match endpoint {
+        crate::socket::Endpoint::Unix(path) => {
+            // Only root (kubelet, the registrar) talks to the socket; any gRPC client library may
+            // (grpc-core sends the socket path as `:authority`: see uds_authority).
+            let (listener, file) = crate::socket::bind_private(path, flag)?;
+            let incoming = crate::socket::incoming(listener);
+            Ok((Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)), Some(file)))
+        }
+        crate::socket::Endpoint::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{flag}: cannot listen on {addr}: {e}")))?;
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            Ok((Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)), None))
+        }
     }
 }

@@ -239,7 +239,48 @@ impl Driver {
     pub fn volumes(&self) -> &Arc<VolumeRegistry> {
         &self.volumes
     }
+
+    /// Registers every metric the driver exports: its own, the supervised tasks' and the API writer's
+    /// (idle families without a cluster, so dashboards see the same series either way).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry, self.volumes.clone());
+        self.tasks.register(registry);
+        match &self.writer {
+            Some(writer) => writer.register(registry),
+            None => crate::api_writes::ApiWriter::register_idle(registry),
+        }
+    }
+
+    /// Readiness: each supervised loop is healthy (not restarting after a panic), with what `/readyz`
+    /// shows while it is not.
+    pub fn readiness(&self) -> Vec<(&'static str, ReadyCheck)> {
+        [
+            (crate::rotation::ROTATION_TASK, "rotation task restarting after a panic"),
+            (crate::rotation::REFRESH_TASK, "refresh_now task restarting after a panic"),
+        ]
+        .into_iter()
+        .map(|(task, shown)| {
+            let tasks = self.tasks.clone();
+            (shown, Box::new(move || !tasks.unhealthy().contains(&task)) as ReadyCheck)
+        })
+        .collect()
+    }
+
+    /// After a restart: takes back this node's volumes (from its pod statuses and the mount table) in
+    /// the background, so rotation resumes without waiting for kubelet.
+    pub fn spawn_rediscovery(self: &Arc<Self>) {
+        let Some(cluster) = self.cluster.clone() else { return };
+        let driver = self.clone();
+        tokio::spawn(async move {
+            let found = cluster.rediscover().await;
+            let (listed, adopted) = (found.len(), driver.adopt(found).await);
+            tracing::info!(listed, adopted, "volumes rediscovered from this node's pod statuses");
+        });
+    }
 }
+
+/// A readiness condition: true while ready.
+pub type ReadyCheck = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// Runs blocking filesystem and mount syscalls off the async workers. A panic in `f` is re-raised.
 pub(crate) async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, E>

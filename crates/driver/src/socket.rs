@@ -68,10 +68,58 @@ pub fn incoming(
         .map(|c| c.map(crate::uds_authority::LenientAuthority::new))
 }
 
+/// Where the CSI server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Unix socket path.
+    Unix(std::path::PathBuf),
+    /// A TCP address.
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// `unix://tmp/csi.sock` → `/tmp/csi.sock` (upstream prepends `/`), `unix:///csi/csi.sock` → `/csi/csi.sock`.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let lower = s.to_ascii_lowercase();
+    if lower.starts_with("unix://") {
+        let rest = s[7..].trim_start_matches('/');
+        if rest.is_empty() {
+            return Err(format!("invalid endpoint {s:?}: empty socket path"));
+        }
+        Ok(Endpoint::Unix(std::path::PathBuf::from(format!("/{rest}"))))
+    } else if lower.starts_with("tcp://") {
+        let addr = &s[6..];
+        if addr.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+            return Err(format!("invalid endpoint {s:?}: expected tcp://host:port"));
+        }
+        Ok(Endpoint::Tcp(addr.to_string()))
+    } else {
+        Err(format!("invalid endpoint {s:?}: must start with unix:// or tcp://"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn endpoints_follow_upstream() {
+        assert_eq!(parse_endpoint("unix://tmp/csi.sock").unwrap(), Endpoint::Unix("/tmp/csi.sock".into()));
+        assert_eq!(parse_endpoint("unix:///csi/csi.sock").unwrap(), Endpoint::Unix("/csi/csi.sock".into()));
+        assert_eq!(parse_endpoint("UNIX:///csi/csi.sock").unwrap(), Endpoint::Unix("/csi/csi.sock".into()));
+        assert_eq!(parse_endpoint("tcp://127.0.0.1:10000").unwrap(), Endpoint::Tcp("127.0.0.1:10000".into()));
+        assert!(parse_endpoint("http://x").is_err());
+        assert!(parse_endpoint("unix://").is_err());
+    }
 
     #[tokio::test]
     async fn the_socket_is_0600_from_its_first_moment_and_serves_at_its_public_path() {

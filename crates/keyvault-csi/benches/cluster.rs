@@ -377,8 +377,24 @@ async fn main() {
     print_report(&runs);
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench/cluster.json");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    std::fs::write(&out, serde_json::to_string_pretty(&json!({"machine": machine(), "runs": runs})).unwrap()).unwrap();
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&json!({"machine": machine(), "date": stamp(), "runs": runs})).unwrap(),
+    )
+    .unwrap();
     let _ = Command::new("kubectl").args(["delete", "namespace", NS, "--wait=false"]).stdout(Stdio::null()).status();
+}
+
+/// When and at which commit the run was made, for the report's reader.
+fn stamp() -> String {
+    let out = |cmd: &str, args: &[&str]| {
+        Command::new(cmd).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let date = out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
+    match out("git", &["rev-parse", "--short", "HEAD"]).filter(|c| !c.is_empty()) {
+        Some(commit) => format!("{date}, commit {commit}"),
+        None => date,
+    }
 }
 
 /// The table, the fitted per-node constants and the extrapolation.

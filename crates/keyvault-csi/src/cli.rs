@@ -177,43 +177,7 @@ pub struct NodeArgs {
     pub azure: keyvault_bridge::AzureArgs,
 }
 
-/// Where the CSI server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// A Unix socket path.
-    Unix(PathBuf),
-    /// A TCP address.
-    Tcp(String),
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
-            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
-        }
-    }
-}
-
-/// `unix://tmp/csi.sock` → `/tmp/csi.sock` (upstream prepends `/`), `unix:///csi/csi.sock` → `/csi/csi.sock`.
-pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
-    let lower = s.to_ascii_lowercase();
-    if lower.starts_with("unix://") {
-        let rest = s[7..].trim_start_matches('/');
-        if rest.is_empty() {
-            return Err(format!("invalid endpoint {s:?}: empty socket path"));
-        }
-        Ok(Endpoint::Unix(PathBuf::from(format!("/{rest}"))))
-    } else if lower.starts_with("tcp://") {
-        let addr = &s[6..];
-        if addr.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
-            return Err(format!("invalid endpoint {s:?}: expected tcp://host:port"));
-        }
-        Ok(Endpoint::Tcp(addr.to_string()))
-    } else {
-        Err(format!("invalid endpoint {s:?}: must start with unix:// or tcp://"))
-    }
-}
+pub use driver::socket::{Endpoint, parse_endpoint};
 
 /// Go-style listen address: `:8095` means every interface.
 pub fn parse_listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -244,16 +208,6 @@ fn parse_min_interval(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_follow_upstream() {
-        assert_eq!(parse_endpoint("unix://tmp/csi.sock").unwrap(), Endpoint::Unix("/tmp/csi.sock".into()));
-        assert_eq!(parse_endpoint("unix:///csi/csi.sock").unwrap(), Endpoint::Unix("/csi/csi.sock".into()));
-        assert_eq!(parse_endpoint("UNIX:///csi/csi.sock").unwrap(), Endpoint::Unix("/csi/csi.sock".into()));
-        assert_eq!(parse_endpoint("tcp://127.0.0.1:10000").unwrap(), Endpoint::Tcp("127.0.0.1:10000".into()));
-        assert!(parse_endpoint("http://x").is_err());
-        assert!(parse_endpoint("unix://").is_err());
-    }
 
     #[test]
     fn go_bools() {
@@ -321,11 +275,6 @@ pub struct AuditArgs {
 impl AuditArgs {
     /// The audit trail these flags ask for.
     pub fn start(&self) -> anyhow::Result<secrets_store::audit::Audit> {
-        if self.audit_log.is_empty() {
-            return Ok(secrets_store::audit::Audit::off());
-        }
-        let sink: secrets_store::audit::Sink =
-            self.audit_log.parse().map_err(|e: String| anyhow::anyhow!("--audit-log: {e}"))?;
-        Ok(secrets_store::audit::Audit::start(&sink, self.audit_log_rate)?)
+        secrets_store::audit::Audit::from_flags(&self.audit_log, self.audit_log_rate).map_err(anyhow::Error::msg)
     }
 }

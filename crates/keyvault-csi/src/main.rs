@@ -5,7 +5,6 @@ mod cli;
 mod http;
 mod logging;
 mod provider_server;
-mod server;
 mod standalone;
 mod sync_controller;
 
@@ -17,7 +16,7 @@ use anyhow::Context;
 use clap::Parser;
 use driver::mounter::TmpfsMounter;
 use driver::{Config, Driver};
-use secrets_store::class::{ClassError, ClassSource, DirClassSource, SecretProviderClassSpec};
+use secrets_store::class::{ClassSource, DirClassSource, NoClassSource};
 use secrets_store::external::ExternalProviders;
 use secrets_store::provider::Providers;
 
@@ -88,20 +87,6 @@ fn version_json() -> String {
     .to_string()
 }
 
-/// Used when neither a cluster nor `--class-dir` provides SecretProviderClasses.
-struct NoClassSource(String);
-
-#[async_trait::async_trait]
-impl ClassSource for NoClassSource {
-    async fn get(&self, namespace: &str, name: &str) -> Result<SecretProviderClassSpec, ClassError> {
-        Err(ClassError::Unavailable {
-            namespace: namespace.into(),
-            name: name.into(),
-            message: format!("no SecretProviderClass source: {} (or pass --class-dir)", self.0),
-        })
-    }
-}
-
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     if args.enable_pprof {
         tracing::warn!("--enable-pprof is accepted for compatibility but has no effect");
@@ -143,7 +128,6 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 Arc::new(source)
             }
             Err(reason) => {
-                // Keep serving (Probe answers, mounts fail with this reason) rather than crash-loop.
                 tracing::error!(%reason, "no Kubernetes API: every mount will fail until this is fixed");
                 Arc::new(NoClassSource(reason))
             }
@@ -163,10 +147,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         let (azure, _) = app.azure(&args.azure, config.rotation_interval, true)?;
         providers = providers.with_builtin("azure", azure);
     }
-    let driver_metrics = driver::metrics::Metrics::default();
-    let mut driver =
-        Driver::new(config, Arc::new(TmpfsMounter), classes, providers).with_metrics(driver_metrics.clone());
-    if let Some(cluster) = cluster.clone() {
+    let mut driver = Driver::new(config, Arc::new(TmpfsMounter), classes, providers);
+    if let Some(cluster) = cluster {
         let writes = driver::api_writes::WriterSettings {
             mode: args.api_writes,
             limit: args.api_writes_limit as usize,
@@ -177,30 +159,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let audit = args.audit.start()?;
     audit.register(&mut app.registry);
     driver = driver.with_audit(audit);
-    driver_metrics.register(&mut app.registry, driver.volumes().clone());
-    driver.tasks().register(&mut app.registry);
-    match driver.writer() {
-        Some(writer) => writer.register(&mut app.registry),
-        None => driver::api_writes::ApiWriter::register_idle(&mut app.registry),
-    }
+    driver.register(&mut app.registry);
+    readiness.extend(driver.readiness());
     let tasks = driver.tasks().clone();
-    for (task, shown) in [
-        (driver::rotation::ROTATION_TASK, "rotation task restarting after a panic"),
-        (driver::rotation::REFRESH_TASK, "refresh_now task restarting after a panic"),
-    ] {
-        let tasks = tasks.clone();
-        readiness.push((shown, Box::new(move || !tasks.unhealthy().contains(&task))));
-    }
     let driver = Arc::new(driver);
-    if let Some(cluster) = cluster {
-        // After a restart: take back this node's volumes so rotation resumes at once.
-        let driver = driver.clone();
-        tokio::spawn(async move {
-            let found = cluster.rediscover().await;
-            let (listed, adopted) = (found.len(), driver.adopt(found).await);
-            tracing::info!(listed, adopted, "volumes rediscovered from this node's pod statuses");
-        });
-    }
+    driver.spawn_rediscovery();
 
     let mut health = metrics_http::Health::with_registry(std::mem::take(&mut app.registry));
     for (name, check) in readiness {
@@ -211,7 +174,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         metrics = metrics.with_provider_metrics(socket.clone());
     }
     let (http_addr, http_server) = http::bind(metrics, args.metrics_addr, "--metrics-addr", app.stopped()).await?;
-    let (csi_server, socket) = server::bind(&args.endpoint, driver.clone(), max_recv, app.stopped()).await?;
+    let (csi_server, socket) =
+        driver::grpc::bind(&args.endpoint, "--endpoint", driver.clone(), max_recv, app.stopped()).await?;
     health.set_ready(true);
     tracing::info!(
         endpoint = %args.endpoint, metrics = %http_addr, driver = %args.drivername, node = %args.nodeid,

@@ -19,9 +19,6 @@ use crate::app::App;
 use crate::cli::{parse_go_bool, parse_listen_addr};
 use keyvault_bridge::AzureArgs;
 
-/// The in-cluster service account's namespace file.
-const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
-
 /// Flags of `keyvault-csi sync-controller`.
 #[derive(Debug, Args)]
 pub struct SyncControllerArgs {
@@ -93,10 +90,6 @@ pub struct SyncControllerArgs {
 /// pod restarts as a standby, as controller-runtime does).
 pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
     let client = kube_bridge::client(args.kubeconfig.as_deref()).await.map_err(anyhow::Error::msg)?;
-    let namespace = match &args.leader_election_namespace {
-        Some(ns) if !ns.is_empty() => ns.clone(),
-        _ => std::fs::read_to_string(NAMESPACE_FILE).map(|s| s.trim().to_string()).unwrap_or_else(|_| "default".into()),
-    };
     let mut app = App::new();
     let (azure, _) = app.azure(&args.azure, Some(args.rotation_poll_interval), true)?;
     let queue = args
@@ -105,12 +98,13 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
         .map(|q| keyvault_bridge::events::QueueSource::new(q, azure.provider.clone()))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let event_metrics = sync::events::EventMetrics::default();
-    if queue.is_some() {
-        event_metrics.register(&mut app.registry);
-    }
+    let events = queue.map(|queue| {
+        tracing::info!(queue = ?args.events.events_queue_url, identity = %args.events.events_identity, "change events on");
+        let metrics = sync::events::EventMetrics::default();
+        metrics.register(&mut app.registry);
+        sync::service::Events { source: Arc::new(queue), max_dequeue: args.events.events_max_dequeue, metrics }
+    });
     let external = ExternalProviders::new(vec![], args.provider_volume.clone(), args.max_call_recv_msg_size as usize);
-    let providers = Providers::new(external).with_builtin("azure", azure);
     let metrics = sync::metrics::SyncMetrics::default();
     metrics.register(&mut app.registry);
     let audit = args.audit.start()?;
@@ -124,93 +118,36 @@ pub async fn run(args: SyncControllerArgs) -> anyhow::Result<()> {
         crate::http::bind(server, args.metrics_bind_address, "--metrics-bind-address", app.stopped()).await?;
     app.spawn("metrics server", async move { http_server.await.context("metrics server") });
     health.set_ready(true);
+    tracing::info!(metrics = %http_addr, "serving metrics");
 
-    let identity = std::env::var("POD_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), rand::random::<u32>()));
-    let elector = args.leader_elect.then(|| {
-        sync::leader::Elector::new(
-            client.clone(),
-            &namespace,
-            &args.leader_election_id,
-            &identity,
-            sync::leader::Timing::default(),
-        )
-    });
-    tracing::info!(metrics = %http_addr, %namespace, leader_elect = args.leader_elect, %identity,
-        interval = ?args.rotation_poll_interval, "keyvault-csi SecretSync controller starting");
-    // Resolves on SIGTERM/SIGINT; a standby waiting for the Lease stops too.
-    let mut signal = tokio::spawn(crate::app::shutdown_signal());
-    if let Some(elector) = &elector
-        && !elector
-            .acquire(async {
-                let _ = (&mut signal).await;
-            })
-            .await
-    {
-        return app.stop_and_drain(Duration::from_secs(5)).await;
-    }
-    let hash_key =
-        sync::hash_key::load_or_create(&client, &namespace, &format!("{}-hash-key", args.leader_election_id))
-            .await
-            .map_err(anyhow::Error::msg)?;
-    let config = sync::controller::Config {
-        audiences: args.token_request_audience.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect(),
-        refresh_interval: args.rotation_poll_interval.max(Duration::from_secs(1)),
-        min_interval: args.min_rotation_poll_interval,
-        jitter: args.jitter,
-        require_opt_in: args.require_service_account_opt_in,
-        concurrency: args.concurrency,
-        partial_sync: args.partial_sync,
-        audit,
-    };
-    let tokens = sync::tokens::Tokens::new(sync::tokens::ApiMinter(client.clone()));
-    // The change-event consumer runs beside the controller, under the same Lease.
-    let events = queue.map(|queue| {
-        let holders = sync::events::Holders::default();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let consumer_config = sync::events::Config {
-            namespace: namespace.clone(),
-            max_dequeue: args.events.events_max_dequeue,
-            idle_wait: Duration::from_secs(1),
-        };
-        tracing::info!(queue = ?args.events.events_queue_url, identity = %args.events.events_identity, "change events on");
-        let consumer = sync::events::run(
-            client.clone(),
-            consumer_config,
-            Arc::new(queue),
-            holders.clone(),
-            event_metrics.clone(),
-            tx,
-            app.stopped(),
-        );
-        app.spawn("change-event consumer", async move {
-            consumer.await;
-            Ok(())
-        });
-        (holders, rx)
-    });
-    let stop = app.stopped();
-    let controller = sync::controller::run(client, config, hash_key, providers, tokens, metrics, ready, events, stop);
-    let lost = match &elector {
-        Some(elector) => tokio::select! {
-            _ = controller => false,
-            _ = elector.hold() => true,
-            _ = &mut signal => false,
+    let service = sync::service::Service {
+        client,
+        namespace: sync::service::namespace(args.leader_election_namespace.as_deref()),
+        lease: args.leader_election_id.clone(),
+        leader_elect: args.leader_elect,
+        config: sync::controller::Config {
+            audiences: args
+                .token_request_audience
+                .iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect(),
+            refresh_interval: args.rotation_poll_interval.max(Duration::from_secs(1)),
+            min_interval: args.min_rotation_poll_interval,
+            jitter: args.jitter,
+            require_opt_in: args.require_service_account_opt_in,
+            concurrency: args.concurrency,
+            partial_sync: args.partial_sync,
+            audit,
         },
-        None => tokio::select! {
-            _ = controller => false,
-            _ = &mut signal => false,
-        },
+        providers: Providers::new(external).with_builtin("azure", azure),
+        metrics,
+        ready,
+        events,
     };
-    let drained = app.stop_and_drain(Duration::from_secs(10)).await;
-    if let Some(elector) = &elector
-        && !lost
-    {
-        elector.release().await;
-    }
-    if lost {
+    let ended = service.run(crate::app::shutdown_signal()).await;
+    let drained = app.stop_and_drain(Duration::from_secs(5)).await;
+    if ended.map_err(anyhow::Error::msg)? == sync::service::Ended::LeadershipLost {
         anyhow::bail!("leadership lost: exiting so that only the new leader reconciles");
     }
     drained

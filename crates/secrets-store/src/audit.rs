@@ -147,6 +147,16 @@ impl Audit {
         Self::default()
     }
 
+    /// What `--audit-log` and `--audit-log-rate` ask for: off when `log` is empty, else `stdout` or an
+    /// absolute file path. Errors name the flag.
+    pub fn from_flags(log: &str, rate: u32) -> Result<Self, String> {
+        if log.is_empty() {
+            return Ok(Self::off());
+        }
+        let sink: Sink = log.parse().map_err(|e: String| format!("--audit-log: {e}"))?;
+        Self::start(&sink, rate).map_err(|e| format!("--audit-log {log}: {e}"))
+    }
+
     /// Writes to `sink`, at most `rate` lines per second (bursts of one second's worth).
     pub fn start(sink: &Sink, rate: u32) -> std::io::Result<Self> {
         let mut out: Box<dyn Write + Send> = match sink {
@@ -265,6 +275,21 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::provider::{Requester, Served};
+
+    #[test]
+    fn the_flags_name_themselves_when_wrong() {
+        assert!(!Audit::from_flags("", 200).unwrap().enabled());
+        assert!(Audit::from_flags("stdout", 200).unwrap().enabled());
+        let relative = Audit::from_flags("audit.log", 200).unwrap_err();
+        assert!(relative.starts_with("--audit-log: "), "{relative}");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/dir/audit.log");
+        let err = Audit::from_flags(missing.to_str().unwrap(), 200).unwrap_err();
+        assert!(err.starts_with(&format!("--audit-log {}: ", missing.display())), "{err}");
+        let file = dir.path().join("audit.log");
+        assert!(Audit::from_flags(file.to_str().unwrap(), 200).unwrap().enabled());
+        assert!(file.exists());
+    }
 
     fn response(n: usize) -> MountResponse {
         MountResponse {

@@ -120,6 +120,22 @@ pub trait ClassSource: Send + Sync + 'static {
     async fn get(&self, namespace: &str, name: &str) -> Result<SecretProviderClassSpec, ClassError>;
 }
 
+/// No source of classes (no cluster and no class directory): every lookup is `Unavailable`, with why.
+/// The node keeps serving (Probe answers, mounts fail naming the reason) rather than crash-loop.
+#[derive(Debug, Clone)]
+pub struct NoClassSource(pub String);
+
+#[async_trait]
+impl ClassSource for NoClassSource {
+    async fn get(&self, namespace: &str, name: &str) -> Result<SecretProviderClassSpec, ClassError> {
+        Err(ClassError::Unavailable {
+            namespace: namespace.into(),
+            name: name.into(),
+            message: format!("no SecretProviderClass source: {} (or pass --class-dir)", self.0),
+        })
+    }
+}
+
 /// Classes from `*.yaml`/`*.yml` manifests in a directory, re-read on every lookup so edits apply at once.
 #[derive(Debug, Clone)]
 pub struct DirClassSource {

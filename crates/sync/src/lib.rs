@@ -6,7 +6,8 @@
 //! files its class yields and its last status into the Secret's data, a keyed hash and the
 //! conditions, without I/O, so every decision is tested on its own; [`controller`] watches, fetches
 //! and applies (`keyvault-csi sync-controller`), with [`tokens`] for service-account tokens,
-//! [`leader`] for leader election and [`metrics`] for what it exports.
+//! [`leader`] for leader election and [`metrics`] for what it exports; [`service`] runs them as the
+//! process does.
 
 pub mod api;
 pub mod check;
@@ -17,4 +18,5 @@ pub mod hash_key;
 pub mod leader;
 pub mod lint;
 pub mod metrics;
+pub mod service;
 pub mod tokens;
