@@ -81,5 +81,5 @@ if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = cluster ]; then
   # The scale report: one HTML page, checked in a real headless browser against the run's JSON.
   command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null ||
     { apt-get update -qq && apt-get install -y -qq chromium-headless-shell; }
-  python3 hack/scale-report.py "$OUT/cluster.json" --html docs/scale-report.html --check
+  python3 hack/scale-report.py "$OUT/cluster.json" --html docs/scale-report.html --check --screenshot "$OUT/scale-report.png"
 fi

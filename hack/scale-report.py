@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """make bench (cluster): target/bench/cluster.json -> one self-contained HTML page with SVG plots.
 
-  hack/scale-report.py target/bench/cluster.json --html docs/scale-report.html [--check]
+  hack/scale-report.py target/bench/cluster.json --html docs/scale-report.html [--check [--screenshot F]]
 
 The page has no external reference (no script, font, style or image from anywhere): it opens from a
 file, offline. Every number on it carries where it came from: `data-src` is a path into the run's JSON,
@@ -100,7 +100,7 @@ class Page:
 
 # --- SVG -------------------------------------------------------------------------------------------
 
-W, H, LEFT, RIGHT, TOP, BOTTOM = 660, 360, 64, 214, 20, 44
+W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 360, 64, 206, 20, 44
 
 
 class Axis:
@@ -427,7 +427,7 @@ def check(data, page, shot):
         sys.exit("scale-report: no Chromium found (apt-get install chromium-headless-shell)")
     with tempfile.TemporaryDirectory() as profile:
         args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}",
-                "--host-resolver-rules=MAP * ~NOTFOUND", "--disable-background-networking", "--window-size=1340,2400",
+                "--host-resolver-rules=MAP * ~NOTFOUND", "--disable-background-networking", "--window-size=1400,2000",
                 "--virtual-time-budget=5000"]
         dom = subprocess.run(args + ["--dump-dom", f"file://{os.path.abspath(page)}"], capture_output=True,
                              text=True, timeout=120)
@@ -449,6 +449,7 @@ def main():
     ap.add_argument("json")
     ap.add_argument("--html", required=True)
     ap.add_argument("--check", action="store_true", help="open the page in headless Chromium and compare")
+    ap.add_argument("--screenshot", help="with --check: where to keep what Chromium drew (PNG)")
     a = ap.parse_args()
     with open(a.json) as f:
         data = json.load(f)
@@ -457,7 +458,8 @@ def main():
         f.write(page)
     print(f"scale-report: wrote {a.html} ({len(page):,} bytes)")
     if a.check:
-        check(data, a.html, os.path.join(os.path.dirname(os.path.abspath(a.json)), "scale-report.png"))
+        with tempfile.TemporaryDirectory() as tmp:
+            check(data, a.html, a.screenshot or os.path.join(tmp, "scale-report.png"))
 
 
 if __name__ == "__main__":
