@@ -93,7 +93,14 @@ def pod_state(p):
         state = c.get("state", {})
         kind = next(iter(state), "?")
         reason = state.get(kind, {}).get("reason", "")
-        parts.append(f"{c['name']} {kind}{' ' + reason if reason else ''} restarts {c.get('restartCount', 0)}")
+        line = f"{c['name']} {kind}{' ' + reason if reason else ''} restarts {c.get('restartCount', 0)}"
+        # Why the last run ended: a process's exit (code, and its logs in the dump) or the runtime's
+        # failure to start it at all (StartError, with containerd's message), which a busy node causes.
+        last = c.get("lastState", {}).get("terminated")
+        if last:
+            message = (last.get("message") or "").strip().replace("\n", " ")[:300]
+            line += f" (last run: {last.get('reason', '?')}, exit {last.get('exitCode', '?')}{': ' + message if message else ''})"
+        parts.append(line)
     return "; ".join(parts)
 
 
