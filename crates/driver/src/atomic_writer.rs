@@ -455,13 +455,18 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let reads = Arc::new(AtomicUsize::new(0));
         let retired = Arc::new(AtomicUsize::new(0));
+        // Swaps started and finished: a generation is kept until the swap after the one that replaced
+        // it, so a read may find its generation gone only if two swaps began after it was current.
+        let (started, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut readers = Vec::new();
         for _ in 0..2 {
             let (t, stop, reads, retired) = (t.clone(), stop.clone(), reads.clone(), retired.clone());
+            let (started, done) = (started.clone(), done.clone());
             readers.push(std::thread::spawn(move || {
                 let mut failures = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     // Through the user-visible symlink: one complete generation per file.
+                    let current = done.load(Ordering::SeqCst);
                     match fs::read_to_string(t.join("a")) {
                         Ok(a) => {
                             let g: usize = a[1..9].parse().unwrap();
@@ -471,10 +476,13 @@ mod tests {
                         }
                         // A reader stalled across two whole swaps can find its generation retired
                         // (here a swap takes well under a millisecond; real rotations are minutes apart).
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::NotFound
+                                && started.load(Ordering::SeqCst) >= current + 2 =>
+                        {
                             retired.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e) => failures.push(format!("read a: {e}")),
+                        Err(e) => failures.push(format!("read a (within one swap): {e}")),
                     }
                     // Through one resolution of ..data: both files from the same generation.
                     if let Ok(generation) = fs::read_link(t.join("..data")) {
@@ -499,7 +507,9 @@ mod tests {
             }));
         }
         for g in 1..=1000 {
+            started.fetch_add(1, Ordering::SeqCst);
             write(&t, &[file("a", 0o644, &body(g, "a")), file("d/b", 0o644, &body(g, "b"))]).unwrap();
+            done.fetch_add(1, Ordering::SeqCst);
         }
         stop.store(true, Ordering::Relaxed);
         for r in readers {
@@ -508,7 +518,7 @@ mod tests {
         }
         let (reads, retired) = (reads.load(Ordering::Relaxed), retired.load(Ordering::Relaxed));
         assert!(reads > 100, "readers must actually have raced the writer");
-        assert!(retired * 100 <= reads, "{retired} of {reads} reads found their generation retired");
+        eprintln!("{reads} reads, {retired} outlived their generation by two swaps");
         assert_eq!(fs::read_to_string(t.join("a")).unwrap(), body(1000, "a"));
     }
 
