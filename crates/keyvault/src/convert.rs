@@ -89,12 +89,22 @@ pub fn jwk_to_pem(jwk: &crate::model::JsonWebKey) -> Result<String, String> {
                     p521::pkcs8::EncodePublicKey::to_public_key_pem(&k, p521::pkcs8::LineEnding::LF)
                         .map_err(|e| e.to_string())
                 }),
-                other => return Err(format!("curve {other} is not supported")),
+                other => return Err(format!("curve {} is not supported", known_name(other, KEY_CURVES))),
             };
             pem.map_err(|e| format!("failed to get key: {e}"))
         }
-        other => Err(format!("failed to get key. key type '{other}' currently not supported")),
+        other => Err(format!("failed to get key. key type '{}' currently not supported", known_name(other, KEY_TYPES))),
     }
+}
+
+/// Key Vault's key types and curves (JsonWebKeyType, JsonWebKeyCurveName).
+const KEY_TYPES: &[&str] = &["EC", "EC-HSM", "RSA", "RSA-HSM", "oct", "oct-HSM", "OKP", "OKP-HSM"];
+const KEY_CURVES: &[&str] = &["P-256", "P-384", "P-521", "P-256K", "Ed25519"];
+
+/// `value` for an error message when it is one of Key Vault's own names (upstream quotes it); any other
+/// text came from the response and is described, never quoted: an error reaches events and logs.
+fn known_name<'a>(value: &'a str, names: &[&str]) -> std::borrow::Cow<'a, str> {
+    if names.contains(&value) { value.into() } else { format!("<not a Key Vault name, {} bytes>", value.len()).into() }
 }
 
 /// Splits PEM content into (all CERTIFICATE blocks, all other blocks), for `.crt`/`.key` files.
@@ -107,4 +117,26 @@ pub fn split_cert_and_key(content: &str) -> (String, String) {
         }
     }
     (crt, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwk(kty: &str, crv: Option<&str>) -> crate::model::JsonWebKey {
+        serde_json::from_value(serde_json::json!({"kty": kty, "crv": crv, "x": "AA", "y": "AA"})).unwrap()
+    }
+
+    #[test]
+    fn only_key_vaults_own_names_are_quoted_in_errors() {
+        assert_eq!(
+            jwk_to_pem(&jwk("oct", None)).unwrap_err(),
+            "failed to get key. key type 'oct' currently not supported"
+        );
+        let e = jwk_to_pem(&jwk("from-the-response", None)).unwrap_err();
+        assert_eq!(e, "failed to get key. key type '<not a Key Vault name, 17 bytes>' currently not supported");
+        assert_eq!(jwk_to_pem(&jwk("EC", Some("P-256K"))).unwrap_err(), "curve P-256K is not supported");
+        let e = jwk_to_pem(&jwk("EC", Some("secret-ish"))).unwrap_err();
+        assert_eq!(e, "curve <not a Key Vault name, 10 bytes> is not supported");
+    }
 }

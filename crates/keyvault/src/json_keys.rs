@@ -38,6 +38,24 @@ fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// `s` quoted for an error, at most about 100 characters: a key is the class author's text, but one of
+/// control characters quotes at six times its length, and a message names the key and its parts.
+fn quoted(s: &str) -> String {
+    let q = format!("{s:?}");
+    if q.len() <= 100 {
+        return q;
+    }
+    let (mut cut, mut shown) = (0, 0);
+    for (i, c) in s.char_indices() {
+        shown += c.escape_debug().count();
+        if shown > 60 {
+            break;
+        }
+        cut = i + c.len_utf8();
+    }
+    format!("{:?}… ({} bytes)", &s[..cut], s.len())
+}
+
 fn lookup<'a>(doc: &'a serde_json::Value, key: &str) -> Result<&'a serde_json::Value, String> {
     if let Some(v) = doc.as_object().and_then(|m| m.get(key)) {
         return Ok(v);
@@ -46,14 +64,14 @@ fn lookup<'a>(doc: &'a serde_json::Value, key: &str) -> Result<&'a serde_json::V
     let mut walked = String::new();
     for segment in key.split('.') {
         let Some(members) = at.as_object() else {
-            let what = if walked.is_empty() { "the document".to_string() } else { format!("{walked:?}") };
+            let what = if walked.is_empty() { "the document".to_string() } else { quoted(&walked) };
             return Err(format!("{what} is {}, not an object", kind(at)));
         };
         at = members.get(segment).ok_or_else(|| {
             if walked.is_empty() {
                 "not in the document".to_string()
             } else {
-                format!("no member {segment:?} in {walked:?}")
+                format!("no member {} in {}", quoted(segment), quoted(&walked))
             }
         })?;
         if !walked.is_empty() {
@@ -82,9 +100,13 @@ pub fn extract(value: &[u8], keys: &[JsonKey]) -> Result<Vec<Extracted>, String>
     })?;
     keys.iter()
         .map(|k| {
-            let found = lookup(&doc, &k.key).map_err(|why| format!("jsonKeys {:?}: {why}", k.key))?;
+            let found = lookup(&doc, &k.key).map_err(|why| format!("jsonKeys {}: {why}", quoted(&k.key)))?;
             let serde_json::Value::String(text) = found else {
-                return Err(format!("jsonKeys {:?}: the value is {}, only strings are written", k.key, kind(found)));
+                return Err(format!(
+                    "jsonKeys {}: the value is {}, only strings are written",
+                    quoted(&k.key),
+                    kind(found)
+                ));
             };
             Ok(Extracted { file: k.file_name().to_string(), mode: k.mode, value: text.as_bytes().to_vec() })
         })
@@ -102,6 +124,16 @@ mod tests {
     fn files(doc: &str, keys: &[JsonKey]) -> Result<Vec<(String, String)>, String> {
         extract(doc.as_bytes(), keys)
             .map(|v| v.into_iter().map(|e| (e.file, String::from_utf8(e.value).unwrap())).collect())
+    }
+
+    #[test]
+    fn an_error_about_a_long_key_stays_short() {
+        let key = format!("{}.{}", "\u{11}".repeat(128), "\u{11}".repeat(127));
+        let keys = [JsonKey { key: key.clone(), alias: String::new(), mode: 0o644 }];
+        let doc = format!(r#"{{"{}": {{}}}}"#, "\\u0011".repeat(128));
+        let Err(e) = extract(doc.as_bytes(), &keys) else { panic!("a missing member is refused") };
+        assert!(e.len() < 300, "{} bytes: {e}", e.len());
+        assert!(e.starts_with("jsonKeys \"\\u{11}") && e.contains("(256 bytes)"), "{e}");
     }
 
     #[test]
