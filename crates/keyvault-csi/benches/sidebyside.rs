@@ -21,6 +21,8 @@
 #[allow(unused_imports)]
 mod support;
 
+#[path = "sidebyside/boundary.rs"]
+mod boundary;
 #[path = "sidebyside/host.rs"]
 mod host;
 #[path = "sidebyside/rotation.rs"]
@@ -439,6 +441,21 @@ async fn main() {
         let driver_log_tail = std::fs::read_to_string(setup.node.path("driver.log")).unwrap_or_default();
         let tail: Vec<&str> = driver_log_tail.lines().rev().take(5).collect();
         let rss_end = setup.rss();
+        let boundary = if column == Column::OursAzureIsolated {
+            let provider = setup.procs.iter().find(|p| p.name == "provider").expect("the provider process");
+            let b =
+                boundary::measure(&setup.node.path("internal/azure.sock"), provider, &setup.node.path("provider.log"))
+                    .await;
+            eprintln!(
+                "  the boundary: a bare Version round trip p50 {:.3} ms ({:.3} ms provider CPU); the provider's Mount handling p50 {:.3} ms",
+                b["version_rpc"]["p50_ms"].as_f64().unwrap_or(0.0),
+                b["version_rpc"]["provider_cpu_ms_per_call"].as_f64().unwrap_or(0.0),
+                b["mount_handler"]["p50_ms"].as_f64().unwrap_or(0.0),
+            );
+            b
+        } else {
+            Value::Null
+        };
         drop(setup);
         if matches!(column, Column::OursMockNoApi | Column::OursMockSync) {
             columns
@@ -461,6 +478,7 @@ async fn main() {
             "phases": phases,
             "rotation": rot,
             "driver_log_tail": tail,
+            "boundary": boundary,
         }));
     }
     // `--version` prints JSON: {"BuildVersion":"v1.6.0",...}
