@@ -8,18 +8,21 @@
 //! with us.
 //!
 //! [`LenientAuthority`] sits between the socket and `h2`: it passes every byte through except header
-//! blocks, which it decodes (HPACK, the client's compression state) and re-encodes as literals with an
+//! blocks, which it decodes ([`hpack`], the client's compression state) and re-encodes as literals with an
 //! `:authority` that does not parse as one replaced by `localhost`. Nothing else changes: the headers
 //! and their order are the client's, and DATA frames stream through without being buffered. It is
 //! bounded like `h2` itself: a header block over [`MAX_BLOCK`] compressed or [`MAX_HEADER_LIST`]
 //! decoded (an HPACK bomb of indexed references) closes the connection.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use loona_hpack::Decoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+mod hpack;
+use hpack::Decoder;
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const PREFACE_LEN: usize = 24;
@@ -140,7 +143,7 @@ pub struct Rewriter {
     /// Payload bytes of a non-header frame still to pass through unchanged.
     passthrough: usize,
     block: Option<Block>,
-    decoder: Decoder<'static>,
+    decoder: Decoder,
     out: Vec<u8>,
     out_pos: usize,
 }
@@ -158,8 +161,7 @@ impl Default for Rewriter {
 impl Rewriter {
     /// A rewriter at the start of a connection (the preface not yet seen).
     pub fn new() -> Self {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(TABLE_SIZE);
+        let decoder = Decoder::new(TABLE_SIZE);
         Self { preface_left: PREFACE_LEN, passthrough: 0, block: None, decoder, out: Vec::new(), out_pos: 0 }
     }
 
@@ -281,21 +283,22 @@ impl Rewriter {
         let mut listed = 0usize;
         let mut over = false;
         self.decoder
-            .decode_with_cb(&block.fragments, |name, value| {
+            .decode(&block.fragments, |name, value| {
                 listed += name.len() + value.len() + 32;
-                if over || listed > MAX_HEADER_LIST {
+                if listed > MAX_HEADER_LIST {
                     over = true;
-                    return;
+                    return ControlFlow::Break(());
                 }
-                let value: &[u8] = if &*name == b":authority" && http::uri::Authority::try_from(&*value).is_err() {
+                let value = if name == b":authority" && http::uri::Authority::try_from(value).is_err() {
                     LOCALHOST
                 } else {
-                    &value
+                    value
                 };
                 // Literal Header Field without Indexing, new name (RFC 7541 §6.2.2), no Huffman.
                 encoded.push(0x00);
-                encode_string(&name, &mut encoded);
+                encode_string(name, &mut encoded);
                 encode_string(value, &mut encoded);
+                ControlFlow::Continue(())
             })
             .map_err(|_| invalid("a header block that does not decode (HPACK)"))?;
         if over {

@@ -1,5 +1,5 @@
 use super::*;
-use loona_hpack::Encoder;
+use loona_hpack::{Decoder, Encoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -64,7 +64,7 @@ fn decoded_blocks(out: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 fn client_stream(authorities: &[&[u8]]) -> Vec<u8> {
-    // A client encoder with its dynamic table and Huffman coding, as grpc-core's.
+    // A client encoder with its dynamic table, as grpc-core's (Huffman strings: the test after next).
     let mut client = Encoder::new();
     let mut bytes = PREFACE.to_vec();
     bytes.extend(frame(0x4, 0, 0, &[])); // SETTINGS
@@ -95,6 +95,26 @@ fn an_authority_that_is_not_one_becomes_localhost_and_everything_else_is_the_cli
     let data: Vec<_> = frames(&out).into_iter().filter(|f| f.0 != HEADERS).collect();
     let sent: Vec<_> = frames(&input).into_iter().filter(|f| f.0 != HEADERS).collect();
     assert_eq!(data, sent);
+}
+
+/// grpc-core Huffman-codes its strings and indexes `:authority`: the percent-encoded path arrives as a
+/// Huffman literal, then as a reference to the client's table.
+#[test]
+fn a_huffman_coded_authority_and_later_references_to_it_are_rewritten() {
+    let path = hpack::huffman::encode(b"tmp%2Fkvcsi%2Fcsi.sock");
+    let mut first = vec![0x83, 0x86, 0x41, 0x80 | path.len() as u8]; // POST, http, :authority (indexed name, with indexing)
+    first.extend_from_slice(&path);
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(HEADERS, END_HEADERS, 1, &first));
+    bytes.extend(frame(HEADERS, END_HEADERS, 3, &[0x83, 0x86, 0xbe])); // the same, :authority from the table
+    let mut r = Rewriter::new();
+    assert_eq!(r.feed(&bytes).unwrap(), bytes.len());
+    let expected = vec![
+        (b":method".to_vec(), b"POST".to_vec()),
+        (b":scheme".to_vec(), b"http".to_vec()),
+        (b":authority".to_vec(), b"localhost".to_vec()),
+    ];
+    assert_eq!(decoded_blocks(&r.take_output()), vec![expected.clone(), expected]);
 }
 
 #[test]
