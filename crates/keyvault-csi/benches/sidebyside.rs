@@ -446,8 +446,11 @@ async fn main() {
             let b =
                 boundary::measure(&setup.node.path("internal/azure.sock"), provider, &setup.node.path("provider.log"))
                     .await;
+            let rounds: Vec<f64> =
+                b["version_rpc"]["round_p50_ms"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+            let (low, high) = rounds.iter().fold((f64::MAX, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)));
             eprintln!(
-                "  the boundary: a bare Version round trip p50 {:.3} ms ({:.3} ms provider CPU); the provider's Mount handling p50 {:.3} ms",
+                "  the boundary: a bare Version round trip p50 {:.3} ms (rounds {low:.3}-{high:.3}; {:.3} ms provider CPU); the provider's Mount handling p50 {:.3} ms",
                 b["version_rpc"]["p50_ms"].as_f64().unwrap_or(0.0),
                 b["version_rpc"]["provider_cpu_ms_per_call"].as_f64().unwrap_or(0.0),
                 b["mount_handler"]["p50_ms"].as_f64().unwrap_or(0.0),
