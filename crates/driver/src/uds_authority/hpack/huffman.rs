@@ -2,9 +2,9 @@
 //!
 //! The code is canonical (codes of one length are consecutive, in symbol order, and every length's
 //! first code follows the previous length's last), so the code lengths alone define it, and a symbol
-//! is found by comparing the next 32 bits, left-justified, with one limit per length: at most 21
-//! comparisons a symbol, most text in 4. No table is built at run time (the crate this replaced built
-//! two levels of hash maps for every string it decoded).
+//! is found by comparing the next 32 bits, left-justified, with one limit per length from 5 to 30: at
+//! most 26 comparisons a symbol, letters and digits (5 to 8 bits) in at most 4. No table is built at
+//! run time (the crate this replaced built two levels of hash maps for every string it decoded).
 
 /// The length of each symbol's code, symbol 256 being EOS (RFC 7541 Appendix B).
 const LENGTHS: [u8; 257] = [
